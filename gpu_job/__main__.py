@@ -1,0 +1,84 @@
+"""``python -m gpu_job``: style one batch segment. Runs the same on a laptop and on an Azure ML node."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+from pathlib import Path
+
+from shared.config import Settings
+from shared.errors import PipelineError
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    settings = Settings.from_env()
+    parser = argparse.ArgumentParser(prog="python -m gpu_job", description=__doc__)
+    parser.add_argument("--input", required=True, type=Path, help="batch segment (MP4 cut by stream copy)")
+    parser.add_argument("--output", required=True, type=Path, help="styled segment to write (MP4)")
+    parser.add_argument("--model", required=True, help="style name, checkpoint path, 'identity' or 'random'")
+    parser.add_argument("--start-pts", required=True, type=int, help="timestamp of the batch's first frame")
+    parser.add_argument("--end-pts", type=int, default=None, help="timestamp of the next batch's first frame (omit for the last batch)")
+    parser.add_argument("--frames", required=True, type=int, help="frames the batch must yield")
+    parser.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto")
+    parser.add_argument("--batch-size", type=int, default=settings.infer_batch, help="frames per forward pass")
+    parser.add_argument("--threads", type=int, default=None, help="CPU threads for PyTorch")
+    parser.add_argument("--crf", type=int, default=settings.crf)
+    parser.add_argument("--preset", default=settings.preset)
+    parser.add_argument("--cache-dir", type=Path, default=settings.model_cache_dir)
+    parser.add_argument("--progress", action="store_true", help="print one JSON line per encoded batch of frames")
+    args = parser.parse_args(argv)
+    if args.frames <= 0 or args.batch_size <= 0:
+        parser.error("--frames and --batch-size must be positive")
+    return args
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    try:
+        import torch
+
+        from gpu_job.models import build_model, resolve_model
+        from gpu_job.scorer import EncoderSettings, FrameStyler, score_segment
+
+        if args.threads:
+            torch.set_num_threads(args.threads)
+        device = _device(args.device, torch)
+        if not args.input.is_file():
+            raise PipelineError(f"{args.input}: no such segment")
+        styler = FrameStyler(build_model(resolve_model(args.model, args.cache_dir)), device)
+
+        def report(frames: int) -> None:
+            if args.progress:
+                print(json.dumps({"event": "frames", "frames": frames}), flush=True)
+
+        result = score_segment(
+            args.input,
+            args.output,
+            styler,
+            start_pts=args.start_pts,
+            end_pts=args.end_pts,
+            expected_frames=args.frames,
+            batch_size=args.batch_size,
+            encoder=EncoderSettings(crf=args.crf, preset=args.preset),
+            on_frames=report,
+        )
+    except PipelineError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    print(json.dumps({"event": "done", "frames": result.frames, "seconds": round(result.seconds, 3),
+                      "infer_seconds": round(result.infer_seconds, 3), "device": str(device), "pid": os.getpid()}), flush=True)
+    return 0
+
+
+def _device(choice: str, torch):
+    if choice == "cuda" and not torch.cuda.is_available():
+        raise PipelineError("--device cuda: no CUDA device is available")
+    if choice == "auto":
+        choice = "cuda" if torch.cuda.is_available() else "cpu"
+    return torch.device(choice)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

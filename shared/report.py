@@ -1,0 +1,57 @@
+"""The run report: what was done, how long each stage and batch took, and what was retried."""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+from contextlib import contextmanager
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+from shared.atomic import write_text_atomic
+
+
+@dataclass
+class BatchRecord:
+    index: int
+    first_frame: int
+    frames: int
+    seconds: float = 0.0
+    attempts: int = 0
+    errors: list[str] = field(default_factory=list)
+
+
+@dataclass
+class RunReport:
+    input: dict
+    output: str
+    model: dict
+    device: str
+    batch_frames: int
+    workers: int
+    frames: int = 0
+    seconds: float = 0.0
+    status: str = "running"
+    error: str | None = None
+    stages: dict[str, float] = field(default_factory=dict)
+    batches: list[BatchRecord] = field(default_factory=list)
+
+    @contextmanager
+    def stage(self, name: str):
+        """Time a stage; its seconds are recorded even if it fails."""
+        began = time.perf_counter()
+        try:
+            yield
+        finally:
+            self.stages[name] = round(time.perf_counter() - began, 4)
+
+    def to_dict(self) -> dict:
+        data = asdict(self)
+        data["fps"] = round(self.frames / self.seconds, 4) if self.seconds else 0.0
+        data["retries"] = sum(max(0, b.attempts - 1) for b in self.batches)
+        return data
+
+    def write(self, path: str | os.PathLike[str]) -> Path:
+        write_text_atomic(path, json.dumps(self.to_dict(), indent=2) + "\n")
+        return Path(path)
