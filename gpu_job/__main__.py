@@ -6,6 +6,7 @@ import argparse
 import json
 import os
 import sys
+from fractions import Fraction
 from pathlib import Path
 
 from shared.config import Settings
@@ -20,6 +21,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--model", required=True, help="style name, checkpoint path, 'identity' or 'random'")
     parser.add_argument("--start-pts", required=True, type=int, help="timestamp of the batch's first frame")
     parser.add_argument("--end-pts", type=int, default=None, help="timestamp of the next batch's first frame (omit for the last batch)")
+    parser.add_argument("--time-base", type=Fraction, required=True, help="unit of --start-pts and --end-pts, e.g. 1/30000")
     parser.add_argument("--frames", required=True, type=int, help="frames the batch must yield")
     parser.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto")
     parser.add_argument("--batch-size", type=int, default=settings.infer_batch, help="frames per forward pass")
@@ -57,8 +59,8 @@ def main(argv: list[str] | None = None) -> int:
             args.input,
             args.output,
             styler,
-            start_pts=args.start_pts,
-            end_pts=args.end_pts,
+            start=args.start_pts * args.time_base,
+            end=None if args.end_pts is None else args.end_pts * args.time_base,
             expected_frames=args.frames,
             batch_size=args.batch_size,
             encoder=EncoderSettings(crf=args.crf, preset=args.preset),

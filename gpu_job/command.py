@@ -31,6 +31,7 @@ def scorer_args(input_path: str, output_path: str, batch: Batch, options: Scorer
         "--output", output_path,
         "--model", options.model,
         "--start-pts", str(batch.start_pts),
+        "--time-base", batch.time_base,
         "--frames", str(batch.frame_count),
         "--device", options.device,
         "--batch-size", str(options.batch_size),

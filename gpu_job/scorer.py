@@ -12,6 +12,7 @@ import threading
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
+from fractions import Fraction
 from pathlib import Path
 
 import av
@@ -20,6 +21,7 @@ import torch
 
 from shared.atomic import atomic_path
 from shared.errors import PipelineError
+from shared.split import muxer_options
 
 _DONE = object()
 NETWORK_ALIGNMENT = 4
@@ -75,16 +77,17 @@ class FrameStyler:
         return y.permute(0, 2, 3, 1).contiguous().cpu().numpy()
 
 
-def _decode(path: Path, start_pts: int, end_pts: int | None, out: queue.Queue, stop: threading.Event) -> None:
-    """Put (pts, rotation, rgb frame) for frames with start_pts <= pts < end_pts, in display order."""
+def _decode(path: Path, start: Fraction, end: Fraction | None, out: queue.Queue, stop: threading.Event) -> None:
+    """Put (pts, rotation, rgb frame) for frames shown at start <= t < end (seconds), in display order."""
     try:
         with av.open(str(path)) as container:
             stream = container.streams.video[0]
             stream.thread_type = "AUTO"
             for frame in container.decode(stream):
-                if stop.is_set() or (end_pts is not None and frame.pts >= end_pts):
+                shown_at = frame.pts * stream.time_base
+                if stop.is_set() or (end is not None and shown_at >= end):
                     break
-                if frame.pts < start_pts:
+                if shown_at < start:
                     continue
                 out.put((frame.pts, frame.rotation, frame.to_ndarray(format="rgb24", interpolation=RESAMPLING)))
         out.put(_DONE)
@@ -138,7 +141,7 @@ class _Encoder(threading.Thread):
                 container.close()
 
     def _open(self, width: int, height: int, rotation: int):
-        container = av.open(str(self._tmp), "w")
+        container = av.open(str(self._tmp), "w", options=muxer_options(self._tmp, Fraction(self._time_base)))
         stream = container.add_stream(self._settings.codec, rate=self._rate)
         stream.width, stream.height, stream.pix_fmt = width, height, "yuv420p"
         stream.time_base = self._time_base
@@ -157,14 +160,14 @@ def score_segment(
     dst: Path,
     styler: FrameStyler,
     *,
-    start_pts: int,
-    end_pts: int | None,
+    start: Fraction,
+    end: Fraction | None,
     expected_frames: int,
     batch_size: int = 4,
     encoder: EncoderSettings = EncoderSettings(),
     on_frames: Callable[[int], None] | None = None,
 ) -> ScoreResult:
-    """Style the frames of ``src`` with ``start_pts <= pts < end_pts`` into ``dst`` (atomically)."""
+    """Style the frames of ``src`` shown at ``start <= t < end`` (seconds) into ``dst`` (atomically)."""
     started = time.perf_counter()
     infer_seconds = 0.0
     decoded: queue.Queue = queue.Queue(maxsize=2 * batch_size)
@@ -174,7 +177,7 @@ def score_segment(
         timing = (stream.time_base, stream.guessed_rate or stream.average_rate or 25)
     with atomic_path(dst) as tmp:
         writer = _Encoder(tmp, timing, encoder, on_frames)
-        reader = threading.Thread(target=_decode, args=(src, start_pts, end_pts, decoded, stop), daemon=True)
+        reader = threading.Thread(target=_decode, args=(src, start, end, decoded, stop), daemon=True)
         reader.start()
         writer.start()
         try:

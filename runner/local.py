@@ -27,9 +27,10 @@ from shared.preview import write_preview
 from shared.probe import probe
 from shared.report import BatchRecord, RunReport
 from shared.split import split_video
-from shared.stitch import MP4_FAMILY, stitch
+from shared.split import MP4_FAMILY
+from shared.stitch import stitch
 
-OUTPUT_SUFFIXES = MP4_FAMILY | {".mkv"}
+OUTPUT_SUFFIXES = (MP4_FAMILY - {".m4a"}) | {".mkv"}
 
 Launcher = Callable[[list[str]], subprocess.Popen]
 

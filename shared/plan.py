@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import asdict, dataclass
+from fractions import Fraction
 
 from shared.probe import VideoInfo
 
@@ -22,8 +23,18 @@ class Batch:
     start_pts: int
     end_pts: int | None
     """Timestamp of the next batch's first frame; None for the last batch."""
+    time_base: str
+    """Unit of the timestamps above ("1/30000"). Segments may use another unit: compare instants, not ticks."""
     first_gop: int
     last_gop: int
+
+    @property
+    def start_time(self) -> Fraction:
+        return self.start_pts * Fraction(self.time_base)
+
+    @property
+    def end_time(self) -> Fraction | None:
+        return None if self.end_pts is None else self.end_pts * Fraction(self.time_base)
 
     @property
     def name(self) -> str:
@@ -66,6 +77,7 @@ def plan_batches(info: VideoInfo, batch_frames: int) -> list[Batch]:
                 frame_count=size,
                 start_pts=info.frame_pts[first],
                 end_pts=end_pts,
+                time_base=str(info.time_base),
                 first_gop=first_gop,
                 last_gop=last_gop,
             )

@@ -10,6 +10,7 @@ import contextlib
 import os
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
+from fractions import Fraction
 from pathlib import Path
 
 import av
@@ -20,6 +21,7 @@ from shared.plan import Batch
 from shared.probe import VideoInfo
 
 SEGMENT_SUFFIX = ".mp4"
+MP4_FAMILY = frozenset({".mp4", ".m4v", ".mov", ".m4a"})
 MP4_AUDIO_CODECS = frozenset({"aac", "mp3", "ac3", "eac3", "alac", "flac", "opus"})
 
 
@@ -38,10 +40,20 @@ def audio_suffix(codecs: Sequence[str]) -> str:
     return ".m4a" if all(codec in MP4_AUDIO_CODECS for codec in codecs) else ".mka"
 
 
+def muxer_options(path: Path, time_base: Fraction) -> dict[str, str]:
+    """Exact timestamps in MP4: its edit list (which places a segment that starts mid-video) is
+    written in the movie timescale, 1000 by default, and would round the start by up to half a
+    millisecond; use the track's own timescale instead."""
+    if path.suffix.lower() in MP4_FAMILY:
+        return {"movie_timescale": str(time_base.denominator)}
+    return {}
+
+
 @contextlib.contextmanager
 def copy_muxer(final: Path, templates: Sequence, options: dict[str, str] | None = None) -> Iterator[tuple]:
     """Open ``final`` (atomically) for stream copy of ``templates``; yields (container, output streams in template order)."""
-    with atomic_path(final) as tmp, av.open(str(tmp), "w", options=options or {}) as container:
+    options = {**muxer_options(final, Fraction(templates[0].time_base)), **(options or {})}
+    with atomic_path(final) as tmp, av.open(str(tmp), "w", options=options) as container:
         streams = []
         for template in templates:
             stream = container.add_stream_from_template(template)

@@ -11,9 +11,7 @@ from pathlib import Path
 import av
 
 from shared.errors import PipelineError
-from shared.split import MP4_AUDIO_CODECS, copy_muxer
-
-MP4_FAMILY = frozenset({".mp4", ".m4v", ".mov"})
+from shared.split import MP4_AUDIO_CODECS, MP4_FAMILY, copy_muxer
 
 
 def _timed_packets(paths: Sequence[Path], kind: str) -> Iterator[tuple[float, int, object]]:

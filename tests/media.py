@@ -1,0 +1,114 @@
+"""Test helpers that make clips with FFmpeg's lavfi sources and measure results with FFmpeg itself."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+from fractions import Fraction
+from pathlib import Path
+
+import av
+
+
+def ffmpeg(*args: str) -> None:
+    subprocess.run(["ffmpeg", "-v", "error", "-y", *args], check=True)
+
+
+def make_clip(
+    path: Path,
+    *,
+    size: str = "128x72",
+    rate: str = "25",
+    seconds: float = 2,
+    audio: bool = True,
+    codec: list[str] | None = None,
+    video_filter: str | None = None,
+    extra: list[str] | None = None,
+) -> Path:
+    """A testsrc2 clip (moving, detailed: a good frame-identity probe) with an optional sine track."""
+    args = ["-f", "lavfi", "-i", f"testsrc2=size={size}:rate={rate}:duration={seconds}"]
+    if audio:
+        args += ["-f", "lavfi", "-i", f"sine=frequency=440:sample_rate=48000:duration={seconds}"]
+    if video_filter:
+        args += ["-vf", video_filter]
+    args += codec or ["-c:v", "libx264", "-pix_fmt", "yuv420p", "-g", "25"]
+    if audio:
+        args += ["-c:a", "aac", "-b:a", "64k"]
+    ffmpeg(*args, *(extra or []), str(path))
+    return path
+
+
+def probe_json(path: Path) -> dict:
+    out = subprocess.run(
+        ["ffprobe", "-v", "error", "-count_frames", "-show_streams", "-show_format", "-of", "json", str(path)],
+        check=True, capture_output=True, text=True,
+    ).stdout
+    return json.loads(out)
+
+
+def video_stream(path: Path) -> dict:
+    return next(s for s in probe_json(path)["streams"] if s["codec_type"] == "video")
+
+
+def audio_streams(path: Path) -> list[dict]:
+    return [s for s in probe_json(path)["streams"] if s["codec_type"] == "audio"]
+
+
+def frame_timestamps(path: Path) -> list[Fraction]:
+    """Every frame's presentation time, in display order, as FFmpeg decodes them."""
+    with av.open(str(path)) as container:
+        stream = container.streams.video[0]
+        return sorted(frame.pts * stream.time_base for frame in container.decode(stream))
+
+
+def video_duration(path: Path) -> float:
+    stamps = frame_timestamps(path)
+    step = stamps[-1] - stamps[-2] if len(stamps) > 1 else 0
+    return float(stamps[-1] - stamps[0] + step)
+
+
+def min_psnr(styled: Path, reference: Path, crop: str | None = None) -> tuple[float, int]:
+    """(lowest per-frame PSNR, frames compared), frames paired by timestamp by FFmpeg's psnr filter."""
+    first = f"[0:v]{crop},setpts=PTS-STARTPTS[a]" if crop else "[0:v]setpts=PTS-STARTPTS[a]"
+    graph = f"{first};[1:v]setpts=PTS-STARTPTS[b];[a][b]psnr=stats_file=-:shortest=1"
+    out = subprocess.run(
+        ["ffmpeg", "-v", "error", "-i", str(styled), "-i", str(reference), "-lavfi", graph, "-f", "null", "-"],
+        check=True, capture_output=True, text=True,
+    ).stdout
+    values = [float(field.split(":")[1]) for line in out.splitlines() for field in line.split() if field.startswith("psnr_avg:")]
+    return (min(values) if values else 0.0), len(values)
+
+
+def audio_md5(path: Path) -> str:
+    """MD5 of the decoded audio samples of every audio stream."""
+    out = subprocess.run(
+        ["ffmpeg", "-v", "error", "-i", str(path), "-map", "0:a", "-f", "md5", "-"], check=True, capture_output=True, text=True
+    ).stdout
+    return out.strip()
+
+
+def audio_seconds(path: Path) -> list[float]:
+    """Decoded length of each audio stream, from its samples (containers disagree on duration fields)."""
+    lengths = []
+    with av.open(str(path)) as container:
+        for stream in container.streams.audio:
+            samples = sum(frame.samples for frame in container.decode(stream))
+            lengths.append(samples / stream.codec_context.sample_rate)
+            container.seek(0)
+    return lengths
+
+
+def set_rotation(source: Path, target: Path, degrees: int) -> Path:
+    """Copy ``source`` with a display-matrix rotation (Debian's FFmpeg 5.1 CLI cannot set one)."""
+    with av.open(str(source)) as src, av.open(str(target), "w") as out:
+        streams = {}
+        for stream in src.streams:
+            streams[stream.index] = out.add_stream_from_template(stream)
+            streams[stream.index].time_base = stream.time_base
+        streams[src.streams.video[0].index].set_display_rotation(degrees)
+        for packet in src.demux():
+            if packet.dts is None:
+                continue
+            packet.stream = streams[packet.stream.index]
+            out.mux(packet)
+    return target

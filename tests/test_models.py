@@ -1,0 +1,119 @@
+from __future__ import annotations
+
+import hashlib
+import http.server
+import io
+import threading
+import zipfile
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from gpu_job.models import PRETRAINED_STYLES, ModelUnavailableError, build_model, load_transformer, random_transformer, resolve_model
+from gpu_job.scorer import FrameStyler
+from shared.errors import PipelineError
+
+
+def _save_examples_checkpoint(model: torch.nn.Module, path: Path) -> Path:
+    """Save as pytorch/examples did with old PyTorch: a plain state dict plus InstanceNorm running stats."""
+    state = model.state_dict()
+    for name, module in model.named_modules():
+        if isinstance(module, torch.nn.InstanceNorm2d):
+            state[f"{name}.running_mean"] = torch.zeros(module.num_features)
+            state[f"{name}.running_var"] = torch.ones(module.num_features)
+    torch.save(state, path)
+    return path
+
+
+def test_examples_checkpoint_with_legacy_keys_gives_same_output(tmp_path):
+    model = random_transformer(seed=7).eval()
+    path = _save_examples_checkpoint(model, tmp_path / "style.pth")
+    assert any("running_mean" in key for key in torch.load(path, weights_only=True))
+    loaded = load_transformer(str(path)).eval()
+    frames = np.random.default_rng(0).integers(0, 256, size=(2, 36, 52, 3), dtype=np.uint8)
+    cpu = torch.device("cpu")
+    assert np.array_equal(FrameStyler(model, cpu)(frames), FrameStyler(loaded, cpu)(frames))
+
+
+def test_random_model_is_seeded_and_changes_frames():
+    a, b = random_transformer(), random_transformer()
+    assert all(torch.equal(x, y) for x, y in zip(a.state_dict().values(), b.state_dict().values()))
+    frames = np.full((1, 16, 16, 3), 128, dtype=np.uint8)
+    assert not np.array_equal(FrameStyler(a, torch.device("cpu"))(frames), frames)
+
+
+def test_identity_styler_pads_and_crops_odd_sizes():
+    frames = np.random.default_rng(1).integers(0, 256, size=(3, 75, 130, 3), dtype=np.uint8)
+    out = FrameStyler(build_model("identity"), torch.device("cpu"))(frames)
+    assert out.shape == (3, 76, 130, 3)
+    assert np.array_equal(out[:, :75], frames)
+    assert np.array_equal(out[:, 75], frames[:, 74]), "the added row repeats the edge"
+
+
+def test_bad_checkpoints_give_one_line_errors(tmp_path):
+    junk = tmp_path / "junk.pth"
+    junk.write_bytes(b"not a checkpoint")
+    with pytest.raises(PipelineError, match="cannot be read"):
+        load_transformer(str(junk))
+    wrong = tmp_path / "wrong.pth"
+    torch.save({"conv1.conv2d.weight": torch.zeros(1)}, wrong)
+    with pytest.raises(PipelineError, match="not a TransformerNet state dict"):
+        load_transformer(str(wrong))
+    with pytest.raises(PipelineError, match="unknown model"):
+        resolve_model("picasso", tmp_path)
+    with pytest.raises(PipelineError, match="no such file"):
+        resolve_model(str(tmp_path / "missing.pth"), tmp_path)
+
+
+@pytest.fixture()
+def weights_server(tmp_path):
+    """A loopback HTTP server publishing an archive laid out like the published saved_models.zip."""
+    buffer = io.BytesIO()
+    with zipfile.ZipFile(buffer, "w") as archive:
+        for seed, style in enumerate(PRETRAINED_STYLES):
+            data = io.BytesIO()
+            torch.save(random_transformer(seed=seed).state_dict(), data)
+            archive.writestr(f"saved_models/{style}.pth", data.getvalue())
+    payload = buffer.getvalue()
+    hits = []
+
+    class Handler(http.server.BaseHTTPRequestHandler):
+        def do_GET(self):
+            hits.append(self.path)
+            self.send_response(200)
+            self.send_header("Content-Length", str(len(payload)))
+            self.end_headers()
+            self.wfile.write(payload)
+
+        def log_message(self, *args):
+            pass
+
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    yield f"http://127.0.0.1:{server.server_port}/saved_models.zip", hashlib.sha256(payload).hexdigest(), hits
+    server.shutdown()
+
+
+def test_named_style_is_fetched_verified_and_cached(weights_server, tmp_path):
+    url, digest, hits = weights_server
+    path = resolve_model("mosaic", tmp_path, archive_sha256=digest, url=url)
+    assert Path(path).name == "mosaic.pth" and len(hits) == 1
+    assert sorted(p.name for p in tmp_path.glob("*.pth")) == sorted(f"{s}.pth" for s in PRETRAINED_STYLES)
+    expected = random_transformer(seed=PRETRAINED_STYLES.index("mosaic"))
+    assert all(torch.equal(a, b) for a, b in zip(load_transformer(path).state_dict().values(), expected.state_dict().values()))
+    resolve_model("candy", tmp_path, archive_sha256=digest, url=url)
+    assert len(hits) == 1, "a cached style must not be downloaded again"
+
+
+def test_archive_with_wrong_checksum_is_refused_and_nothing_cached(weights_server, tmp_path):
+    url, _, _ = weights_server
+    with pytest.raises(PipelineError, match="refusing it"):
+        resolve_model("candy", tmp_path, archive_sha256="0" * 64, url=url)
+    assert not list(tmp_path.glob("*.pth"))
+
+
+def test_offline_style_says_how_to_pass_a_checkpoint(tmp_path):
+    with pytest.raises(ModelUnavailableError, match=r"--model /path/to/udnie\.pth"):
+        resolve_model("udnie", tmp_path, url="http://127.0.0.1:9/saved_models.zip")
