@@ -7,12 +7,15 @@ that never score (the Function app) can use it.
 
 from __future__ import annotations
 
+import re
 import shlex
 import sys
 from collections.abc import Sequence
 from dataclasses import dataclass
 
 from shared.plan import Batch
+
+AML_PLACEHOLDER = re.compile(r"\$\{\{(inputs|outputs)\.[A-Za-z_][A-Za-z0-9_]*\}\}(/[A-Za-z0-9._/-]*)?")
 
 
 @dataclass(frozen=True)
@@ -52,5 +55,10 @@ def local_command(args: Sequence[str], python: str = sys.executable) -> list[str
 
 
 def shell_command(args: Sequence[str], python: str = "python") -> str:
-    """One shell line, for job specs that take a command string (Azure ML)."""
-    return shlex.join([python, "-m", "gpu_job", *args])
+    """One shell line, for job specs that take a command string (Azure ML).
+
+    Azure ML ``${{inputs.x}}`` placeholders stay unquoted so the service can substitute them;
+    every other argument is shell-quoted.
+    """
+    words = [python, "-m", "gpu_job", *args]
+    return " ".join(word if AML_PLACEHOLDER.fullmatch(word) else shlex.quote(word) for word in words)

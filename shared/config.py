@@ -37,6 +37,8 @@ class Settings:
     output_container: str = "videos-out"
     work_container: str = "stylize-work"
     batch_queue: str = "batches"
+    blob_trigger_source: str = "EventGrid"
+    """EventGrid in Azure (Flex Consumption needs it); LogsAndContainerScan polls, for func start on Azurite."""
     # Compute
     compute_backend: str = "local"
     batch_timeout_s: int = 3600

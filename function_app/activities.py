@@ -1,0 +1,126 @@
+"""Activities: thin adapters that move blobs in and out of a scratch folder around the shared core."""
+
+from __future__ import annotations
+
+import json
+import tempfile
+from pathlib import Path
+
+import azure.durable_functions as df
+
+from function_app.storage import JobLayout, batch_queue, blob_service, download_file, output_names, upload_file
+from shared.config import Settings
+from shared.errors import InvalidInputError
+from shared.messages import BatchMessage, styled_name
+from shared.plan import Batch, plan_batches
+from shared.preview import write_preview
+from shared.probe import VideoInfo, probe
+from shared.report import BatchRecord, RunReport
+from shared.split import split_video
+from shared.stitch import stitch
+
+bp = df.Blueprint()
+settings = Settings.from_env()
+
+
+def check_limits(info: VideoInfo, limits: Settings) -> None:
+    """Refuse videos over the configured limits before any GPU time is spent."""
+    problems = []
+    if info.duration_s > limits.max_duration_s:
+        problems.append(f"duration {info.duration_s:.1f} s over {limits.max_duration_s:.0f} s")
+    if info.width > limits.max_width or info.height > limits.max_height:
+        problems.append(f"resolution {info.width}x{info.height} over {limits.max_width}x{limits.max_height}")
+    if info.frame_count > limits.max_frames:
+        problems.append(f"{info.frame_count} frames over {limits.max_frames}")
+    if problems:
+        raise InvalidInputError(f"{Path(info.path).name}: {'; '.join(problems)}")
+
+
+def split_job(job: dict, limits: Settings = settings) -> dict:
+    """Download the input, probe and check it, cut batch segments by stream copy, upload them and the audio."""
+    service = blob_service(limits)
+    layout = JobLayout(job["job_id"])
+    with tempfile.TemporaryDirectory(prefix="split-") as scratch:
+        local = download_file(service, limits.input_container, job["input_blob"], Path(scratch) / f"input{Path(job['input_blob']).suffix}")
+        info = probe(local)
+        check_limits(info, limits)
+        batches = plan_batches(info, limits.batch_frames)
+        parts = split_video(info, batches, Path(scratch) / "segments")
+        for segment in parts.segments:
+            upload_file(service, limits.work_container, layout.segment(segment.name), segment)
+        audio_blob = upload_file(service, limits.work_container, f"{layout.root}/{parts.audio.name}", parts.audio) if parts.audio else None
+    return {"batches": [b.to_dict() for b in batches], "frames": info.frame_count, "audio_blob": audio_blob, "video": info.summary()}
+
+
+def enqueue_batches(request: dict, limits: Settings = settings) -> int:
+    """One queue message per batch attempt. A replay may send one twice; the submitter makes that harmless."""
+    job, layout = request["job"], JobLayout(request["job"]["job_id"])
+    queue = batch_queue(limits)
+    for item in request["batches"]:
+        batch = Batch.from_dict(item["batch"])
+        message = BatchMessage(
+            job_id=job["job_id"], batch=batch, attempt=item["attempt"], model=job["style"],
+            segment_blob=layout.segment(f"{batch.name}.mp4"), styled_blob=layout.styled(styled_name(batch, item["attempt"])),
+        )
+        queue.send_message(message.to_json())
+    return len(request["batches"])
+
+
+def stitch_job(request: dict, limits: Settings = settings) -> dict:
+    """Join the styled segments with the original audio; upload video, preview and report to the output container."""
+    job, plan = request["job"], request["plan"]
+    service = blob_service(limits)
+    names = output_names(job["input_blob"], job["style"])
+    with tempfile.TemporaryDirectory(prefix="stitch-") as scratch:
+        folder = Path(scratch)
+        segments = [download_file(service, limits.work_container, blob, folder / "styled" / Path(blob).name) for blob in request["styled"]]
+        audio = download_file(service, limits.work_container, plan["audio_blob"], folder / Path(plan["audio_blob"]).name) if plan["audio_blob"] else None
+        video = stitch(segments, audio, folder / "output.mp4")
+        source = download_file(service, limits.input_container, job["input_blob"], folder / f"input{Path(job['input_blob']).suffix}")
+        preview = write_preview(source, video, plan["frames"], folder / "preview.png")
+        report = RunReport(input=plan["video"], output=names["video"], model={"requested": job["style"], "used": job["style"]},
+                           device="azureml" if limits.compute_backend == "azureml" else limits.compute_backend,
+                           batch_frames=limits.batch_frames, workers=len(plan["batches"]), frames=plan["frames"], status="succeeded")
+        attempts = {int(index): count for index, count in request["attempts"].items()}
+        report.batches = [BatchRecord(b["index"], b["first_frame"], b["frame_count"], attempts=attempts[b["index"]]) for b in plan["batches"]]
+        report.error = "; ".join(request["errors"][-5:]) or None
+        report_path = report.write(folder / "report.json")
+        metadata = {"job_id": job["job_id"], "source": job["input_blob"], "style": job["style"]}
+        upload_file(service, limits.output_container, names["preview"], preview, metadata)
+        upload_file(service, limits.output_container, names["report"], report_path, metadata)
+        upload_file(service, limits.output_container, names["video"], video, metadata)
+    return names
+
+
+def report_failure(request: dict, limits: Settings = settings) -> str:
+    from function_app.upload import write_error_report
+
+    job = request["job"]
+    return write_error_report(job["input_blob"], job["style"], request["error"], job["job_id"])
+
+
+@bp.function_name("split_job")
+@bp.activity_trigger(input_name="job")
+def split_job_activity(job: dict) -> dict:
+    return split_job(job)
+
+
+@bp.function_name("enqueue_batches")
+@bp.activity_trigger(input_name="request")
+def enqueue_batches_activity(request: dict) -> int:
+    return enqueue_batches(request)
+
+
+@bp.function_name("stitch_job")
+@bp.activity_trigger(input_name="request")
+def stitch_job_activity(request: dict) -> dict:
+    return stitch_job(request)
+
+
+@bp.function_name("report_failure")
+@bp.activity_trigger(input_name="request")
+def report_failure_activity(request: dict) -> str:
+    return report_failure(request)
+
+
+ACTIVITIES = {"split_job": split_job, "enqueue_batches": enqueue_batches, "stitch_job": stitch_job, "report_failure": report_failure}
