@@ -116,7 +116,7 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as scratch:
         work = Path(scratch)
         clip = make_clip(work / "clip.mp4", args.size, args.seconds)
-        model_s, frames = pure_model_seconds(clip, threads, batch=4)
+        model_s, frames = pure_model_seconds(clip, threads, batch=2)
         ours_s = ours(clip, work / "ours.mp4")
         rows.append(("pure model time (random TransformerNet)", f"{model_s:.1f} s", f"{frames / model_s:.2f} frames/s"))
         rows.append(("stylize run, 1 worker", f"{ours_s:.1f} s", f"overhead x{ours_s / model_s:.3f}"))

@@ -79,8 +79,9 @@ class AzureMLBackend:
 
     def build_job(self, message: BatchMessage):
         """The command job for one batch attempt, built without contacting Azure."""
-        from azure.ai.ml import Input, Output, command
+        from azure.ai.ml import Input, Output
         from azure.ai.ml.constants import AssetTypes, InputOutputModes
+        from azure.ai.ml.entities import CommandJob
 
         s = self.settings
         datastore = f"azureml://datastores/{s.azureml_datastore}/paths/{s.work_container}"
@@ -91,7 +92,7 @@ class AzureMLBackend:
             f"${{{{outputs.{STYLED_OUTPUT}}}}}/{posixpath.basename(message.styled_blob)}",
             message.batch, options,
         )
-        return command(
+        return CommandJob(
             name=job_name(message),
             display_name=f"{message.batch.name} attempt {message.attempt}",
             experiment_name="stylize",

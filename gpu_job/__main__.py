@@ -12,6 +12,8 @@ from pathlib import Path
 from shared.config import Settings
 from shared.errors import PipelineError
 
+AUTO_BATCH = {"cpu": 2, "cuda": 8}
+
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     settings = Settings.from_env()
@@ -24,15 +26,15 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--time-base", type=Fraction, required=True, help="unit of --start-pts and --end-pts, e.g. 1/30000")
     parser.add_argument("--frames", required=True, type=int, help="frames the batch must yield")
     parser.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto")
-    parser.add_argument("--batch-size", type=int, default=settings.infer_batch, help="frames per forward pass")
+    parser.add_argument("--batch-size", type=int, default=settings.infer_batch, help="frames per forward pass (0: by device)")
     parser.add_argument("--threads", type=int, default=None, help="CPU threads for PyTorch")
     parser.add_argument("--crf", type=int, default=settings.crf)
     parser.add_argument("--preset", default=settings.preset)
     parser.add_argument("--cache-dir", type=Path, default=settings.model_cache_dir)
     parser.add_argument("--progress", action="store_true", help="print one JSON line per encoded batch of frames")
     args = parser.parse_args(argv)
-    if args.frames <= 0 or args.batch_size <= 0:
-        parser.error("--frames and --batch-size must be positive")
+    if args.frames <= 0 or args.batch_size < 0:
+        parser.error("--frames must be positive and --batch-size not negative")
     return args
 
 
@@ -62,7 +64,7 @@ def main(argv: list[str] | None = None) -> int:
             start=args.start_pts * args.time_base,
             end=None if args.end_pts is None else args.end_pts * args.time_base,
             expected_frames=args.frames,
-            batch_size=args.batch_size,
+            batch_size=args.batch_size or AUTO_BATCH[device.type],
             encoder=EncoderSettings(crf=args.crf, preset=args.preset),
             on_frames=report,
         )

@@ -22,7 +22,7 @@ AML_PLACEHOLDER = re.compile(r"\$\{\{(inputs|outputs)\.[A-Za-z_][A-Za-z0-9_]*\}\
 class ScorerOptions:
     model: str
     device: str = "auto"
-    batch_size: int = 4
+    batch_size: int = 0
     crf: int = 18
     preset: str = "medium"
     threads: int | None = None

@@ -26,3 +26,56 @@ def stylize_bin() -> str:
 def pytest_configure(config):
     if not shutil.which("ffmpeg"):
         raise pytest.UsageError("ffmpeg is not installed: run `make test`, which installs it")
+
+
+def _free_port() -> int:
+    import socket
+
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
+
+
+@pytest.fixture(scope="session")
+def azurite(tmp_path_factory):
+    """A real Azurite (blob, queue, table) on free loopback ports, for the session; yields its connection string."""
+    import subprocess
+    import time
+    import urllib.request
+
+    binary = ROOT / "node_modules" / ".bin" / "azurite"
+    if not binary.exists():
+        pytest.fail("Azurite is not installed: run `make test`, which installs it with npm")
+    blob, queue, table = _free_port(), _free_port(), _free_port()
+    process = subprocess.Popen(
+        [str(binary), "--silent", "--skipApiVersionCheck", "--inMemoryPersistence", "--loose",
+         "--blobHost", "127.0.0.1", "--queueHost", "127.0.0.1", "--tableHost", "127.0.0.1",
+         "--blobPort", str(blob), "--queuePort", str(queue), "--tablePort", str(table)],
+        stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
+    )
+    account = "devstoreaccount1"
+    key = "Eby8vdM02xNOcqFlqUwJPLlmEtlCDXJ1OUzFT50uSRZ6IFsuFq2UVErCz4I6tq/K1SZFPTOtr/KBHBeksoGMGw=="
+    connection = (
+        f"DefaultEndpointsProtocol=http;AccountName={account};AccountKey={key};"
+        f"BlobEndpoint=http://127.0.0.1:{blob}/{account};QueueEndpoint=http://127.0.0.1:{queue}/{account};"
+        f"TableEndpoint=http://127.0.0.1:{table}/{account};"
+    )
+    deadline = time.monotonic() + 30
+    while True:
+        try:
+            urllib.request.urlopen(f"http://127.0.0.1:{blob}/{account}?comp=list", timeout=1)
+        except urllib.error.HTTPError:
+            break
+        except OSError:
+            if process.poll() is not None or time.monotonic() > deadline:
+                pytest.fail(f"Azurite did not start: {process.stderr.read().decode(errors='replace')[-500:]}")
+            time.sleep(0.2)
+        else:
+            break
+    yield connection
+    process.terminate()
+    try:
+        process.wait(timeout=5)
+    except subprocess.TimeoutExpired:
+        process.kill()
+        process.wait()

@@ -12,6 +12,7 @@ from datetime import datetime, timedelta, timezone
 
 import azure.durable_functions as df
 from azure.durable_functions.models import DurableOrchestrationContext
+from azure.durable_functions.models.DurableOrchestrationStatus import DurableOrchestrationStatus
 from azure.durable_functions.models.history import HistoryEventType as E
 
 CALL_ACTIVITY, CREATE_TIMER, WAIT_FOR_EVENT = 0, 5, 6
@@ -131,7 +132,8 @@ class ReplayClient:
             status = df.OrchestrationRuntimeStatus.Failed
         elif replay.done:
             status = df.OrchestrationRuntimeStatus.Completed
-        return df.DurableOrchestrationStatus(name="stylize_orchestrator", instanceId=instance_id, runtimeStatus=status.value,
+        return DurableOrchestrationStatus(name="stylize_orchestrator", instanceId=instance_id, runtimeStatus=status.value,
+                                          createdTime=replay.history[0]["Timestamp"], lastUpdatedTime=replay.clock.isoformat(),
                                               customStatus=replay.custom_status, output=replay.state.get("output"))
 
     async def raise_event(self, instance_id: str, event_name: str, event_data) -> None:

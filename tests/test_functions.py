@@ -1,0 +1,245 @@
+"""The Function app against a real Azurite: bindings, upload handling, queue messages, the end-to-end run."""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import json
+from pathlib import Path
+
+import azure.functions as func
+import pytest
+import yaml
+from azure.storage.blob import BlobServiceClient
+from azure.storage.queue import QueueClient
+
+from durable_replay import CALL_ACTIVITY, ReplayClient
+from function_app.activities import ACTIVITIES
+from function_app.batches import job_status, on_batch_message, on_styled_segment, report_azureml_status, submit_batch
+from function_app.compute import AzureMLBackend, job_name
+from function_app.orchestrator import RESULT_EVENT
+from function_app.upload import instance_id_for, start_job, style_for
+from media import audio_md5, frame_timestamps, make_clip, min_psnr
+from shared.config import Settings
+from shared.messages import BatchMessage, MessageError
+from shared.plan import Batch
+
+LIMITS = Settings(batch_frames=20, max_attempts=2)
+
+
+def _user(function):
+    """The function as written, unwrapped from the Durable client binding (as the SDK's samples-v2 tests do)."""
+    user = function.build().get_user_function()
+    return getattr(user, "client_function", user)
+
+
+def run(coroutine):
+    return asyncio.run(coroutine)
+
+
+@pytest.fixture()
+def storage(azurite, monkeypatch):
+    monkeypatch.setenv(LIMITS.storage_connection, azurite)
+    service = BlobServiceClient.from_connection_string(azurite)
+    for container in (LIMITS.input_container, LIMITS.output_container, LIMITS.work_container):
+        if not service.get_container_client(container).exists():
+            service.create_container(container)
+    queue = QueueClient.from_connection_string(azurite, LIMITS.batch_queue)
+    from azure.core.exceptions import ResourceExistsError
+
+    try:
+        queue.create_queue()
+    except ResourceExistsError:
+        queue.clear_messages()
+    return service, queue
+
+
+def test_binding_metadata():
+    import stylize_functions
+
+    functions = {f.get_function_name(): f for f in stylize_functions.app.get_functions()}
+    bindings = {name: {b.type: b for b in f.get_bindings()} for name, f in functions.items()}
+    upload = bindings["on_upload"]["blobTrigger"]
+    assert upload.path == "videos-in/{name}" and upload.connection == "DataStorage"
+    assert bindings["on_batch_message"]["queueTrigger"].queue_name == "batches"
+    assert bindings["on_styled_segment"]["blobTrigger"].path == "stylize-work/jobs/{job}/styled/{file}"
+    assert "orchestrationTrigger" in bindings["stylize_orchestrator"]
+    assert {"split_job", "enqueue_batches", "stitch_job", "report_failure"} <= {n for n, b in bindings.items() if "activityTrigger" in b}
+    assert bindings["job_status"]["httpTrigger"].route == "jobs/{job_id}"
+    assert "eventGridTrigger" in bindings["on_azureml_run_status"]
+    assert not any(b.get("blobTrigger") and b["blobTrigger"].path.startswith(LIMITS.output_container) for b in bindings.values()), \
+        "outputs must never trigger the pipeline"
+
+
+def test_style_rules_and_instance_ids():
+    assert style_for("clip.mp4", {"style": "mosaic"}, "candy") == "mosaic"
+    assert style_for("udnie/clip.mp4", {}, "candy") == "udnie"
+    assert style_for("holidays/clip.mp4", {}, "candy") == "candy"
+    assert instance_id_for("a.mp4", '"0x1"') == instance_id_for("a.mp4", "0x1") != instance_id_for("a.mp4", "0x2")
+
+
+def _upload(service: BlobServiceClient, name: str, data: bytes, style: str = "identity"):
+    blob = service.get_blob_client(LIMITS.input_container, name)
+    blob.upload_blob(data, overwrite=True, metadata={"style": style})
+    return blob
+
+
+def _drive(client: ReplayClient, instance_id: str, service: BlobServiceClient, queue: QueueClient, rounds: int = 50) -> None:
+    """Play the Functions host: run activities, deliver queue messages (Base64, as the host decodes them) and styled-blob events."""
+    replay = client.replays[instance_id]
+    reported: set[str] = set()
+    for _ in range(rounds):
+        for action in replay.step():
+            if action["actionType"] == CALL_ACTIVITY:
+                try:
+                    replay.complete(action, ACTIVITIES[action["functionName"]](action["input"], LIMITS))
+                except Exception as exc:  # an activity failure reaches the orchestrator as the host reports it
+                    replay.fail(action, str(exc))
+        if replay.done:
+            return
+        for raw in queue.receive_messages():
+            body = base64.b64decode(raw.content)
+            run(_user(on_batch_message)(func.QueueMessage(id=raw.id, body=body), client))
+            queue.delete_message(raw)
+        for blob in service.get_container_client(LIMITS.work_container).list_blobs(name_starts_with=f"jobs/{instance_id}/styled/"):
+            if blob.name not in reported:
+                reported.add(blob.name)
+                stream = func.blob.InputStream(name=f"{LIMITS.work_container}/{blob.name}", data=b"", length=blob.size, uri="")
+                run(_user(on_styled_segment)(stream, client))
+    pytest.fail("orchestration did not finish")
+
+
+def test_end_to_end_on_azurite_is_frame_exact(storage, tmp_path):
+    service, queue = storage
+    clip = make_clip(tmp_path / "clip.mp4", seconds=2, rate="25")
+    blob = _upload(service, "trips/clip.mp4", clip.read_bytes())
+    client = ReplayClient()
+    instance_id = run(start_job(blob, client, LIMITS))
+    assert run(start_job(blob, client, LIMITS)) == instance_id and len(client.started) == 1, "a repeated event starts nothing new"
+    _drive(client, instance_id, service, queue)
+
+    names = ["trips/clip.identity.mp4", "trips/clip.identity.preview.png", "trips/clip.identity.report.json"]
+    outputs = {name: tmp_path / Path(name).name for name in names}
+    for name, path in outputs.items():
+        path.write_bytes(service.get_blob_client(LIMITS.output_container, name).download_blob().readall())
+    video = outputs["trips/clip.identity.mp4"]
+    assert frame_timestamps(video) == frame_timestamps(clip)
+    worst, compared = min_psnr(video, clip)
+    assert compared == 50 and worst >= 35
+    assert audio_md5(video) == audio_md5(clip)
+    report = json.loads(outputs["trips/clip.identity.report.json"].read_text())
+    assert report["frames"] == 50 and [b["attempts"] for b in report["batches"]] == [1, 1, 1]
+
+    response = run(_user(job_status)(func.HttpRequest("GET", f"/api/jobs/{instance_id}", body=b"", route_params={"job_id": instance_id}), client))
+    status = json.loads(response.get_body())
+    assert response.status_code == 200
+    assert status["stage"] == "done" and status["runtime_status"] == "Completed"
+    assert status["output"]["video"] == "trips/clip.identity.mp4" and status["frames_done"] == 50
+    assert service.get_blob_client(LIMITS.input_container, "trips/clip.mp4").download_blob().readall() == clip.read_bytes()
+
+
+def test_corrupt_video_fails_its_job_only_with_a_report(storage, tmp_path):
+    service, queue = storage
+    junk = b"\x00\x00\x00\x18ftypmp42" + b"garbage" * 200
+    blob = _upload(service, "broken.mp4", junk)
+    client = ReplayClient()
+    instance_id = run(start_job(blob, client, LIMITS))
+    _drive(client, instance_id, service, queue)
+    status = run(client.get_status(instance_id))
+    assert status.runtime_status.value == "Failed"
+    assert status.custom_status["stage"] == "failed" and "not a readable video file" in status.custom_status["error"]
+    report = json.loads(service.get_blob_client(LIMITS.output_container, "broken.identity.error.json").download_blob().readall())
+    assert "not a readable video file" in report["error"]
+    assert service.get_blob_client(LIMITS.input_container, "broken.mp4").download_blob().readall() == junk
+    missing = run(_user(job_status)(func.HttpRequest("GET", "/api/jobs/nope", body=b"", route_params={"job_id": "nope"}), client))
+    assert missing.status_code == 404
+
+
+def test_refused_upload_starts_nothing(storage):
+    service, _ = storage
+    client = ReplayClient()
+    assert run(start_job(_upload(service, "notes.txt", b"hello"), client, LIMITS)) is None
+    assert run(start_job(_upload(service, "clip.mp4", b"x", style="picasso"), client, LIMITS)) is None
+    assert client.started == []
+    report = json.loads(service.get_blob_client(LIMITS.output_container, "notes.identity.error.json").download_blob().readall())
+    assert "extension .txt is not accepted" in report["error"]
+
+
+def _message(job_id: str = "job-1", attempt: int = 1) -> BatchMessage:
+    batch = Batch(index=3, first_frame=60, frame_count=20, start_pts=60, end_pts=80, time_base="1/25", first_gop=2, last_gop=3)
+    return BatchMessage(job_id=job_id, batch=batch, attempt=attempt, model="candy",
+                        segment_blob=f"jobs/{job_id}/segments/batch-00003.mp4", styled_blob=f"jobs/{job_id}/styled/batch-00003.a{attempt}.mp4")
+
+
+@pytest.mark.parametrize("body,reason", [
+    ("{not json", "not JSON"),
+    ("[1, 2]", "not a JSON object"),
+    (json.dumps({"job_id": "j"}), "lacks batch"),
+    (json.dumps({**json.loads(_message().to_json()), "attempt": "1"}), "mistyped attempt"),
+])
+def test_malformed_messages_raise_so_they_go_to_poison(body, reason):
+    with pytest.raises(MessageError, match=reason):
+        run(submit_batch(body, ReplayClient()))
+
+
+def test_message_for_unknown_job_raises():
+    with pytest.raises(MessageError, match="unknown job"):
+        run(submit_batch(_message("ghost").to_json(), ReplayClient()))
+
+
+def test_message_round_trip():
+    message = _message()
+    assert BatchMessage.from_json(message.to_json()) == message
+
+
+class _FakeJobs:
+    """Stands in for the Azure ML service: remembers submitted jobs by name."""
+
+    def __init__(self) -> None:
+        self.created = {}
+
+    def get(self, name):
+        from azure.core.exceptions import ResourceNotFoundError
+
+        if name not in self.created:
+            raise ResourceNotFoundError("no such job")
+        return self.created[name]
+
+    def create_or_update(self, job):
+        self.created[job.name] = job
+        return job
+
+
+def test_azureml_job_is_valid_for_the_sdk_and_submitted_once(tmp_path):
+    from azure.ai.ml import load_job
+
+    fake = type("Client", (), {"jobs": _FakeJobs()})()
+    backend = AzureMLBackend(Settings(azureml_datastore="videos", azureml_compute="gpu-cluster"), ml_client=fake)
+    message = _message()
+    job = backend.build_job(message)
+    path = tmp_path / "job.yaml"
+    job.dump(path)
+    loaded = load_job(path)
+    assert loaded.name == job_name(message) == "job-1-b00003-a1"
+    assert loaded.compute == "gpu-cluster" and loaded.environment == "stylize-gpu@latest"
+    assert "${{inputs.segment}}" in loaded.command and "${{outputs.styled}}/batch-00003.a1.mp4" in loaded.command
+    assert "--start-pts 60 --time-base 1/25" in loaded.command and "--end-pts 80" in loaded.command and "--device cuda" in loaded.command
+    assert loaded.inputs["segment"].path == "azureml://datastores/videos/paths/stylize-work/jobs/job-1/segments/batch-00003.mp4"
+    assert loaded.outputs["styled"].path == "azureml://datastores/videos/paths/stylize-work/jobs/job-1/styled/"
+    assert loaded.tags == {"orchestration_id": "job-1", "batch": "3", "attempt": "1"}
+    assert yaml.safe_load(path.read_text())["type"] == "command"
+    assert backend.submit(message) == backend.submit(message) == "job-1-b00003-a1"
+    assert len(fake.jobs.created) == 1, "a redelivered message must not submit twice"
+
+
+def test_azureml_failure_event_reaches_the_orchestration():
+    class Recorder:
+        events = []
+
+        async def raise_event(self, instance_id, name, data):
+            self.events.append((instance_id, name, data))
+
+    event = {"data": {"runStatus": "Failed", "runId": "job-1-b00003-a1", "runTags": {"orchestration_id": "job-1", "batch": "3", "attempt": "1"}}}
+    result = run(report_azureml_status(event, Recorder()))
+    assert result.succeeded is False and Recorder.events == [("job-1", RESULT_EVENT, result.to_dict())]
+    assert run(report_azureml_status({"data": {"runStatus": "Completed", "runTags": {}}}, Recorder())) is None
