@@ -28,6 +28,6 @@ if [ ! -f "$STAMP" ]; then
 fi
 
 if [ "${WITH_NODE:-0}" = 1 ] && [ ! -x node_modules/.bin/azurite ]; then
-    echo "setup: installing Azurite and the Bicep grammar (npm)"
+    echo "setup: installing Azurite (npm)"
     npm install --no-audit --no-fund --loglevel=error >/dev/null
 fi
