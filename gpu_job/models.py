@@ -25,8 +25,8 @@ PRETRAINED_STYLES = ("candy", "mosaic", "rain_princess", "udnie")
 BUILTIN_MODELS = ("identity", "random")
 WEIGHTS_ARCHIVE_URL = "https://www.dropbox.com/s/lrvwfehqdcxoza8/saved_models.zip?dl=1"
 # Pin of the published archive. It could not be read here (no network to that host); until it is
-# set (here or via STYLIZE_WEIGHTS_SHA256), a download is accepted only after every member loads as
-# a tensor-only TransformerNet state dict, and its digest is printed so it can be pinned.
+# set, a download is accepted only after every member loads as a tensor-only TransformerNet state
+# dict, and its digest is printed so it can be pinned here.
 WEIGHTS_ARCHIVE_SHA256: str | None = None
 LEGACY_KEY = re.compile(r"in\d+\.running_(mean|var)$")
 RANDOM_SEED = 0
