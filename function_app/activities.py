@@ -8,7 +8,7 @@ from pathlib import Path
 
 import azure.durable_functions as df
 
-from function_app.storage import JobLayout, batch_queue, blob_service, download_file, output_names, upload_file
+from function_app.storage import JobLayout, batch_queue, blob_service, download_file, output_names, upload_file, write_error_report
 from shared.config import Settings
 from shared.errors import InvalidInputError
 from shared.messages import BatchMessage, styled_name
@@ -93,10 +93,8 @@ def stitch_job(request: dict, limits: Settings = settings) -> dict:
 
 
 def report_failure(request: dict, limits: Settings = settings) -> str:
-    from function_app.upload import write_error_report
-
     job = request["job"]
-    return write_error_report(job["input_blob"], job["style"], request["error"], job["job_id"])
+    return write_error_report(limits, job["input_blob"], job["style"], request["error"], job["job_id"])
 
 
 @bp.function_name("split_job")

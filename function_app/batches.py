@@ -11,7 +11,7 @@ import azure.functions as func
 
 from function_app.compute import backend_for
 from function_app.orchestrator import RESULT_EVENT
-from function_app.storage import blob_service
+from function_app.storage import blob_service, blob_trigger_source
 from shared.config import Settings
 from shared.messages import BatchMessage, BatchResult, MessageError, parse_styled_name
 
@@ -89,7 +89,7 @@ async def on_batch_message(message: func.QueueMessage, client: df.DurableOrchest
     arg_name="styled",
     path=f"{settings.work_container}/jobs/{{job}}/styled/{{file}}",
     connection=settings.storage_connection,
-    source=func.BlobSource.EVENT_GRID if settings.blob_trigger_source == "EventGrid" else func.BlobSource.LOGS_AND_CONTAINER_SCAN,
+    source=blob_trigger_source(settings),
 )
 @bp.durable_client_input(client_name="client")
 async def on_styled_segment(styled: func.InputStream, client: df.DurableOrchestrationClient) -> None:

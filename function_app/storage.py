@@ -8,11 +8,13 @@ the endpoints reached with Microsoft Entra ID. The same setting drives the trigg
 
 from __future__ import annotations
 
+import json
 import os
 import posixpath
 from dataclasses import dataclass
 from pathlib import Path
 
+import azure.functions as func
 from azure.storage.blob import BlobServiceClient, ContentSettings
 from azure.storage.queue import QueueClient, TextBase64DecodePolicy, TextBase64EncodePolicy
 
@@ -65,6 +67,19 @@ def output_names(input_blob: str, style: str) -> dict[str, str]:
     """Output blob names for an input: ``holiday/trip.mp4`` styled ``candy`` -> ``holiday/trip.candy.mp4`` and friends."""
     stem = posixpath.splitext(input_blob)[0]
     return {"video": f"{stem}.{style}.mp4", "preview": f"{stem}.{style}.preview.png", "report": f"{stem}.{style}.report.json"}
+
+
+def blob_trigger_source(settings: Settings) -> func.BlobSource:
+    """Event Grid in Azure (Flex Consumption needs it); container polling for ``func start`` on Azurite."""
+    return func.BlobSource.EVENT_GRID if settings.blob_trigger_source == "EventGrid" else func.BlobSource.LOGS_AND_CONTAINER_SCAN
+
+
+def write_error_report(settings: Settings, input_blob: str, style: str, error: str, job_id: str | None = None) -> str:
+    """A JSON error report where the output would have been (``<stem>.<style>.error.json``); never touches the input."""
+    name = output_names(input_blob, style)["report"].replace(".report.json", ".error.json")
+    body = json.dumps({"input": input_blob, "style": style, "status": "failed", "error": error, "job_id": job_id}, indent=2)
+    blob_service(settings).get_blob_client(settings.output_container, name).upload_blob(body.encode(), overwrite=True)
+    return name
 
 
 def upload_file(service: BlobServiceClient, container: str, blob: str, path: Path, metadata: dict | None = None) -> str:

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import hashlib
-import json
 import logging
 import posixpath
 
@@ -12,7 +11,7 @@ import azure.functions as func
 import azurefunctions.extensions.bindings.blob as blob_binding
 from azure.storage.blob import BlobClient
 
-from function_app.storage import blob_service, output_names
+from function_app.storage import blob_trigger_source, write_error_report
 from gpu_job.models import BUILTIN_MODELS, PRETRAINED_STYLES
 from shared.config import Settings
 
@@ -53,14 +52,6 @@ def check_upload(blob_name: str, size: int, style: str, limits: Settings) -> str
     return None
 
 
-def write_error_report(blob_name: str, style: str, error: str, job_id: str | None = None) -> str:
-    """A JSON error report beside where the output would have been; never touches the input."""
-    name = output_names(blob_name, style)["report"].replace(".report.json", ".error.json")
-    body = json.dumps({"input": blob_name, "style": style, "status": "failed", "error": error, "job_id": job_id}, indent=2)
-    blob_service(settings).get_blob_client(settings.output_container, name).upload_blob(body.encode(), overwrite=True)
-    return name
-
-
 async def start_job(blob: BlobClient, client: df.DurableOrchestrationClient, limits: Settings = settings) -> str | None:
     """Validate the upload and start its orchestration; returns the instance id (None if refused)."""
     properties = blob.get_blob_properties()
@@ -69,7 +60,7 @@ async def start_job(blob: BlobClient, client: df.DurableOrchestrationClient, lim
     problem = check_upload(name, properties.size, style, limits)
     if problem:
         log.warning("upload refused: %s", problem)
-        write_error_report(name, style, problem)
+        write_error_report(limits, name, style, problem)
         return None
     instance_id = instance_id_for(name, properties.etag)
     existing = await client.get_status(instance_id)
@@ -86,7 +77,7 @@ async def start_job(blob: BlobClient, client: df.DurableOrchestrationClient, lim
     arg_name="upload",
     path=f"{settings.input_container}/{{name}}",
     connection=settings.storage_connection,
-    source=func.BlobSource.EVENT_GRID if settings.blob_trigger_source == "EventGrid" else func.BlobSource.LOGS_AND_CONTAINER_SCAN,
+    source=blob_trigger_source(settings),
 )
 @bp.durable_client_input(client_name="client")
 async def on_upload(upload: blob_binding.BlobClient, client: df.DurableOrchestrationClient) -> None:
