@@ -12,7 +12,7 @@ import azurefunctions.extensions.bindings.blob as blob_binding
 from azure.storage.blob import BlobClient
 
 from function_app.storage import blob_trigger_source, write_error_report
-from gpu_job.models import BUILTIN_MODELS, PRETRAINED_STYLES
+from gpu_job.styles import BUILTIN_MODELS, PRETRAINED_STYLES
 from shared.config import Settings
 
 bp = df.Blueprint()

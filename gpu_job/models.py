@@ -17,12 +17,11 @@ from pathlib import Path
 
 import torch
 
+from gpu_job.styles import BUILTIN_MODELS, PRETRAINED_STYLES
 from gpu_job.transformer_net import TransformerNet
 from shared.atomic import write_bytes_atomic
 from shared.errors import PipelineError
 
-PRETRAINED_STYLES = ("candy", "mosaic", "rain_princess", "udnie")
-BUILTIN_MODELS = ("identity", "random")
 WEIGHTS_ARCHIVE_URL = "https://www.dropbox.com/s/lrvwfehqdcxoza8/saved_models.zip?dl=1"
 # Pin of the published archive. It could not be read here (no network to that host); until it is
 # set, a download is accepted only after every member loads as a tensor-only TransformerNet state
