@@ -1,7 +1,7 @@
 """Compute backends that score one batch attempt. Both take a :class:`BatchMessage` and are idempotent per attempt.
 
 ``local`` runs ``python -m gpu_job`` here (for ``func start`` and tests) and writes the styled
-segment, or a failure marker, to the work container. ``azureml`` submits the same command as an
+segment, or a failure marker, to the work container. ``azureml`` submits the same scorer as an
 Azure ML command job on GPU compute, named after job, batch and attempt, so a redelivered message
 never submits twice; its output lands in the same place.
 """
@@ -18,7 +18,7 @@ from pathlib import Path
 from typing import Protocol
 
 from function_app.storage import blob_service, download_file, upload_file
-from gpu_job.command import ScorerOptions, local_command, scorer_args, shell_command
+from gpu_job.command import ScorerOptions, local_command, scorer_args
 from shared.config import Settings
 from shared.messages import BatchMessage
 
@@ -63,9 +63,16 @@ class LocalBackend:
 
 
 class AzureMLBackend:
-    def __init__(self, settings: Settings, ml_client=None) -> None:
+    """Submits each batch attempt as a command job made from the registered ``stylize_batch`` component.
+
+    The component (gpu_job/azureml/component.yml, registered with its code and environment by the
+    azd post-deploy hook) owns the command line; this class only fills in one batch's inputs.
+    """
+
+    def __init__(self, settings: Settings, ml_client=None, component=None) -> None:
         self.settings = settings
         self._ml_client = ml_client
+        self._component = component
 
     @property
     def ml_client(self):
@@ -77,30 +84,45 @@ class AzureMLBackend:
             self._ml_client = MLClient(DefaultAzureCredential(), s.azureml_subscription_id, s.azureml_resource_group, s.azureml_workspace)
         return self._ml_client
 
+    @property
+    def component(self):
+        if self._component is None:
+            self._component = self.ml_client.components.get(self.settings.azureml_component, label="latest")
+        return self._component
+
     def build_job(self, message: BatchMessage):
         """The command job for one batch attempt, built without contacting Azure."""
         from azure.ai.ml import Input, Output
         from azure.ai.ml.constants import AssetTypes, InputOutputModes
-        from azure.ai.ml.entities import CommandJob
+        from azure.ai.ml.entities import CommandJob, ManagedIdentityConfiguration
 
-        s = self.settings
-        datastore = f"azureml://datastores/{s.azureml_datastore}/paths/{s.work_container}"
-        styled_folder = posixpath.dirname(message.styled_blob)
-        options = ScorerOptions(model=message.model, device="cuda", batch_size=s.infer_batch, crf=s.crf, preset=s.preset)
-        args = scorer_args(
-            f"${{{{inputs.{SEGMENT_INPUT}}}}}",
-            f"${{{{outputs.{STYLED_OUTPUT}}}}}/{posixpath.basename(message.styled_blob)}",
-            message.batch, options,
-        )
+        s, batch, component = self.settings, message.batch, self.component
+        datastore = f"azureml://datastores/{s.azureml_datastore}/paths"
+        inputs = {
+            SEGMENT_INPUT: Input(type=AssetTypes.URI_FILE, path=f"{datastore}/{message.segment_blob}", mode=InputOutputModes.DOWNLOAD),
+            "styled_name": posixpath.basename(message.styled_blob),
+            "model": message.model,
+            "start_pts": batch.start_pts,
+            "time_base": batch.time_base,
+            "frames": batch.frame_count,
+            "batch_size": s.infer_batch,
+            "crf": s.crf,
+            "preset": s.preset,
+        }
+        if batch.end_pts is not None:
+            inputs["end_pts"] = batch.end_pts
         return CommandJob(
             name=job_name(message),
             display_name=f"{message.batch.name} attempt {message.attempt}",
             experiment_name="stylize",
-            command=shell_command(args),
-            inputs={SEGMENT_INPUT: Input(type=AssetTypes.URI_FILE, path=f"{datastore}/{message.segment_blob}", mode=InputOutputModes.DOWNLOAD)},
-            outputs={STYLED_OUTPUT: Output(type=AssetTypes.URI_FOLDER, path=f"{datastore}/{styled_folder}/", mode=InputOutputModes.UPLOAD)},
-            environment=s.azureml_environment,
+            command=component.command,
+            code=component.code,
+            environment=component.environment,
+            inputs=inputs,
+            outputs={STYLED_OUTPUT: Output(type=AssetTypes.URI_FOLDER, path=f"{datastore}/{posixpath.dirname(message.styled_blob)}/",
+                                           mode=InputOutputModes.UPLOAD)},
             compute=s.azureml_compute,
+            identity=ManagedIdentityConfiguration(),
             tags={"orchestration_id": message.job_id, "batch": str(message.batch.index), "attempt": str(message.attempt)},
         )
 

@@ -1,21 +1,17 @@
 """The scorer's command line, built in one place for every launcher.
 
-The local runner, the Functions ``local`` backend and the Azure ML command job all start the scorer
-as ``python -m gpu_job ...`` with these arguments. This module imports no torch, so launchers
-that never score (the Function app) can use it.
+The local runner and the Functions ``local`` backend start the scorer as ``python -m gpu_job ...``
+with these arguments (the Azure ML component, gpu_job/azureml/component.yml, spells out the same
+flags). This module imports no torch, so launchers that never score (the Function app) can use it.
 """
 
 from __future__ import annotations
 
-import re
-import shlex
 import sys
 from collections.abc import Sequence
 from dataclasses import dataclass
 
 from shared.plan import Batch
-
-AML_PLACEHOLDER = re.compile(r"\$\{\{(inputs|outputs)\.[A-Za-z_][A-Za-z0-9_]*\}\}(/[A-Za-z0-9._/-]*)?")
 
 
 @dataclass(frozen=True)
@@ -52,13 +48,3 @@ def scorer_args(input_path: str, output_path: str, batch: Batch, options: Scorer
 
 def local_command(args: Sequence[str], python: str = sys.executable) -> list[str]:
     return [python, "-m", "gpu_job", *args]
-
-
-def shell_command(args: Sequence[str], python: str = "python") -> str:
-    """One shell line, for job specs that take a command string (Azure ML).
-
-    Azure ML ``${{inputs.x}}`` placeholders stay unquoted so the service can substitute them;
-    every other argument is shell-quoted.
-    """
-    words = [python, "-m", "gpu_job", *args]
-    return " ".join(word if AML_PLACEHOLDER.fullmatch(word) else shlex.quote(word) for word in words)

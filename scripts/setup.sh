@@ -1,13 +1,14 @@
 #!/usr/bin/env bash
 # Installs everything the demo and the tests need, into this checkout: FFmpeg (Debian), the Python
-# virtual environment .venv with the project and its dependencies, and Azurite (npm, into
-# node_modules). Safe to run again: each step is skipped when already done.
+# virtual environment .venv with the project and its dependencies (the deploy hook's included, for
+# its tests), and the Node tools of package.json (Azurite, the Bicep grammar) into node_modules. Safe to run again: each step is skipped when already done.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
 PYTHON=${PYTHON:-python3}
 TORCH_SPEC=${TORCH_SPEC:-torch==2.13.0}
-STAMP=.venv/.installed-$(cat pyproject.toml requirements.txt requirements-dev.txt | sha256sum | cut -c1-16)
+STAMP=.venv/.installed-$(cat pyproject.toml requirements.txt requirements-dev.txt deploy/requirements.txt | sha256sum | cut -c1-16)
+NODE_STAMP=node_modules/.installed-$(sha256sum < package-lock.json | cut -c1-16)
 
 if ! command -v ffmpeg >/dev/null || ! command -v ffprobe >/dev/null; then
     echo "setup: installing FFmpeg (Debian package)"
@@ -21,13 +22,14 @@ if [ ! -f "$STAMP" ]; then
     [ -x .venv/bin/python ] || "$PYTHON" -m venv .venv
     .venv/bin/python -m pip install -q --upgrade pip
     .venv/bin/python -m pip install -q "$TORCH_SPEC"
-    .venv/bin/python -m pip install -q -r requirements.txt -r requirements-dev.txt
+    .venv/bin/python -m pip install -q -r requirements.txt -r requirements-dev.txt -r deploy/requirements.txt
     .venv/bin/python -m pip install -q --no-deps -e .
     rm -f .venv/.installed-*
     touch "$STAMP"
 fi
 
-if [ "${WITH_NODE:-0}" = 1 ] && [ ! -x node_modules/.bin/azurite ]; then
-    echo "setup: installing Azurite (npm)"
-    npm install --no-audit --no-fund --loglevel=error >/dev/null
+if [ "${WITH_NODE:-0}" = 1 ] && [ ! -f "$NODE_STAMP" ]; then
+    echo "setup: installing Azurite and the Bicep grammar (npm)"
+    npm ci --no-audit --no-fund --loglevel=error >/dev/null
+    touch "$NODE_STAMP"
 fi

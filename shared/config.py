@@ -47,8 +47,9 @@ class Settings:
     azureml_resource_group: str = ""
     azureml_workspace: str = ""
     azureml_compute: str = "gpu-cluster"
-    azureml_environment: str = "stylize-gpu@latest"
-    azureml_datastore: str = "videos"
+    azureml_component: str = "stylize_batch"
+    azureml_datastore: str = "stylize_work"
+    """Datastore on the work container; job inputs and outputs are paths inside it."""
 
     @classmethod
     def from_env(cls, environ: dict[str, str] | None = None) -> Settings:

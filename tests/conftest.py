@@ -23,6 +23,14 @@ def stylize_bin() -> str:
     return str(path)
 
 
+@pytest.fixture(scope="session")
+def app_functions() -> dict:
+    """The Function app's functions by name, indexed once (the SDK refuses to index an app twice)."""
+    import stylize_functions
+
+    return {function.get_function_name(): function for function in stylize_functions.app.get_functions()}
+
+
 def pytest_configure(config):
     if not shutil.which("ffmpeg"):
         raise pytest.UsageError("ffmpeg is not installed: run `make test`, which installs it")

@@ -5,6 +5,9 @@ from __future__ import annotations
 import asyncio
 import base64
 import json
+import re
+import shlex
+from fractions import Fraction
 from pathlib import Path
 
 import azure.functions as func
@@ -25,6 +28,7 @@ from shared.messages import BatchMessage, MessageError
 from shared.plan import Batch
 
 LIMITS = Settings(batch_frames=20, max_attempts=2)
+COMPONENT_YAML = Path(__file__).resolve().parents[1] / "gpu_job" / "azureml" / "component.yml"
 
 
 def _user(function):
@@ -54,11 +58,8 @@ def storage(azurite, monkeypatch):
     return service, queue
 
 
-def test_binding_metadata():
-    import stylize_functions
-
-    functions = {f.get_function_name(): f for f in stylize_functions.app.get_functions()}
-    bindings = {name: {b.type: b for b in f.get_bindings()} for name, f in functions.items()}
+def test_binding_metadata(app_functions):
+    bindings = {name: {b.type: b for b in f.get_bindings()} for name, f in app_functions.items()}
     upload = bindings["on_upload"]["blobTrigger"]
     assert upload.path == "videos-in/{name}" and upload.connection == "DataStorage"
     assert bindings["on_batch_message"]["queueTrigger"].queue_name == "batches"
@@ -193,7 +194,7 @@ def test_message_round_trip():
 
 
 class _FakeJobs:
-    """Stands in for the Azure ML service: remembers submitted jobs by name."""
+    """Stands in for the Azure ML job service: remembers submitted jobs by name."""
 
     def __init__(self) -> None:
         self.created = {}
@@ -210,26 +211,72 @@ class _FakeJobs:
         return job
 
 
-def test_azureml_job_is_valid_for_the_sdk_and_submitted_once(tmp_path):
+class _FakeComponents:
+    """Stands in for the component registry: serves the component YAML the post-deploy hook registers."""
+
+    def __init__(self) -> None:
+        self.requests = []
+
+    def get(self, name, label=None):
+        from azure.ai.ml import load_component
+
+        self.requests.append((name, label))
+        return load_component(COMPONENT_YAML)
+
+
+def _expand(body: dict, mounts: dict[str, str]) -> list[str]:
+    """Substitute the inputs of a job request into its command the way Azure ML does, optional ``$[[...]]`` groups included."""
+    def value(kind: str, key: str):
+        if kind == "outputs":
+            return mounts[key]
+        found = body["inputs"].get(key)
+        return None if found is None else found.get("uri", found.get("value"))
+
+    def optional(match):
+        keys = re.findall(r"\$\{\{(inputs|outputs)\.(\w+)\}\}", match.group(1))
+        return match.group(1) if all(value(*key) is not None for key in keys) else ""
+
+    command = re.sub(r"\$\[\[(.*?)\]\]", optional, body["command"])
+    return shlex.split(re.sub(r"\$\{\{(inputs|outputs)\.(\w+)\}\}", lambda m: str(value(m.group(1), m.group(2))), command))
+
+
+@pytest.mark.parametrize("end_pts", [80, None], ids=["middle batch", "last batch"])
+def test_azureml_job_is_valid_for_the_sdk_and_the_scorer_cli(tmp_path, end_pts):
     from azure.ai.ml import load_job
 
-    fake = type("Client", (), {"jobs": _FakeJobs()})()
-    backend = AzureMLBackend(Settings(azureml_datastore="videos", azureml_compute="gpu-cluster"), ml_client=fake)
+    from gpu_job.__main__ import parse_args
+
     message = _message()
+    message = BatchMessage(**{**message.__dict__, "batch": Batch(**{**message.batch.__dict__, "end_pts": end_pts})})
+    backend = AzureMLBackend(Settings(), ml_client=type("Client", (), {"jobs": _FakeJobs(), "components": _FakeComponents()})())
     job = backend.build_job(message)
+    assert backend.ml_client.components.requests == [("stylize_batch", "latest")]
+    body = job._to_rest_object().as_dict()["properties"]
+    assert body["jobType"] == "Command" and body["identity"] == {"identityType": "Managed"} and body["computeId"] == "gpu-cluster"
     path = tmp_path / "job.yaml"
     job.dump(path)
     loaded = load_job(path)
+    assert yaml.safe_load(path.read_text())["type"] == "command"
     assert loaded.name == job_name(message) == "job-1-b00003-a1"
     assert loaded.compute == "gpu-cluster" and loaded.environment == "stylize-gpu@latest"
-    assert "${{inputs.segment}}" in loaded.command and "${{outputs.styled}}/batch-00003.a1.mp4" in loaded.command
-    assert "--start-pts 60 --time-base 1/25" in loaded.command and "--end-pts 80" in loaded.command and "--device cuda" in loaded.command
-    assert loaded.inputs["segment"].path == "azureml://datastores/videos/paths/stylize-work/jobs/job-1/segments/batch-00003.mp4"
-    assert loaded.outputs["styled"].path == "azureml://datastores/videos/paths/stylize-work/jobs/job-1/styled/"
+    assert loaded.identity.type == "managed_identity", "data access must use the cluster's identity, not a key"
+    assert loaded.inputs["segment"].path == "azureml://datastores/stylize_work/paths/jobs/job-1/segments/batch-00003.mp4"
+    assert loaded.outputs["styled"].path == "azureml://datastores/stylize_work/paths/jobs/job-1/styled/"
     assert loaded.tags == {"orchestration_id": "job-1", "batch": "3", "attempt": "1"}
-    assert yaml.safe_load(path.read_text())["type"] == "command"
+    argv = _expand(body, {"styled": "/mnt/styled"})
+    assert argv[:3] == ["python", "-m", "gpu_job"]
+    args = parse_args(argv[3:])
+    assert (args.input, args.output) == (Path(loaded.inputs["segment"].path), Path("/mnt/styled/batch-00003.a1.mp4"))
+    assert (args.model, args.start_pts, args.end_pts, args.time_base, args.frames) == ("candy", 60, end_pts, Fraction(1, 25), 20)
+    assert (args.device, args.batch_size, args.crf, args.preset) == ("cuda", 0, 18, "medium")
+
+
+def test_azureml_submits_a_redelivered_message_once():
+    jobs = _FakeJobs()
+    backend = AzureMLBackend(Settings(), ml_client=type("Client", (), {"jobs": jobs, "components": _FakeComponents()})())
+    message = _message()
     assert backend.submit(message) == backend.submit(message) == "job-1-b00003-a1"
-    assert len(fake.jobs.created) == 1, "a redelivered message must not submit twice"
+    assert len(jobs.created) == 1, "a redelivered message must not submit twice"
 
 
 def test_azureml_failure_event_reaches_the_orchestration():
