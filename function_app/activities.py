@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import posixpath
 import tempfile
 from pathlib import Path
 
@@ -13,7 +14,7 @@ from shared.config import Settings
 from shared.errors import InvalidInputError
 from shared.messages import BatchMessage, styled_name
 from shared.plan import Batch, plan_batches
-from shared.preview import write_preview
+from shared.preview import sampled_batches, write_preview
 from shared.probe import VideoInfo, probe
 from shared.report import BatchRecord, RunReport
 from shared.split import split_video
@@ -46,8 +47,8 @@ def split_job(job: dict, limits: Settings = settings) -> dict:
         check_limits(info, limits)
         batches = plan_batches(info, limits.batch_frames)
         parts = split_video(info, batches, Path(scratch) / "segments")
-        for segment in parts.segments:
-            upload_file(service, limits.work_container, layout.segment(segment.name), segment)
+        for batch, segment in zip(batches, parts.segments):
+            upload_file(service, limits.work_container, layout.segment(batch), segment)
         audio_blob = upload_file(service, limits.work_container, f"{layout.root}/{parts.audio.name}", parts.audio) if parts.audio else None
     return {"batches": [b.to_dict() for b in batches], "frames": info.frame_count, "audio_blob": audio_blob, "video": info.summary()}
 
@@ -60,7 +61,7 @@ def enqueue_batches(request: dict, limits: Settings = settings) -> int:
         batch = Batch.from_dict(item["batch"])
         message = BatchMessage(
             job_id=job["job_id"], batch=batch, attempt=item["attempt"], model=job["style"],
-            segment_blob=layout.segment(f"{batch.name}.mp4"), styled_blob=layout.styled(styled_name(batch, item["attempt"])),
+            segment_blob=layout.segment(batch), styled_blob=layout.styled(styled_name(batch, item["attempt"])),
         )
         queue.send_message(message.to_json())
     return len(request["batches"])
@@ -68,16 +69,20 @@ def enqueue_batches(request: dict, limits: Settings = settings) -> int:
 
 def stitch_job(request: dict, limits: Settings = settings) -> dict:
     """Join the styled segments with the original audio; upload video, preview and report to the output container."""
-    job, plan = request["job"], request["plan"]
+    job, plan, layout = request["job"], request["plan"], JobLayout(request["job"]["job_id"])
     service = blob_service(limits)
     names = output_names(job["input_blob"], job["style"])
     with tempfile.TemporaryDirectory(prefix="stitch-") as scratch:
         folder = Path(scratch)
-        segments = [download_file(service, limits.work_container, blob, folder / "styled" / Path(blob).name) for blob in request["styled"]]
+        styled = [download_file(service, limits.work_container, blob, folder / "styled" / Path(blob).name) for blob in request["styled"]]
         audio = download_file(service, limits.work_container, plan["audio_blob"], folder / Path(plan["audio_blob"]).name) if plan["audio_blob"] else None
-        video = stitch(segments, audio, folder / "output.mp4")
-        source = download_file(service, limits.input_container, job["input_blob"], folder / f"input{Path(job['input_blob']).suffix}")
-        preview = write_preview(source, video, plan["frames"], folder / "preview.png")
+        video = stitch(styled, audio, folder / "output.mp4")
+        batches = [Batch.from_dict(item) for item in plan["batches"]]
+        sources = {}
+        for position in sampled_batches(batches):
+            blob = layout.segment(batches[position])
+            sources[position] = download_file(service, limits.work_container, blob, folder / "segments" / posixpath.basename(blob))
+        preview = write_preview(batches, sources, styled, folder / "preview.png")
         report = RunReport(input=plan["video"], output=names["video"], model={"requested": job["style"], "used": job["style"]},
                            device="azureml" if limits.compute_backend == "azureml" else limits.compute_backend,
                            batch_frames=limits.batch_frames, workers=len(plan["batches"]), frames=plan["frames"], status="succeeded")

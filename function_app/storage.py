@@ -19,6 +19,8 @@ from azure.storage.blob import BlobServiceClient, ContentSettings
 from azure.storage.queue import QueueClient, TextBase64DecodePolicy, TextBase64EncodePolicy
 
 from shared.config import Settings
+from shared.plan import Batch
+from shared.split import SEGMENT_SUFFIX
 
 CONTENT_TYPES = {".mp4": "video/mp4", ".png": "image/png", ".json": "application/json", ".m4a": "audio/mp4"}
 
@@ -56,8 +58,8 @@ class JobLayout:
     def root(self) -> str:
         return f"jobs/{self.job_id}"
 
-    def segment(self, file_name: str) -> str:
-        return f"{self.root}/segments/{file_name}"
+    def segment(self, batch: Batch) -> str:
+        return f"{self.root}/segments/{batch.name}{SEGMENT_SUFFIX}"
 
     def styled(self, file_name: str) -> str:
         return f"{self.root}/styled/{file_name}"

@@ -111,8 +111,8 @@ def run(request: RunRequest, settings: Settings, launcher: Launcher = launch_sco
             pool.run(batches, parts.segments, styled, report.batches, request.workers)
         with report.stage("stitch"):
             stitch(styled, parts.audio, request.output)
-    with report.stage("preview"):
-        write_preview(request.input, request.output, info.frame_count, request.preview_path)
+        with report.stage("preview"):
+            write_preview(batches, parts.segments, styled, request.preview_path)
     report.frames = info.frame_count
     report.seconds = round(time.perf_counter() - started, 4)
     report.status = "succeeded"

@@ -8,6 +8,7 @@ from fractions import Fraction
 from pathlib import Path
 
 import av
+import numpy as np
 
 
 def ffmpeg(*args: str) -> None:
@@ -112,3 +113,20 @@ def set_rotation(source: Path, target: Path, degrees: int) -> Path:
             packet.stream = streams[packet.stream.index]
             out.mux(packet)
     return target
+
+
+
+def preview_tiles(png: Path, rows: int) -> list[tuple[np.ndarray, np.ndarray]]:
+    """The (input, styled) tiles of each row of a preview image."""
+    with av.open(str(png)) as container:
+        image = next(container.decode(video=0)).to_ndarray(format="rgb24")
+    height, width = image.shape[0] // rows, image.shape[1] // 2
+    assert image.shape[:2] == (height * rows, width * 2)
+    return [(image[r * height:(r + 1) * height, :width], image[r * height:(r + 1) * height, width:]) for r in range(rows)]
+
+
+def frames_at(path: Path, indices: list[int], width: int, height: int) -> list[np.ndarray]:
+    """Frames at ``indices`` (display order), resized as the preview resizes them."""
+    with av.open(str(path)) as container:
+        frames = [frame for number, frame in enumerate(container.decode(video=0)) if number in indices]
+    return [frame.to_ndarray(format="rgb24", width=width, height=height, interpolation="AREA") for frame in frames]

@@ -11,6 +11,7 @@ from fractions import Fraction
 from pathlib import Path
 
 import azure.functions as func
+import numpy as np
 import pytest
 import yaml
 from azure.storage.blob import BlobServiceClient
@@ -22,10 +23,11 @@ from function_app.batches import job_status, on_batch_message, on_styled_segment
 from function_app.compute import AzureMLBackend, job_name
 from function_app.orchestrator import RESULT_EVENT
 from function_app.upload import instance_id_for, start_job, style_for
-from media import audio_md5, frame_timestamps, make_clip, min_psnr
+from media import audio_md5, frame_timestamps, frames_at, make_clip, min_psnr, preview_tiles
 from shared.config import Settings
 from shared.messages import BatchMessage, MessageError
 from shared.plan import Batch
+from shared.preview import sample_indices
 
 LIMITS = Settings(batch_frames=20, max_attempts=2)
 COMPONENT_YAML = Path(__file__).resolve().parents[1] / "gpu_job" / "azureml" / "component.yml"
@@ -130,6 +132,11 @@ def test_end_to_end_on_azurite_is_frame_exact(storage, tmp_path):
     assert audio_md5(video) == audio_md5(clip)
     report = json.loads(outputs["trips/clip.identity.report.json"].read_text())
     assert report["frames"] == 50 and [b["attempts"] for b in report["batches"]] == [1, 1, 1]
+    indices = sample_indices(50)
+    tiles = preview_tiles(outputs["trips/clip.identity.preview.png"], len(indices))
+    height, width = tiles[0][0].shape[:2]
+    assert [(np.array_equal(a, frame), np.array_equal(b, styled)) for (a, b), frame, styled
+            in zip(tiles, frames_at(clip, indices, width, height), frames_at(video, indices, width, height), strict=True)] == [(True, True)] * 3
 
     response = run(_user(job_status)(func.HttpRequest("GET", f"/api/jobs/{instance_id}", body=b"", route_params={"job_id": instance_id}), client))
     status = json.loads(response.get_body())

@@ -7,9 +7,12 @@ import subprocess
 import time
 from pathlib import Path
 
+import numpy as np
 import pytest
 
-from media import audio_md5, audio_seconds, audio_streams, frame_timestamps, make_clip, min_psnr, set_rotation, video_duration, video_stream
+from media import (audio_md5, audio_seconds, audio_streams, frame_timestamps, frames_at, make_clip, min_psnr, preview_tiles, set_rotation,
+                   video_duration, video_stream)
+from shared.preview import sample_indices
 
 PSNR_FLOOR = 35.0
 
@@ -77,7 +80,12 @@ def test_identity_run_is_frame_exact(name, clips, tmp_path, stylize_bin):
     report = json.loads((tmp_path / "styled.report.json").read_text())
     assert report["status"] == "succeeded" and report["frames"] == len(want)
     assert sum(b["frames"] for b in report["batches"]) == len(want)
-    assert (tmp_path / "styled.preview.png").stat().st_size > 0
+    indices = sample_indices(len(want))
+    tiles = preview_tiles(tmp_path / "styled.preview.png", len(indices))
+    height, width = tiles[0][0].shape[:2]
+    for (input_tile, styled_tile), source_frame, output_frame in zip(
+            tiles, frames_at(source, indices, width, height), frames_at(output, indices, width, height), strict=True):
+        assert np.array_equal(input_tile, source_frame) and np.array_equal(styled_tile, output_frame), "preview shows other frames"
 
 
 def test_rotation_is_kept(clips, tmp_path, stylize_bin):
