@@ -1,6 +1,6 @@
 """Benchmarks of the local pipeline. Prints a Markdown table; results are kept in bench/RESULTS.md.
 
-    .venv/bin/python bench/run.py [--size 320x180] [--seconds 4] [--skip-memory]
+    .venv/bin/python bench/run.py [--size 640x360] [--seconds 10] [--skip-memory]
 
 1. Overhead: wall time of ``stylize run`` over the pure model time for the same frames and threads.
 2. Reference method (frames dumped to PNG, scored one by one, re-encoded, audio remuxed) against ours.
@@ -26,6 +26,7 @@ import torch
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+from gpu_job.__main__ import AUTO_BATCH  # noqa: E402
 from gpu_job.models import random_transformer  # noqa: E402
 from gpu_job.scorer import FrameStyler  # noqa: E402
 
@@ -107,8 +108,8 @@ def peak_rss_mib(command: list[str]) -> float:
 
 def main() -> None:
     parser = argparse.ArgumentParser()
-    parser.add_argument("--size", default="320x180")
-    parser.add_argument("--seconds", type=float, default=4)
+    parser.add_argument("--size", default="640x360")
+    parser.add_argument("--seconds", type=float, default=10)
     parser.add_argument("--skip-memory", action="store_true")
     args = parser.parse_args()
     threads = os.cpu_count() or 1
@@ -116,9 +117,9 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as scratch:
         work = Path(scratch)
         clip = make_clip(work / "clip.mp4", args.size, args.seconds)
-        model_s, frames = pure_model_seconds(clip, threads, batch=2)
+        model_s, frames = pure_model_seconds(clip, threads, batch=AUTO_BATCH["cpu"])
         ours_s = ours(clip, work / "ours.mp4")
-        rows.append(("pure model time (random TransformerNet)", f"{model_s:.1f} s", f"{frames / model_s:.2f} frames/s"))
+        rows.append((f"pure model time (random TransformerNet, batch {AUTO_BATCH['cpu']})", f"{model_s:.1f} s", f"{frames / model_s:.2f} frames/s"))
         rows.append(("stylize run, 1 worker", f"{ours_s:.1f} s", f"overhead x{ours_s / model_s:.3f}"))
         reference_s = reference_method(clip, work, threads)
         rows.append(("reference method (PNG files, frame by frame)", f"{reference_s:.1f} s", f"ours is x{reference_s / ours_s:.2f} faster"))

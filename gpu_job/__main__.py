@@ -12,7 +12,7 @@ from pathlib import Path
 from shared.config import Settings
 from shared.errors import PipelineError
 
-AUTO_BATCH = {"cpu": 2, "cuda": 8}
+AUTO_BATCH = {"cpu": 1, "cuda": 8}
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
