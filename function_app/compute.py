@@ -69,10 +69,10 @@ class AzureMLBackend:
     azd post-deploy hook) owns the command line; this class only fills in one batch's inputs.
     """
 
-    def __init__(self, settings: Settings, ml_client=None, component=None) -> None:
+    def __init__(self, settings: Settings, ml_client=None) -> None:
         self.settings = settings
         self._ml_client = ml_client
-        self._component = component
+        self._component = None
 
     @property
     def ml_client(self):
