@@ -347,10 +347,24 @@ def test_blobs_extension_key_waits_for_the_host_then_gives_up(monkeypatch):
         hook.blobs_extension_key(never, deployment, wait_s=0, poll_s=0)
 
 
-def test_function_app_imports_without_torch():
-    """The Function app's package list has no torch: nothing it imports may need it."""
+def test_function_package_runs_without_what_funcignore_leaves_out(tmp_path):
+    """The deployment package azd builds (the project minus .funcignore) indexes every function, with no torch."""
+    import pathspec
+
+    ignore = pathspec.PathSpec.from_lines("gitwildmatch", (ROOT / ".funcignore").read_text().splitlines())
+    tracked = subprocess.run(["git", "ls-files"], cwd=ROOT, capture_output=True, text=True, check=True).stdout.splitlines()
+    package = tmp_path / "package"
+    for name in tracked:
+        if not ignore.match_file(name):
+            (package / name).parent.mkdir(parents=True, exist_ok=True)
+            shutil.copy2(ROOT / name, package / name)
+    top = {path.name for path in package.iterdir()}
+    assert {"host.json", "requirements.txt", "stylize_functions.py", "function_app", "shared", "gpu_job"} <= top
+    assert not top & {"tests", "bench", "bicep", "deploy", ".venv", "node_modules"}
     code = ("import sys; sys.modules['torch'] = None; sys.modules['torchvision'] = None\n"
-            "import stylize_functions; print(len(stylize_functions.app.get_functions()))")
-    run = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=ROOT, timeout=120)
+            "import stylize_functions, function_app, shared, gpu_job\n"
+            "assert all(m.__file__.startswith(sys.argv[1]) for m in (stylize_functions, function_app, shared, gpu_job))\n"
+            "print(len(stylize_functions.app.get_functions()))")
+    run = subprocess.run([sys.executable, "-c", code, str(package)], capture_output=True, text=True, cwd=package, timeout=120)
     assert run.returncode == 0, run.stderr[-2000:]
-    assert int(run.stdout.strip()) >= 10
+    assert int(run.stdout.strip()) == 10
