@@ -64,7 +64,7 @@ var computeName = 'gpu-cluster'
 var datastoreName = 'stylize_work'
 var componentName = 'stylize_batch'
 
-resource group 'Microsoft.Resources/resourceGroups@2024-03-01' = {
+resource rg 'Microsoft.Resources/resourceGroups@2024-03-01' = {
   name: 'rg-${environmentName}'
   location: location
   tags: tags
@@ -72,7 +72,7 @@ resource group 'Microsoft.Resources/resourceGroups@2024-03-01' = {
 
 module identity 'modules/identity.bicep' = {
   name: 'identity'
-  scope: group
+  scope: rg
   params: {
     name: 'id-func-${token}'
     location: location
@@ -82,7 +82,7 @@ module identity 'modules/identity.bicep' = {
 
 module monitoring 'modules/monitoring.bicep' = {
   name: 'monitoring'
-  scope: group
+  scope: rg
   params: {
     logAnalyticsName: 'log-${token}'
     appInsightsName: 'appi-${token}'
@@ -93,7 +93,7 @@ module monitoring 'modules/monitoring.bicep' = {
 
 module dataStorage 'modules/storage-account.bicep' = {
   name: 'data-storage'
-  scope: group
+  scope: rg
   params: {
     name: 'stdata${token}'
     location: location
@@ -106,7 +106,7 @@ module dataStorage 'modules/storage-account.bicep' = {
 
 module operationsStorage 'modules/storage-account.bicep' = {
   name: 'operations-storage'
-  scope: group
+  scope: rg
   params: {
     name: 'stops${token}'
     location: location
@@ -117,7 +117,7 @@ module operationsStorage 'modules/storage-account.bicep' = {
 
 module workspace 'modules/ml-workspace.bicep' = {
   name: 'ml-workspace'
-  scope: group
+  scope: rg
   params: {
     workspaceName: 'mlw-${token}'
     keyVaultName: 'kv-${token}'
@@ -131,7 +131,7 @@ module workspace 'modules/ml-workspace.bicep' = {
 
 module compute 'modules/ml-compute.bicep' = {
   name: 'ml-compute'
-  scope: group
+  scope: rg
   params: {
     workspaceName: workspace.outputs.name
     name: computeName
@@ -146,7 +146,7 @@ module compute 'modules/ml-compute.bicep' = {
 
 module datastore 'modules/ml-datastore.bicep' = {
   name: 'ml-datastore'
-  scope: group
+  scope: rg
   params: {
     workspaceName: workspace.outputs.name
     name: datastoreName
@@ -157,7 +157,7 @@ module datastore 'modules/ml-datastore.bicep' = {
 
 module functionApp 'modules/function-app.bicep' = {
   name: 'function-app'
-  scope: group
+  scope: rg
   params: {
     planName: 'plan-${token}'
     appName: 'func-${token}'
@@ -183,7 +183,7 @@ module functionApp 'modules/function-app.bicep' = {
       STYLIZE_BATCH_FRAMES: string(batchFrames)
       STYLIZE_COMPUTE_BACKEND: 'azureml'
       STYLIZE_AZUREML_SUBSCRIPTION_ID: subscription().subscriptionId
-      STYLIZE_AZUREML_RESOURCE_GROUP: group.name
+      STYLIZE_AZUREML_RESOURCE_GROUP: rg.name
       STYLIZE_AZUREML_WORKSPACE: workspace.outputs.name
       STYLIZE_AZUREML_COMPUTE: compute.outputs.name
       STYLIZE_AZUREML_COMPONENT: componentName
@@ -194,7 +194,7 @@ module functionApp 'modules/function-app.bicep' = {
 
 module events 'modules/event-grid.bicep' = {
   name: 'event-grid'
-  scope: group
+  scope: rg
   params: {
     location: location
     tags: tags
@@ -207,7 +207,7 @@ module events 'modules/event-grid.bicep' = {
 
 module rbac 'modules/rbac.bicep' = {
   name: 'rbac'
-  scope: group
+  scope: rg
   params: {
     dataAccountName: dataStorage.outputs.name
     operationsAccountName: operationsStorage.outputs.name
@@ -228,7 +228,7 @@ module rbac 'modules/rbac.bicep' = {
 // Read by azd, the post-deploy hook (deploy/postdeploy.py) and the README's commands.
 output AZURE_LOCATION string = location
 output AZURE_TENANT_ID string = tenant().tenantId
-output AZURE_RESOURCE_GROUP string = group.name
+output AZURE_RESOURCE_GROUP string = rg.name
 output FUNCTION_APP_NAME string = functionApp.outputs.name
 output FUNCTION_APP_URL string = 'https://${functionApp.outputs.defaultHostName}'
 output DATA_STORAGE_ACCOUNT string = dataStorage.outputs.name
