@@ -1,6 +1,6 @@
 // Parses .bicep files with the tree-sitter Bicep grammar and prints, per file, a JSON outline the
-// Python tests check: syntax errors, parameters, outputs, resources (with their bodies as JSON),
-// modules, and every function called. Usage: node bicep_outline.mjs FILE...
+// Python tests check: syntax errors, names used but never declared, parameters, outputs, resources
+// (with their bodies as JSON), modules, and every function called. Usage: node bicep_outline.mjs FILE...
 import { readFileSync } from 'node:fs';
 import { createRequire } from 'node:module';
 import { Parser, Language } from 'web-tree-sitter';
@@ -55,6 +55,35 @@ function decoratorsOf(node) {
     : [];
 }
 
+const DECLARATIONS = new Set(['parameter_declaration', 'variable_declaration', 'resource_declaration', 'module_declaration', 'output_declaration']);
+
+// Names a file uses in expressions that no declaration, loop or lambda in it introduces.
+function undeclared(root) {
+  const declared = new Set();
+  const used = [];
+  const visit = (node) => {
+    const parent = node.parent;
+    if (node.type === 'loop_variable' || node.type === 'loop_enumerator') {
+      declared.add(node.text);
+    } else if (node.type === 'identifier' && parent) {
+      const first = named(parent)[0];
+      const introduces = (DECLARATIONS.has(parent.type) || parent.type === 'lambda_expression' || parent.type === 'for_statement')
+        && first && first.id === node.id;
+      const isKey = parent.type === 'object_property' && first.id === node.id;
+      const isCallee = parent.type === 'call_expression' && parent.childForFieldName('function')?.id === node.id;
+      if (introduces) {
+        declared.add(node.text);
+      } else if (!isKey && !isCallee) {
+        used.push(node);
+      }
+    }
+    named(node).forEach(visit);
+  };
+  visit(root);
+  return used.filter((node) => !declared.has(node.text))
+    .map((node) => `${node.startPosition.row + 1}:${node.startPosition.column + 1}: ${node.text}`);
+}
+
 function outline(file) {
   const tree = parser.parse(readFileSync(file, 'utf8'));
   const errors = [];
@@ -69,7 +98,7 @@ function outline(file) {
     node.children.forEach(walk);
   };
   walk(tree.rootNode);
-  const result = { file, errors, calls, targetScope: null, params: {}, outputs: {}, resources: [], modules: [] };
+  const result = { file, errors, undeclared: undeclared(tree.rootNode), calls, targetScope: null, params: {}, outputs: {}, resources: [], modules: [] };
   for (const node of named(tree.rootNode)) {
     const parts = named(node);
     if (node.type === 'target_scope_assignment') {

@@ -95,13 +95,17 @@ def test_azure_yaml_points_at_what_exists():
 
 # Bicep sources
 
-def test_every_bicep_file_parses_with_the_bicep_grammar(tmp_path):
+def test_every_bicep_file_parses_and_declares_what_it_uses(tmp_path):
     assert len(BICEP_FILES) >= 8
     for path, outline in outlines().items():
         assert outline["errors"] == [], f"{path} has syntax errors"
+        assert outline["undeclared"] == [], f"{path} uses names it never declares"
     broken = tmp_path / "broken.bicep"
     broken.write_text("resource account 'Microsoft.Storage/storageAccounts@2023-05-01' = {\n  name: 'x'\n  properties: {\n")
     assert _outline([broken])[0]["errors"], "the grammar check must be able to fail"
+    typo = tmp_path / "typo.bicep"
+    typo.write_text("param name string\nvar names = [for (n, i) in range(0, 2): '${nmae}${i}${n}']\noutput first string = names[0]\n")
+    assert _outline([typo])[0]["undeclared"] == ["2:44: nmae"]
 
 
 def test_every_resource_has_a_dated_api_version():

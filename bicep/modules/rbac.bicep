@@ -51,6 +51,8 @@ resource registry 'Microsoft.ContainerRegistry/registries@2023-07-01' existing =
 }
 
 var dataContainers = [ inputContainer, outputContainer, workContainer ]
+// A variable, not inline: tree-sitter-bicep 1.1.0 misreads `f().x` as an array item.
+var groupScope = resourceGroup().id
 var user = empty(userPrincipalId) ? [] : [ userPrincipalId ]
 
 // Grants per scope. Who needs what, and why:
@@ -140,7 +142,7 @@ resource jobSubmitter 'Microsoft.Authorization/roleDefinitions@2022-04-01' = {
     roleName: 'Stylize job submitter (${workspaceName})'
     description: 'Submit and follow Azure ML command jobs made from registered components.'
     type: 'CustomRole'
-    assignableScopes: [ resourceGroup().id ]
+    assignableScopes: [ groupScope ]
     permissions: [
       {
         actions: [
