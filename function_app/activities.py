@@ -9,16 +9,18 @@ from pathlib import Path
 
 import azure.durable_functions as df
 
-from function_app.storage import JobLayout, batch_queue, blob_service, download_file, output_names, upload_file, write_error_report
+from function_app.compute import ensure_workers
+from function_app.storage import output_names, write_error_report
 from shared.config import Settings
 from shared.errors import InvalidInputError
 from shared.messages import BatchMessage, styled_name
 from shared.plan import Batch, plan_batches
 from shared.preview import sampled_batches, write_preview
 from shared.probe import VideoInfo, probe
-from shared.report import BatchRecord, RunReport
+from shared.report import BatchRecord, RunReport, worker_stats
 from shared.split import split_video
 from shared.stitch import stitch
+from shared.storage import JobLayout, blob_service, close_job, download_file, queue_client, upload_file
 
 bp = df.Blueprint()
 settings = Settings.from_env()
@@ -54,14 +56,14 @@ def split_job(job: dict, limits: Settings = settings) -> dict:
 
 
 def enqueue_batches(request: dict, limits: Settings = settings) -> int:
-    """One queue message per batch attempt. A replay may send one twice; the submitter makes that harmless."""
+    """One queue message per batch attempt. A replay may send one twice; the worker then finds the styled segment and reuses it."""
     job, layout = request["job"], JobLayout(request["job"]["job_id"])
-    queue = batch_queue(limits)
+    queue = queue_client(limits, limits.batch_queue)
     for item in request["batches"]:
         batch = Batch.from_dict(item["batch"])
         message = BatchMessage(
             job_id=job["job_id"], batch=batch, attempt=item["attempt"], model=job["style"],
-            segment_blob=layout.segment(batch), styled_blob=layout.styled(styled_name(batch, item["attempt"])),
+            segment=layout.segment(batch), styled=layout.styled(styled_name(batch, item["attempt"])),
         )
         queue.send_message(message.to_json())
     return len(request["batches"])
@@ -83,23 +85,35 @@ def stitch_job(request: dict, limits: Settings = settings) -> dict:
             blob = layout.segment(batches[position])
             sources[position] = download_file(service, limits.work_container, blob, folder / "segments" / posixpath.basename(blob))
         preview = write_preview(batches, sources, styled, folder / "preview.png")
+        done_by = {int(index): facts for index, facts in request["done_by"].items()}
         report = RunReport(input=plan["video"], output=names["video"], model={"requested": job["style"], "used": job["style"]},
                            device="azureml" if limits.compute_backend == "azureml" else limits.compute_backend,
-                           batch_frames=limits.batch_frames, workers=len(plan["batches"]), frames=plan["frames"], status="succeeded")
+                           batch_frames=limits.batch_frames, workers=len({facts["worker"] for facts in done_by.values()}),
+                           frames=plan["frames"], status="succeeded")
         attempts = {int(index): count for index, count in request["attempts"].items()}
-        report.batches = [BatchRecord(b["index"], b["first_frame"], b["frame_count"], attempts=attempts[b["index"]]) for b in plan["batches"]]
+        report.batches = [BatchRecord(b["index"], b["first_frame"], b["frame_count"], seconds=done_by[b["index"]]["seconds"],
+                                      attempts=attempts[b["index"]], worker=done_by[b["index"]]["worker"]) for b in plan["batches"]]
+        report.worker_stats = worker_stats(done_by.values())
         report.error = "; ".join(request["errors"][-5:]) or None
         report_path = report.write(folder / "report.json")
         metadata = {"job_id": job["job_id"], "source": job["input_blob"], "style": job["style"]}
         upload_file(service, limits.output_container, names["preview"], preview, metadata)
         upload_file(service, limits.output_container, names["report"], report_path, metadata)
         upload_file(service, limits.output_container, names["video"], video, metadata)
+    close_job(service, limits, job["job_id"])
     return names
 
 
 def report_failure(request: dict, limits: Settings = settings) -> str:
+    """Write the error report and close the job, so workers drop its leftover batch messages."""
     job = request["job"]
+    close_job(blob_service(limits), limits, job["job_id"])
     return write_error_report(limits, job["input_blob"], job["style"], request["error"], job["job_id"])
+
+
+def keep_workers(request: dict, limits: Settings = settings) -> dict:
+    """Start workers until enough are alive for the outstanding batches (at most ``max_workers``)."""
+    return ensure_workers(limits, request["outstanding"])
 
 
 @bp.function_name("split_job")
@@ -114,6 +128,12 @@ def enqueue_batches_activity(request: dict) -> int:
     return enqueue_batches(request)
 
 
+@bp.function_name("ensure_workers")
+@bp.activity_trigger(input_name="request")
+def ensure_workers_activity(request: dict) -> dict:
+    return keep_workers(request)
+
+
 @bp.function_name("stitch_job")
 @bp.activity_trigger(input_name="request")
 def stitch_job_activity(request: dict) -> dict:
@@ -126,4 +146,5 @@ def report_failure_activity(request: dict) -> str:
     return report_failure(request)
 
 
-ACTIVITIES = {"split_job": split_job, "enqueue_batches": enqueue_batches, "stitch_job": stitch_job, "report_failure": report_failure}
+ACTIVITIES = {"split_job": split_job, "enqueue_batches": enqueue_batches, "ensure_workers": keep_workers, "stitch_job": stitch_job,
+              "report_failure": report_failure}

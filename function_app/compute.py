@@ -1,73 +1,90 @@
-"""Compute backends that score one batch attempt. Both take a :class:`BatchMessage` and are idempotent per attempt.
+"""Worker pools: keep enough warm workers alive to drain the batch queue, never more than ``max_workers``.
 
-``local`` runs ``python -m gpu_job`` here (for ``func start`` and tests) and writes the styled
-segment, or a failure marker, to the work container. ``azureml`` submits the same scorer as an
-Azure ML command job on GPU compute, named after job, batch and attempt, so a redelivered message
-never submits twice; its output lands in the same place.
+``local`` starts ``python -m gpu_job worker`` processes on this machine (``func start``, tests);
+``azureml`` submits Azure ML command jobs made from the registered ``stylize_worker`` component on
+the GPU cluster. Both run the same worker against the same queues. Which workers were started is
+kept in a registry blob, updated under a blob lease, so orchestrations that ask at the same time
+together start no more than the maximum.
 """
 
 from __future__ import annotations
 
 import json
-import posixpath
-import re
+import logging
+import os
 import subprocess
 import sys
-import tempfile
-from pathlib import Path
+import time
+import uuid
 from typing import Protocol
 
-from function_app.storage import blob_service, download_file, upload_file
-from gpu_job.command import ScorerOptions, local_command, scorer_args
+from azure.core.exceptions import HttpResponseError, ResourceExistsError
+
+from gpu_job.command import WorkerOptions, worker_command
 from shared.config import Settings
-from shared.messages import BatchMessage
+from shared.storage import blob_service, connection_env, queue_client
 
-STYLED_OUTPUT = "styled"
-SEGMENT_INPUT = "segment"
-
-
-class ComputeBackend(Protocol):
-    def submit(self, message: BatchMessage) -> str:
-        """Start (or, for a duplicate, recognise) the attempt; returns its run or job name."""
-
-
-def job_name(message: BatchMessage) -> str:
-    """Deterministic and valid as an Azure ML job name (letters, digits, '-', '_'; at most 255)."""
-    raw = f"{message.job_id}-b{message.batch.index:05d}-a{message.attempt}"
-    return re.sub(r"[^A-Za-z0-9_-]", "-", raw)[:255]
+log = logging.getLogger(__name__)
+REGISTRY_BLOB = "workers/{backend}.json"
+LEASE_S = 60
+LEASE_WAIT_S = 90
+WORKER_ROLE_TAG = "stylize_role"
+# Azure ML job states in which a worker job may still take batches.
+AZUREML_ACTIVE_STATES = frozenset({"NotStarted", "Queued", "Preparing", "Provisioning", "Starting", "Running"})
 
 
-class LocalBackend:
+class WorkerBackend(Protocol):
+    name: str
+
+    def start(self) -> str:
+        """Start one worker; returns its name."""
+
+    def running(self, names: list[str]) -> list[str]:
+        """Those of ``names`` that are still starting or running."""
+
+
+def worker_environment(settings: Settings, storage: dict[str, str]) -> dict[str, str]:
+    """What a worker needs to find its queues and containers: the settings (less this machine's model cache) and the storage connection."""
+    env = {key: value for key, value in settings.to_env().items() if key != "STYLIZE_MODEL_CACHE_DIR"}
+    return {**env, **storage}
+
+
+class LocalWorkers:
+    """Worker processes on this machine. Their handles live in this process, which reaps them."""
+
+    name = "local"
+    processes: dict[str, subprocess.Popen] = {}
+
     def __init__(self, settings: Settings, python: str = sys.executable) -> None:
         self.settings, self.python = settings, python
 
-    def submit(self, message: BatchMessage) -> str:
-        service = blob_service(self.settings)
-        container = self.settings.work_container
-        failure_blob = message.styled_blob.replace(".mp4", ".failed.json")
-        if service.get_blob_client(container, message.styled_blob).exists():
-            return job_name(message)
-        with tempfile.TemporaryDirectory(prefix="batch-") as scratch:
-            segment = download_file(service, container, message.segment_blob, Path(scratch) / "segment.mp4")
-            styled = Path(scratch) / posixpath.basename(message.styled_blob)
-            options = ScorerOptions(model=message.model, batch_size=self.settings.infer_batch, crf=self.settings.crf, preset=self.settings.preset)
-            run = subprocess.run(local_command(scorer_args(str(segment), str(styled), message.batch, options), self.python),
-                                 capture_output=True, text=True)
-            if run.returncode == 0:
-                upload_file(service, container, message.styled_blob, styled, {"job_id": message.job_id})
-            else:
-                last = next((line for line in reversed(run.stderr.splitlines()) if line.strip()), f"exit code {run.returncode}")
-                body = json.dumps({"job": job_name(message), "error": last.strip()})
-                service.get_blob_client(container, failure_blob).upload_blob(body.encode(), overwrite=True)
-        return job_name(message)
+    def start(self) -> str:
+        command = worker_command(WorkerOptions.from_settings(self.settings), python=self.python)
+        process = subprocess.Popen(command, env={**os.environ, **worker_environment(self.settings, connection_env(self.settings))}, stdin=subprocess.DEVNULL)
+        name = f"local-{process.pid}"
+        self.processes[name] = process
+        return name
+
+    def running(self, names: list[str]) -> list[str]:
+        return [name for name in names if name in self.processes and self.processes[name].poll() is None]
+
+    @classmethod
+    def stop_all(cls) -> None:
+        for process in cls.processes.values():
+            if process.poll() is None:
+                process.kill()
+            process.wait()
+        cls.processes.clear()
 
 
-class AzureMLBackend:
-    """Submits each batch attempt as a command job made from the registered ``stylize_batch`` component.
+class AzureMLWorkers:
+    """Worker jobs on the GPU cluster, made from the registered component (its command, code and environment).
 
-    The component (gpu_job/azureml/component.yml, registered with its code and environment by the
-    azd post-deploy hook) owns the command line; this class only fills in one batch's inputs.
+    A job runs the worker with the cluster's managed identity until the queue has been empty for
+    ``worker_idle_s``; the storage endpoints and the settings reach it as environment variables.
     """
+
+    name = "azureml"
 
     def __init__(self, settings: Settings, ml_client=None) -> None:
         self.settings = settings
@@ -90,56 +107,96 @@ class AzureMLBackend:
             self._component = self.ml_client.components.get(self.settings.azureml_component, label="latest")
         return self._component
 
-    def build_job(self, message: BatchMessage):
-        """The command job for one batch attempt, built without contacting Azure."""
-        from azure.ai.ml import Input, Output
-        from azure.ai.ml.constants import AssetTypes, InputOutputModes
+    def build_job(self, name: str):
+        """The command job for one worker, built without contacting Azure."""
         from azure.ai.ml.entities import CommandJob, ManagedIdentityConfiguration
 
-        s, batch, component = self.settings, message.batch, self.component
-        datastore = f"azureml://datastores/{s.azureml_datastore}/paths"
-        inputs = {
-            SEGMENT_INPUT: Input(type=AssetTypes.URI_FILE, path=f"{datastore}/{message.segment_blob}", mode=InputOutputModes.DOWNLOAD),
-            "styled_name": posixpath.basename(message.styled_blob),
-            "model": message.model,
-            "start_pts": batch.start_pts,
-            "time_base": batch.time_base,
-            "frames": batch.frame_count,
-            "batch_size": s.infer_batch,
-            "crf": s.crf,
-            "preset": s.preset,
-        }
-        if batch.end_pts is not None:
-            inputs["end_pts"] = batch.end_pts
+        s, component = self.settings, self.component
         return CommandJob(
-            name=job_name(message),
-            display_name=f"{message.batch.name} attempt {message.attempt}",
+            name=name,
+            display_name="stylize worker",
             experiment_name="stylize",
             command=component.command,
             code=component.code,
             environment=component.environment,
-            inputs=inputs,
-            outputs={STYLED_OUTPUT: Output(type=AssetTypes.URI_FOLDER, path=f"{datastore}/{posixpath.dirname(message.styled_blob)}/",
-                                           mode=InputOutputModes.UPLOAD)},
+            environment_variables=worker_environment(s, self.storage_env()),
             compute=s.azureml_compute,
             identity=ManagedIdentityConfiguration(),
-            tags={"orchestration_id": message.job_id, "batch": str(message.batch.index), "attempt": str(message.attempt)},
+            tags={WORKER_ROLE_TAG: "worker"},
         )
 
-    def submit(self, message: BatchMessage) -> str:
+    def storage_env(self) -> dict[str, str]:
+        """The data account's endpoints, reached with the cluster's identity: never a key or a connection string."""
+        prefix = self.settings.storage_connection
+        endpoints = {f"{prefix}__{key}": os.environ.get(f"{prefix}__{key}", "") for key in ("blobServiceUri", "queueServiceUri")}
+        missing = [key for key, value in endpoints.items() if not value]
+        if missing:
+            raise ValueError(f"the azureml backend needs identity-based storage settings; {', '.join(missing)} not set")
+        return {**endpoints, f"{prefix}__credential": "managedidentity"}
+
+    def start(self) -> str:
+        name = f"stylize-worker-{uuid.uuid4().hex[:12]}"
+        return self.ml_client.jobs.create_or_update(self.build_job(name)).name
+
+    def running(self, names: list[str]) -> list[str]:
         from azure.core.exceptions import ResourceNotFoundError
 
-        name = job_name(message)
-        try:
-            self.ml_client.jobs.get(name)
-            return name
-        except ResourceNotFoundError:
-            pass
-        return self.ml_client.jobs.create_or_update(self.build_job(message)).name
+        alive = []
+        for name in names:
+            try:
+                if self.ml_client.jobs.get(name).status in AZUREML_ACTIVE_STATES:
+                    alive.append(name)
+            except ResourceNotFoundError:
+                pass
+        return alive
 
 
-def backend_for(settings: Settings) -> ComputeBackend:
-    backends = {"local": LocalBackend, "azureml": AzureMLBackend}
+def backend_for(settings: Settings) -> WorkerBackend:
+    backends = {"local": LocalWorkers, "azureml": AzureMLWorkers}
     if settings.compute_backend not in backends:
         raise ValueError(f"STYLIZE_COMPUTE_BACKEND={settings.compute_backend!r}: use local or azureml")
     return backends[settings.compute_backend](settings)
+
+
+def ensure_workers(settings: Settings, outstanding: int, backend: WorkerBackend | None = None) -> dict:
+    """Start workers until min(max_workers, outstanding work) are alive; returns who runs and who was started.
+
+    Outstanding work is the larger of the caller's unfinished batches and the batch queue's length
+    (which counts other videos' batches too).
+    """
+    backend = backend or backend_for(settings)
+    queued = queue_client(settings, settings.batch_queue).get_queue_properties().approximate_message_count or 0
+    wanted = min(settings.max_workers, max(outstanding, queued))
+    registry = blob_service(settings).get_blob_client(settings.work_container, REGISTRY_BLOB.format(backend=backend.name))
+    with _Lease(registry) as lease:
+        alive = backend.running(json.loads(registry.download_blob(lease=lease).readall() or b"[]"))
+        started = [backend.start() for _ in range(wanted - len(alive))]
+        registry.upload_blob(json.dumps(alive + started).encode(), overwrite=True, lease=lease)
+    if started:
+        log.info("started %d %s worker(s): %s (%d running, %d batches outstanding)", len(started), backend.name, started, len(alive), wanted)
+    return {"running": alive, "started": started}
+
+
+class _Lease:
+    """An exclusive lease on the registry blob (created empty on first use): one caller at a time."""
+
+    def __init__(self, blob) -> None:
+        self.blob = blob
+
+    def __enter__(self):
+        try:
+            self.blob.upload_blob(b"[]", overwrite=False)
+        except ResourceExistsError:
+            pass
+        deadline = time.monotonic() + LEASE_WAIT_S
+        while True:
+            try:
+                self.lease = self.blob.acquire_lease(lease_duration=LEASE_S)
+                return self.lease
+            except HttpResponseError as exc:
+                if exc.status_code != 409 or time.monotonic() > deadline:
+                    raise
+                time.sleep(0.5)
+
+    def __exit__(self, *exc_info) -> None:
+        self.lease.release()

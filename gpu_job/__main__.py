@@ -1,87 +1,108 @@
-"""``python -m gpu_job``: style one batch segment. Runs the same on a laptop and on an Azure ML node."""
+"""``python -m gpu_job``: the worker that styles batches. Runs the same on a laptop and on an Azure ML node.
+
+    python -m gpu_job worker [--stdio] [--preload MODEL] [options]   # warm worker: many batches, each model loaded once
+    python -m gpu_job batch --input SEG --output OUT --model M ...    # one batch, for debugging
+
+``worker`` drains the batch queue named by the ``STYLIZE_*`` settings (storage from ``DataStorage``
+or ``DataStorage__*``) until it has been idle for ``--idle-seconds``; with ``--stdio`` it reads batch
+messages as JSON lines on standard input and answers with JSON lines on standard output instead.
+"""
 
 from __future__ import annotations
 
 import argparse
 import json
-import os
+import logging
 import sys
 from fractions import Fraction
 from pathlib import Path
 
+from gpu_job.command import WorkerOptions
 from shared.config import Settings
 from shared.errors import PipelineError
+from shared.messages import BatchMessage
+from shared.plan import Batch
 
-AUTO_BATCH = {"cpu": 1, "cuda": 8}
 
-
-def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
-    settings = Settings.from_env()
-    parser = argparse.ArgumentParser(prog="python -m gpu_job", description=__doc__)
-    parser.add_argument("--input", required=True, type=Path, help="batch segment (MP4 cut by stream copy)")
-    parser.add_argument("--output", required=True, type=Path, help="styled segment to write (MP4)")
-    parser.add_argument("--model", required=True, help="style name, checkpoint path, 'identity' or 'random'")
-    parser.add_argument("--start-pts", required=True, type=int, help="timestamp of the batch's first frame")
-    parser.add_argument("--end-pts", type=int, default=None, help="timestamp of the next batch's first frame (omit for the last batch)")
-    parser.add_argument("--time-base", type=Fraction, required=True, help="unit of --start-pts and --end-pts, e.g. 1/30000")
-    parser.add_argument("--frames", required=True, type=int, help="frames the batch must yield")
+def _add_worker_options(parser: argparse.ArgumentParser, settings: Settings) -> None:
     parser.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto")
     parser.add_argument("--batch-size", type=int, default=settings.infer_batch, help="frames per forward pass (0: by device)")
     parser.add_argument("--threads", type=int, default=None, help="CPU threads for PyTorch")
     parser.add_argument("--crf", type=int, default=settings.crf)
     parser.add_argument("--preset", default=settings.preset)
-    parser.add_argument("--cache-dir", type=Path, default=settings.model_cache_dir)
-    parser.add_argument("--progress", action="store_true", help="print one JSON line per encoded batch of frames")
+    parser.add_argument("--cache-dir", type=Path, default=settings.model_cache_dir, help="where downloaded styles are cached")
+
+
+def build_parser(settings: Settings) -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="python -m gpu_job", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    commands = parser.add_subparsers(dest="command", required=True)
+    worker = commands.add_parser("worker", help="style batch after batch, each model loaded once")
+    worker.add_argument("--stdio", action="store_true", help="take batch messages as JSON lines on stdin instead of the batch queue")
+    worker.add_argument("--preload", default=None, help="load this model before the first batch")
+    worker.add_argument("--idle-seconds", type=float, default=settings.worker_idle_s, help="queue mode: stop after this long without work")
+    _add_worker_options(worker, settings)
+    batch = commands.add_parser("batch", help="style one batch segment (debugging)")
+    batch.add_argument("--input", required=True, type=Path, help="batch segment (MP4 cut by stream copy)")
+    batch.add_argument("--output", required=True, type=Path, help="styled segment to write (MP4)")
+    batch.add_argument("--model", required=True, help="style name, checkpoint path, 'identity' or 'random'")
+    batch.add_argument("--start-pts", required=True, type=int, help="timestamp of the batch's first frame")
+    batch.add_argument("--end-pts", type=int, default=None, help="timestamp of the next batch's first frame (omit for the last batch)")
+    batch.add_argument("--time-base", type=Fraction, required=True, help="unit of --start-pts and --end-pts, e.g. 1/30000")
+    batch.add_argument("--frames", required=True, type=int, help="frames the batch must yield")
+    _add_worker_options(batch, settings)
+    return parser
+
+
+def parse_args(argv: list[str] | None = None, settings: Settings | None = None) -> argparse.Namespace:
+    parser = build_parser(settings or Settings.from_env())
     args = parser.parse_args(argv)
-    if args.frames <= 0 or args.batch_size < 0:
+    if args.batch_size < 0 or (args.command == "batch" and args.frames <= 0):
         parser.error("--frames must be positive and --batch-size not negative")
     return args
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = parse_args(argv)
     try:
-        import torch
-
-        from gpu_job.models import build_model, resolve_model
-        from gpu_job.scorer import EncoderSettings, FrameStyler, score_segment
-
-        if args.threads:
-            torch.set_num_threads(args.threads)
-        device = _device(args.device, torch)
-        if not args.input.is_file():
-            raise PipelineError(f"{args.input}: no such segment")
-        styler = FrameStyler(build_model(resolve_model(args.model, args.cache_dir)), device)
-
-        def report(frames: int) -> None:
-            if args.progress:
-                print(json.dumps({"event": "frames", "frames": frames}), flush=True)
-
-        result = score_segment(
-            args.input,
-            args.output,
-            styler,
-            start=args.start_pts * args.time_base,
-            end=None if args.end_pts is None else args.end_pts * args.time_base,
-            expected_frames=args.frames,
-            batch_size=args.batch_size or AUTO_BATCH[device.type],
-            encoder=EncoderSettings(crf=args.crf, preset=args.preset),
-            on_frames=report,
-        )
+        settings = Settings.from_env()
     except PipelineError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
-    print(json.dumps({"event": "done", "frames": result.frames, "seconds": round(result.seconds, 3),
-                      "infer_seconds": round(result.infer_seconds, 3), "device": str(device), "pid": os.getpid()}), flush=True)
+    args = parse_args(argv, settings)
+    logging.basicConfig(level=logging.INFO, stream=sys.stderr, format="%(asctime)s worker %(process)d: %(message)s")
+    from gpu_job.worker import Worker
+
+    options = WorkerOptions(device=args.device, batch_size=args.batch_size, crf=args.crf, preset=args.preset, threads=args.threads)
+    try:
+        worker = Worker(options, args.cache_dir)
+    except PipelineError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    if args.command == "batch":
+        return _one_batch(worker, args)
+    if args.stdio:
+        from gpu_job.worker import serve_stdio
+
+        serve_stdio(worker, sys.stdin, sys.stdout, preload=args.preload)
+        return 0
+    from gpu_job.queue_worker import QueueWorker
+
+    if args.preload:
+        worker.models.get(args.preload)
+    QueueWorker(worker, settings).serve(args.idle_seconds)
     return 0
 
 
-def _device(choice: str, torch):
-    if choice == "cuda" and not torch.cuda.is_available():
-        raise PipelineError("--device cuda: no CUDA device is available")
-    if choice == "auto":
-        choice = "cuda" if torch.cuda.is_available() else "cpu"
-    return torch.device(choice)
+def _one_batch(worker, args: argparse.Namespace) -> int:
+    time_base = args.time_base
+    batch = Batch(index=0, first_frame=0, frame_count=args.frames, start_pts=args.start_pts, end_pts=args.end_pts,
+                  time_base=f"{time_base.numerator}/{time_base.denominator}", first_gop=0, last_gop=0)
+    message = BatchMessage(job_id="debug", batch=batch, attempt=1, model=args.model, segment=str(args.input), styled=str(args.output))
+    result = worker.style(message, args.input, args.output)
+    print(json.dumps(result.to_dict()), flush=True)
+    if result.succeeded:
+        return 0
+    print(f"error: {result.error}", file=sys.stderr)
+    return 1 if result.retryable else 2
 
 
 if __name__ == "__main__":

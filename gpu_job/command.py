@@ -1,50 +1,44 @@
-"""The scorer's command line, built in one place for every launcher.
+"""The worker's options and command line, built in one place for every launcher.
 
-The local runner and the Functions ``local`` backend start the scorer as ``python -m gpu_job ...``
-with these arguments (the Azure ML component, gpu_job/azureml/component.yml, spells out the same
-flags). This module imports no torch, so launchers that never score (the Function app) can use it.
+The local runner and the Functions ``local`` backend start ``python -m gpu_job worker`` with these
+arguments; the Azure ML component (gpu_job/azureml/component.yml) runs the same command. This module
+imports no torch, so launchers that never score (the Function app, the runner's main process) can use it.
 """
 
 from __future__ import annotations
 
 import sys
-from collections.abc import Sequence
 from dataclasses import dataclass
 
-from shared.plan import Batch
+from shared.config import Settings
 
 
 @dataclass(frozen=True)
-class ScorerOptions:
-    model: str
+class WorkerOptions:
     device: str = "auto"
     batch_size: int = 0
+    """Frames per forward pass; 0 picks by device."""
     crf: int = 18
     preset: str = "medium"
     threads: int | None = None
+    """CPU threads for PyTorch; None keeps its default."""
+
+    @classmethod
+    def from_settings(cls, settings: Settings, **overrides) -> WorkerOptions:
+        return cls(**{"batch_size": settings.infer_batch, "crf": settings.crf, "preset": settings.preset, **overrides})
+
+    def args(self) -> list[str]:
+        args = ["--device", self.device, "--batch-size", str(self.batch_size), "--crf", str(self.crf), "--preset", self.preset]
+        if self.threads:
+            args += ["--threads", str(self.threads)]
+        return args
 
 
-def scorer_args(input_path: str, output_path: str, batch: Batch, options: ScorerOptions, progress: bool = False) -> list[str]:
-    args = [
-        "--input", input_path,
-        "--output", output_path,
-        "--model", options.model,
-        "--start-pts", str(batch.start_pts),
-        "--time-base", batch.time_base,
-        "--frames", str(batch.frame_count),
-        "--device", options.device,
-        "--batch-size", str(options.batch_size),
-        "--crf", str(options.crf),
-        "--preset", options.preset,
-    ]
-    if batch.end_pts is not None:
-        args += ["--end-pts", str(batch.end_pts)]
-    if options.threads:
-        args += ["--threads", str(options.threads)]
-    if progress:
-        args.append("--progress")
-    return args
-
-
-def local_command(args: Sequence[str], python: str = sys.executable) -> list[str]:
-    return [python, "-m", "gpu_job", *args]
+def worker_command(options: WorkerOptions, *, stdio: bool = False, preload: str | None = None, python: str = sys.executable) -> list[str]:
+    """``python -m gpu_job worker``: from the batch queue, or (``stdio``) from JSON lines on standard input."""
+    command = [python, "-m", "gpu_job", "worker", *options.args()]
+    if stdio:
+        command.append("--stdio")
+    if preload:
+        command += ["--preload", preload]
+    return command

@@ -2,6 +2,7 @@
 
 Named styles are the four checkpoints published with pytorch/examples ``fast_neural_style``. They
 are fetched once from the published archive, checked, and cached; later runs read the cache.
+Resolving imports no torch, so the local runner resolves (and downloads) once without paying for it.
 """
 
 from __future__ import annotations
@@ -14,11 +15,9 @@ import tempfile
 import urllib.request
 import zipfile
 from pathlib import Path
-
-import torch
+from typing import TYPE_CHECKING
 
 from gpu_job.styles import BUILTIN_MODELS, PRETRAINED_STYLES
-from gpu_job.transformer_net import TransformerNet
 from shared.atomic import write_bytes_atomic
 from shared.errors import PipelineError
 
@@ -27,6 +26,12 @@ WEIGHTS_ARCHIVE_URL = "https://www.dropbox.com/s/lrvwfehqdcxoza8/saved_models.zi
 # set, a download is accepted only after every member loads as a tensor-only TransformerNet state
 # dict, and its digest is printed so it can be pinned here.
 WEIGHTS_ARCHIVE_SHA256: str | None = None
+if TYPE_CHECKING:
+    import torch
+
+    from gpu_job.scorer import FrameStyler
+    from gpu_job.transformer_net import TransformerNet
+
 LEGACY_KEY = re.compile(r"in\d+\.running_(mean|var)$")
 RANDOM_SEED = 0
 RANDOM_OUTPUT_GAIN = 40.0
@@ -104,6 +109,10 @@ def clean_state_dict(state: dict) -> dict:
 
 
 def load_transformer(path: str) -> TransformerNet:
+    import torch
+
+    from gpu_job.transformer_net import TransformerNet
+
     try:
         state = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as exc:  # torch raises many types for a bad file; all mean the same to the user
@@ -126,6 +135,10 @@ def random_transformer(seed: int = RANDOM_SEED) -> TransformerNet:
     The output layer is rescaled to the pixel range so the result is a visible, content-dependent
     pattern rather than a black frame. It is not a style.
     """
+    import torch
+
+    from gpu_job.transformer_net import TransformerNet
+
     generator = torch.Generator().manual_seed(seed)
     model = TransformerNet()
     with torch.no_grad():
@@ -143,3 +156,10 @@ def build_model(resolved: str) -> TransformerNet | None:
     if resolved == "random":
         return random_transformer()
     return load_transformer(resolved)
+
+
+def load_styler(spec: str, device: torch.device, cache_dir: Path) -> FrameStyler:
+    """The styler for a ``--model`` value on ``device``. Not cached here: each worker keeps its own cache."""
+    from gpu_job.scorer import FrameStyler
+
+    return FrameStyler(build_model(resolve_model(spec, cache_dir)), device)

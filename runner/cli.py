@@ -20,7 +20,7 @@ def build_parser(settings: Settings) -> argparse.ArgumentParser:
                      help="candy, mosaic, rain_princess, udnie, a .pth checkpoint, identity or random (default: %(default)s)")
     run.add_argument("--fallback-model", default=None, help="model to use, with a warning, if --model cannot be fetched")
     run.add_argument("--batch-frames", type=int, default=settings.batch_frames, help="frames per batch (default: %(default)s)")
-    run.add_argument("--workers", type=int, default=1, help="batches scored at once (default: %(default)s)")
+    run.add_argument("--workers", type=int, default=1, help="worker processes, each loading the model once and styling batch after batch (default: %(default)s)")
     run.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto")
     run.add_argument("--report", type=Path, default=None, help="JSON report path (default: OUTPUT.report.json beside OUTPUT)")
     run.add_argument("--work-dir", type=Path, default=None, help="where batch segments are kept while running (default: system temp)")

@@ -1,42 +1,47 @@
-"""The whole pipeline on this machine: probe, plan, split, score batches in parallel workers, stitch.
+"""The whole pipeline on this machine: probe, plan, split, style batches with warm workers, stitch.
 
-Each batch is scored by ``python -m gpu_job`` in its own process, exactly as an Azure ML node runs
-it; a failed batch is retried on its own, up to the configured attempts.
+``--workers N`` worker processes (``python -m gpu_job worker --stdio``, the same worker an Azure ML
+node runs) start once, load the model while the video is being split, and are fed batch after
+batch over a pipe. A failed batch is retried on its own, up to the configured attempts; a worker
+that dies is replaced and its batch retried; an error that will repeat fails the run at once.
 """
 
 from __future__ import annotations
 
 import json
 import os
+import queue
 import subprocess
 import tempfile
 import threading
 import time
+from collections import deque
 from collections.abc import Callable, Sequence
-from concurrent.futures import FIRST_EXCEPTION, ThreadPoolExecutor, wait
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 from tqdm import tqdm
 
-from gpu_job.command import ScorerOptions, local_command, scorer_args
+from gpu_job.command import WorkerOptions, worker_command
 from shared.config import Settings
 from shared.errors import BatchFailedError, InvalidInputError, PipelineError
-from shared.plan import Batch, plan_batches
+from shared.messages import BatchMessage, BatchResult, MessageError
+from shared.plan import plan_batches
 from shared.preview import write_preview
 from shared.probe import probe
-from shared.report import BatchRecord, RunReport
-from shared.split import split_video
-from shared.split import MP4_FAMILY
+from shared.report import BatchRecord, RunReport, worker_stats
+from shared.split import MP4_FAMILY, split_video
 from shared.stitch import stitch
 
 OUTPUT_SUFFIXES = (MP4_FAMILY - {".m4a"}) | {".mkv"}
+LOCAL_JOB = "local"
+STOP_GRACE_S = 10
 
 Launcher = Callable[[list[str]], subprocess.Popen]
 
 
-def launch_scorer(command: list[str]) -> subprocess.Popen:
-    return subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+def launch_worker(command: list[str]) -> subprocess.Popen:
+    return subprocess.Popen(command, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, bufsize=1)
 
 
 @dataclass(frozen=True)
@@ -86,29 +91,30 @@ def resolve_with_fallback(request: RunRequest, settings: Settings) -> dict:
         return {"requested": request.model, "used": request.fallback_model, "path": path, "fallback_reason": notice}
 
 
-def run(request: RunRequest, settings: Settings, launcher: Launcher = launch_scorer) -> RunReport:
+def run(request: RunRequest, settings: Settings, launcher: Launcher = launch_worker) -> RunReport:
     check_request(request)
     started = time.perf_counter()
     info = probe(request.input)
     model = resolve_with_fallback(request, settings)
+    batches = plan_batches(info, request.batch_frames)
+    workers = min(request.workers, len(batches))
     report = RunReport(
         input=info.summary(), output=str(request.output), model=model, device=request.device,
-        batch_frames=request.batch_frames, workers=request.workers,
+        batch_frames=request.batch_frames, workers=workers,
     )
-    batches = plan_batches(info, request.batch_frames)
     report.batches = [BatchRecord(b.index, b.first_frame, b.frame_count) for b in batches]
-    options = ScorerOptions(
-        model=model["path"], device=request.device, batch_size=settings.infer_batch, crf=settings.crf,
-        preset=settings.preset, threads=max(1, (os.cpu_count() or 1) // request.workers),
-    )
-    with tempfile.TemporaryDirectory(prefix="stylize-", dir=request.work_dir) as scratch:
+    options = WorkerOptions.from_settings(settings, device=request.device, threads=max(1, (os.cpu_count() or 1) // workers))
+    command = worker_command(options, stdio=True, preload=model["path"])
+    with tempfile.TemporaryDirectory(prefix="stylize-", dir=request.work_dir) as scratch, \
+            WorkerPool(command, workers, settings.max_attempts, launcher) as pool:
         work = Path(scratch)
         with report.stage("split"):
             parts = split_video(info, batches, work / "segments")
         styled = [work / "styled" / f"{b.name}.mp4" for b in batches]
+        messages = [BatchMessage(job_id=LOCAL_JOB, batch=b, attempt=1, model=model["path"], segment=str(segment), styled=str(target))
+                    for b, segment, target in zip(batches, parts.segments, styled)]
         with report.stage("score"), tqdm(total=info.frame_count, unit="frame", desc="styling", disable=None) as bar:
-            pool = _BatchPool(options, settings.max_attempts, launcher, bar)
-            pool.run(batches, parts.segments, styled, report.batches, request.workers)
+            report.worker_stats = pool.run(messages, report.batches, bar)
         with report.stage("stitch"):
             stitch(styled, parts.audio, request.output)
         with report.stage("preview"):
@@ -120,65 +126,151 @@ def run(request: RunRequest, settings: Settings, launcher: Launcher = launch_sco
     return report
 
 
-class _BatchPool:
-    """Runs scorer processes for batches, several at once, retrying each failed batch on its own."""
+class WorkerProcess:
+    """One ``python -m gpu_job worker --stdio``: send it a batch, read its events until the batch's result."""
 
-    def __init__(self, options: ScorerOptions, max_attempts: int, launcher: Launcher, bar: tqdm) -> None:
-        self.options, self.max_attempts, self.launcher, self.bar = options, max_attempts, launcher, bar
-        self.cancelled = threading.Event()
-        self.lock = threading.Lock()
-        self.running: set[subprocess.Popen] = set()
+    def __init__(self, launcher: Launcher, command: list[str]) -> None:
+        self.process = launcher(command)
+        self.name = f"pid {self.process.pid}"
+        self._stderr: deque[str] = deque(maxlen=20)
+        self._drain = threading.Thread(target=lambda: self._stderr.extend(self.process.stderr), daemon=True)
+        self._drain.start()
 
-    def run(self, batches: Sequence[Batch], inputs: Sequence[Path], outputs: Sequence[Path], records: Sequence[BatchRecord], workers: int) -> None:
-        outputs[0].parent.mkdir(parents=True, exist_ok=True)
-        with ThreadPoolExecutor(max_workers=workers, thread_name_prefix="batch") as executor:
-            futures = [executor.submit(self._score, b, i, o, r) for b, i, o, r in zip(batches, inputs, outputs, records)]
-            done, _ = wait(futures, return_when=FIRST_EXCEPTION)
-            failed = [f for f in done if f.exception()]
-            if failed:
-                self.cancelled.set()
-                with self.lock:
-                    for process in self.running:
-                        process.kill()
-                raise failed[0].exception()
-
-    def _score(self, batch: Batch, source: Path, target: Path, record: BatchRecord) -> None:
-        command = local_command(scorer_args(str(source), str(target), batch, self.options, progress=True))
-        while not self.cancelled.is_set():
-            record.attempts += 1
-            began = time.perf_counter()
-            error, frames_reported = self._attempt(command)
-            record.seconds = round(time.perf_counter() - began, 4)
-            if error is None:
-                return
-            record.errors.append(error)
-            self.bar.update(-frames_reported)
-            if record.attempts >= self.max_attempts:
-                raise BatchFailedError(f"{batch.name} (frames {batch.first_frame}-{batch.first_frame + batch.frame_count - 1}) failed {record.attempts} times; last error: {error}")
-            tqdm.write(f"warning: {batch.name} attempt {record.attempts} failed ({error}); retrying")
-
-    def _attempt(self, command: list[str]) -> tuple[str | None, int]:
-        """Run one scorer process: (None on success else a one-line reason, frames it reported)."""
-        process = self.launcher(command)
-        with self.lock:
-            self.running.add(process)
-        stderr_lines: list[str] = []
-        drain = threading.Thread(target=lambda: stderr_lines.extend(process.stderr), daemon=True)
-        drain.start()
-        frames = 0
-        for line in process.stdout:
+    def style(self, message: BatchMessage, on_frames: Callable[[int], None]) -> BatchResult:
+        """The batch's result; a worker that dies on the way yields a failed, retryable result."""
+        try:
+            self.process.stdin.write(message.to_json() + "\n")
+            self.process.stdin.flush()
+        except (BrokenPipeError, OSError):
+            return self._died(message)
+        for line in self.process.stdout:
             event = _parse_event(line)
-            if event.get("event") == "frames":
-                frames += event["frames"]
-                self.bar.update(event["frames"])
-        code = process.wait()
-        drain.join()
+            kind = event.pop("event", None)
+            if kind == "frames":
+                on_frames(event["frames"])
+            elif kind == "ready":
+                self.name = event["worker"]
+            elif kind == "result":
+                try:
+                    result = BatchResult.from_dict(event)
+                except MessageError as exc:
+                    return BatchResult(job_id=message.job_id, batch=message.batch.index, attempt=message.attempt, succeeded=False, error=str(exc))
+                return result
+        return self._died(message)
+
+    def _died(self, message: BatchMessage) -> BatchResult:
+        code = self.process.wait()
+        self._drain.join(timeout=5)
+        last = next((line.strip() for line in reversed(self._stderr) if line.strip()), "")
+        error = f"worker {self.name} exited with code {code}" + (f": {last}" if last else "")
+        return BatchResult(job_id=message.job_id, batch=message.batch.index, attempt=message.attempt, succeeded=False, error=error)
+
+    @property
+    def alive(self) -> bool:
+        return self.process.poll() is None
+
+    def stop(self) -> None:
+        """Close its input (it finishes and exits); kill it if it does not."""
+        try:
+            self.process.stdin.close()
+        except OSError:
+            pass
+        try:
+            self.process.wait(timeout=STOP_GRACE_S)
+        except subprocess.TimeoutExpired:
+            self.process.kill()
+            self.process.wait()
+
+    def kill(self) -> None:
+        self.process.kill()
+
+
+class WorkerPool:
+    """``workers`` warm worker processes sharing one list of batches; each failed batch is retried alone."""
+
+    def __init__(self, command: list[str], workers: int, max_attempts: int, launcher: Launcher = launch_worker) -> None:
+        self.command, self.max_attempts, self.launcher = command, max_attempts, launcher
+        self.lock = threading.Lock()
+        self.failure: PipelineError | None = None
+        self.done_by: list[dict] = []
+        self.slots = [WorkerProcess(launcher, command) for _ in range(workers)]
+
+    def __enter__(self) -> WorkerPool:
+        return self
+
+    def __exit__(self, *exc_info) -> None:
+        for process in self.slots:
+            if exc_info[0] is None:
+                process.stop()
+            else:
+                process.kill()
+
+    def run(self, messages: Sequence[BatchMessage], records: Sequence[BatchRecord], bar: tqdm) -> list[dict]:
+        """Style every message; returns each worker's name, batches styled and model loads."""
+        pending: queue.Queue[int | None] = queue.Queue()
+        for index in range(len(messages)):
+            pending.put(index)
+        self._remaining = len(messages)
+        threads = [threading.Thread(target=self._serve, args=(slot, messages, records, pending, bar), daemon=True)
+                   for slot in range(len(self.slots))]
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join()
+        if self.failure:
+            raise self.failure
+        return worker_stats(self.done_by)
+
+    def _serve(self, slot: int, messages, records, pending: queue.Queue, bar: tqdm) -> None:
+        while (index := pending.get()) is not None:
+            record = records[index]
+            if not self.slots[slot].alive:
+                self.slots[slot] = WorkerProcess(self.launcher, self.command)
+            record.attempts += 1
+            frames = 0
+
+            def progress(count: int) -> None:
+                nonlocal frames
+                frames += count
+                bar.update(count)
+
+            began = time.perf_counter()
+            result = self.slots[slot].style(replace(messages[index], attempt=record.attempts), progress)
+            record.seconds = round(time.perf_counter() - began, 4)
+            if self.failure:
+                return
+            if result.succeeded:
+                record.worker = result.worker
+                self.done_by.append({"worker": result.worker, "model_loads": result.model_loads})
+                self._finished(pending)
+                continue
+            bar.update(-frames)
+            record.errors.append(result.error)
+            batch = messages[index].batch
+            if not result.retryable or record.attempts >= self.max_attempts:
+                span = f"{batch.name} (frames {batch.first_frame}-{batch.first_frame + batch.frame_count - 1})"
+                error = (InvalidInputError(f"{span}: {result.error}") if not result.retryable else
+                         BatchFailedError(f"{span} failed {record.attempts} times; last error: {result.error}"))
+                self._fail(error, pending)
+                return
+            tqdm.write(f"warning: {batch.name} attempt {record.attempts} failed ({result.error}); retrying")
+            pending.put(index)
+
+    def _finished(self, pending: queue.Queue) -> None:
         with self.lock:
-            self.running.discard(process)
-        if code == 0:
-            return None, frames
-        last = next((line.strip() for line in reversed(stderr_lines) if line.strip()), "")
-        return last or f"scorer exited with code {code}", frames
+            self._remaining -= 1
+            if self._remaining == 0:
+                for _ in self.slots:
+                    pending.put(None)
+
+    def _fail(self, error: PipelineError, pending: queue.Queue) -> None:
+        with self.lock:
+            if self.failure is None:
+                self.failure = error
+                for process in self.slots:
+                    process.kill()
+                for _ in self.slots:
+                    pending.put(None)
 
 
 def _parse_event(line: str) -> dict:

@@ -38,18 +38,30 @@ class Settings:
     output_container: str = "videos-out"
     work_container: str = "stylize-work"
     batch_queue: str = "batches"
+    """Batch work items, one message per batch attempt; drained by the workers."""
+    result_queue: str = "batch-results"
+    """Each batch attempt's result, posted by the worker that did it; triggers the Function app."""
     blob_trigger_source: str = "EventGrid"
     """EventGrid in Azure (Flex Consumption needs it); LogsAndContainerScan polls, for func start on Azurite."""
-    # Compute
+    # Compute: warm workers that drain the batch queue
     compute_backend: str = "local"
+    """Where workers run: ``local`` (processes on this machine) or ``azureml`` (command jobs on the GPU cluster)."""
+    max_workers: int = 4
+    """Most workers at once (local processes or Azure ML worker jobs)."""
+    worker_idle_s: int = 120
+    """A worker stops after this long with no work."""
+    worker_check_s: int = 120
+    """How often a running orchestration checks that enough workers are alive."""
+    visibility_timeout_s: int = 60
+    """A batch message stays hidden this long after a worker takes it; the worker renews it while it works."""
+    max_deliveries: int = 3
+    """A batch message delivered more often than this (its workers died each time) goes to the poison queue."""
     batch_timeout_s: int = 3600
     azureml_subscription_id: str = ""
     azureml_resource_group: str = ""
     azureml_workspace: str = ""
     azureml_compute: str = "gpu-cluster"
-    azureml_component: str = "stylize_batch"
-    azureml_datastore: str = "stylize_work"
-    """Datastore on the work container; job inputs and outputs are paths inside it."""
+    azureml_component: str = "stylize_worker"
 
     @classmethod
     def from_env(cls, environ: dict[str, str] | None = None) -> Settings:
@@ -61,6 +73,19 @@ class Settings:
             if raw:
                 values[field.name] = _convert(field.name, field.default, raw)
         return cls(**values)
+
+    def to_env(self) -> dict[str, str]:
+        """The ``STYLIZE_*`` variables that reproduce these settings in another process (a worker)."""
+        env = {}
+        for field in fields(self):
+            value = getattr(self, field.name)
+            env[f"STYLIZE_{field.name.upper()}"] = ",".join(value) if isinstance(value, tuple) else str(value)
+        return env
+
+    @property
+    def poison_queue(self) -> str:
+        """Where batch messages that keep killing their workers end (the Functions ``-poison`` convention)."""
+        return f"{self.batch_queue}-poison"
 
 
 def _convert(name: str, default: object, raw: str) -> object:

@@ -1,4 +1,4 @@
-"""Messages between the orchestrator, the batch queue, the compute backends and the completion path.
+"""Messages between the orchestrator, the batch queue, the workers and the results queue.
 
 Plain JSON, validated on the way in: a malformed message fails with a :class:`MessageError` that
 names what is wrong, and is never half-understood.
@@ -7,28 +7,52 @@ names what is wrong, and is never half-understood.
 from __future__ import annotations
 
 import json
-import re
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, fields
 
 from shared.errors import PipelineError
 from shared.plan import Batch
 
-MESSAGE_VERSION = 1
-_STYLED_NAME = re.compile(r"^(?P<batch>batch-\d{5})\.a(?P<attempt>\d+)\.(?P<kind>mp4|failed\.json)$")
+MESSAGE_VERSION = 2
 
 
 class MessageError(PipelineError):
     """A message that cannot be acted on: bad JSON, missing or mistyped fields."""
 
 
+def _load_object(text: str | bytes, what: str) -> dict:
+    try:
+        data = json.loads(text)
+    except (ValueError, UnicodeDecodeError) as exc:
+        raise MessageError(f"{what} is not JSON ({exc})") from None
+    if not isinstance(data, dict):
+        raise MessageError(f"{what} is not a JSON object")
+    return data
+
+
+def _require(data: dict, types: dict[str, type | tuple], what: str) -> None:
+    missing = [name for name in types if name not in data]
+    if missing:
+        raise MessageError(f"{what} lacks {', '.join(missing)}")
+    wrong = [name for name, kind in types.items()
+             if not isinstance(data[name], kind) or (isinstance(data[name], bool) and kind is int)]
+    if wrong:
+        raise MessageError(f"{what} has mistyped {', '.join(wrong)}")
+
+
 @dataclass(frozen=True)
 class BatchMessage:
+    """One attempt at one batch: the work item a worker takes.
+
+    ``segment`` and ``styled`` are blob names in the work container when the item comes from the
+    batch queue, and file paths in a local run.
+    """
+
     job_id: str
     batch: Batch
     attempt: int
     model: str
-    segment_blob: str
-    styled_blob: str
+    segment: str
+    styled: str
     version: int = MESSAGE_VERSION
 
     def to_json(self) -> str:
@@ -38,58 +62,57 @@ class BatchMessage:
 
     @classmethod
     def from_json(cls, text: str | bytes) -> BatchMessage:
-        try:
-            data = json.loads(text)
-        except (ValueError, UnicodeDecodeError) as exc:
-            raise MessageError(f"batch message is not JSON ({exc})") from None
-        if not isinstance(data, dict):
-            raise MessageError("batch message is not a JSON object")
+        data = _load_object(text, "batch message")
         if data.get("version", MESSAGE_VERSION) != MESSAGE_VERSION:
             raise MessageError(f"batch message version {data.get('version')!r} is not supported")
-        _require(data, {"job_id": str, "batch": dict, "attempt": int, "model": str, "segment_blob": str, "styled_blob": str})
-        _require(data["batch"], {name: object for name in Batch.__dataclass_fields__})
+        _require(data, {"job_id": str, "batch": dict, "attempt": int, "model": str, "segment": str, "styled": str}, "batch message")
+        _require(data["batch"], {name: object for name in Batch.__dataclass_fields__}, "batch message")
         if data["attempt"] < 1 or not data["job_id"]:
             raise MessageError("batch message has an empty job_id or an attempt below 1")
-        return cls(
-            job_id=data["job_id"], batch=Batch.from_dict(data["batch"]), attempt=data["attempt"], model=data["model"],
-            segment_blob=data["segment_blob"], styled_blob=data["styled_blob"],
-        )
-
-
-def _require(data: dict, fields: dict[str, type]) -> None:
-    missing = [name for name in fields if name not in data]
-    if missing:
-        raise MessageError(f"batch message lacks {', '.join(missing)}")
-    wrong = [name for name, kind in fields.items() if not isinstance(data[name], kind) or isinstance(data[name], bool) and kind is int]
-    if wrong:
-        raise MessageError(f"batch message has mistyped {', '.join(wrong)}")
+        return cls(job_id=data["job_id"], batch=Batch.from_dict(data["batch"]), attempt=data["attempt"], model=data["model"],
+                   segment=data["segment"], styled=data["styled"])
 
 
 @dataclass(frozen=True)
 class BatchResult:
-    """What the completion path tells the orchestrator about one attempt of one batch."""
+    """What a worker reports about one attempt at one batch.
 
+    ``retryable`` is false for an error that will repeat (a damaged segment, an unknown model, a
+    message that keeps killing its workers): the orchestration then fails at once with the reason.
+    ``worker``, ``model_loads`` and ``delivery`` say who did it, how often that worker has loaded a
+    model so far, and which delivery of the queue message this was.
+    """
+
+    job_id: str
     batch: int
     attempt: int
     succeeded: bool
-    styled_blob: str | None = None
+    styled: str | None = None
     error: str | None = None
+    retryable: bool = True
+    frames: int = 0
+    seconds: float = 0.0
+    worker: str = ""
+    model_loads: int = 0
+    delivery: int = 1
 
     def to_dict(self) -> dict:
         return asdict(self)
 
+    def to_json(self) -> str:
+        return json.dumps(self.to_dict(), separators=(",", ":"))
+
     @classmethod
     def from_dict(cls, data: dict) -> BatchResult:
-        return cls(**{name: data.get(name) for name in cls.__dataclass_fields__})
+        _require(data, {"job_id": str, "batch": int, "attempt": int, "succeeded": bool}, "batch result")
+        if data["succeeded"] and not isinstance(data.get("styled"), str):
+            raise MessageError("batch result says succeeded but names no styled segment")
+        return cls(**{field.name: data[field.name] for field in fields(cls) if field.name in data})
+
+    @classmethod
+    def from_json(cls, text: str | bytes) -> BatchResult:
+        return cls.from_dict(_load_object(text, "batch result"))
 
 
-def styled_name(batch: Batch, attempt: int, failed: bool = False) -> str:
-    return f"{batch.name}.a{attempt}.{'failed.json' if failed else 'mp4'}"
-
-
-def parse_styled_name(name: str) -> tuple[int, int, bool] | None:
-    """(batch index, attempt, failed) for a styled segment or failure marker name; None for anything else."""
-    match = _STYLED_NAME.match(name)
-    if not match:
-        return None
-    return int(match["batch"].split("-")[1]), int(match["attempt"]), match["kind"] != "mp4"
+def styled_name(batch: Batch, attempt: int) -> str:
+    return f"{batch.name}.a{attempt}.mp4"

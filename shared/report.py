@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import os
 import time
+from collections.abc import Iterable
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -20,6 +21,18 @@ class BatchRecord:
     seconds: float = 0.0
     attempts: int = 0
     errors: list[str] = field(default_factory=list)
+    worker: str = ""
+    """The worker whose attempt succeeded."""
+
+
+def worker_stats(done_by: Iterable[dict]) -> list[dict]:
+    """Per worker, from the facts of the batches it styled: how many, and how often it loaded a model (at most)."""
+    stats: dict[str, dict] = {}
+    for facts in done_by:
+        entry = stats.setdefault(facts["worker"], {"worker": facts["worker"], "batches": 0, "model_loads": 0})
+        entry["batches"] += 1
+        entry["model_loads"] = max(entry["model_loads"], facts["model_loads"])
+    return list(stats.values())
 
 
 @dataclass
@@ -36,6 +49,8 @@ class RunReport:
     error: str | None = None
     stages: dict[str, float] = field(default_factory=dict)
     batches: list[BatchRecord] = field(default_factory=list)
+    worker_stats: list[dict] = field(default_factory=list)
+    """Per worker: its name, the batches it styled and how many times it loaded a model."""
 
     @contextmanager
     def stage(self, name: str):

@@ -1,36 +1,41 @@
-"""The Function app against a real Azurite: bindings, upload handling, queue messages, the end-to-end run."""
+"""The Function app against a real Azurite: bindings, upload handling, real worker processes on the
+queues, results delivered back to the orchestration, a worker killed mid-batch, a poison batch, and the
+Azure ML worker jobs (built offline and validated by the SDK)."""
 
 from __future__ import annotations
 
 import asyncio
-import base64
 import json
-import re
+import os
 import shlex
-from fractions import Fraction
+import signal
+import time
+from dataclasses import replace
 from pathlib import Path
 
 import azure.functions as func
 import numpy as np
 import pytest
 import yaml
+from azure.core.exceptions import ResourceExistsError
 from azure.storage.blob import BlobServiceClient
-from azure.storage.queue import QueueClient
 
-from durable_replay import CALL_ACTIVITY, ReplayClient
+from durable_replay import CALL_ACTIVITY, CREATE_TIMER, ReplayClient
 from function_app.activities import ACTIVITIES
-from function_app.batches import job_status, on_batch_message, on_styled_segment, report_azureml_status, submit_batch
-from function_app.compute import AzureMLBackend, job_name
-from function_app.orchestrator import RESULT_EVENT
+from function_app.batches import deliver_result, job_status, on_batch_result
+from function_app.compute import AZUREML_ACTIVE_STATES, AzureMLWorkers, LocalWorkers, ensure_workers
 from function_app.upload import instance_id_for, start_job, style_for
 from media import audio_md5, frame_timestamps, frames_at, make_clip, min_psnr, preview_tiles
 from shared.config import Settings
-from shared.messages import BatchMessage, MessageError
+from shared.messages import BatchMessage, BatchResult, MessageError
 from shared.plan import Batch
 from shared.preview import sample_indices
+from shared.storage import queue_client
 
-LIMITS = Settings(batch_frames=20, max_attempts=2)
+LIMITS = Settings(batch_frames=20, max_attempts=2, max_workers=2, worker_idle_s=20, visibility_timeout_s=4, max_deliveries=2,
+                  worker_check_s=30, batch_timeout_s=3600)
 COMPONENT_YAML = Path(__file__).resolve().parents[1] / "gpu_job" / "azureml" / "component.yml"
+STALL_S = 2.0
 
 
 def _user(function):
@@ -45,33 +50,39 @@ def run(coroutine):
 
 @pytest.fixture()
 def storage(azurite, monkeypatch):
+    """Fresh containers and queues on Azurite; every local worker started by a test is stopped after it."""
     monkeypatch.setenv(LIMITS.storage_connection, azurite)
     service = BlobServiceClient.from_connection_string(azurite)
     for container in (LIMITS.input_container, LIMITS.output_container, LIMITS.work_container):
         if not service.get_container_client(container).exists():
             service.create_container(container)
-    queue = QueueClient.from_connection_string(azurite, LIMITS.batch_queue)
-    from azure.core.exceptions import ResourceExistsError
-
-    try:
-        queue.create_queue()
-    except ResourceExistsError:
-        queue.clear_messages()
-    return service, queue
+    service.get_container_client(LIMITS.work_container).delete_blobs(
+        *[blob.name for blob in service.get_container_client(LIMITS.work_container).list_blobs(name_starts_with="workers/")])
+    queues = {}
+    for name in (LIMITS.batch_queue, LIMITS.result_queue, LIMITS.poison_queue):
+        queues[name] = queue_client(LIMITS, name)
+        try:
+            queues[name].create_queue()
+        except ResourceExistsError:
+            queues[name].clear_messages()
+    yield service, queues
+    LocalWorkers.stop_all()
 
 
 def test_binding_metadata(app_functions):
     bindings = {name: {b.type: b for b in f.get_bindings()} for name, f in app_functions.items()}
     upload = bindings["on_upload"]["blobTrigger"]
     assert upload.path == "videos-in/{name}" and upload.connection == "DataStorage"
-    assert bindings["on_batch_message"]["queueTrigger"].queue_name == "batches"
-    assert bindings["on_styled_segment"]["blobTrigger"].path == "stylize-work/jobs/{job}/styled/{file}"
+    assert bindings["on_batch_result"]["queueTrigger"].queue_name == "batch-results"
     assert "orchestrationTrigger" in bindings["stylize_orchestrator"]
-    assert {"split_job", "enqueue_batches", "stitch_job", "report_failure"} <= {n for n, b in bindings.items() if "activityTrigger" in b}
+    assert {"split_job", "enqueue_batches", "ensure_workers", "stitch_job", "report_failure"} == {
+        n for n, b in bindings.items() if "activityTrigger" in b}
     assert bindings["job_status"]["httpTrigger"].route == "jobs/{job_id}"
-    assert "eventGridTrigger" in bindings["on_azureml_run_status"]
-    assert not any(b.get("blobTrigger") and b["blobTrigger"].path.startswith(LIMITS.output_container) for b in bindings.values()), \
-        "outputs must never trigger the pipeline"
+    assert not any("eventGridTrigger" in b for b in bindings.values()), "completion comes from the results queue only"
+    assert not any(b.get("queueTrigger") and b["queueTrigger"].queue_name == "batches" for b in bindings.values()), \
+        "the batch queue is drained by the workers, not by the Function app"
+    assert not any(b.get("blobTrigger") and b["blobTrigger"].path.startswith((LIMITS.output_container, LIMITS.work_container))
+                   for b in bindings.values()), "outputs and intermediate blobs must never trigger the pipeline"
 
 
 def test_style_rules_and_instance_ids():
@@ -87,53 +98,94 @@ def _upload(service: BlobServiceClient, name: str, data: bytes, style: str = "id
     return blob
 
 
-def _drive(client: ReplayClient, instance_id: str, service: BlobServiceClient, queue: QueueClient, rounds: int = 50) -> None:
-    """Play the Functions host: run activities, deliver queue messages (Base64, as the host decodes them) and styled-blob events."""
-    replay = client.replays[instance_id]
-    reported: set[str] = set()
-    for _ in range(rounds):
-        for action in replay.step():
+class Host:
+    """Plays the Functions host for one orchestration: runs its activities, fires its worker-check timer
+    when nothing has happened for a while, and delivers the results queue to ``on_batch_result``."""
+
+    def __init__(self, client: ReplayClient, instance_id: str, queues: dict, limits: Settings = LIMITS) -> None:
+        self.client, self.limits = client, limits
+        self.replay = client.replays[instance_id]
+        self.results = queues[limits.result_queue]
+        self.timers: list[dict] = []
+        self.delivered: list[BatchResult] = []
+
+    def step(self) -> None:
+        for action in self.replay.step():
             if action["actionType"] == CALL_ACTIVITY:
                 try:
-                    replay.complete(action, ACTIVITIES[action["functionName"]](action["input"], LIMITS))
+                    self.replay.complete(action, ACTIVITIES[action["functionName"]](action["input"], self.limits))
                 except Exception as exc:  # an activity failure reaches the orchestrator as the host reports it
-                    replay.fail(action, str(exc))
-        if replay.done:
-            return
-        for raw in queue.receive_messages():
-            body = base64.b64decode(raw.content)
-            run(_user(on_batch_message)(func.QueueMessage(id=raw.id, body=body), client))
-            queue.delete_message(raw)
-        for blob in service.get_container_client(LIMITS.work_container).list_blobs(name_starts_with=f"jobs/{instance_id}/styled/"):
-            if blob.name not in reported:
-                reported.add(blob.name)
-                stream = func.blob.InputStream(name=f"{LIMITS.work_container}/{blob.name}", data=b"", length=blob.size, uri="")
-                run(_user(on_styled_segment)(stream, client))
-    pytest.fail("orchestration did not finish")
+                    self.replay.fail(action, str(exc))
+            elif action["actionType"] == CREATE_TIMER:
+                self.timers.append(action)
+
+    def deliver(self) -> bool:
+        delivered = False
+        for raw in self.results.receive_messages():
+            run(_user(on_batch_result)(func.QueueMessage(id=raw.id, body=raw.content.encode()), self.client))
+            self.delivered.append(BatchResult.from_json(raw.content))
+            self.results.delete_message(raw)
+            delivered = True
+        return delivered
+
+    def until_done(self, timeout_s: float = 180, on_round=None) -> None:
+        deadline = time.monotonic() + timeout_s
+        quiet_since = time.monotonic()
+        while time.monotonic() < deadline:
+            self.step()
+            if self.replay.done:
+                return
+            if on_round:
+                on_round()
+            if self.deliver():
+                quiet_since = time.monotonic()
+                continue
+            if time.monotonic() - quiet_since > STALL_S and self.timers:
+                # The earliest pending timer is the worker check (its period is far below the batch deadline).
+                timer = min(self.timers, key=lambda action: action["fireAt"])
+                self.timers.remove(timer)
+                self.replay.fire_timer(timer)
+                quiet_since = time.monotonic()
+                continue
+            time.sleep(0.1)
+        pytest.fail(f"orchestration did not finish: {self.replay.custom_status}")
 
 
-def test_end_to_end_on_azurite_is_frame_exact(storage, tmp_path):
-    service, queue = storage
-    clip = make_clip(tmp_path / "clip.mp4", seconds=2, rate="25")
-    blob = _upload(service, "trips/clip.mp4", clip.read_bytes())
+def _start(service, name: str, clip: Path, style: str = "identity", limits: Settings = LIMITS) -> tuple[ReplayClient, str]:
     client = ReplayClient()
-    instance_id = run(start_job(blob, client, LIMITS))
-    assert run(start_job(blob, client, LIMITS)) == instance_id and len(client.started) == 1, "a repeated event starts nothing new"
-    _drive(client, instance_id, service, queue)
+    instance_id = run(start_job(_upload(service, name, clip.read_bytes(), style), client, limits))
+    return client, instance_id
 
-    names = ["trips/clip.identity.mp4", "trips/clip.identity.preview.png", "trips/clip.identity.report.json"]
-    outputs = {name: tmp_path / Path(name).name for name in names}
-    for name, path in outputs.items():
-        path.write_bytes(service.get_blob_client(LIMITS.output_container, name).download_blob().readall())
-    video = outputs["trips/clip.identity.mp4"]
+
+def _output(service, name: str, folder: Path) -> Path:
+    path = folder / Path(name).name
+    path.write_bytes(service.get_blob_client(LIMITS.output_container, name).download_blob().readall())
+    return path
+
+
+def test_end_to_end_on_azurite_with_warm_workers_is_frame_exact(storage, tmp_path):
+    service, queues = storage
+    clip = make_clip(tmp_path / "clip.mp4", seconds=4, rate="25")
+    client, instance_id = _start(service, "trips/clip.mp4", clip)
+    blob = service.get_blob_client(LIMITS.input_container, "trips/clip.mp4")
+    assert run(start_job(blob, client, LIMITS)) == instance_id and len(client.started) == 1, "a repeated event starts nothing new"
+    host = Host(client, instance_id, queues)
+    host.until_done()
+
+    video = _output(service, "trips/clip.identity.mp4", tmp_path)
+    preview = _output(service, "trips/clip.identity.preview.png", tmp_path)
+    report = json.loads(_output(service, "trips/clip.identity.report.json", tmp_path).read_text())
     assert frame_timestamps(video) == frame_timestamps(clip)
     worst, compared = min_psnr(video, clip)
-    assert compared == 50 and worst >= 35
+    assert compared == 100 and worst >= 35
     assert audio_md5(video) == audio_md5(clip)
-    report = json.loads(outputs["trips/clip.identity.report.json"].read_text())
-    assert report["frames"] == 50 and [b["attempts"] for b in report["batches"]] == [1, 1, 1]
-    indices = sample_indices(50)
-    tiles = preview_tiles(outputs["trips/clip.identity.preview.png"], len(indices))
+    assert report["frames"] == 100 and [b["attempts"] for b in report["batches"]] == [1] * 5
+    assert len(LocalWorkers.processes) == LIMITS.max_workers, "five batches, at most two workers"
+    assert sum(w["batches"] for w in report["worker_stats"]) == 5
+    assert all(w["model_loads"] == 1 for w in report["worker_stats"]), "each worker loads the model once, not per batch"
+    assert {b["worker"] for b in report["batches"]} == {w["worker"] for w in report["worker_stats"]}
+    indices = sample_indices(100)
+    tiles = preview_tiles(preview, len(indices))
     height, width = tiles[0][0].shape[:2]
     assert [(np.array_equal(a, frame), np.array_equal(b, styled)) for (a, b), frame, styled
             in zip(tiles, frames_at(clip, indices, width, height), frames_at(video, indices, width, height), strict=True)] == [(True, True)] * 3
@@ -142,23 +194,78 @@ def test_end_to_end_on_azurite_is_frame_exact(storage, tmp_path):
     status = json.loads(response.get_body())
     assert response.status_code == 200
     assert status["stage"] == "done" and status["runtime_status"] == "Completed"
-    assert status["output"]["video"] == "trips/clip.identity.mp4" and status["frames_done"] == 50
+    assert status["output"]["video"] == "trips/clip.identity.mp4" and status["frames_done"] == 100
     assert service.get_blob_client(LIMITS.input_container, "trips/clip.mp4").download_blob().readall() == clip.read_bytes()
+    assert service.get_blob_client(LIMITS.work_container, f"jobs/{instance_id}/closed").exists()
+
+
+def _kill_first_worker_mid_batch(queues: dict, killed: list[int]):
+    """Once a worker has taken a batch message (it turns invisible), SIGKILL that worker."""
+    batches = queues[LIMITS.batch_queue]
+
+    def on_round() -> None:
+        if killed:
+            return
+        total = batches.get_queue_properties().approximate_message_count
+        visible = len(batches.peek_messages(max_messages=32))
+        running = [p for p in LocalWorkers.processes.values() if p.poll() is None]
+        if total and visible < total and len(running) == 1:
+            os.kill(running[0].pid, signal.SIGKILL)
+            killed.append(running[0].pid)
+
+    return on_round
+
+
+def test_worker_killed_mid_batch_its_message_reappears_and_the_video_is_complete(storage, tmp_path):
+    service, queues = storage
+    limits = replace(LIMITS, max_workers=1, batch_frames=25)
+    clip = make_clip(tmp_path / "clip.mp4", size="160x90", seconds=3, rate="25")
+    client, instance_id = _start(service, "kill/clip.mp4", clip, style="random", limits=limits)
+    host, killed = Host(client, instance_id, queues, limits), []
+    host.until_done(on_round=_kill_first_worker_mid_batch(queues, killed))
+
+    assert killed, "no worker was killed"
+    assert run(client.get_status(instance_id)).runtime_status.value == "Completed"
+    video = _output(service, "kill/clip.random.mp4", tmp_path)
+    assert frame_timestamps(video) == frame_timestamps(clip), "every frame once, none twice, none missing"
+    first = next(r for r in host.delivered if r.succeeded and r.batch == 0)
+    assert first.delivery == 2 and first.attempt == 1, "the killed worker's batch was redelivered, not resubmitted"
+    assert len({r.worker for r in host.delivered}) == 1 and str(killed[0]) not in first.worker
+    report = json.loads(_output(service, "kill/clip.random.report.json", tmp_path).read_text())
+    assert [b["attempts"] for b in report["batches"]] == [1, 1, 1]
+
+
+def test_batch_that_keeps_killing_its_workers_is_poisoned_and_fails_the_job(storage, tmp_path):
+    service, queues = storage
+    limits = replace(LIMITS, max_workers=1, batch_frames=25, max_deliveries=1)
+    clip = make_clip(tmp_path / "clip.mp4", size="160x90", seconds=2, rate="25")
+    client, instance_id = _start(service, "poison/clip.mp4", clip, style="random", limits=limits)
+    host, killed = Host(client, instance_id, queues, limits), []
+    host.until_done(on_round=_kill_first_worker_mid_batch(queues, killed))
+
+    status = run(client.get_status(instance_id))
+    assert status.runtime_status.value == "Failed"
+    error = status.custom_status["error"]
+    assert error.startswith("batch 0 failed: batch-00000 attempt 1 was delivered 1 times") and "batches-poison" in error
+    assert len(queues[limits.poison_queue].peek_messages()) == 1
+    report = json.loads(service.get_blob_client(LIMITS.output_container, "poison/clip.random.error.json").download_blob().readall())
+    assert report["error"] == error
+    assert not service.get_blob_client(LIMITS.output_container, "poison/clip.random.mp4").exists()
 
 
 def test_corrupt_video_fails_its_job_only_with_a_report(storage, tmp_path):
-    service, queue = storage
+    service, queues = storage
     junk = b"\x00\x00\x00\x18ftypmp42" + b"garbage" * 200
-    blob = _upload(service, "broken.mp4", junk)
     client = ReplayClient()
-    instance_id = run(start_job(blob, client, LIMITS))
-    _drive(client, instance_id, service, queue)
+    instance_id = run(start_job(_upload(service, "broken.mp4", junk), client, LIMITS))
+    Host(client, instance_id, queues).until_done(timeout_s=30)
     status = run(client.get_status(instance_id))
     assert status.runtime_status.value == "Failed"
     assert status.custom_status["stage"] == "failed" and "not a readable video file" in status.custom_status["error"]
     report = json.loads(service.get_blob_client(LIMITS.output_container, "broken.identity.error.json").download_blob().readall())
     assert "not a readable video file" in report["error"]
     assert service.get_blob_client(LIMITS.input_container, "broken.mp4").download_blob().readall() == junk
+    assert not LocalWorkers.processes, "no worker is started for a video that cannot be split"
     missing = run(_user(job_status)(func.HttpRequest("GET", "/api/jobs/nope", body=b"", route_params={"job_id": "nope"}), client))
     assert missing.status_code == 404
 
@@ -173,35 +280,39 @@ def test_refused_upload_starts_nothing(storage):
     assert "extension .txt is not accepted" in report["error"]
 
 
-def _message(job_id: str = "job-1", attempt: int = 1) -> BatchMessage:
-    batch = Batch(index=3, first_frame=60, frame_count=20, start_pts=60, end_pts=80, time_base="1/25", first_gop=2, last_gop=3)
-    return BatchMessage(job_id=job_id, batch=batch, attempt=attempt, model="candy",
-                        segment_blob=f"jobs/{job_id}/segments/batch-00003.mp4", styled_blob=f"jobs/{job_id}/styled/batch-00003.a{attempt}.mp4")
-
-
 @pytest.mark.parametrize("body,reason", [
     ("{not json", "not JSON"),
     ("[1, 2]", "not a JSON object"),
     (json.dumps({"job_id": "j"}), "lacks batch"),
-    (json.dumps({**json.loads(_message().to_json()), "attempt": "1"}), "mistyped attempt"),
+    (json.dumps({"job_id": "j", "batch": 1, "attempt": "1", "succeeded": True}), "mistyped attempt"),
+    (json.dumps({"job_id": "j", "batch": 1, "attempt": 1, "succeeded": True}), "names no styled segment"),
 ])
-def test_malformed_messages_raise_so_they_go_to_poison(body, reason):
+def test_malformed_results_raise_so_they_go_to_poison(body, reason):
     with pytest.raises(MessageError, match=reason):
-        run(submit_batch(body, ReplayClient()))
+        run(deliver_result(body, ReplayClient()))
 
 
-def test_message_for_unknown_job_raises():
+def test_result_for_unknown_job_raises():
+    result = BatchResult(job_id="ghost", batch=0, attempt=1, succeeded=False, error="x")
     with pytest.raises(MessageError, match="unknown job"):
-        run(submit_batch(_message("ghost").to_json(), ReplayClient()))
+        run(deliver_result(result.to_json(), ReplayClient()))
+
+
+def _message(job_id: str = "job-1", attempt: int = 1) -> BatchMessage:
+    batch = Batch(index=3, first_frame=60, frame_count=20, start_pts=60, end_pts=80, time_base="1/25", first_gop=2, last_gop=3)
+    return BatchMessage(job_id=job_id, batch=batch, attempt=attempt, model="candy",
+                        segment=f"jobs/{job_id}/segments/batch-00003.mp4", styled=f"jobs/{job_id}/styled/batch-00003.a{attempt}.mp4")
 
 
 def test_message_round_trip():
     message = _message()
     assert BatchMessage.from_json(message.to_json()) == message
+    result = BatchResult(job_id="j", batch=3, attempt=2, succeeded=True, styled="s.mp4", worker="w:1", model_loads=1, delivery=2)
+    assert BatchResult.from_json(result.to_json()) == result
 
 
 class _FakeJobs:
-    """Stands in for the Azure ML job service: remembers submitted jobs by name."""
+    """Stands in for the Azure ML job service: remembers submitted jobs by name, with a status each."""
 
     def __init__(self) -> None:
         self.created = {}
@@ -214,6 +325,7 @@ class _FakeJobs:
         return self.created[name]
 
     def create_or_update(self, job):
+        job._status = "Queued"  # what the service reports for a new job (the entity exposes it read-only)
         self.created[job.name] = job
         return job
 
@@ -231,69 +343,59 @@ class _FakeComponents:
         return load_component(COMPONENT_YAML)
 
 
-def _expand(body: dict, mounts: dict[str, str]) -> list[str]:
-    """Substitute the inputs of a job request into its command the way Azure ML does, optional ``$[[...]]`` groups included."""
-    def value(kind: str, key: str):
-        if kind == "outputs":
-            return mounts[key]
-        found = body["inputs"].get(key)
-        return None if found is None else found.get("uri", found.get("value"))
-
-    def optional(match):
-        keys = re.findall(r"\$\{\{(inputs|outputs)\.(\w+)\}\}", match.group(1))
-        return match.group(1) if all(value(*key) is not None for key in keys) else ""
-
-    command = re.sub(r"\$\[\[(.*?)\]\]", optional, body["command"])
-    return shlex.split(re.sub(r"\$\{\{(inputs|outputs)\.(\w+)\}\}", lambda m: str(value(m.group(1), m.group(2))), command))
+def _azureml(monkeypatch) -> AzureMLWorkers:
+    monkeypatch.setenv("DataStorage__blobServiceUri", "https://stdata.blob.core.windows.net")
+    monkeypatch.setenv("DataStorage__queueServiceUri", "https://stdata.queue.core.windows.net")
+    client = type("Client", (), {"jobs": _FakeJobs(), "components": _FakeComponents()})()
+    return AzureMLWorkers(replace(LIMITS, compute_backend="azureml", max_workers=4), ml_client=client)
 
 
-@pytest.mark.parametrize("end_pts", [80, None], ids=["middle batch", "last batch"])
-def test_azureml_job_is_valid_for_the_sdk_and_the_scorer_cli(tmp_path, end_pts):
+def test_azureml_worker_job_is_valid_for_the_sdk_and_the_worker_cli(tmp_path, monkeypatch):
     from azure.ai.ml import load_job
 
     from gpu_job.__main__ import parse_args
 
-    message = _message()
-    message = BatchMessage(**{**message.__dict__, "batch": Batch(**{**message.batch.__dict__, "end_pts": end_pts})})
-    backend = AzureMLBackend(Settings(), ml_client=type("Client", (), {"jobs": _FakeJobs(), "components": _FakeComponents()})())
-    job = backend.build_job(message)
-    assert backend.ml_client.components.requests == [("stylize_batch", "latest")]
+    backend = _azureml(monkeypatch)
+    monkeypatch.setenv("DataStorage", "DefaultEndpointsProtocol=https;AccountName=x;AccountKey=c2VjcmV0")
+    job = backend.build_job("stylize-worker-abc")
+    assert backend.ml_client.components.requests == [("stylize_worker", "latest")]
     body = job._to_rest_object().as_dict()["properties"]
     assert body["jobType"] == "Command" and body["identity"] == {"identityType": "Managed"} and body["computeId"] == "gpu-cluster"
+    env = body["environmentVariables"]
+    assert env["DataStorage__blobServiceUri"] == "https://stdata.blob.core.windows.net"
+    assert env["DataStorage__queueServiceUri"] == "https://stdata.queue.core.windows.net"
+    assert env["DataStorage__credential"] == "managedidentity"
+    assert "DataStorage" not in env and not any("AccountKey" in value for value in env.values()), "a worker job never carries a key"
+    assert Settings.from_env(env) == replace(backend.settings, model_cache_dir=Settings().model_cache_dir), \
+        "the worker reads the app's settings from its environment"
     path = tmp_path / "job.yaml"
     job.dump(path)
     loaded = load_job(path)
     assert yaml.safe_load(path.read_text())["type"] == "command"
-    assert loaded.name == job_name(message) == "job-1-b00003-a1"
     assert loaded.compute == "gpu-cluster" and loaded.environment == "stylize-gpu@latest"
     assert loaded.identity.type == "managed_identity", "data access must use the cluster's identity, not a key"
-    assert loaded.inputs["segment"].path == "azureml://datastores/stylize_work/paths/jobs/job-1/segments/batch-00003.mp4"
-    assert loaded.outputs["styled"].path == "azureml://datastores/stylize_work/paths/jobs/job-1/styled/"
-    assert loaded.tags == {"orchestration_id": "job-1", "batch": "3", "attempt": "1"}
-    argv = _expand(body, {"styled": "/mnt/styled"})
+    assert loaded.tags == {"stylize_role": "worker"} and not loaded.inputs and not loaded.outputs
+    argv = shlex.split(body["command"])
     assert argv[:3] == ["python", "-m", "gpu_job"]
-    args = parse_args(argv[3:])
-    assert (args.input, args.output) == (Path(loaded.inputs["segment"].path), Path("/mnt/styled/batch-00003.a1.mp4"))
-    assert (args.model, args.start_pts, args.end_pts, args.time_base, args.frames) == ("candy", 60, end_pts, Fraction(1, 25), 20)
-    assert (args.device, args.batch_size, args.crf, args.preset) == ("cuda", 0, 18, "medium")
+    args = parse_args(argv[3:], Settings.from_env(env))
+    assert (args.command, args.stdio, args.device, args.idle_seconds) == ("worker", False, "cuda", LIMITS.worker_idle_s)
 
 
-def test_azureml_submits_a_redelivered_message_once():
-    jobs = _FakeJobs()
-    backend = AzureMLBackend(Settings(), ml_client=type("Client", (), {"jobs": jobs, "components": _FakeComponents()})())
-    message = _message()
-    assert backend.submit(message) == backend.submit(message) == "job-1-b00003-a1"
-    assert len(jobs.created) == 1, "a redelivered message must not submit twice"
-
-
-def test_azureml_failure_event_reaches_the_orchestration():
-    class Recorder:
-        events = []
-
-        async def raise_event(self, instance_id, name, data):
-            self.events.append((instance_id, name, data))
-
-    event = {"data": {"runStatus": "Failed", "runId": "job-1-b00003-a1", "runTags": {"orchestration_id": "job-1", "batch": "3", "attempt": "1"}}}
-    result = run(report_azureml_status(event, Recorder()))
-    assert result.succeeded is False and Recorder.events == [("job-1", RESULT_EVENT, result.to_dict())]
-    assert run(report_azureml_status({"data": {"runStatus": "Completed", "runTags": {}}}, Recorder())) is None
+def test_azureml_keeps_at_most_the_maximum_of_worker_jobs(storage, monkeypatch):
+    _, queues = storage
+    backend = _azureml(monkeypatch)
+    first = ensure_workers(backend.settings, outstanding=100, backend=backend)
+    assert len(first["started"]) == 4 and len(backend.ml_client.jobs.created) == 4, "100 batches, at most 4 worker jobs"
+    second = ensure_workers(backend.settings, outstanding=100, backend=backend)
+    assert second == {"running": first["started"], "started": []} and len(backend.ml_client.jobs.created) == 4
+    ended = first["started"][0]
+    backend.ml_client.jobs.created[ended]._status = "Failed"
+    third = ensure_workers(backend.settings, outstanding=100, backend=backend)
+    assert len(third["started"]) == 1 and ended not in third["running"], "a worker job that ended is replaced"
+    assert {job.status for job in backend.ml_client.jobs.created.values()} <= AZUREML_ACTIVE_STATES | {"Failed"}
+    assert ensure_workers(backend.settings, outstanding=2, backend=backend)["started"] == []
+    for message in range(6):
+        queues[LIMITS.batch_queue].send_message(f"other video's batch {message}")
+    wider = replace(backend.settings, max_workers=6)
+    assert len(ensure_workers(wider, outstanding=1, backend=backend)["started"]) == 2, \
+        "batches of other videos waiting in the queue count as outstanding work"

@@ -80,6 +80,9 @@ def test_identity_run_is_frame_exact(name, clips, tmp_path, stylize_bin):
     report = json.loads((tmp_path / "styled.report.json").read_text())
     assert report["status"] == "succeeded" and report["frames"] == len(want)
     assert sum(b["frames"] for b in report["batches"]) == len(want)
+    assert report["workers"] == min(2, len(report["batches"]))
+    assert sum(w["batches"] for w in report["worker_stats"]) == len(report["batches"])
+    assert [w["model_loads"] for w in report["worker_stats"]] == [1] * len(report["worker_stats"]), "one model load per worker"
     indices = sample_indices(len(want))
     tiles = preview_tiles(tmp_path / "styled.preview.png", len(indices))
     height, width = tiles[0][0].shape[:2]

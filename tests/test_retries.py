@@ -1,29 +1,26 @@
-"""Batch retries of the local runner, with faults injected through its launcher."""
+"""Batch retries of the local runner, with faults injected by a proxy worker (tests/flaky_worker.py)."""
 
 from __future__ import annotations
 
 import json
-import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 
 from media import frame_timestamps, make_clip
-from runner.local import RunRequest, launch_scorer, run
+from runner.local import RunRequest, launch_worker, run
 from shared.config import Settings
-from shared.errors import BatchFailedError
+from shared.errors import BatchFailedError, InvalidInputError
+
+FLAKY = str(Path(__file__).with_name("flaky_worker.py"))
 
 
-def _failing_launcher(fail_batch: str, times: int):
-    failures = []
+def _flaky(mode: str, batch: int, times: int, state: Path):
+    def launch(command: list[str]):
+        return launch_worker([sys.executable, FLAKY, mode, str(batch), str(times), str(state), "--", *command])
 
-    def launch(command: list[str]) -> subprocess.Popen:
-        if any(fail_batch in part for part in command) and len(failures) < times:
-            failures.append(command)
-            return launch_scorer([sys.executable, "-c", "import sys; sys.exit('error: injected fault')"])
-        return launch_scorer(command)
-
-    return launch, failures
+    return launch
 
 
 @pytest.fixture(scope="module")
@@ -31,21 +28,45 @@ def clip(tmp_path_factory):
     return make_clip(tmp_path_factory.mktemp("retry") / "clip.mp4", seconds=2)
 
 
+def _injected(state: Path) -> int:
+    return state.read_text().count("x") if state.exists() else 0
+
+
 def test_failed_batch_is_retried_alone(clip, tmp_path):
-    launcher, failures = _failing_launcher("batch-00001", times=1)
+    state = tmp_path / "faults"
     request = RunRequest(input=clip, output=tmp_path / "out.mp4", model="identity", batch_frames=20, workers=2)
-    report = run(request, Settings(max_attempts=3), launcher=launcher)
-    assert len(failures) == 1
+    report = run(request, Settings(max_attempts=3), launcher=_flaky("fail", 1, 1, state))
+    assert _injected(state) == 1
     assert [b.attempts for b in report.batches] == [1, 2, 1]
-    assert report.batches[1].errors == ["error: injected fault"]
+    assert report.batches[1].errors == ["injected fault"]
     assert len(frame_timestamps(request.output)) == len(frame_timestamps(clip))
     assert json.loads(request.report_path.read_text())["retries"] == 1
 
 
+def test_worker_dying_mid_batch_is_replaced_and_only_its_batch_retried(clip, tmp_path):
+    state = tmp_path / "faults"
+    request = RunRequest(input=clip, output=tmp_path / "out.mp4", model="identity", batch_frames=10, workers=2)
+    report = run(request, Settings(max_attempts=2), launcher=_flaky("crash", 2, 1, state))
+    assert [b.attempts for b in report.batches] == [1, 1, 2, 1, 1]
+    assert report.batches[2].errors[0].endswith("exited with code 3: worker: simulated crash")
+    assert frame_timestamps(request.output) == frame_timestamps(clip)
+    assert sum(w["batches"] for w in report.worker_stats) == 5 and len(report.worker_stats) == 3, "the dead worker was replaced"
+    assert all(w["model_loads"] == 1 for w in report.worker_stats)
+
+
 def test_batch_failing_every_attempt_fails_the_run_without_output(clip, tmp_path):
-    launcher, failures = _failing_launcher("batch-00000", times=99)
+    state = tmp_path / "faults"
     request = RunRequest(input=clip, output=tmp_path / "out.mp4", model="identity", batch_frames=20)
-    with pytest.raises(BatchFailedError, match=r"batch-00000 .* failed 2 times; last error: error: injected fault"):
-        run(request, Settings(max_attempts=2), launcher=launcher)
-    assert len(failures) == 2
+    with pytest.raises(BatchFailedError, match=r"batch-00000 .* failed 2 times; last error: injected fault"):
+        run(request, Settings(max_attempts=2), launcher=_flaky("fail", 0, 99, state))
+    assert _injected(state) == 2
     assert not request.output.exists() and not request.preview_path.exists()
+
+
+def test_error_that_will_repeat_is_not_retried(clip, tmp_path):
+    state = tmp_path / "faults"
+    request = RunRequest(input=clip, output=tmp_path / "out.mp4", model="identity", batch_frames=20, workers=2)
+    with pytest.raises(InvalidInputError, match=r"^batch-00001 \(frames 17-33\): injected fault$"):
+        run(request, Settings(max_attempts=3), launcher=_flaky("fatal", 1, 99, state))
+    assert _injected(state) == 1
+    assert not request.output.exists()

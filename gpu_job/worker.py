@@ -1,0 +1,124 @@
+"""The warm worker: loads each model once, then styles batch after batch with it.
+
+One :class:`Worker` serves a whole run: a local run feeds it batches as JSON lines on standard input
+(:func:`serve_stdio`); on Azure it drains the batch queue (:mod:`gpu_job.queue_worker`). Either way
+a batch is the same call, :meth:`Worker.style`, and its outcome a :class:`BatchResult`.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import socket
+import time
+from collections import OrderedDict
+from collections.abc import Callable
+from pathlib import Path
+from typing import TextIO
+
+from gpu_job.command import WorkerOptions
+from shared.errors import InvalidInputError
+from shared.messages import BatchMessage, BatchResult, MessageError
+
+AUTO_BATCH = {"cpu": 1, "cuda": 8}
+MODEL_CACHE_SIZE = 4
+
+
+def one_line(exc: BaseException) -> str:
+    text = str(exc).strip().splitlines()
+    return text[0] if text else type(exc).__name__
+
+
+class ModelCache:
+    """Stylers by ``--model`` value, least recently used dropped first; counts how often it loaded one."""
+
+    def __init__(self, load: Callable[[str], Callable], capacity: int = MODEL_CACHE_SIZE) -> None:
+        self._load, self._capacity = load, capacity
+        self._stylers: OrderedDict[str, Callable] = OrderedDict()
+        self.loads = 0
+
+    def get(self, spec: str) -> Callable:
+        if spec in self._stylers:
+            self._stylers.move_to_end(spec)
+            return self._stylers[spec]
+        styler = self._load(spec)
+        self.loads += 1
+        self._stylers[spec] = styler
+        while len(self._stylers) > self._capacity:
+            self._stylers.popitem(last=False)
+        return styler
+
+
+def resolve_device(choice: str, torch):
+    if choice == "cuda" and not torch.cuda.is_available():
+        raise InvalidInputError("--device cuda: no CUDA device is available")
+    if choice == "auto":
+        choice = "cuda" if torch.cuda.is_available() else "cpu"
+    return torch.device(choice)
+
+
+class Worker:
+    def __init__(self, options: WorkerOptions, cache_dir: Path) -> None:
+        import torch
+
+        from gpu_job.models import load_styler
+        from gpu_job.scorer import EncoderSettings
+
+        if options.threads:
+            torch.set_num_threads(options.threads)
+        self.device = resolve_device(options.device, torch)
+        self.models = ModelCache(lambda spec: load_styler(spec, self.device, cache_dir))
+        self.encoder = EncoderSettings(crf=options.crf, preset=options.preset)
+        self.batch_size = options.batch_size or AUTO_BATCH[self.device.type]
+        self.name = f"{socket.gethostname()}:{os.getpid()}"
+
+    def style(self, message: BatchMessage, segment: Path, styled: Path, delivery: int = 1,
+              on_frames: Callable[[int], None] | None = None) -> BatchResult:
+        """Style one batch from ``segment`` into ``styled``; every failure becomes a result, never an exception."""
+        from gpu_job.scorer import score_segment
+
+        began = time.perf_counter()
+        facts = dict(job_id=message.job_id, batch=message.batch.index, attempt=message.attempt, worker=self.name, delivery=delivery)
+        try:
+            if not segment.is_file():
+                raise InvalidInputError(f"{segment}: no such segment")
+            styler = self.models.get(message.model)
+            scored = score_segment(
+                segment, styled, styler, start=message.batch.start_time, end=message.batch.end_time,
+                expected_frames=message.batch.frame_count, batch_size=self.batch_size, encoder=self.encoder, on_frames=on_frames,
+            )
+        except Exception as exc:  # reported to whoever sent the batch, which decides about retrying
+            return BatchResult(**facts, succeeded=False, error=one_line(exc), retryable=not isinstance(exc, InvalidInputError),
+                               seconds=round(time.perf_counter() - began, 4), model_loads=self.models.loads)
+        return BatchResult(**facts, succeeded=True, styled=message.styled, frames=scored.frames,
+                           seconds=round(time.perf_counter() - began, 4), model_loads=self.models.loads)
+
+
+def serve_stdio(worker: Worker, source: TextIO, sink: TextIO, preload: str | None = None) -> None:
+    """Style the batch messages read as JSON lines from ``source`` until it closes.
+
+    Writes JSON lines to ``sink``: ``ready`` once, ``frames`` as frames are encoded, one ``result``
+    per message, and ``error`` for a line that is not a batch message or a model that failed to preload.
+    """
+    def emit(event: dict) -> None:
+        sink.write(json.dumps(event, separators=(",", ":")) + "\n")
+        sink.flush()
+
+    if preload:
+        try:
+            worker.models.get(preload)
+        except Exception as exc:  # the batches that need it report the same error
+            emit({"event": "error", "error": one_line(exc)})
+    emit({"event": "ready", "worker": worker.name, "model_loads": worker.models.loads})
+    for line in source:
+        if not line.strip():
+            continue
+        try:
+            message = BatchMessage.from_json(line)
+        except MessageError as exc:
+            emit({"event": "error", "error": str(exc)})
+            continue
+        index = message.batch.index
+        result = worker.style(message, Path(message.segment), Path(message.styled),
+                              on_frames=lambda frames: emit({"event": "frames", "batch": index, "frames": frames}))
+        emit({"event": "result", **result.to_dict()})

@@ -1,0 +1,104 @@
+"""Blob and queue access for the Function app and the workers: a connection string locally (Azurite),
+a managed identity in Azure.
+
+The settings follow the Functions convention for a binding connection named ``DataStorage``:
+``DataStorage`` holds a connection string, or ``DataStorage__blobServiceUri`` and
+``DataStorage__queueServiceUri`` (plus ``DataStorage__clientId`` for a user-assigned identity) name
+the endpoints reached with Microsoft Entra ID. The same settings drive the triggers, the app's own
+clients and the workers (which get them as environment variables).
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+from azure.core.exceptions import ResourceExistsError
+from azure.storage.blob import BlobServiceClient, ContentSettings
+from azure.storage.queue import QueueClient, TextBase64DecodePolicy, TextBase64EncodePolicy
+
+from shared.config import Settings
+from shared.plan import Batch
+from shared.split import SEGMENT_SUFFIX
+
+CONTENT_TYPES = {".mp4": "video/mp4", ".png": "image/png", ".json": "application/json", ".m4a": "audio/mp4"}
+IDENTITY_SETTINGS = ("blobServiceUri", "queueServiceUri", "credential", "clientId")
+
+
+def _credential(prefix: str):
+    from azure.identity import DefaultAzureCredential
+
+    return DefaultAzureCredential(managed_identity_client_id=os.environ.get(f"{prefix}__clientId"))
+
+
+def connection_env(settings: Settings) -> dict[str, str]:
+    """The environment variables that carry the storage connection to another process (a worker)."""
+    name = settings.storage_connection
+    keys = [name, *(f"{name}__{suffix}" for suffix in IDENTITY_SETTINGS)]
+    return {key: os.environ[key] for key in keys if os.environ.get(key)}
+
+
+def blob_service(settings: Settings) -> BlobServiceClient:
+    name = settings.storage_connection
+    if os.environ.get(name):
+        return BlobServiceClient.from_connection_string(os.environ[name])
+    return BlobServiceClient(os.environ[f"{name}__blobServiceUri"], credential=_credential(name))
+
+
+def queue_client(settings: Settings, queue: str) -> QueueClient:
+    """A queue with Base64 text encoding: the encoding the Functions queue trigger expects by default."""
+    name = settings.storage_connection
+    codec = dict(message_encode_policy=TextBase64EncodePolicy(), message_decode_policy=TextBase64DecodePolicy())
+    if os.environ.get(name):
+        return QueueClient.from_connection_string(os.environ[name], queue, **codec)
+    url = f"{os.environ[f'{name}__queueServiceUri'].rstrip('/')}/{queue}"
+    return QueueClient.from_queue_url(url, credential=_credential(name), **codec)
+
+
+@dataclass(frozen=True)
+class JobLayout:
+    """Where a job's intermediate blobs live in the work container."""
+
+    job_id: str
+
+    @property
+    def root(self) -> str:
+        return f"jobs/{self.job_id}"
+
+    @property
+    def closed_marker(self) -> str:
+        """Written when the job ends (done or failed): workers then skip its leftover messages."""
+        return f"{self.root}/closed"
+
+    def segment(self, batch: Batch) -> str:
+        return f"{self.root}/segments/{batch.name}{SEGMENT_SUFFIX}"
+
+    def styled(self, file_name: str) -> str:
+        return f"{self.root}/styled/{file_name}"
+
+
+def close_job(service: BlobServiceClient, settings: Settings, job_id: str) -> None:
+    try:
+        service.get_blob_client(settings.work_container, JobLayout(job_id).closed_marker).upload_blob(b"", overwrite=False)
+    except ResourceExistsError:
+        pass
+
+
+def job_closed(service: BlobServiceClient, settings: Settings, job_id: str) -> bool:
+    return service.get_blob_client(settings.work_container, JobLayout(job_id).closed_marker).exists()
+
+
+def upload_file(service: BlobServiceClient, container: str, blob: str, path: Path, metadata: dict | None = None) -> str:
+    """Upload ``path``; a block blob becomes visible only when its block list commits, so readers never see half of it."""
+    content = ContentSettings(content_type=CONTENT_TYPES.get(path.suffix, "application/octet-stream"))
+    with path.open("rb") as data:
+        service.get_blob_client(container, blob).upload_blob(data, overwrite=True, content_settings=content, metadata=metadata, max_concurrency=4)
+    return blob
+
+
+def download_file(service: BlobServiceClient, container: str, blob: str, path: Path) -> Path:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with path.open("wb") as out:
+        service.get_blob_client(container, blob).download_blob(max_concurrency=4).readinto(out)
+    return path

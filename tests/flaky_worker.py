@@ -1,0 +1,38 @@
+"""A stand-in for ``python -m gpu_job worker --stdio`` that injects faults: it relays every batch to a
+real worker, except the chosen batch, for which it fails (or dies) the first ``times`` times.
+
+    python flaky_worker.py MODE BATCH TIMES STATE_FILE -- REAL WORKER COMMAND...
+
+MODE is ``fail`` (a retryable failure result), ``fatal`` (a failure that will repeat) or ``crash``
+(the process exits mid-batch). STATE_FILE counts injected faults across restarted processes.
+"""
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+mode, batch, times, state = sys.argv[1], int(sys.argv[2]), int(sys.argv[3]), Path(sys.argv[4])
+real = subprocess.Popen(sys.argv[sys.argv.index("--") + 1:], stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True, bufsize=1)
+for line in sys.stdin:
+    message = json.loads(line)
+    injected = state.read_text().count("x") if state.exists() else 0
+    if message["batch"]["index"] == batch and injected < times:
+        state.write_text("x" * (injected + 1))
+        if mode == "crash":
+            print("worker: simulated crash", file=sys.stderr, flush=True)
+            os._exit(3)
+        result = {"event": "result", "job_id": message["job_id"], "batch": batch, "attempt": message["attempt"], "succeeded": False,
+                  "error": "injected fault", "retryable": mode != "fatal", "worker": "flaky"}
+        print(json.dumps(result), flush=True)
+        continue
+    real.stdin.write(line)
+    real.stdin.flush()
+    for out in real.stdout:
+        sys.stdout.write(out)
+        sys.stdout.flush()
+        if json.loads(out).get("event") == "result":
+            break
+real.stdin.close()
+sys.exit(real.wait())

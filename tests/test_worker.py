@@ -1,0 +1,159 @@
+"""The warm worker on its own: one model load for many batches, over stdio and from the batch queue."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from dataclasses import replace
+from pathlib import Path
+
+import pytest
+from azure.core.exceptions import ResourceExistsError
+from azure.storage.blob import BlobServiceClient
+
+from gpu_job.command import WorkerOptions, worker_command
+from gpu_job.worker import ModelCache
+from media import frame_timestamps, make_clip
+from shared.config import Settings
+from shared.messages import BatchMessage, BatchResult
+from shared.plan import plan_batches
+from shared.probe import probe
+from shared.split import split_video
+from shared.storage import JobLayout, close_job, queue_client, upload_file
+
+
+@pytest.fixture(scope="module")
+def segments(tmp_path_factory):
+    """A clip cut into four batch segments, with the batch plan."""
+    folder = tmp_path_factory.mktemp("worker")
+    info = probe(make_clip(folder / "clip.mp4", seconds=2, audio=False))
+    batches = plan_batches(info, 13)
+    return batches, split_video(info, batches, folder / "segments").segments
+
+
+def _messages(batches, sources, folder: Path, model: str) -> list[BatchMessage]:
+    return [BatchMessage(job_id="job", batch=b, attempt=1, model=model, segment=str(s), styled=str(folder / f"{b.name}.mp4"))
+            for b, s in zip(batches, sources)]
+
+
+def test_model_cache_loads_each_model_once_and_drops_the_least_recent():
+    loaded = []
+    cache = ModelCache(lambda spec: loaded.append(spec) or spec.upper(), capacity=2)
+    assert [cache.get(spec) for spec in ("a", "a", "b", "a", "c", "a", "b")] == ["A", "A", "B", "A", "C", "A", "B"]
+    assert loaded == ["a", "b", "c", "b"] and cache.loads == 4
+
+
+def test_stdio_worker_styles_many_batches_with_one_model_load(segments, tmp_path):
+    batches, sources = segments
+    messages = _messages(batches, sources, tmp_path, "random")
+    messages.append(replace(messages[0], model="identity", styled=str(tmp_path / "identity.mp4")))
+    lines = "".join(message.to_json() + "\n" for message in messages) + "not json\n"
+    command = worker_command(WorkerOptions(threads=1), stdio=True, preload="random")
+    done = subprocess.run(command, input=lines, capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr
+    events = [json.loads(line) for line in done.stdout.splitlines()]
+    assert events[0]["event"] == "ready" and events[0]["model_loads"] == 1
+    results = [BatchResult.from_dict({k: v for k, v in e.items() if k != "event"}) for e in events if e["event"] == "result"]
+    assert [r.succeeded for r in results] == [True] * 5
+    assert [r.model_loads for r in results] == [1, 1, 1, 1, 2], "the model is loaded once, not once per batch"
+    assert len({r.worker for r in results}) == 1
+    frames = {}
+    for event in events:
+        if event["event"] == "frames":
+            frames[event["batch"]] = frames.get(event["batch"], 0) + event["frames"]
+    assert frames == {b.index: b.frame_count for b in batches} | {0: batches[0].frame_count * 2}
+    for batch, result in zip(batches, results):
+        assert len(frame_timestamps(Path(result.styled))) == batch.frame_count
+    assert events[-1] == {"event": "error", "error": "batch message is not JSON (Expecting value: line 1 column 1 (char 0))"}
+
+
+def test_single_batch_debug_mode_exits_2_for_an_error_that_will_repeat(tmp_path):
+    junk = tmp_path / "junk.mp4"
+    command = [sys.executable, "-m", "gpu_job", "batch", "--input", str(tmp_path / "missing.mp4"), "--output", str(junk),
+               "--model", "identity", "--start-pts", "0", "--time-base", "1/25", "--frames", "3"]
+    done = subprocess.run(command, capture_output=True, text=True, timeout=120)
+    assert done.returncode == 2 and done.stderr.strip().endswith("missing.mp4: no such segment")
+    assert not junk.exists()
+
+
+@pytest.fixture()
+def queues(azurite, monkeypatch):
+    settings = Settings(visibility_timeout_s=5, max_deliveries=2)
+    monkeypatch.setenv(settings.storage_connection, azurite)
+    service = BlobServiceClient.from_connection_string(azurite)
+    if not service.get_container_client(settings.work_container).exists():
+        service.create_container(settings.work_container)
+    clients = {}
+    for name in (settings.batch_queue, settings.result_queue, settings.poison_queue):
+        clients[name] = queue_client(settings, name)
+        try:
+            clients[name].create_queue()
+        except ResourceExistsError:
+            clients[name].clear_messages()
+    return settings, service, clients
+
+
+def _queue_worker(settings: Settings):
+    from gpu_job.queue_worker import QueueWorker
+    from gpu_job.worker import Worker
+
+    return QueueWorker(Worker(WorkerOptions(threads=1), settings.model_cache_dir), settings)
+
+
+def _results(clients, settings) -> list[BatchResult]:
+    return [BatchResult.from_json(m.content) for m in clients[settings.result_queue].receive_messages(messages_per_page=32)]
+
+
+def test_queue_worker_does_each_batch_once_and_deletes_it_after_reporting(queues, segments):
+    settings, service, clients = queues
+    batches, sources = segments
+    layout = JobLayout("job-q")
+    for batch, source in zip(batches, sources):
+        upload_file(service, settings.work_container, layout.segment(batch), source)
+        message = BatchMessage(job_id="job-q", batch=batch, attempt=1, model="identity", segment=layout.segment(batch),
+                               styled=layout.styled(f"{batch.name}.a1.mp4"))
+        clients[settings.batch_queue].send_message(message.to_json())
+    worker = _queue_worker(settings)
+    assert worker.serve(idle_s=1) == len(batches)
+    results = _results(clients, settings)
+    assert sorted(r.batch for r in results) == [b.index for b in batches] and all(r.succeeded for r in results)
+    assert {r.model_loads for r in results} == {1}
+    assert clients[settings.batch_queue].get_queue_properties().approximate_message_count == 0
+    for batch in batches:
+        assert service.get_blob_client(settings.work_container, layout.styled(f"{batch.name}.a1.mp4")).exists()
+
+
+def test_queue_worker_reuses_a_styled_segment_and_drops_closed_jobs(queues, segments):
+    settings, service, clients = queues
+    batches, sources = segments
+    done, closed = JobLayout("job-done"), JobLayout("job-closed")
+    styled = done.styled("batch-00000.a1.mp4")
+    upload_file(service, settings.work_container, styled, sources[0])
+    close_job(service, settings, "job-closed")
+    for layout in (done, closed):
+        message = BatchMessage(job_id=layout.job_id, batch=batches[0], attempt=1, model="random", segment=layout.segment(batches[0]),
+                               styled=layout.styled("batch-00000.a1.mp4"))
+        clients[settings.batch_queue].send_message(message.to_json())
+    worker = _queue_worker(settings)
+    worker.serve(idle_s=1)
+    results = _results(clients, settings)
+    assert [(r.job_id, r.succeeded, r.styled) for r in results] == [("job-done", True, styled)], "a closed job gets no result"
+    assert worker.worker.models.loads == 0, "a batch whose styled segment exists is not styled again"
+    assert clients[settings.batch_queue].get_queue_properties().approximate_message_count == 0
+
+
+def test_queue_worker_reports_a_missing_segment_as_final_and_poisons_malformed_messages(queues, segments):
+    settings, _, clients = queues
+    batches, _ = segments
+    gone = BatchMessage(job_id="job-gone", batch=batches[1], attempt=2, model="identity", segment="jobs/job-gone/segments/x.mp4",
+                        styled="jobs/job-gone/styled/x.a2.mp4")
+    clients[settings.batch_queue].send_message(gone.to_json())
+    clients[settings.batch_queue].send_message("{\"job_id\": 1}")
+    _queue_worker(settings).serve(idle_s=1)
+    result, = _results(clients, settings)
+    assert (result.succeeded, result.retryable, result.batch, result.attempt) == (False, False, 1, 2)
+    assert result.error == "segment jobs/job-gone/segments/x.mp4 is gone (the job expired or was removed)"
+    poisoned = clients[settings.poison_queue].receive_messages()
+    assert [m.content for m in poisoned] == ["{\"job_id\": 1}"]
+    assert clients[settings.batch_queue].get_queue_properties().approximate_message_count == 0
