@@ -1,98 +1,53 @@
-"""Benchmarks of the local pipeline. Prints a Markdown table; results are kept in bench/RESULTS.md.
+"""Benchmarks of the local pipeline, side by side in one run. Prints Markdown; results go in bench/RESULTS.md.
 
-    .venv/bin/python bench/run.py [--size 640x360] [--seconds 10] [--skip-memory]
+    .venv/bin/python bench/run.py [--model random] [--skip-memory]
 
-1. Overhead: wall time of ``stylize run`` over the pure model time for the same frames and threads.
-2. Reference method (frames dumped to PNG, scored one by one, re-encoded, audio remuxed) against ours.
-3. Peak memory (largest process RSS) for a 10 s and a 60 s clip: it must not grow with length.
+1. Cost per batch: a 20 s 256x144 clip (500 frames) as 20 batches of 25 against 1 batch of 500.
+2. A one-frame video: wall time, and where it goes (interpreter, imports, worker start, stages).
+3. ``stylize run`` against the bare model loop (bench/bare_loop.py: same decoder, styler and threads),
+   both timed as whole commands, on a 6 s clip at 256x144 and at 640x360.
+4. ``stylize run`` against the 2019 reference method (bench/reference_2019.py: JPEG per frame, eager
+   fp32, batch 1, re-encode from images) on the same 6 s 256x144 clip.
+5. Peak memory (largest process RSS) for a 10 s and a 60 s clip: it must not grow with length.
 """
 
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import platform
-import resource
 import subprocess
 import sys
 import tempfile
 import time
 from pathlib import Path
 
-import av
-import numpy as np
-import torch
-
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
-
-from gpu_job.__main__ import AUTO_BATCH  # noqa: E402
-from gpu_job.models import random_transformer  # noqa: E402
-from gpu_job.scorer import FrameStyler  # noqa: E402
-
+BENCH = Path(__file__).resolve().parent
+PYTHON = sys.executable
 STYLIZE = str(Path(sys.executable).with_name("stylize"))
 
 
-def make_clip(path: Path, size: str, seconds: float, rate: int = 24) -> Path:
+def make_clip(path: Path, size: str, seconds: float, rate: int = 25, frames: int | None = None) -> Path:
+    length = ["-frames:v", str(frames)] if frames else ["-t", str(seconds)]
     subprocess.run(
         ["ffmpeg", "-v", "error", "-y", "-f", "lavfi", "-i", f"mandelbrot=size={size}:rate={rate}",
-         "-f", "lavfi", "-i", "sine=frequency=330:sample_rate=48000", "-t", str(seconds),
+         "-f", "lavfi", "-i", "sine=frequency=330:sample_rate=48000", *length, "-t", str(seconds),
          "-c:v", "libx264", "-pix_fmt", "yuv420p", "-g", str(rate * 2), "-c:a", "aac", "-shortest", str(path)],
         check=True,
     )
     return path
 
 
-def pure_model_seconds(clip: Path, threads: int, batch: int) -> tuple[float, int]:
-    torch.set_num_threads(threads)
-    with av.open(str(clip)) as container:
-        frames = [f.to_ndarray(format="rgb24") for f in container.decode(video=0)]
-    styler = FrameStyler(random_transformer(), torch.device("cpu"))
-    styler(np.stack(frames[:1]))
+def timed(command: list[str]) -> tuple[float, str]:
     began = time.perf_counter()
-    for i in range(0, len(frames), batch):
-        styler(np.stack(frames[i : i + batch]))
-    return time.perf_counter() - began, len(frames)
+    done = subprocess.run(command, check=True, capture_output=True, text=True, stdin=subprocess.DEVNULL)
+    return time.perf_counter() - began, done.stdout
 
 
-def timed(command: list[str], **kwargs) -> float:
-    began = time.perf_counter()
-    subprocess.run(command, check=True, **kwargs)
-    return time.perf_counter() - began
-
-
-def ours(clip: Path, out: Path, model: str = "random", batch_frames: int = 240) -> float:
-    return timed([STYLIZE, "run", str(clip), str(out), "--model", model, "--batch-frames", str(batch_frames), "--workers", "1"],
-                 stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-
-
-def reference_method(clip: Path, work: Path, threads: int) -> float:
-    """The older architecture's way: every frame an image file on disk, scored one at a time."""
-    from PIL import Image
-
-    torch.set_num_threads(threads)
-    frames_in, frames_out = work / "in", work / "out"
-    frames_in.mkdir()
-    frames_out.mkdir()
-    began = time.perf_counter()
-    subprocess.run(["ffmpeg", "-v", "error", "-i", str(clip), str(frames_in / "%06d.png")], check=True)
-    model = random_transformer().eval()
-    with torch.inference_mode():
-        for image_path in sorted(frames_in.iterdir()):
-            rgb = np.asarray(Image.open(image_path).convert("RGB"))
-            h, w = rgb.shape[:2]
-            x = torch.from_numpy(rgb).permute(2, 0, 1)[None].float()
-            x = torch.nn.functional.pad(x, (0, -w % 4, 0, -h % 4), mode="replicate")
-            y = model(x)[0, :, :h, :w].clamp(0, 255).byte().permute(1, 2, 0).numpy()
-            Image.fromarray(y).save(frames_out / image_path.name)
-    with av.open(str(clip)) as container:
-        rate = str(container.streams.video[0].average_rate)
-    subprocess.run(
-        ["ffmpeg", "-v", "error", "-y", "-framerate", rate, "-i", str(frames_out / "%06d.png"), "-i", str(clip),
-         "-map", "0:v", "-map", "1:a", "-c:v", "libx264", "-pix_fmt", "yuv420p", "-c:a", "copy", str(work / "reference.mp4")],
-        check=True,
-    )
-    return time.perf_counter() - began
+def stylize(clip: Path, out: Path, model: str, batch_frames: int, workers: int = 1) -> tuple[float, dict]:
+    seconds, _ = timed([STYLIZE, "run", str(clip), str(out), "--model", model, "--batch-frames", str(batch_frames), "--workers", str(workers)])
+    return seconds, json.loads(out.with_name(f"{out.stem}.report.json").read_text())
 
 
 def peak_rss_mib(command: list[str]) -> float:
@@ -102,33 +57,62 @@ def peak_rss_mib(command: list[str]) -> float:
         "subprocess.run(sys.argv[1:], check=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL);"
         "print(resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss)"
     )
-    out = subprocess.run([sys.executable, "-c", probe, *command], check=True, capture_output=True, text=True).stdout
+    out = subprocess.run([PYTHON, "-c", probe, *command], check=True, capture_output=True, text=True).stdout
     return int(out.strip()) / 1024
 
 
 def main() -> None:
     parser = argparse.ArgumentParser()
-    parser.add_argument("--size", default="640x360")
-    parser.add_argument("--seconds", type=float, default=10)
+    parser.add_argument("--model", default="random", help="any --model value (default: random TransformerNet, the cost of a real style)")
     parser.add_argument("--skip-memory", action="store_true")
     args = parser.parse_args()
     threads = os.cpu_count() or 1
-    rows = []
+    rows: list[tuple[str, str, str]] = []
     with tempfile.TemporaryDirectory() as scratch:
         work = Path(scratch)
-        clip = make_clip(work / "clip.mp4", args.size, args.seconds)
-        model_s, frames = pure_model_seconds(clip, threads, batch=AUTO_BATCH["cpu"])
-        ours_s = ours(clip, work / "ours.mp4")
-        rows.append((f"pure model time (random TransformerNet, batch {AUTO_BATCH['cpu']})", f"{model_s:.1f} s", f"{frames / model_s:.2f} frames/s"))
-        rows.append(("stylize run, 1 worker", f"{ours_s:.1f} s", f"overhead x{ours_s / model_s:.3f}"))
-        reference_s = reference_method(clip, work, threads)
-        rows.append(("reference method (PNG files, frame by frame)", f"{reference_s:.1f} s", f"ours is x{reference_s / ours_s:.2f} faster"))
+
+        clip20 = make_clip(work / "clip20.mp4", "256x144", 20)
+        one_s, one_report = stylize(clip20, work / "one.mp4", args.model, 500)
+        many_s, many_report = stylize(clip20, work / "many.mp4", args.model, 25)
+        rows.append(("20 s 256x144 (500 frames), 1 batch of 500", f"{one_s:.1f} s", ""))
+        rows.append(("same clip, 20 batches of 25", f"{many_s:.1f} s",
+                     f"x{many_s / one_s:.3f}; {(many_s - one_s) / 19:.3f} s per extra batch; model loads "
+                     f"{[w['model_loads'] for w in many_report['worker_stats']]}"))
+
+        single = make_clip(work / "single.mp4", "256x144", 1, frames=1)
+        start_s, _ = timed([PYTHON, "-c", "pass"])
+        imports_s, _ = timed([PYTHON, "-c", "import runner.local"])
+        torch_s, _ = timed([PYTHON, "-c", "import torch"])
+        ready_s, _ = timed([PYTHON, "-m", "gpu_job", "worker", "--stdio", "--preload", args.model])
+        single_s, single_report = stylize(single, work / "single-out.mp4", args.model, 240)
+        stages = ", ".join(f"{name} {value:.2f} s" for name, value in single_report["stages"].items())
+        rows.append(("one-frame video, stylize run", f"{single_s:.2f} s",
+                     f"interpreter {start_s:.2f} s; main imports {imports_s:.2f} s; worker ready {ready_s:.2f} s "
+                     f"(of which import torch {torch_s:.2f} s), overlapping probe and split; stages: {stages}"))
+
+        for size in ("256x144", "640x360"):
+            clip = make_clip(work / f"clip6-{size}.mp4", size, 6)
+            bare_s, bare_out = timed([PYTHON, str(BENCH / "bare_loop.py"), str(clip), "--model", args.model, "--threads", str(threads)])
+            bare = json.loads(bare_out)
+            ours_s, _ = stylize(clip, work / f"ours-{size}.mp4", args.model, 240)
+            rows.append((f"6 s {size}: bare model loop (whole command)", f"{bare_s:.1f} s",
+                         f"styling alone {bare['model_s']:.1f} s ({bare['frames'] / bare['model_s']:.2f} frames/s)"))
+            rows.append((f"6 s {size}: stylize run, 1 worker", f"{ours_s:.1f} s",
+                         f"x{ours_s / bare_s:.3f} of the bare loop; x{ours_s / bare['model_s']:.3f} of styling alone"))
+            if size == "256x144":
+                reference_s, _ = timed([PYTHON, str(BENCH / "reference_2019.py"), str(clip), str(work / "reference.mp4"),
+                                        "--threads", str(threads)])
+                rows.append(("6 s 256x144: 2019 reference method (JPEG per frame, eager fp32)", f"{reference_s:.1f} s",
+                             f"ours is x{reference_s / ours_s:.2f} faster"))
+
         if not args.skip_memory:
             for seconds in (10, 60):
-                long_clip = make_clip(work / f"clip{seconds}.mp4", args.size, seconds)
-                cmd = [STYLIZE, "run", str(long_clip), str(work / f"out{seconds}.mp4"), "--model", "identity"]
-                rows.append((f"peak RSS, {seconds} s clip (identity)", f"{peak_rss_mib(cmd):.0f} MiB", ""))
-    print(f"machine: {platform.processor() or platform.machine()}, {threads} cores, torch {torch.__version__}, clip {args.size} {args.seconds} s, {frames} frames")
+                long_clip = make_clip(work / f"clip{seconds}.mp4", "640x360", seconds)
+                command = [STYLIZE, "run", str(long_clip), str(work / f"out{seconds}.mp4"), "--model", "identity"]
+                rows.append((f"peak RSS, {seconds} s 640x360 clip (identity)", f"{peak_rss_mib(command):.0f} MiB", ""))
+    import torch
+
+    print(f"machine: {platform.machine()}, {threads} cores, torch {torch.__version__}, model {args.model}, 25 fps clips")
     print("| measure | value | note |\n|---|---|---|")
     for row in rows:
         print("| " + " | ".join(row) + " |")

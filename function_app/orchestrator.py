@@ -43,7 +43,14 @@ def stylize_orchestrator(context: df.DurableOrchestrationContext):
     attempts = {batch["index"]: 1 for batch in plan["batches"]}
     by_index = {batch["index"]: batch for batch in plan["batches"]}
     yield context.call_activity("enqueue_batches", {"job": job, "batches": [{"batch": b, "attempt": 1} for b in plan["batches"]]})
-    workers = yield context.call_activity("ensure_workers", {"outstanding": len(attempts)})
+    try:
+        return (yield from _score_and_stitch(context, job, limits, plan, attempts, by_index))
+    except WorkersUnavailable as exc:
+        return (yield from _fail(context, job, plan, str(exc)))
+
+
+def _score_and_stitch(context: df.DurableOrchestrationContext, job: dict, limits: dict, plan: dict, attempts: dict, by_index: dict):
+    workers = yield from _ensure_workers(context, len(attempts))
     styled: dict[int, str] = {}
     done_by: dict[int, dict] = {}
     frames_done = 0
@@ -57,7 +64,7 @@ def stylize_orchestrator(context: df.DurableOrchestrationContext):
         event = event or context.wait_for_external_event(RESULT_EVENT)
         winner = yield context.task_any([event, deadline, check])
         if winner == check:
-            workers = yield context.call_activity("ensure_workers", {"outstanding": len(attempts) - len(styled)})
+            workers = yield from _ensure_workers(context, len(attempts) - len(styled))
             context.set_custom_status(_status("scoring", plan, len(styled), frames_done, errors=errors[-5:], workers=_count(workers)))
             check = context.create_timer(context.current_utc_datetime + timedelta(seconds=limits["worker_check_s"]))
             continue
@@ -90,7 +97,7 @@ def stylize_orchestrator(context: df.DurableOrchestrationContext):
         yield context.call_activity(
             "enqueue_batches", {"job": job, "batches": [{"batch": by_index[i], "attempt": attempts[i]} for i in retry]}
         )
-        workers = yield context.call_activity("ensure_workers", {"outstanding": len(attempts) - len(styled)})
+        workers = yield from _ensure_workers(context, len(attempts) - len(styled))
         context.set_custom_status(_status("scoring", plan, len(styled), frames_done, errors=errors[-5:], workers=_count(workers)))
         if winner == deadline:
             deadline = context.create_timer(context.current_utc_datetime + timedelta(seconds=limits["batch_timeout_s"]))
@@ -105,6 +112,17 @@ def stylize_orchestrator(context: df.DurableOrchestrationContext):
         return (yield from _fail(context, job, plan, f"stitch failed: {_reason(exc)}", errors))
     context.set_custom_status(_status("done", plan, len(styled), frames_done, output=outputs["video"], preview=outputs["preview"], report=outputs["report"]))
     return outputs
+
+
+class WorkersUnavailable(Exception):
+    """Workers could not be started (the compute service refused or failed): the job cannot progress."""
+
+
+def _ensure_workers(context: df.DurableOrchestrationContext, outstanding: int):
+    try:
+        return (yield context.call_activity("ensure_workers", {"outstanding": outstanding}))
+    except Exception as exc:
+        raise WorkersUnavailable(f"could not start workers: {_reason(exc)}") from None
 
 
 def _count(workers: dict) -> int:

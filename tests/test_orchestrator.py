@@ -174,3 +174,20 @@ def test_error_that_will_repeat_fails_the_orchestration_at_once():
     replay.step()
     assert replay.done and replay.custom_status["stage"] == "failed"
     assert replay.custom_status["error"] == "batch 1 failed: batch-00001 attempt 1 was delivered 3 times and its worker stopped each time"
+
+
+def test_workers_that_cannot_be_started_fail_the_job_with_the_reason():
+    replay = _replay()
+    (split,) = replay.step()
+    replay.complete(split, PLAN)
+    enqueue, = replay.step()
+    replay.complete(enqueue, 3)
+    workers, = replay.step()
+    replay.fail(workers, "(AuthorizationFailed) the client does not have authorization to perform action jobs/write")
+    report, = replay.step()
+    assert report["functionName"] == "report_failure"
+    replay.complete(report, "clip.identity.error.json")
+    replay.step()
+    assert replay.done and replay.custom_status["stage"] == "failed"
+    assert replay.custom_status["error"] == ("could not start workers: (AuthorizationFailed) the client does not have "
+                                             "authorization to perform action jobs/write")

@@ -1,0 +1,49 @@
+"""The bare model loop: decode every frame of a clip into memory, then style them one pass each.
+
+    python bench/bare_loop.py CLIP [--model random] [--threads N] [--batch N]
+
+Same decoder and colour conversion as the worker, same styler (``gpu_job.models.load_styler``), same
+threads; no splitting, no encoding, no files. Prints JSON: frames, model_s (styling only), load_s.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("clip")
+    parser.add_argument("--model", default="random")
+    parser.add_argument("--threads", type=int, default=None)
+    parser.add_argument("--batch", type=int, default=1)
+    args = parser.parse_args()
+    began = time.perf_counter()
+    import av
+    import numpy as np
+    import torch
+
+    from gpu_job.models import load_styler
+    from gpu_job.scorer import RESAMPLING
+    from shared.config import Settings
+
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    styler = load_styler(args.model, torch.device("cpu"), Settings.from_env().model_cache_dir)
+    with av.open(args.clip) as container:
+        frames = [f.to_ndarray(format="rgb24", interpolation=RESAMPLING) for f in container.decode(video=0)]
+    load_s = time.perf_counter() - began
+    styled = time.perf_counter()
+    for i in range(0, len(frames), args.batch):
+        styler(np.stack(frames[i : i + args.batch]))
+    print(json.dumps({"frames": len(frames), "model_s": time.perf_counter() - styled, "load_s": load_s}))
+
+
+if __name__ == "__main__":
+    main()
