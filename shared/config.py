@@ -27,7 +27,9 @@ class Settings:
     default_style: str = "candy"
     # Upload limits, checked before any work is queued
     allowed_extensions: tuple[str, ...] = (".mp4", ".mov", ".m4v", ".mkv", ".webm", ".avi")
-    max_upload_bytes: int = 4 * 1024**3
+    max_upload_bytes: int = 256 * 1024**2
+    """The Function app splits an upload on an instance's temporary disk (0.8 GB on Flex Consumption),
+    holding it and its segments at once: about twice its size (see function_app/activities.py)."""
     max_duration_s: float = 3600.0
     max_width: int = 3840
     max_height: int = 2160
@@ -38,6 +40,8 @@ class Settings:
     output_container: str = "videos-out"
     work_container: str = "stylize-work"
     batch_queue: str = "batches"
+    result_queue: str = "batch-results"
+    styles_container: str = "styles"
     blob_trigger_source: str = "EventGrid"
     """EventGrid in Azure (Flex Consumption needs it); LogsAndContainerScan polls, for func start on Azurite."""
     # Compute
@@ -47,9 +51,18 @@ class Settings:
     azureml_resource_group: str = ""
     azureml_workspace: str = ""
     azureml_compute: str = "gpu-cluster"
-    azureml_component: str = "stylize_batch"
-    azureml_datastore: str = "stylize_work"
-    """Datastore on the work container; job inputs and outputs are paths inside it."""
+    azureml_component: str = "stylize_worker"
+    azureml_compute_client_id: str = ""
+    """Client id of the GPU cluster's user-assigned identity; worker jobs reach the data account with it."""
+    # Warm workers
+    max_workers: int = 4
+    """Worker processes (local backend) or Azure ML worker jobs at once."""
+    worker_idle_s: int = 120
+    """A worker stops after this long with no work."""
+    visibility_timeout_s: int = 60
+    max_deliveries: int = 3
+    worker_check_s: int = 120
+    """How often the orchestrator checks the worker count."""
 
     @classmethod
     def from_env(cls, environ: dict[str, str] | None = None) -> Settings:
