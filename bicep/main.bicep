@@ -21,10 +21,10 @@ param principalType string = 'User'
 param gpuVmSize string = 'Standard_NC4as_T4_v3'
 
 @minValue(1)
-@description('Most GPU nodes at once; batches beyond that wait in the Azure ML queue.')
+@description('Most GPU nodes at once, and so most worker jobs at once (one per node).')
 param gpuMaxNodes int = 4
 
-@description('Low-priority nodes: much cheaper, may be pre-empted (a pre-empted batch is resubmitted).')
+@description('Low-priority nodes: much cheaper, may be pre-empted (the batches of a pre-empted worker are redelivered).')
 param gpuLowPriority bool = false
 
 @minValue(0)
@@ -36,7 +36,7 @@ param gpuIdleSecondsBeforeScaleDown int = 300
 param defaultStyle string = 'candy'
 
 @minValue(1)
-@description('Frames per batch: one Azure ML job each.')
+@description('Frames per batch: one queue message each.')
 param batchFrames int = 240
 
 @minValue(1)
@@ -56,13 +56,28 @@ var containers = {
   input: 'videos-in'
   output: 'videos-out'
   work: 'stylize-work'
+  styles: 'styles'
   deployment: 'app-package'
 }
-var batchQueue = 'batches'
+var queues = {
+  batches: 'batches'
+  results: 'batch-results'
+  // Where the workers move a batch that keeps killing them, and where the Functions host moves a
+  // result it cannot process (the queue trigger's `<queue>-poison`).
+  batchesPoison: 'batches-poison'
+  resultsPoison: 'batch-results-poison'
+  // Where the blob trigger puts uploads it failed on (fixed name, on the trigger's account); made
+  // here so the app's queue rights on the data account can be scoped to it.
+  blobTriggerPoison: 'webjobs-blobtrigger-poison'
+}
 var taskHub = 'stylize'
 var computeName = 'gpu-cluster'
-var datastoreName = 'stylize_work'
-var componentName = 'stylize_batch'
+var componentName = 'stylize_worker'
+// A worker job waits this long for more batches before it ends; the node then idles for
+// gpuIdleSecondsBeforeScaleDown before it is released. Half the node's idle time keeps a warm
+// worker (model loaded) for a video that follows soon, and bounds how long a node is held after
+// the last batch to 1.5 times gpuIdleSecondsBeforeScaleDown.
+var workerIdleSeconds = max(60, gpuIdleSecondsBeforeScaleDown / 2)
 
 resource rg 'Microsoft.Resources/resourceGroups@2024-03-01' = {
   name: 'rg-${environmentName}'
@@ -70,11 +85,21 @@ resource rg 'Microsoft.Resources/resourceGroups@2024-03-01' = {
   tags: tags
 }
 
-module identity 'modules/identity.bicep' = {
+module functionIdentity 'modules/identity.bicep' = {
   name: 'identity'
   scope: rg
   params: {
     name: 'id-func-${token}'
+    location: location
+    tags: tags
+  }
+}
+
+module computeIdentity 'modules/identity.bicep' = {
+  name: 'compute-identity'
+  scope: rg
+  params: {
+    name: 'id-gpu-${token}'
     location: location
     tags: tags
   }
@@ -98,20 +123,34 @@ module dataStorage 'modules/storage-account.bicep' = {
     name: 'stdata${token}'
     location: location
     tags: tags
-    containers: [ containers.input, containers.output, containers.work ]
-    queues: [ batchQueue ]
+    containers: [ containers.input, containers.output, containers.work, containers.styles ]
+    queues: [ queues.batches, queues.results, queues.batchesPoison, queues.resultsPoison, queues.blobTriggerPoison ]
     expiry: [ { prefix: '${containers.work}/jobs/', days: workRetentionDays } ]
   }
 }
 
-module operationsStorage 'modules/storage-account.bicep' = {
-  name: 'operations-storage'
+// The Functions host's own account: deployment package, host keys, Durable task hub. Only the
+// Function app's identity has rights on it.
+module hostStorage 'modules/storage-account.bicep' = {
+  name: 'host-storage'
+  scope: rg
+  params: {
+    name: 'sthost${token}'
+    location: location
+    tags: tags
+    containers: [ containers.deployment ]
+  }
+}
+
+// The Azure ML workspace's storage (code snapshots, job logs). Its name is kept from the first
+// layout, where it also served the Functions host: a workspace's storage cannot change.
+module mlStorage 'modules/storage-account.bicep' = {
+  name: 'ml-storage'
   scope: rg
   params: {
     name: 'stops${token}'
     location: location
     tags: tags
-    containers: [ containers.deployment ]
   }
 }
 
@@ -124,7 +163,7 @@ module workspace 'modules/ml-workspace.bicep' = {
     registryName: 'cr${token}'
     location: location
     tags: tags
-    storageAccountId: operationsStorage.outputs.id
+    storageAccountId: mlStorage.outputs.id
     appInsightsId: monitoring.outputs.appInsightsId
   }
 }
@@ -137,21 +176,11 @@ module compute 'modules/ml-compute.bicep' = {
     name: computeName
     location: location
     tags: tags
+    identityId: computeIdentity.outputs.id
     vmSize: gpuVmSize
     maxNodes: gpuMaxNodes
     lowPriority: gpuLowPriority
     idleSecondsBeforeScaleDown: gpuIdleSecondsBeforeScaleDown
-  }
-}
-
-module datastore 'modules/ml-datastore.bicep' = {
-  name: 'ml-datastore'
-  scope: rg
-  params: {
-    workspaceName: workspace.outputs.name
-    name: datastoreName
-    accountName: dataStorage.outputs.name
-    containerName: containers.work
   }
 }
 
@@ -163,9 +192,9 @@ module functionApp 'modules/function-app.bicep' = {
     appName: 'func-${token}'
     location: location
     tags: tags
-    identityId: identity.outputs.id
-    identityClientId: identity.outputs.clientId
-    operationsAccountName: operationsStorage.outputs.name
+    identityId: functionIdentity.outputs.id
+    identityClientId: functionIdentity.outputs.clientId
+    hostAccountName: hostStorage.outputs.name
     deploymentContainer: containers.deployment
     dataBlobEndpoint: dataStorage.outputs.blobEndpoint
     dataQueueEndpoint: dataStorage.outputs.queueEndpoint
@@ -178,16 +207,20 @@ module functionApp 'modules/function-app.bicep' = {
       STYLIZE_INPUT_CONTAINER: containers.input
       STYLIZE_OUTPUT_CONTAINER: containers.output
       STYLIZE_WORK_CONTAINER: containers.work
-      STYLIZE_BATCH_QUEUE: batchQueue
+      STYLIZE_STYLES_CONTAINER: containers.styles
+      STYLIZE_BATCH_QUEUE: queues.batches
+      STYLIZE_RESULT_QUEUE: queues.results
       STYLIZE_DEFAULT_STYLE: defaultStyle
       STYLIZE_BATCH_FRAMES: string(batchFrames)
       STYLIZE_COMPUTE_BACKEND: 'azureml'
+      STYLIZE_MAX_WORKERS: string(gpuMaxNodes)
+      STYLIZE_WORKER_IDLE_S: string(workerIdleSeconds)
       STYLIZE_AZUREML_SUBSCRIPTION_ID: subscription().subscriptionId
       STYLIZE_AZUREML_RESOURCE_GROUP: rg.name
       STYLIZE_AZUREML_WORKSPACE: workspace.outputs.name
       STYLIZE_AZUREML_COMPUTE: compute.outputs.name
       STYLIZE_AZUREML_COMPONENT: componentName
-      STYLIZE_AZUREML_DATASTORE: datastore.outputs.name
+      STYLIZE_AZUREML_COMPUTE_CLIENT_ID: computeIdentity.outputs.clientId
     }
   }
 }
@@ -200,8 +233,6 @@ module events 'modules/event-grid.bicep' = {
     tags: tags
     dataAccountId: dataStorage.outputs.id
     dataTopicName: 'evgt-data-${token}'
-    workspaceId: workspace.outputs.id
-    workspaceTopicName: 'evgt-ml-${token}'
   }
 }
 
@@ -210,16 +241,22 @@ module rbac 'modules/rbac.bicep' = {
   scope: rg
   params: {
     dataAccountName: dataStorage.outputs.name
-    operationsAccountName: operationsStorage.outputs.name
+    hostAccountName: hostStorage.outputs.name
+    mlAccountName: mlStorage.outputs.name
     inputContainer: containers.input
     outputContainer: containers.output
     workContainer: containers.work
+    stylesContainer: containers.styles
+    batchQueue: queues.batches
+    resultQueue: queues.results
+    batchPoisonQueue: queues.batchesPoison
+    resultPoisonQueue: queues.resultsPoison
+    blobTriggerPoisonQueue: queues.blobTriggerPoison
     appInsightsName: monitoring.outputs.appInsightsName
     workspaceName: workspace.outputs.name
     registryName: workspace.outputs.registryName
-    functionPrincipalId: identity.outputs.principalId
-    computePrincipalId: compute.outputs.principalId
-    workspacePrincipalId: workspace.outputs.principalId
+    functionPrincipalId: functionIdentity.outputs.principalId
+    computePrincipalId: computeIdentity.outputs.principalId
     userPrincipalId: principalId
     userPrincipalType: principalType
   }
@@ -234,9 +271,8 @@ output FUNCTION_APP_URL string = 'https://${functionApp.outputs.defaultHostName}
 output DATA_STORAGE_ACCOUNT string = dataStorage.outputs.name
 output INPUT_CONTAINER string = containers.input
 output OUTPUT_CONTAINER string = containers.output
-output WORK_CONTAINER string = containers.work
+output STYLES_CONTAINER string = containers.styles
 output DATA_EVENTS_TOPIC string = events.outputs.dataTopicName
-output WORKSPACE_EVENTS_TOPIC string = events.outputs.workspaceTopicName
 output AZUREML_WORKSPACE string = workspace.outputs.name
 output AZUREML_COMPUTE string = compute.outputs.name
 output AZUREML_COMPONENT string = componentName

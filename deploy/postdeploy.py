@@ -1,12 +1,14 @@
-"""azd post-deploy hook: register the Azure ML assets, then subscribe the deployed functions to events.
+"""azd post-deploy hook: check the workspace, register the Azure ML assets, subscribe the upload function.
 
-1. The ``stylize-gpu`` environment and the ``stylize_batch`` component (with the scorer's code) are
-   registered in the workspace under versions derived from their content, so a redeploy with nothing
-   changed registers nothing, and a changed scorer becomes the component's ``latest``.
-2. Event Grid subscriptions: uploads to the input container and styled segments in the work
-   container go to the blob triggers' webhook (which needs the app's ``blobs_extension`` system key,
-   so this cannot be done in Bicep without ``listKeys``); failed Azure ML runs go to the Event Grid
-   trigger. Existing subscriptions are updated in place.
+1. The workspace must reach its storage with identities (``systemDatastoresAuthMode`` identity): its
+   storage account accepts no shared key, so with account keys code upload and job logs would fail.
+2. The ``stylize-gpu`` environment and the worker component (gpu_job/azureml/component.yml, with the
+   worker's code) are registered in the workspace under versions derived from their content, so a
+   redeploy with nothing changed registers nothing, and a changed worker becomes the component's
+   ``latest``.
+3. The Event Grid subscription for uploads to the input container goes to the blob trigger's
+   webhook, which needs the app's ``blobs_extension`` system key, so this cannot be done in Bicep
+   without ``listKeys``. An existing subscription is updated in place.
 
 Reads the azd environment (the outputs of bicep/main.bicep). Run by azd; by hand:
 ``azd env get-values > .env && set -a && . ./.env && python deploy/postdeploy.py``.
@@ -26,11 +28,8 @@ REPO = Path(__file__).resolve().parents[1]
 AML_DIR = REPO / "gpu_job" / "azureml"
 CODE_DIRS = ("gpu_job", "shared")
 UPLOAD_FUNCTION = "on_upload"
-STYLED_FUNCTION = "on_styled_segment"
-RUN_STATUS_FUNCTION = "on_azureml_run_status"
-FAILED_RUN_STATES = ("Failed", "Canceled", "NotResponding")
 BLOB_CREATED = "Microsoft.Storage.BlobCreated"
-RUN_STATUS_CHANGED = "Microsoft.MachineLearningServices.RunStatusChanged"
+IDENTITY_AUTH_MODE = "identity"
 KEY_WAIT_S = 300
 
 
@@ -47,9 +46,7 @@ class Deployment:
     function_app: str
     function_app_url: str
     input_container: str
-    work_container: str
     data_events_topic: str
-    workspace_events_topic: str
     workspace: str
 
     ENVIRONMENT = {
@@ -58,9 +55,7 @@ class Deployment:
         "function_app": "FUNCTION_APP_NAME",
         "function_app_url": "FUNCTION_APP_URL",
         "input_container": "INPUT_CONTAINER",
-        "work_container": "WORK_CONTAINER",
         "data_events_topic": "DATA_EVENTS_TOPIC",
-        "workspace_events_topic": "WORKSPACE_EVENTS_TOPIC",
         "workspace": "AZUREML_WORKSPACE",
     }
 
@@ -70,11 +65,6 @@ class Deployment:
         if missing:
             raise HookError(f"azd environment lacks {', '.join(missing)}: run `azd provision` first")
         return cls(**{field: environ[name] for field, name in cls.ENVIRONMENT.items()})
-
-    @property
-    def function_app_id(self) -> str:
-        return (f"/subscriptions/{self.subscription_id}/resourceGroups/{self.resource_group}"
-                f"/providers/Microsoft.Web/sites/{self.function_app}")
 
 
 def code_files(root: Path = REPO) -> list[Path]:
@@ -116,6 +106,14 @@ def register_ml_assets(ml_client) -> str:
     return f"{component.name}:{component.version}"
 
 
+def check_identity_access(workspace) -> None:
+    """Refuse a workspace whose system datastores use account keys: its storage accepts none."""
+    mode = (workspace.system_datastores_auth_mode or "").lower()
+    if mode != IDENTITY_AUTH_MODE:
+        raise HookError(f"workspace {workspace.name} reaches its storage with {mode or 'account keys'}, not identities: "
+                        "code upload and job logs will fail; check systemDatastoresAuthMode in bicep/modules/ml-workspace.bicep")
+
+
 def blob_webhook_url(deployment: Deployment, function_name: str, blobs_key: str) -> str:
     return (f"{deployment.function_app_url.rstrip('/')}/runtime/webhooks/blobs"
             f"?functionName=Host.Functions.{function_name}&code={blobs_key}")
@@ -125,35 +123,16 @@ def event_subscriptions(deployment: Deployment, blobs_key: str) -> dict[tuple[st
     """(topic, subscription name) -> the Event Grid subscription to create or update."""
     from azure.mgmt.eventgrid import models
 
-    retry = models.RetryPolicy(max_delivery_attempts=30, event_time_to_live_in_minutes=1440)
-
-    def blob_subscription(function_name: str, subject_prefix: str, advanced=None):
-        return models.EventSubscription(
-            destination=models.WebHookEventSubscriptionDestination(
-                endpoint_url=blob_webhook_url(deployment, function_name, blobs_key), max_events_per_batch=1),
-            filter=models.EventSubscriptionFilter(included_event_types=[BLOB_CREATED], subject_begins_with=subject_prefix,
-                                                  advanced_filters=advanced),
-            event_delivery_schema=models.EventDeliverySchema.EVENT_GRID_SCHEMA,
-            retry_policy=retry,
-        )
-
-    blobs = "/blobServices/default/containers"
-    return {
-        (deployment.data_events_topic, "stylize-uploads"): blob_subscription(
-            UPLOAD_FUNCTION, f"{blobs}/{deployment.input_container}/blobs/"),
-        (deployment.data_events_topic, "stylize-styled-segments"): blob_subscription(
-            STYLED_FUNCTION, f"{blobs}/{deployment.work_container}/blobs/jobs/",
-            [models.StringContainsAdvancedFilter(key="subject", values=["/styled/"])]),
-        (deployment.workspace_events_topic, "stylize-failed-runs"): models.EventSubscription(
-            destination=models.AzureFunctionEventSubscriptionDestination(
-                resource_id=f"{deployment.function_app_id}/functions/{RUN_STATUS_FUNCTION}", max_events_per_batch=1),
-            filter=models.EventSubscriptionFilter(
-                included_event_types=[RUN_STATUS_CHANGED],
-                advanced_filters=[models.StringInAdvancedFilter(key="data.runStatus", values=list(FAILED_RUN_STATES))]),
-            event_delivery_schema=models.EventDeliverySchema.EVENT_GRID_SCHEMA,
-            retry_policy=retry,
-        ),
-    }
+    uploads = models.EventSubscription(
+        destination=models.WebHookEventSubscriptionDestination(
+            endpoint_url=blob_webhook_url(deployment, UPLOAD_FUNCTION, blobs_key), max_events_per_batch=1),
+        filter=models.EventSubscriptionFilter(
+            included_event_types=[BLOB_CREATED],
+            subject_begins_with=f"/blobServices/default/containers/{deployment.input_container}/blobs/"),
+        event_delivery_schema=models.EventDeliverySchema.EVENT_GRID_SCHEMA,
+        retry_policy=models.RetryPolicy(max_delivery_attempts=30, event_time_to_live_in_minutes=1440),
+    )
+    return {(deployment.data_events_topic, "stylize-uploads"): uploads}
 
 
 def blobs_extension_key(web_client, deployment: Deployment, wait_s: float = KEY_WAIT_S, poll_s: float = 10.0) -> str:
@@ -189,6 +168,7 @@ def main(environ: Mapping[str, str] = os.environ) -> int:
 
         credential = DefaultAzureCredential()
         ml_client = MLClient(credential, deployment.subscription_id, deployment.resource_group, deployment.workspace)
+        check_identity_access(ml_client.workspaces.get(deployment.workspace))
         print(f"registered component {register_ml_assets(ml_client)}")
         key = blobs_extension_key(WebSiteManagementClient(credential, deployment.subscription_id), deployment)
         for name in subscribe(EventGridManagementClient(credential, deployment.subscription_id), deployment, key):

@@ -2,12 +2,16 @@
 
 from __future__ import annotations
 
-import json
+import contextlib
 import posixpath
+import shutil
 import tempfile
+import threading
+from collections.abc import Iterator
 from pathlib import Path
 
 import azure.durable_functions as df
+from azure.storage.blob import BlobServiceClient
 
 from function_app.compute import ensure_workers
 from function_app.storage import output_names, write_error_report
@@ -24,6 +28,35 @@ from shared.storage import JobLayout, blob_service, close_job, download_file, qu
 
 bp = df.Blueprint()
 settings = Settings.from_env()
+
+# A Flex Consumption instance has 0.8 GB of temporary storage and no persisted storage (Azure
+# Functions service limits, "Storage (temporary)"). The core splits and stitches files, so a split
+# holds its input and all its segments at once, and a stitch all styled segments and their output:
+# about twice the video each. One of them at a time per worker process uses that disk, and each
+# refuses a video it cannot hold in one line before filling it (STYLIZE_MAX_UPLOAD_BYTES keeps
+# uploads within it). The free space a volume reports may exceed the instance's quota, hence both.
+INSTANCE_DISK_BYTES = 800 * 1000**2
+_disk = threading.Lock()
+
+
+def split_disk_bytes(input_bytes: int) -> int:
+    """Disk a split needs: the input, its segments and audio (the same packets again), and a tenth
+    more for the GOP that a batch starting on an open GOP repeats."""
+    return 2 * input_bytes + input_bytes // 10
+
+
+@contextlib.contextmanager
+def scratch(prefix: str, needed: int, subject: str) -> Iterator[Path]:
+    """A temporary folder for one split or stitch, refused (not retried) when the disk cannot hold ``needed`` bytes."""
+    with _disk, tempfile.TemporaryDirectory(prefix=prefix) as folder:
+        room = min(shutil.disk_usage(folder).free, INSTANCE_DISK_BYTES)
+        if needed > room:
+            raise InvalidInputError(f"{subject}: needs {needed / 1e6:.0f} MB of scratch disk, the instance has {room / 1e6:.0f} MB")
+        yield Path(folder)
+
+
+def _blob_bytes(service: BlobServiceClient, container: str, blobs: list[str]) -> int:
+    return sum(service.get_blob_client(container, blob).get_blob_properties().size for blob in blobs)
 
 
 def check_limits(info: VideoInfo, limits: Settings) -> None:
@@ -43,12 +76,13 @@ def split_job(job: dict, limits: Settings = settings) -> dict:
     """Download the input, probe and check it, cut batch segments by stream copy, upload them and the audio."""
     service = blob_service(limits)
     layout = JobLayout(job["job_id"])
-    with tempfile.TemporaryDirectory(prefix="split-") as scratch:
-        local = download_file(service, limits.input_container, job["input_blob"], Path(scratch) / f"input{Path(job['input_blob']).suffix}")
+    needed = split_disk_bytes(_blob_bytes(service, limits.input_container, [job["input_blob"]]))
+    with scratch("split-", needed, job["input_blob"]) as folder:
+        local = download_file(service, limits.input_container, job["input_blob"], folder / f"input{Path(job['input_blob']).suffix}")
         info = probe(local)
         check_limits(info, limits)
         batches = plan_batches(info, limits.batch_frames)
-        parts = split_video(info, batches, Path(scratch) / "segments")
+        parts = split_video(info, batches, folder / "segments")
         for batch, segment in zip(batches, parts.segments):
             upload_file(service, limits.work_container, layout.segment(batch), segment)
         audio_blob = upload_file(service, limits.work_container, f"{layout.root}/{parts.audio.name}", parts.audio) if parts.audio else None
@@ -74,16 +108,16 @@ def stitch_job(request: dict, limits: Settings = settings) -> dict:
     job, plan, layout = request["job"], request["plan"], JobLayout(request["job"]["job_id"])
     service = blob_service(limits)
     names = output_names(job["input_blob"], job["style"])
-    with tempfile.TemporaryDirectory(prefix="stitch-") as scratch:
-        folder = Path(scratch)
+    batches = [Batch.from_dict(item) for item in plan["batches"]]
+    sampled = {position: layout.segment(batches[position]) for position in sampled_batches(batches)}
+    stitched = [*request["styled"], *([plan["audio_blob"]] if plan["audio_blob"] else [])]
+    needed = 2 * _blob_bytes(service, limits.work_container, stitched) + _blob_bytes(service, limits.work_container, list(sampled.values()))
+    with scratch("stitch-", needed, names["video"]) as folder:
         styled = [download_file(service, limits.work_container, blob, folder / "styled" / Path(blob).name) for blob in request["styled"]]
         audio = download_file(service, limits.work_container, plan["audio_blob"], folder / Path(plan["audio_blob"]).name) if plan["audio_blob"] else None
         video = stitch(styled, audio, folder / "output.mp4")
-        batches = [Batch.from_dict(item) for item in plan["batches"]]
-        sources = {}
-        for position in sampled_batches(batches):
-            blob = layout.segment(batches[position])
-            sources[position] = download_file(service, limits.work_container, blob, folder / "segments" / posixpath.basename(blob))
+        sources = {position: download_file(service, limits.work_container, blob, folder / "segments" / posixpath.basename(blob))
+                   for position, blob in sampled.items()}
         preview = write_preview(batches, sources, styled, folder / "preview.png")
         done_by = {int(index): facts for index, facts in request["done_by"].items()}
         report = RunReport(input=plan["video"], output=names["video"], model={"requested": job["style"], "used": job["style"]},

@@ -126,13 +126,17 @@ class AzureMLWorkers:
         )
 
     def storage_env(self) -> dict[str, str]:
-        """The data account's endpoints, reached with the cluster's identity: never a key or a connection string."""
-        prefix = self.settings.storage_connection
+        """The data account's endpoints, reached with the cluster's user-assigned identity: never a key or a connection string.
+
+        On a cluster node azure-identity gets its token from Azure ML's endpoint and must be told which
+        user-assigned identity to use (``AZURE_CLIENT_ID``; the storage helper reads ``__clientId``).
+        """
+        prefix, client_id = self.settings.storage_connection, self.settings.azureml_compute_client_id
         endpoints = {f"{prefix}__{key}": os.environ.get(f"{prefix}__{key}", "") for key in ("blobServiceUri", "queueServiceUri")}
-        missing = [key for key, value in endpoints.items() if not value]
+        missing = [key for key, value in endpoints.items() if not value] + ([] if client_id else ["STYLIZE_AZUREML_COMPUTE_CLIENT_ID"])
         if missing:
             raise ValueError(f"the azureml backend needs identity-based storage settings; {', '.join(missing)} not set")
-        return {**endpoints, f"{prefix}__credential": "managedidentity"}
+        return {**endpoints, f"{prefix}__credential": "managedidentity", f"{prefix}__clientId": client_id, "AZURE_CLIENT_ID": client_id}
 
     def start(self) -> str:
         name = f"stylize-worker-{uuid.uuid4().hex[:12]}"

@@ -27,7 +27,9 @@ class Settings:
     default_style: str = "candy"
     # Upload limits, checked before any work is queued
     allowed_extensions: tuple[str, ...] = (".mp4", ".mov", ".m4v", ".mkv", ".webm", ".avi")
-    max_upload_bytes: int = 4 * 1024**3
+    max_upload_bytes: int = 256 * 1024**2
+    """The Function app splits an upload on an instance's temporary disk (0.8 GB on Flex Consumption),
+    holding it and its segments at once: about twice its size (see function_app/activities.py)."""
     max_duration_s: float = 3600.0
     max_width: int = 3840
     max_height: int = 2160
@@ -41,6 +43,8 @@ class Settings:
     """Batch work items, one message per batch attempt; drained by the workers."""
     result_queue: str = "batch-results"
     """Each batch attempt's result, posted by the worker that did it; triggers the Function app."""
+    styles_container: str = "styles"
+    """Pictures an upload may name as its style (``style_image`` metadata)."""
     blob_trigger_source: str = "EventGrid"
     """EventGrid in Azure (Flex Consumption needs it); LogsAndContainerScan polls, for func start on Azurite."""
     # Compute: warm workers that drain the batch queue
@@ -62,6 +66,8 @@ class Settings:
     azureml_workspace: str = ""
     azureml_compute: str = "gpu-cluster"
     azureml_component: str = "stylize_worker"
+    azureml_compute_client_id: str = ""
+    """Client id of the GPU cluster's user-assigned identity; worker jobs reach the data account with it."""
 
     @classmethod
     def from_env(cls, environ: dict[str, str] | None = None) -> Settings:

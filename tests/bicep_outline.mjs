@@ -1,6 +1,7 @@
 // Parses .bicep files with the tree-sitter Bicep grammar and prints, per file, a JSON outline the
-// Python tests check: syntax errors, names used but never declared, parameters, outputs, resources
-// (with their bodies as JSON), modules, and every function called. Usage: node bicep_outline.mjs FILE...
+// Python tests check: syntax errors, names used but never declared, parameters, variables (values as
+// JSON), outputs, resources (with their bodies as JSON, and the loop they are declared in), modules,
+// and every function called. Usage: node bicep_outline.mjs FILE...
 import { readFileSync } from 'node:fs';
 import { createRequire } from 'node:module';
 import { Parser, Language } from 'web-tree-sitter';
@@ -29,7 +30,8 @@ function value(node) {
       const result = {};
       for (const property of named(node).filter((child) => child.type === 'object_property')) {
         const [key, item] = named(property);
-        result[key.type === 'string' ? value(key) : key.text] = value(item);
+        const name = key.type === 'string' ? value(key) : key.text;
+        result[typeof name === 'string' ? name : key.text] = value(item);
       }
       return result;
     }
@@ -46,6 +48,16 @@ function declaredBody(node) {
     return declaredBody(named(node)[named(node).length - 1]);
   }
   return node;
+}
+
+// `[for item in source: ...]` and `[for (item, index) in source: ...]`: the names and the source's text.
+function loopOf(node) {
+  if (node.type !== 'for_statement') {
+    return null;
+  }
+  const [head, source] = named(node);
+  const parameters = head.type === 'for_loop_parameters' ? named(head).map((part) => part.text) : [head.text];
+  return { item: parameters[0], index: parameters[1] ?? null, source: source.text };
 }
 
 function decoratorsOf(node) {
@@ -98,21 +110,26 @@ function outline(file) {
     node.children.forEach(walk);
   };
   walk(tree.rootNode);
-  const result = { file, errors, undeclared: undeclared(tree.rootNode), calls, targetScope: null, params: {}, outputs: {}, resources: [], modules: [] };
+  const result = { file, errors, undeclared: undeclared(tree.rootNode), calls, targetScope: null, params: {}, variables: {}, outputs: {}, resources: [], modules: [] };
   for (const node of named(tree.rootNode)) {
     const parts = named(node);
     if (node.type === 'target_scope_assignment') {
       result.targetScope = value(parts[0]);
     } else if (node.type === 'parameter_declaration') {
       result.params[parts[0].text] = { type: parts[1].text, hasDefault: parts.length > 2, decorators: decoratorsOf(node) };
+    } else if (node.type === 'variable_declaration') {
+      result.variables[parts[0].text] = value(parts[parts.length - 1]);
     } else if (node.type === 'output_declaration') {
       result.outputs[parts[0].text] = { type: parts[1].text, value: parts[2].text, decorators: decoratorsOf(node) };
     } else if (node.type === 'resource_declaration') {
-      const body = declaredBody(parts[parts.length - 1]);
+      const declared = parts[parts.length - 1];
+      const body = declaredBody(declared);
       result.resources.push({
         symbol: parts[0].text,
         type: value(parts[1]),
         existing: node.children.some((child) => child.text === 'existing'),
+        loop: loopOf(declared),
+        condition: declared.type === 'if_statement' ? named(declared)[0].text : null,
         body: body.type === 'object' ? value(body) : { expression: body.text },
       });
     } else if (node.type === 'module_declaration') {

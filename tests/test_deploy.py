@@ -1,7 +1,8 @@
 """Checks of the azd deployment that need no Azure: azure.yaml against azd's schema, every .bicep
-file through the tree-sitter Bicep grammar (syntax, API versions, storage hardening, no keys, wiring
-of parameters, outputs and app settings), the Azure ML YAML through the azure-ai-ml loaders, and the
-post-deploy hook's requests built with the real SDK models and serializers."""
+file through the tree-sitter Bicep grammar (syntax, API versions and the properties they carry,
+storage hardening, no keys, wiring of parameters, outputs and app settings, and who may touch what:
+every role assignment evaluated from the parse tree), the Azure ML YAML through the azure-ai-ml
+loaders, and the post-deploy hook's requests built with the real SDK models and serializers."""
 
 from __future__ import annotations
 
@@ -11,7 +12,8 @@ import re
 import shutil
 import subprocess
 import sys
-from dataclasses import fields
+from dataclasses import dataclass, fields
+from fnmatch import fnmatchcase
 from functools import cache
 from pathlib import Path
 
@@ -93,6 +95,24 @@ def test_azure_yaml_points_at_what_exists():
     assert "'azd-service-name': 'functions'" in _expr(function_app["body"]["tags"]), "azd finds the app by this tag"
 
 
+# azd runs hooks written in Python from this release on; an older azd rejects the `.py` hook.
+AZD_PYTHON_HOOKS = (1, 23, 15)
+
+
+def _lowest_azd(constraint: str) -> tuple[int, ...]:
+    match = re.fullmatch(r">=\s*(\d+)\.(\d+)\.(\d+)", constraint.strip())
+    assert match, f"requiredVersions.azd {constraint!r}: expected '>= X.Y.Z'"
+    return tuple(int(part) for part in match.groups())
+
+
+def test_azure_yaml_requires_an_azd_that_runs_its_hooks():
+    document = yaml.safe_load((ROOT / "azure.yaml").read_text())
+    python_hooks = [h for h in document["hooks"].values() if h.get("kind") == "python" or h["run"].endswith(".py")]
+    assert python_hooks
+    assert _lowest_azd(document["requiredVersions"]["azd"]) >= AZD_PYTHON_HOOKS
+    assert _lowest_azd(">= 1.23.14") < AZD_PYTHON_HOOKS, "the check must be able to fail"
+
+
 # Bicep sources
 
 def test_every_bicep_file_parses_and_declares_what_it_uses(tmp_path):
@@ -114,6 +134,37 @@ def test_every_resource_has_a_dated_api_version():
     assert [t for t in types if not DATED_API.match(t)] == []
 
 
+# Properties whose schema exists only in some API versions: ARM drops a property the version's schema
+# does not know, without an error, so it must be set only with a version that has it.
+# systemDatastoresAuthMode: Azure/azure-rest-api-specs, Microsoft.MachineLearningServices
+# workspaceRP.json (absent from stable 2024-10-01; present in stable 2025-09-01 and in
+# 2024-04-01-preview, which the public AVM workspace module pins for it); values: that enum.
+VERSIONED_PROPERTIES = {
+    ("Microsoft.MachineLearningServices/workspaces", "systemDatastoresAuthMode"): {"2024-04-01-preview", "2025-09-01"},
+}
+SYSTEM_DATASTORES_AUTH_MODES = {"AccessKey", "Identity", "UserDelegationSAS"}
+
+
+def _properties_set(resources: list[dict], resource_type: str, name: str) -> list[tuple[str, object]]:
+    """(API version, value) of every resource of ``resource_type`` this deployment makes that sets ``properties.name``."""
+    return [(r["type"].split("@")[1], r["body"]["properties"][name]) for r in resources
+            if r["type"].split("@")[0] == resource_type and not r["existing"] and name in r["body"].get("properties", {})]
+
+
+def test_api_versions_carry_the_properties_set():
+    resources = [r for outline in outlines().values() for r in outline["resources"]]
+    for (resource_type, name), versions in VERSIONED_PROPERTIES.items():
+        found = _properties_set(resources, resource_type, name)
+        assert found, f"no {resource_type} sets {name}"
+        assert [version for version, _ in found if version not in versions] == [], f"{name} needs one of {sorted(versions)}"
+    modes = {mode for _, mode in _properties_set(resources, "Microsoft.MachineLearningServices/workspaces", "systemDatastoresAuthMode")}
+    assert modes == {"Identity"} and modes <= SYSTEM_DATASTORES_AUTH_MODES
+    older = {"type": "Microsoft.MachineLearningServices/workspaces@2024-10-01", "existing": False,
+             "body": {"properties": {"systemDatastoresAuthMode": "Identity"}}}
+    [(version, _)] = _properties_set([older], "Microsoft.MachineLearningServices/workspaces", "systemDatastoresAuthMode")
+    assert version not in VERSIONED_PROPERTIES[("Microsoft.MachineLearningServices/workspaces", "systemDatastoresAuthMode")]
+
+
 def test_storage_accounts_accept_identities_only():
     accounts = [r for f in outlines().values() for r in f["resources"]
                 if r["type"].startswith("Microsoft.Storage/storageAccounts@") and not r["existing"]]
@@ -123,10 +174,22 @@ def test_storage_accounts_accept_identities_only():
     assert properties["allowBlobPublicAccess"] is False
     assert properties["supportsHttpsTrafficOnly"] is True
     assert properties["minimumTlsVersion"] == "TLS1_2"
-    uses = [m for m in _main()["modules"] if m["path"] == "modules/storage-account.bicep"]
-    assert len(uses) == 2, "a data account and an operations account"
+    uses = {m["symbol"] for m in _modules("modules/storage-account.bicep")}
+    assert uses == {_data_account(), _host_account(), _workspace_storage()}, "data, the Functions host and the workspace each have their own"
     containers = [r for f in outlines().values() for r in f["resources"] if r["type"].startswith("Microsoft.Storage/storageAccounts/blobServices/containers@") and not r["existing"]]
     assert all(c["body"]["properties"]["publicAccess"] == "None" for c in containers)
+
+
+def test_data_account_holds_what_the_app_and_the_workers_use():
+    data = next(m for m in _modules("modules/storage-account.bicep") if m["symbol"] == _data_account())["body"]["params"]
+    defaults = Settings()
+    assert {_main_value(c) for c in data["containers"]} == {
+        defaults.input_container, defaults.output_container, defaults.work_container, defaults.styles_container}
+    # The Functions queue trigger moves a message it cannot process to `<queue>-poison`; the workers
+    # move a batch that keeps killing them to `batches-poison`; the blob trigger's poison queue.
+    assert {_main_value(q) for q in data["queues"]} == {
+        defaults.batch_queue, defaults.result_queue, f"{defaults.batch_queue}-poison", f"{defaults.result_queue}-poison",
+        "webjobs-blobtrigger-poison"}
 
 
 def test_no_keys_no_connection_secrets_no_secret_outputs():
@@ -154,23 +217,26 @@ def test_flex_consumption_python_311():
     assert config["runtime"] == {"name": "python", "version": "3.11"}
 
 
-def test_gpu_cluster_scales_from_zero_with_parameters():
+def test_gpu_cluster_scales_from_zero_with_parameters_and_runs_as_its_own_identity():
     cluster = next(r for f in outlines().values() for r in f["resources"] if r["type"].startswith("Microsoft.MachineLearningServices/workspaces/computes@"))
     spec = cluster["body"]["properties"]["properties"]
     assert spec["scaleSettings"]["minNodeCount"] == 0
     assert _expr(spec["scaleSettings"]["maxNodeCount"]) == "maxNodes"
     assert "idleSecondsBeforeScaleDown" in _expr(spec["scaleSettings"]["nodeIdleTimeBeforeScaleDown"])
     assert "LowPriority" in _expr(spec["vmPriority"]) and _expr(spec["vmSize"]) == "vmSize"
-    compute = next(m for m in _main()["modules"] if m["path"] == "modules/ml-compute.bicep")["body"]["params"]
+    compute = _module("modules/ml-compute.bicep")["body"]["params"]
     for parameter in ("gpuVmSize", "gpuMaxNodes", "gpuLowPriority", "gpuIdleSecondsBeforeScaleDown"):
         assert parameter in _main()["params"] and parameter in {_expr(v) for v in compute.values()}
+    identity = cluster["body"]["identity"]
+    assert identity["type"] == "UserAssigned" and list(identity["userAssignedIdentities"]) == ["'${identityId}'"]
+    assert _compute_identity() != _function_identity()
+    assert _module_of(_module("modules/ml-compute.bicep"))["outputs"].keys() == {"name"}, "nothing reads a cluster-made principal"
 
 
-def test_event_grid_topic_on_the_data_account():
+def test_event_grid_topic_on_the_data_account_only():
     topics = [r for r in outlines()["bicep/modules/event-grid.bicep"]["resources"] if r["type"].startswith("Microsoft.EventGrid/systemTopics@")]
-    assert {t["body"]["properties"]["topicType"] for t in topics} == {"Microsoft.Storage.StorageAccounts", "Microsoft.MachineLearningServices.Workspaces"}
-    events = next(m for m in _main()["modules"] if m["path"] == "modules/event-grid.bicep")["body"]["params"]
-    assert _expr(events["dataAccountId"]) == "dataStorage.outputs.id"
+    assert [t["body"]["properties"]["topicType"] for t in topics] == ["Microsoft.Storage.StorageAccounts"]
+    assert _expr(_module("modules/event-grid.bicep")["body"]["params"]["dataAccountId"]) == f"{_data_account()}.outputs.id"
 
 
 def test_module_parameters_match_their_declarations():
@@ -196,41 +262,285 @@ def test_azd_parameters_and_hook_environment_exist():
 
 
 def test_app_settings_are_ones_the_app_reads():
-    functions_module = outlines()["bicep/modules/function-app.bicep"]
-    base_settings = next(r for r in functions_module["resources"] if r["type"].startswith("Microsoft.Web/sites@"))
-    source = (ROOT / "bicep" / "modules" / "function-app.bicep").read_text()
+    base_settings = outlines()["bicep/modules/function-app.bicep"]["variables"]["baseSettings"]
     for name in ("AzureWebJobsStorage__accountName", "AzureWebJobsStorage__clientId", "DataStorage__blobServiceUri",
                  "DataStorage__queueServiceUri", "DataStorage__clientId", "AZURE_CLIENT_ID",
                  "APPLICATIONINSIGHTS_AUTHENTICATION_STRING"):
-        assert re.search(rf"^\s+{name}:", source, re.M), name
-    assert "FUNCTIONS_WORKER_RUNTIME" not in source, "Flex Consumption takes the runtime from functionAppConfig"
-    entry = re.search(r"PYTHON_SCRIPT_FILE_NAME: '([^']+)'", source).group(1)
+        assert name in base_settings, name
+    assert "FUNCTIONS_WORKER_RUNTIME" not in base_settings, "Flex Consumption takes the runtime from functionAppConfig"
+    entry = base_settings["PYTHON_SCRIPT_FILE_NAME"]
     assert (ROOT / entry).exists() and entry != "function_app.py"
-    assert base_settings["body"]["properties"]["siteConfig"]["appSettings"]
-    stylize = next(m for m in _main()["modules"] if m["path"] == "modules/function-app.bicep")["body"]["params"]["stylizeSettings"]
+    stylize = _module("modules/function-app.bicep")["body"]["params"]["stylizeSettings"]
     known = {f"STYLIZE_{field.name.upper()}" for field in fields(Settings)} | {"STYLIZE_TASK_HUB"}
     assert set(stylize) <= known, set(stylize) - known
     assert "%STYLIZE_TASK_HUB%" in (ROOT / "host.json").read_text()
-    main_source = (ROOT / "bicep" / "main.bicep").read_text()
     defaults = Settings()
-    assert f"componentName = '{defaults.azureml_component}'" in main_source
-    assert f"datastoreName = '{defaults.azureml_datastore}'" in main_source
-    assert f"computeName = '{defaults.azureml_compute}'" in main_source
-    for container in (defaults.input_container, defaults.output_container, defaults.work_container):
-        assert f"'{container}'" in main_source
+    assert _main_value(stylize["STYLIZE_AZUREML_COMPONENT"]) == defaults.azureml_component
+    assert _main_value(_module("modules/ml-compute.bicep")["body"]["params"]["name"]) == defaults.azureml_compute
+    for setting, default in (("STYLIZE_INPUT_CONTAINER", defaults.input_container), ("STYLIZE_OUTPUT_CONTAINER", defaults.output_container),
+                             ("STYLIZE_WORK_CONTAINER", defaults.work_container), ("STYLIZE_STYLES_CONTAINER", defaults.styles_container),
+                             ("STYLIZE_BATCH_QUEUE", defaults.batch_queue), ("STYLIZE_RESULT_QUEUE", defaults.result_queue)):
+        assert _main_value(stylize[setting]) == default, setting
 
 
-def test_role_assignments_are_scoped_and_keyless():
+def test_worker_settings_follow_the_cluster():
+    stylize = _module("modules/function-app.bicep")["body"]["params"]["stylizeSettings"]
+    assert _expr(stylize["STYLIZE_MAX_WORKERS"]) == "string(gpuMaxNodes)", "one worker job per node"
+    assert _expr(stylize["STYLIZE_WORKER_IDLE_S"]) == "string(workerIdleSeconds)"
+    assert "gpuIdleSecondsBeforeScaleDown" in _expr(_main()["variables"]["workerIdleSeconds"])
+    # The worker jobs reach the data account as the cluster's identity: the app passes its client id.
+    assert _expr(stylize["STYLIZE_AZUREML_COMPUTE_CLIENT_ID"]) == f"{_compute_identity()}.outputs.clientId"
+
+
+# Who may touch what: every role assignment, evaluated from the parse tree of rbac.bicep and the
+# parameters main.bicep passes it.
+
+# Built-in roles rbac.bicep may grant, by the names Azure documents for them.
+ROLE_NAMES = {
+    "b7e6dc6d-f1e8-4753-8033-0f276bb0955b": "Storage Blob Data Owner",
+    "ba92f5b4-2d11-453d-a403-e96b0029c9fe": "Storage Blob Data Contributor",
+    "2a2b9908-6ea1-4ae2-8e65-a410df84e7d1": "Storage Blob Data Reader",
+    "974c5e8b-45b9-4653-ba55-5f855dd0fb88": "Storage Queue Data Contributor",
+    "19e7f393-937e-4f77-808e-94535e297925": "Storage Queue Data Reader",
+    "8a0f0c08-91a1-4084-bc3d-661d67233fed": "Storage Queue Data Message Processor",
+    "c6a89b2d-59bc-44d0-9896-0f6e12d7b80a": "Storage Queue Data Message Sender",
+    "0a9a7e1f-b9d0-4cc4-a60d-0319b160aaa3": "Storage Table Data Contributor",
+    "3913510d-42f4-4e42-8a64-420c390055eb": "Monitoring Metrics Publisher",
+    "7f951dda-4ed3-4680-a7ca-43fe172d538d": "AcrPull",
+    "f6c7c914-8db3-469d-8ca1-694a8f32e121": "AzureML Data Scientist",
+}
+# Roles that write blobs, queues or tables (any of them, on the Functions host's account, would let
+# their holder replace the app's package, read its host keys or alter orchestration state).
+WRITES_STORAGE = {name for name in ROLE_NAMES.values() if name.startswith("Storage") and not name.endswith("Reader")}
+# Control-plane permissions of built-in roles ("Azure built-in roles for AI + machine learning"),
+# and Reader's, which the check below must find insufficient.
+ROLE_PERMISSIONS = {
+    "AzureML Data Scientist": (
+        ["Microsoft.MachineLearningServices/workspaces/*/read", "Microsoft.MachineLearningServices/workspaces/*/action",
+         "Microsoft.MachineLearningServices/workspaces/*/delete", "Microsoft.MachineLearningServices/workspaces/*/write"],
+        ["Microsoft.MachineLearningServices/workspaces/delete", "Microsoft.MachineLearningServices/workspaces/write",
+         "Microsoft.MachineLearningServices/workspaces/computes/*/write", "Microsoft.MachineLearningServices/workspaces/computes/*/delete",
+         "Microsoft.MachineLearningServices/workspaces/computes/listKeys/action", "Microsoft.MachineLearningServices/workspaces/listKeys/action",
+         "Microsoft.MachineLearningServices/workspaces/hubs/write", "Microsoft.MachineLearningServices/workspaces/hubs/delete",
+         "Microsoft.MachineLearningServices/workspaces/featurestores/write", "Microsoft.MachineLearningServices/workspaces/featurestores/delete"]),
+    "Reader": (["*/read"], []),
+}
+# "Submitting any type of run (V2)" ("Manage access to Azure Machine Learning workspaces"), with a
+# trailing `*` spelled out as the operations it stands for.
+SUBMIT_RUN_V2 = [f"Microsoft.MachineLearningServices/{action}" for action in (
+    "workspaces/*/read", "workspaces/environments/write", "workspaces/jobs/read", "workspaces/jobs/write",
+    "workspaces/jobs/delete", "workspaces/jobs/cancel/action", "workspaces/metadata/artifacts/write",
+    "workspaces/metadata/codes/*/write", "workspaces/environments/build/action", "workspaces/environments/readSecrets/action")]
+
+
+def _allows(role: str, action: str) -> bool:
+    """Whether ``role`` grants ``action`` (a `*` in ``action`` stands for any one resource type)."""
+    actions, not_actions = ROLE_PERMISSIONS[role]
+    return any(fnmatchcase(action, p) for p in actions) and not any(fnmatchcase(action, p) for p in not_actions)
+
+
+@dataclass(frozen=True)
+class Grant:
+    principal: str  # main.bicep expression of the principal id
+    role: str  # role name
+    kind: str  # type of the scope resource: storageAccounts, containers, queues, workspaces, ...
+    target: str  # the scope: main.bicep module symbol of an account or resource, or a container or queue name
+
+
+def _modules(path: str) -> list[dict]:
+    return [m for m in _main()["modules"] if m["path"] == path]
+
+
+def _module(path: str) -> dict:
+    [module] = _modules(path)
+    return module
+
+
+def _main_value(value):
+    """A main.bicep value: a literal, `variable` or `variable.key`, or (left as text) an expression."""
+    text = _expr(value) if isinstance(value, dict) else None
+    if text is None:
+        return value
+    name, _, key = text.partition(".")
+    variables = _main()["variables"]
+    if name in variables and (not key or isinstance(variables[name], dict)):
+        return variables[name][key] if key else variables[name]
+    return text
+
+
+def _symbol(value) -> str:
+    return _expr(value).split(".")[0]
+
+
+def _function_identity() -> str:
+    return _symbol(_module("modules/function-app.bicep")["body"]["params"]["identityId"])
+
+
+def _compute_identity() -> str:
+    return _symbol(_module("modules/ml-compute.bicep")["body"]["params"]["identityId"])
+
+
+def _data_account() -> str:
+    return _symbol(_module("modules/function-app.bicep")["body"]["params"]["dataBlobEndpoint"])
+
+
+def _workspace_storage() -> str:
+    return _symbol(_module("modules/ml-workspace.bicep")["body"]["params"]["storageAccountId"])
+
+
+def _host_account() -> str:
+    """The account AzureWebJobsStorage names: a setting -> an existing account -> a parameter -> main.bicep."""
+    app = outlines()["bicep/modules/function-app.bicep"]
+    symbol = _expr(app["variables"]["baseSettings"]["AzureWebJobsStorage__accountName"]).removesuffix(".name")
+    account = next(r for r in app["resources"] if r["symbol"] == symbol and r["existing"])
+    return _symbol(_module("modules/function-app.bicep")["body"]["params"][_expr(account["body"]["name"])])
+
+
+def _rbac_target(parameter: str) -> str:
+    """What main.bicep passes as an rbac.bicep parameter: a module symbol, or a literal name."""
+    value = _module("modules/rbac.bicep")["body"]["params"][parameter]
+    resolved = _main_value(value)
+    return _symbol(value) if resolved == _expr(value) else resolved
+
+
+def grants() -> list[Grant]:
+    rbac = outlines()["bicep/modules/rbac.bicep"]
+    variables, resources = rbac["variables"], {r["symbol"]: r for r in rbac["resources"]}
+    params = _module("modules/rbac.bicep")["body"]["params"]
+    found = []
+    for resource in resources.values():
+        if not resource["type"].startswith("Microsoft.Authorization/roleAssignments@"):
+            continue
+        loop = resource["loop"]
+        for grant in variables[loop["source"]] if loop else [{}]:
+            def resolve(value):
+                text = _expr(value)
+                if loop and text.startswith(f"{loop['item']}."):
+                    return resolve(grant[text.split(".", 1)[1]])
+                if text.startswith("roles."):
+                    return variables["roles"][text.split(".", 1)[1]]
+                return value if isinstance(value, str) else text
+
+            properties = resource["body"]["properties"]
+            role = re.fullmatch(r"subscriptionResourceId\('Microsoft\.Authorization/roleDefinitions', ([\w.]+)\)",
+                                _expr(properties["roleDefinitionId"])).group(1)
+            scope = _expr(resource["body"]["scope"])
+            indexed = re.fullmatch(r"(\w+)\[indexOf\((\w+), (\w+\.\w+)\)\]", scope)
+            if indexed:
+                collection, names, key = indexed.groups()
+                assert resources[collection]["loop"]["source"] == names, scope
+                target = _rbac_target(resolve({"expression": key}))
+            else:
+                collection = scope
+                target = _rbac_target(_expr(resources[collection]["body"]["name"]))
+            kind = resources[collection]["type"].split("@")[0].rsplit("/", 1)[1]
+            found.append(Grant(_expr(params[resolve(properties["principalId"])]), ROLE_NAMES[resolve({"expression": role})], kind, target))
+    return found
+
+
+def _granted(principal_symbol: str) -> set[tuple[str, str, str]]:
+    return {(g.role, g.kind, g.target) for g in grants() if _symbol({"expression": g.principal}) == principal_symbol}
+
+
+def test_role_assignments_are_built_in_scoped_and_keyless():
     rbac = outlines()["bicep/modules/rbac.bicep"]
     assignments = [r for r in rbac["resources"] if r["type"].startswith("Microsoft.Authorization/roleAssignments@")]
     assert assignments and all("scope" in a["body"] for a in assignments)
-    source = (ROOT / "bicep" / "modules" / "rbac.bicep").read_text()
-    for broad in ("8e3af657-a8ff-443c-a75c-2fe8c4bcb635", "b24988ac-6180-42a0-ab88-20f7382dd24c", "17d1049b-9a84-46fb-8f53-869881c3d3ab"):
-        assert broad not in source, "no Owner, Contributor or Storage Account Contributor"
-    role = next(r for r in rbac["resources"] if r["type"].startswith("Microsoft.Authorization/roleDefinitions@"))
-    actions = role["body"]["properties"]["permissions"][0]["actions"]
-    assert "Microsoft.MachineLearningServices/workspaces/jobs/write" in actions
-    assert not [a for a in actions if a.endswith("*") or "computes/write" in a or "listsecrets" in a.lower()]
+    assert len(grants()) >= len(assignments) >= 8, "every assignment resolves to a principal, a built-in role and a resource"
+    # A custom role created and assigned in one deployment can fail the first `azd up` with
+    # RoleDefinitionDoesNotExist while it replicates: only built-in roles.
+    assert not [r for f in outlines().values() for r in f["resources"] if r["type"].startswith("Microsoft.Authorization/roleDefinitions@")]
+    for guid, name in ROLE_NAMES.items():
+        assert name not in ("Owner", "Contributor", "Storage Account Contributor"), guid
+
+
+def test_workspace_identity_gets_no_role_on_its_own_storage():
+    """Azure ML assigns them itself when it creates the workspace; assigning them again fails with RoleAssignmentExists."""
+    workspace = _module("modules/ml-workspace.bicep")["symbol"]
+    assert not [g for g in grants() if g.principal.startswith(f"{workspace}.")]
+    assert not [name for name, spec in _module_of(_module("modules/ml-workspace.bicep"))["outputs"].items()
+                if "principal" in name.lower() or "identity" in spec["value"]], "nothing can even pass its principal on"
+    on_storage = {_symbol({"expression": g.principal}) for g in grants() if g.target == _workspace_storage()}
+    assert on_storage == {_compute_identity(), "principalId"}, "the cluster (snapshots, logs) and the deployer (code upload)"
+
+
+def test_no_azure_ml_identity_can_touch_the_functions_host_account():
+    host = _host_account()
+    assert host not in (_data_account(), _workspace_storage())
+    assert {(g.role, g.kind) for g in grants() if g.target == host} == {
+        ("Storage Blob Data Owner", "storageAccounts"), ("Storage Queue Data Contributor", "storageAccounts"),
+        ("Storage Table Data Contributor", "storageAccounts")}
+    assert {_symbol({"expression": g.principal}) for g in grants() if g.target == host} == {_function_identity()}
+    ml_identities = {_compute_identity(), _module("modules/ml-workspace.bicep")["symbol"]}
+    reach = [g for g in grants() if _symbol({"expression": g.principal}) in ml_identities and g.role in WRITES_STORAGE]
+    assert reach and not [g for g in reach if g.target == host or g.kind not in ("storageAccounts", "containers", "queues")]
+
+
+def test_the_job_submitting_identity_holds_every_documented_action():
+    roles = {g.role for g in grants() if g.kind == "workspaces" and _symbol({"expression": g.principal}) == _function_identity()}
+    assert roles == {"AzureML Data Scientist"}
+    assert [a for a in SUBMIT_RUN_V2 if not any(_allows(role, a) for role in roles)] == []
+    assert [a for a in SUBMIT_RUN_V2 if not _allows("Reader", a)], "the check must be able to fail"
+    assert not _allows("AzureML Data Scientist", "Microsoft.MachineLearningServices/workspaces/write")
+    assert not _allows("AzureML Data Scientist", "Microsoft.MachineLearningServices/workspaces/listKeys/action")
+
+
+def test_the_cluster_reaches_exactly_what_the_workers_use():
+    defaults = Settings()
+    assert _granted(_compute_identity()) == {
+        ("Storage Queue Data Contributor", "queues", defaults.batch_queue),  # renewing a message's visibility is an update
+        ("Storage Queue Data Message Sender", "queues", defaults.result_queue),
+        ("Storage Queue Data Message Sender", "queues", f"{defaults.batch_queue}-poison"),
+        ("Storage Blob Data Contributor", "containers", defaults.work_container),
+        ("Storage Blob Data Reader", "containers", defaults.styles_container),
+        ("Storage Blob Data Contributor", "storageAccounts", _workspace_storage()),
+        ("AcrPull", "registries", "workspace"),
+    }
+
+
+def test_the_function_app_holds_the_documented_trigger_roles_and_no_more():
+    defaults = Settings()
+    granted = _granted(_function_identity())
+    # Blob trigger: Storage Blob Data Owner on what it watches, Storage Queue Data Contributor for
+    # the poison queue it writes on the trigger's account. Queue trigger: Storage Queue Data Reader
+    # and Message Processor, and sending to its poison queue ("Azure Blob/Queue storage trigger",
+    # identity-based connections).
+    assert {
+        ("Storage Blob Data Owner", "containers", defaults.input_container),
+        ("Storage Queue Data Contributor", "queues", "webjobs-blobtrigger-poison"),
+        ("Storage Queue Data Reader", "queues", defaults.result_queue),
+        ("Storage Queue Data Message Processor", "queues", defaults.result_queue),
+        ("Storage Queue Data Message Sender", "queues", f"{defaults.result_queue}-poison"),
+        ("Storage Queue Data Message Sender", "queues", defaults.batch_queue),
+    } <= granted
+    assert {(kind, target) for _, kind, target in granted} == {
+        ("storageAccounts", _host_account()), ("containers", defaults.input_container), ("containers", defaults.output_container),
+        ("containers", defaults.work_container), ("containers", defaults.styles_container),
+        ("queues", defaults.batch_queue), ("queues", defaults.result_queue), ("queues", f"{defaults.result_queue}-poison"),
+        ("queues", "webjobs-blobtrigger-poison"), ("components", "monitoring"), ("workspaces", "workspace")}
+    assert ("Storage Blob Data Reader", "containers", defaults.styles_container) in granted
+
+
+def _security_paragraph() -> dict[str, list[str]]:
+    """The README's security bullets: bold label -> its clauses (split at ';')."""
+    text = (ROOT / "README.md").read_text()
+    section = text[text.index("**Who can touch what.**"):]
+    section = section[:section.index("\n\n", section.index("\n- "))]
+    bullets = re.findall(r"^- \*\*(.+?)\*\*(.*(?:\n  .*)*)", section, re.M)
+    return {label: [" ".join(clause.split()) for clause in body.split(";")] for label, body in bullets}
+
+
+def test_readme_security_paragraph_matches_the_role_assignments():
+    bullets = _security_paragraph()
+    holders = {"Function app": _function_identity(), "GPU cluster": _compute_identity(), "You": "principalId"}
+    words = {_host_account(): "Functions host account", _workspace_storage(): "workspace storage",
+             _data_account(): "data account", "workspace": "workspace", "monitoring": "Application Insights"}
+    assert set(holders) <= set(bullets)
+    for label, principal in holders.items():
+        for role, kind, target in _granted(principal):
+            place = f"`{target}`" if kind in ("containers", "queues") else "registry" if kind == "registries" else words[target]
+            assert [c for c in bullets[label] if role in c and place in c], f"README: {label} holds {role} on {place}"
+    assert "Workspace" in bullets and "no role" in " ".join(bullets["Workspace"]).lower()
 
 
 # Azure ML assets
@@ -241,11 +551,11 @@ def test_environment_and_component_load_offline():
     environment = load_environment(AML_DIR / "environment.yml")
     assert environment.image and environment.name == "stylize-gpu"
     pins = environment.conda_file["dependencies"][-1]["pip"]
-    for package in ("torch", "torchvision", "av", "numpy"):
+    # The worker reads the queue and the segments itself, as the cluster's identity.
+    for package in ("torch", "torchvision", "av", "numpy", "azure-identity", "azure-storage-blob", "azure-storage-queue"):
         assert any(re.fullmatch(rf"{package}==[\w.+]+", pin) for pin in pins), package
     component = load_component(AML_DIR / "component.yml")
-    assert component.name == Settings().azureml_component and component.type == "command"
-    assert set(component.outputs) == {"styled"} and component.inputs["end_pts"].optional
+    assert component.type == "command" and re.fullmatch(r"[a-z][a-z0-9_]*", component.name)
 
 
 def test_component_code_snapshot_holds_the_scorer_and_core_only():
@@ -299,9 +609,7 @@ ENV = {
     "FUNCTION_APP_NAME": "func-abc",
     "FUNCTION_APP_URL": "https://func-abc.azurewebsites.net",
     "INPUT_CONTAINER": "videos-in",
-    "WORK_CONTAINER": "stylize-work",
     "DATA_EVENTS_TOPIC": "evgt-data-abc",
-    "WORKSPACE_EVENTS_TOPIC": "evgt-ml-abc",
     "AZUREML_WORKSPACE": "mlw-abc",
 }
 
@@ -312,31 +620,37 @@ def test_hook_refuses_an_unprovisioned_environment(capsys):
     assert len(error.splitlines()) == 1 and "FUNCTION_APP_NAME" in error and "azd provision" in error
 
 
-def test_event_subscriptions_target_the_deployed_functions(app_functions):
+def test_event_subscription_targets_the_upload_function(app_functions):
     from azure.mgmt.eventgrid import EventGridManagementClient
-
-    from function_app.batches import AML_FAILED_STATES
 
     deployment = hook.Deployment.from_env(ENV)
     subscriptions = hook.event_subscriptions(deployment, "KEY")
     serializer = EventGridManagementClient(credential=object(), subscription_id=ENV["AZURE_SUBSCRIPTION_ID"])._serialize
     bodies = {name: serializer.body(sub, "EventSubscription")["properties"] for (_, name), sub in subscriptions.items()}
-    assert {hook.UPLOAD_FUNCTION, hook.STYLED_FUNCTION, hook.RUN_STATUS_FUNCTION} <= set(app_functions)
+    assert hook.UPLOAD_FUNCTION in app_functions
+    assert list(bodies) == ["stylize-uploads"] and {topic for topic, _ in subscriptions} == {ENV["DATA_EVENTS_TOPIC"]}
     uploads = bodies["stylize-uploads"]
     assert uploads["destination"]["endpointType"] == "WebHook"
     assert uploads["destination"]["properties"]["endpointUrl"] == \
         "https://func-abc.azurewebsites.net/runtime/webhooks/blobs?functionName=Host.Functions.on_upload&code=KEY"
     assert uploads["filter"]["includedEventTypes"] == ["Microsoft.Storage.BlobCreated"]
     assert uploads["filter"]["subjectBeginsWith"] == "/blobServices/default/containers/videos-in/blobs/"
-    styled = bodies["stylize-styled-segments"]
-    assert styled["filter"]["subjectBeginsWith"] == "/blobServices/default/containers/stylize-work/blobs/jobs/"
-    assert styled["filter"]["advancedFilters"] == [{"operatorType": "StringContains", "key": "subject", "values": ["/styled/"]}]
-    runs = bodies["stylize-failed-runs"]
-    assert runs["destination"]["endpointType"] == "AzureFunction"
-    assert runs["destination"]["properties"]["resourceId"].endswith("/providers/Microsoft.Web/sites/func-abc/functions/on_azureml_run_status")
-    assert set(runs["filter"]["advancedFilters"][0]["values"]) == AML_FAILED_STATES
-    topics = {topic for topic, _ in subscriptions}
-    assert topics == {ENV["DATA_EVENTS_TOPIC"], ENV["WORKSPACE_EVENTS_TOPIC"]}
+
+
+@pytest.mark.parametrize("mode", ["Identity", "identity"])
+def test_hook_accepts_a_workspace_that_reaches_its_storage_with_identities(mode):
+    from azure.ai.ml.entities import Workspace
+
+    hook.check_identity_access(Workspace(name="mlw-abc", system_datastores_auth_mode=mode))
+
+
+@pytest.mark.parametrize("mode", ["AccessKey", None])
+def test_hook_refuses_a_workspace_on_account_keys(mode):
+    """A schema that drops systemDatastoresAuthMode leaves the system datastores on keys, which the account refuses."""
+    from azure.ai.ml.entities import Workspace
+
+    with pytest.raises(hook.HookError, match="mlw-abc reaches its storage with (accesskey|account keys), not identities"):
+        hook.check_identity_access(Workspace(name="mlw-abc", system_datastores_auth_mode=mode))
 
 
 def test_blobs_extension_key_waits_for_the_host_then_gives_up(monkeypatch):
@@ -371,4 +685,4 @@ def test_function_package_runs_without_what_funcignore_leaves_out(tmp_path):
             "print(len(stylize_functions.app.get_functions()))")
     run = subprocess.run([sys.executable, "-c", code, str(package)], capture_output=True, text=True, cwd=package, timeout=120)
     assert run.returncode == 0, run.stderr[-2000:]
-    assert int(run.stdout.strip()) == 10
+    assert int(run.stdout.strip()) == 9, "upload, orchestrator, five activities, batch results, status"

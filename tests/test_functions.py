@@ -36,6 +36,7 @@ LIMITS = Settings(batch_frames=20, max_attempts=2, max_workers=2, worker_idle_s=
                   worker_check_s=30, batch_timeout_s=3600)
 COMPONENT_YAML = Path(__file__).resolve().parents[1] / "gpu_job" / "azureml" / "component.yml"
 STALL_S = 2.0
+CLUSTER_CLIENT_ID = "00000000-0000-0000-0000-00000000c1d5"
 
 
 def _user(function):
@@ -347,7 +348,8 @@ def _azureml(monkeypatch) -> AzureMLWorkers:
     monkeypatch.setenv("DataStorage__blobServiceUri", "https://stdata.blob.core.windows.net")
     monkeypatch.setenv("DataStorage__queueServiceUri", "https://stdata.queue.core.windows.net")
     client = type("Client", (), {"jobs": _FakeJobs(), "components": _FakeComponents()})()
-    return AzureMLWorkers(replace(LIMITS, compute_backend="azureml", max_workers=4), ml_client=client)
+    return AzureMLWorkers(replace(LIMITS, compute_backend="azureml", max_workers=4, azureml_compute_client_id=CLUSTER_CLIENT_ID),
+                          ml_client=client)
 
 
 def test_azureml_worker_job_is_valid_for_the_sdk_and_the_worker_cli(tmp_path, monkeypatch):
@@ -365,6 +367,7 @@ def test_azureml_worker_job_is_valid_for_the_sdk_and_the_worker_cli(tmp_path, mo
     assert env["DataStorage__blobServiceUri"] == "https://stdata.blob.core.windows.net"
     assert env["DataStorage__queueServiceUri"] == "https://stdata.queue.core.windows.net"
     assert env["DataStorage__credential"] == "managedidentity"
+    assert env["DataStorage__clientId"] == env["AZURE_CLIENT_ID"] == CLUSTER_CLIENT_ID, "the cluster's identity, not the app's"
     assert "DataStorage" not in env and not any("AccountKey" in value for value in env.values()), "a worker job never carries a key"
     assert Settings.from_env(env) == replace(backend.settings, model_cache_dir=Settings().model_cache_dir), \
         "the worker reads the app's settings from its environment"

@@ -1,13 +1,14 @@
 // The Function app on the Flex Consumption plan (Python 3.11), running as a user-assigned identity.
-// Its deployment package sits in a container of the operations account, read with that identity;
-// every connection (runtime storage, data storage, Azure ML, Application Insights) is identity-based.
+// The host's storage (AzureWebJobsStorage: deployment package, host keys, Durable task hub) is an
+// account of its own that no Azure ML identity can touch; every connection (host storage, data
+// storage, Azure ML, Application Insights) is identity-based.
 param planName string
 param appName string
 param location string
 param tags object
 param identityId string
 param identityClientId string
-param operationsAccountName string
+param hostAccountName string
 param deploymentContainer string
 param dataBlobEndpoint string
 param dataQueueEndpoint string
@@ -26,12 +27,12 @@ resource plan 'Microsoft.Web/serverfarms@2024-04-01' = {
   properties: { reserved: true }
 }
 
-resource operationsAccount 'Microsoft.Storage/storageAccounts@2023-05-01' existing = {
-  name: operationsAccountName
+resource hostAccount 'Microsoft.Storage/storageAccounts@2023-05-01' existing = {
+  name: hostAccountName
 }
 
 var baseSettings = {
-  AzureWebJobsStorage__accountName: operationsAccount.name
+  AzureWebJobsStorage__accountName: hostAccount.name
   AzureWebJobsStorage__credential: 'managedidentity'
   AzureWebJobsStorage__clientId: identityClientId
   DataStorage__blobServiceUri: dataBlobEndpoint
@@ -68,7 +69,7 @@ resource app 'Microsoft.Web/sites@2024-04-01' = {
       deployment: {
         storage: {
           type: 'blobContainer'
-          value: '${operationsAccount.properties.primaryEndpoints.blob}${deploymentContainer}'
+          value: '${hostAccount.properties.primaryEndpoints.blob}${deploymentContainer}'
           authentication: {
             type: 'UserAssignedIdentity'
             userAssignedIdentityResourceId: identityId

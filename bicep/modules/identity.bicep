@@ -1,5 +1,6 @@
-// The user-assigned identity the Function app runs as: storage, Azure ML and Application Insights
-// are all reached with it, so no key or connection secret exists anywhere.
+// A user-assigned identity: one for the Function app, one for the GPU cluster. Being created before
+// what uses it, its principal is known early, so every role assignment (rbac.bicep) depends on this
+// module only, and no key or connection secret exists anywhere.
 param name string
 param location string
 param tags object

@@ -1,29 +1,36 @@
-// The GPU cluster the batch jobs run on. It scales from 0 nodes, so it costs nothing while idle,
+// The GPU cluster the worker jobs run on. It scales from 0 nodes, so it costs nothing while idle,
 // and back to 0 after the idle time; low-priority nodes are cheaper and may be pre-empted (the
-// orchestrator resubmits a batch whose job fails). Its system-assigned identity reads segments and
-// writes styled segments (see rbac.bicep).
+// batches a pre-empted worker held are redelivered by the queue). It runs as a user-assigned
+// identity (identity.bicep): the default identity of a cluster with one user-assigned identity is
+// that identity, used to pull the image and reach the workspace storage, and the client id a job
+// passes to azure-identity (Azure ML also sets it as DEFAULT_IDENTITY_CLIENT_ID; "Set up
+// authentication between Azure Machine Learning and other services", compute cluster section).
 param workspaceName string
 param name string
 param location string
 param tags object
+param identityId string
 param vmSize string
 param maxNodes int
 param lowPriority bool
 param idleSecondsBeforeScaleDown int
 
-resource workspace 'Microsoft.MachineLearningServices/workspaces@2024-10-01' existing = {
+resource workspace 'Microsoft.MachineLearningServices/workspaces@2025-09-01' existing = {
   name: workspaceName
 }
 
-resource cluster 'Microsoft.MachineLearningServices/workspaces/computes@2024-10-01' = {
+resource cluster 'Microsoft.MachineLearningServices/workspaces/computes@2025-09-01' = {
   parent: workspace
   name: name
   location: location
   tags: tags
-  identity: { type: 'SystemAssigned' }
+  identity: {
+    type: 'UserAssigned'
+    userAssignedIdentities: { '${identityId}': {} }
+  }
   properties: {
     computeType: 'AmlCompute'
-    description: 'GPU nodes for stylize batch jobs'
+    description: 'GPU nodes for stylize worker jobs'
     properties: {
       vmSize: vmSize
       vmPriority: lowPriority ? 'LowPriority' : 'Dedicated'
@@ -39,4 +46,3 @@ resource cluster 'Microsoft.MachineLearningServices/workspaces/computes@2024-10-
 }
 
 output name string = cluster.name
-output principalId string = cluster.identity.principalId

@@ -1,6 +1,8 @@
 // The Azure ML workspace and what it requires: a key vault (RBAC mode), a container registry for the
-// environment image (admin user off) and, as its storage, the operations account, reached with
-// identities (systemDatastoresAuthMode) because that account accepts no shared key.
+// environment image (admin user off) and its own storage account, reached with identities because
+// that account accepts no shared key. systemDatastoresAuthMode is in the workspace schema of the
+// stable API 2025-09-01 (not of 2024-10-01, which would silently drop it and leave the system
+// datastores on account keys); the post-deploy hook checks the workspace reports it.
 param workspaceName string
 param keyVaultName string
 param registryName string
@@ -31,7 +33,7 @@ resource registry 'Microsoft.ContainerRegistry/registries@2023-07-01' = {
   properties: { adminUserEnabled: false }
 }
 
-resource workspace 'Microsoft.MachineLearningServices/workspaces@2024-10-01' = {
+resource workspace 'Microsoft.MachineLearningServices/workspaces@2025-09-01' = {
   name: workspaceName
   location: location
   tags: tags
@@ -43,7 +45,7 @@ resource workspace 'Microsoft.MachineLearningServices/workspaces@2024-10-01' = {
     keyVault: keyVault.id
     containerRegistry: registry.id
     applicationInsights: appInsightsId
-    systemDatastoresAuthMode: 'identity'
+    systemDatastoresAuthMode: 'Identity'
     publicNetworkAccess: 'Enabled'
     v1LegacyMode: false
   }
@@ -51,5 +53,4 @@ resource workspace 'Microsoft.MachineLearningServices/workspaces@2024-10-01' = {
 
 output id string = workspace.id
 output name string = workspace.name
-output principalId string = workspace.identity.principalId
 output registryName string = registry.name

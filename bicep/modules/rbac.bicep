@@ -1,16 +1,45 @@
 // Every role assignment, least privilege for each identity. No identity gets a key or a management
-// role on storage; data-plane roles are scoped to the containers an identity works in.
+// role on storage; data-plane roles are scoped to the container or queue an identity works in. Only
+// built-in roles: a custom role made in the same deployment as its assignment can fail the first
+// `azd up` with RoleDefinitionDoesNotExist while the definition replicates.
+//
+// Who gets what, and why:
+// - Function app: the Functions host's account (host keys, deployment package, Durable task hub,
+//   the blob trigger's internal queue and receipts: blobs, queues, tables); the upload trigger
+//   (Storage Blob Data Owner on the input container, and Storage Queue Data Contributor for the
+//   poison queue it writes on the trigger's account: the roles Azure Functions documents for a
+//   blob trigger); outputs and batch segments (output and work containers); styles to validate
+//   uploads (read); sending batches and reading the batch queue's length (to size the workers); the result queue's trigger (Storage Queue Data Reader and
+//   Message Processor, as documented for a queue trigger) and its poison queue (send); telemetry;
+//   submitting and following worker jobs in the workspace (AzureML Data Scientist, below).
+// - GPU cluster: taking batches and keeping them hidden while it works (renewing a message's
+//   visibility is an update, which Message Processor does not allow: Queue Data Contributor on the
+//   batch queue alone); sending results and poison batches; segments in and styled
+//   segments out (work container); styles (read); the environment image (registry); code
+//   snapshots and job logs in the workspace's storage. Nothing on the Functions host's account.
+// - Workspace: nothing here. Azure ML assigns its identity the roles it needs on the workspace's
+//   storage when it creates the workspace; assigning them again fails the deployment with
+//   RoleAssignmentExists (Azure ML docs, "disable local auth for storage"; MicrosoftDocs/azure-docs
+//   issues 80686 and 80040).
+// - The person deploying: upload videos and styles, read results (data account); upload the
+//   component's code snapshot from the post-deploy hook (workspace storage).
 param dataAccountName string
-param operationsAccountName string
+param hostAccountName string
+param mlAccountName string
 param inputContainer string
 param outputContainer string
 param workContainer string
+param stylesContainer string
+param batchQueue string
+param resultQueue string
+param batchPoisonQueue string
+param resultPoisonQueue string
+param blobTriggerPoisonQueue string
 param appInsightsName string
 param workspaceName string
 param registryName string
 param functionPrincipalId string
 param computePrincipalId string
-param workspacePrincipalId string
 @description('The person running azd (uploads videos, registers the Azure ML component); empty to skip.')
 param userPrincipalId string = ''
 param userPrincipalType string = 'User'
@@ -20,29 +49,47 @@ var roles = {
   storageBlobDataContributor: 'ba92f5b4-2d11-453d-a403-e96b0029c9fe'
   storageBlobDataReader: '2a2b9908-6ea1-4ae2-8e65-a410df84e7d1'
   storageQueueDataContributor: '974c5e8b-45b9-4653-ba55-5f855dd0fb88'
+  storageQueueDataReader: '19e7f393-937e-4f77-808e-94535e297925'
+  storageQueueDataMessageProcessor: '8a0f0c08-91a1-4084-bc3d-661d67233fed'
+  storageQueueDataMessageSender: 'c6a89b2d-59bc-44d0-9896-0f6e12d7b80a'
   storageTableDataContributor: '0a9a7e1f-b9d0-4cc4-a60d-0319b160aaa3'
-  storageFileDataPrivilegedContributor: '69566ab7-960f-475b-8e7c-b3118f30c6bd'
   monitoringMetricsPublisher: '3913510d-42f4-4e42-8a64-420c390055eb'
   acrPull: '7f951dda-4ed3-4680-a7ca-43fe172d538d'
+  // Every action Azure ML documents for "Submitting any type of run (V2)" ("Manage access to Azure
+  // Machine Learning workspaces"), without compute create/delete, workspace changes or listKeys.
+  // It also manages the workspace's other assets (models, endpoints, datastores); the workspace
+  // holds no secret (identity-based datastores, no connections), and submitting jobs already means
+  // running code on the cluster as its identity, so that adds little reach.
+  azureMLDataScientist: 'f6c7c914-8db3-469d-8ca1-694a8f32e121'
 }
+var containerNames = [ inputContainer, outputContainer, workContainer, stylesContainer ]
+var queueNames = [ batchQueue, resultQueue, batchPoisonQueue, resultPoisonQueue, blobTriggerPoisonQueue ]
 
 resource dataAccount 'Microsoft.Storage/storageAccounts@2023-05-01' existing = {
   name: dataAccountName
 }
 
-resource operationsAccount 'Microsoft.Storage/storageAccounts@2023-05-01' existing = {
-  name: operationsAccountName
+resource hostAccount 'Microsoft.Storage/storageAccounts@2023-05-01' existing = {
+  name: hostAccountName
 }
 
-resource containers 'Microsoft.Storage/storageAccounts/blobServices/containers@2023-05-01' existing = [for container in dataContainers: {
-  name: '${dataAccountName}/default/${container}'
+resource mlAccount 'Microsoft.Storage/storageAccounts@2023-05-01' existing = {
+  name: mlAccountName
+}
+
+resource dataContainers 'Microsoft.Storage/storageAccounts/blobServices/containers@2023-05-01' existing = [for name in containerNames: {
+  name: '${dataAccountName}/default/${name}'
+}]
+
+resource dataQueues 'Microsoft.Storage/storageAccounts/queueServices/queues@2023-05-01' existing = [for name in queueNames: {
+  name: '${dataAccountName}/default/${name}'
 }]
 
 resource appInsights 'Microsoft.Insights/components@2020-02-02' existing = {
   name: appInsightsName
 }
 
-resource workspace 'Microsoft.MachineLearningServices/workspaces@2024-10-01' existing = {
+resource workspace 'Microsoft.MachineLearningServices/workspaces@2025-09-01' existing = {
   name: workspaceName
 }
 
@@ -50,63 +97,67 @@ resource registry 'Microsoft.ContainerRegistry/registries@2023-07-01' existing =
   name: registryName
 }
 
-var dataContainers = [ inputContainer, outputContainer, workContainer ]
-// A variable, not inline: tree-sitter-bicep 1.1.0 misreads `f().x` as an array item.
-var groupScope = resourceGroup().id
-var user = empty(userPrincipalId) ? [] : [ userPrincipalId ]
-
-// Grants per scope. Who needs what, and why:
-// - Function app: the Functions runtime and Durable task hub (operations account: blobs, queues,
-//   tables); uploads, outputs and batch segments (the three data containers) and the batch queue;
-//   telemetry; submitting and following jobs in the workspace (custom role below).
-// - Compute cluster: read segments and write styled segments (work container); job snapshots and
-//   logs in the workspace's storage (operations account); the environment image (registry).
-// - Workspace: its identity-based system datastores (operations account) and a read-only view of
-//   the work container for the studio.
-// - The person deploying: upload videos and read results (data account); upload the component's
-//   code snapshot (operations account).
-var operationsGrants = concat([
+var hostGrants = [
   { principal: functionPrincipalId, role: roles.storageBlobDataOwner }
   { principal: functionPrincipalId, role: roles.storageQueueDataContributor }
   { principal: functionPrincipalId, role: roles.storageTableDataContributor }
+]
+var mlStorageGrants = [
   { principal: computePrincipalId, role: roles.storageBlobDataContributor }
-  { principal: workspacePrincipalId, role: roles.storageBlobDataContributor }
-  { principal: workspacePrincipalId, role: roles.storageFileDataPrivilegedContributor }
-], map(user, id => { principal: id, role: roles.storageBlobDataContributor }))
-var dataAccountGrants = concat([
-  { principal: functionPrincipalId, role: roles.storageQueueDataContributor }
-], map(user, id => { principal: id, role: roles.storageBlobDataContributor }))
+]
 var containerGrants = [
-  { container: 0, principal: functionPrincipalId, role: roles.storageBlobDataContributor }
-  { container: 1, principal: functionPrincipalId, role: roles.storageBlobDataContributor }
-  { container: 2, principal: functionPrincipalId, role: roles.storageBlobDataContributor }
-  { container: 2, principal: computePrincipalId, role: roles.storageBlobDataContributor }
-  { container: 2, principal: workspacePrincipalId, role: roles.storageBlobDataReader }
+  { container: inputContainer, principal: functionPrincipalId, role: roles.storageBlobDataOwner }
+  { container: outputContainer, principal: functionPrincipalId, role: roles.storageBlobDataContributor }
+  { container: workContainer, principal: functionPrincipalId, role: roles.storageBlobDataContributor }
+  { container: stylesContainer, principal: functionPrincipalId, role: roles.storageBlobDataReader }
+  { container: workContainer, principal: computePrincipalId, role: roles.storageBlobDataContributor }
+  { container: stylesContainer, principal: computePrincipalId, role: roles.storageBlobDataReader }
+]
+var queueGrants = [
+  { queue: batchQueue, principal: functionPrincipalId, role: roles.storageQueueDataMessageSender }
+  { queue: batchQueue, principal: functionPrincipalId, role: roles.storageQueueDataReader }
+  { queue: resultQueue, principal: functionPrincipalId, role: roles.storageQueueDataReader }
+  { queue: resultQueue, principal: functionPrincipalId, role: roles.storageQueueDataMessageProcessor }
+  { queue: resultPoisonQueue, principal: functionPrincipalId, role: roles.storageQueueDataMessageSender }
+  { queue: blobTriggerPoisonQueue, principal: functionPrincipalId, role: roles.storageQueueDataContributor }
+  { queue: batchQueue, principal: computePrincipalId, role: roles.storageQueueDataContributor }
+  { queue: resultQueue, principal: computePrincipalId, role: roles.storageQueueDataMessageSender }
+  { queue: batchPoisonQueue, principal: computePrincipalId, role: roles.storageQueueDataMessageSender }
 ]
 
-resource operationsAssignments 'Microsoft.Authorization/roleAssignments@2022-04-01' = [for grant in operationsGrants: {
-  scope: operationsAccount
-  name: guid(operationsAccount.id, grant.principal, grant.role)
+resource hostAssignments 'Microsoft.Authorization/roleAssignments@2022-04-01' = [for grant in hostGrants: {
+  scope: hostAccount
+  name: guid(hostAccount.id, grant.principal, grant.role)
   properties: {
     principalId: grant.principal
-    principalType: contains(user, grant.principal) ? userPrincipalType : 'ServicePrincipal'
+    principalType: 'ServicePrincipal'
     roleDefinitionId: subscriptionResourceId('Microsoft.Authorization/roleDefinitions', grant.role)
   }
 }]
 
-resource dataAccountAssignments 'Microsoft.Authorization/roleAssignments@2022-04-01' = [for grant in dataAccountGrants: {
-  scope: dataAccount
-  name: guid(dataAccount.id, grant.principal, grant.role)
+resource mlStorageAssignments 'Microsoft.Authorization/roleAssignments@2022-04-01' = [for grant in mlStorageGrants: {
+  scope: mlAccount
+  name: guid(mlAccount.id, grant.principal, grant.role)
   properties: {
     principalId: grant.principal
-    principalType: contains(user, grant.principal) ? userPrincipalType : 'ServicePrincipal'
+    principalType: 'ServicePrincipal'
     roleDefinitionId: subscriptionResourceId('Microsoft.Authorization/roleDefinitions', grant.role)
   }
 }]
 
 resource containerAssignments 'Microsoft.Authorization/roleAssignments@2022-04-01' = [for grant in containerGrants: {
-  scope: containers[grant.container]
-  name: guid(containers[grant.container].id, grant.principal, grant.role)
+  scope: dataContainers[indexOf(containerNames, grant.container)]
+  name: guid(dataContainers[indexOf(containerNames, grant.container)].id, grant.principal, grant.role)
+  properties: {
+    principalId: grant.principal
+    principalType: 'ServicePrincipal'
+    roleDefinitionId: subscriptionResourceId('Microsoft.Authorization/roleDefinitions', grant.role)
+  }
+}]
+
+resource queueAssignments 'Microsoft.Authorization/roleAssignments@2022-04-01' = [for grant in queueGrants: {
+  scope: dataQueues[indexOf(queueNames, grant.queue)]
+  name: guid(dataQueues[indexOf(queueNames, grant.queue)].id, grant.principal, grant.role)
   properties: {
     principalId: grant.principal
     principalType: 'ServicePrincipal'
@@ -124,6 +175,16 @@ resource telemetryAssignment 'Microsoft.Authorization/roleAssignments@2022-04-01
   }
 }
 
+resource jobSubmitterAssignment 'Microsoft.Authorization/roleAssignments@2022-04-01' = {
+  scope: workspace
+  name: guid(workspace.id, functionPrincipalId, roles.azureMLDataScientist)
+  properties: {
+    principalId: functionPrincipalId
+    principalType: 'ServicePrincipal'
+    roleDefinitionId: subscriptionResourceId('Microsoft.Authorization/roleDefinitions', roles.azureMLDataScientist)
+  }
+}
+
 resource imagePullAssignment 'Microsoft.Authorization/roleAssignments@2022-04-01' = {
   scope: registry
   name: guid(registry.id, computePrincipalId, roles.acrPull)
@@ -134,47 +195,22 @@ resource imagePullAssignment 'Microsoft.Authorization/roleAssignments@2022-04-01
   }
 }
 
-// Submit and read command jobs made from registered components, and nothing else in the workspace:
-// no compute or datastore changes, no datastore secrets.
-resource jobSubmitter 'Microsoft.Authorization/roleDefinitions@2022-04-01' = {
-  name: guid(workspace.id, 'stylize-job-submitter')
+resource userDataAssignment 'Microsoft.Authorization/roleAssignments@2022-04-01' = if (!empty(userPrincipalId)) {
+  scope: dataAccount
+  name: guid(dataAccount.id, userPrincipalId, roles.storageBlobDataContributor)
   properties: {
-    roleName: 'Stylize job submitter (${workspaceName})'
-    description: 'Submit and follow Azure ML command jobs made from registered components.'
-    type: 'CustomRole'
-    assignableScopes: [ groupScope ]
-    permissions: [
-      {
-        actions: [
-          'Microsoft.MachineLearningServices/workspaces/read'
-          'Microsoft.MachineLearningServices/workspaces/jobs/read'
-          'Microsoft.MachineLearningServices/workspaces/jobs/write'
-          'Microsoft.MachineLearningServices/workspaces/experiments/read'
-          'Microsoft.MachineLearningServices/workspaces/experiments/write'
-          'Microsoft.MachineLearningServices/workspaces/experiments/runs/read'
-          'Microsoft.MachineLearningServices/workspaces/experiments/runs/write'
-          'Microsoft.MachineLearningServices/workspaces/experiments/runs/submit/action'
-          'Microsoft.MachineLearningServices/workspaces/components/read'
-          'Microsoft.MachineLearningServices/workspaces/components/versions/read'
-          'Microsoft.MachineLearningServices/workspaces/environments/read'
-          'Microsoft.MachineLearningServices/workspaces/environments/versions/read'
-          'Microsoft.MachineLearningServices/workspaces/codes/read'
-          'Microsoft.MachineLearningServices/workspaces/codes/versions/read'
-          'Microsoft.MachineLearningServices/workspaces/computes/read'
-          'Microsoft.MachineLearningServices/workspaces/datastores/read'
-        ]
-        notActions: []
-      }
-    ]
+    principalId: userPrincipalId
+    principalType: userPrincipalType
+    roleDefinitionId: subscriptionResourceId('Microsoft.Authorization/roleDefinitions', roles.storageBlobDataContributor)
   }
 }
 
-resource jobSubmitterAssignment 'Microsoft.Authorization/roleAssignments@2022-04-01' = {
-  scope: workspace
-  name: guid(workspace.id, functionPrincipalId, jobSubmitter.id)
+resource userCodeSnapshotAssignment 'Microsoft.Authorization/roleAssignments@2022-04-01' = if (!empty(userPrincipalId)) {
+  scope: mlAccount
+  name: guid(mlAccount.id, userPrincipalId, roles.storageBlobDataContributor)
   properties: {
-    principalId: functionPrincipalId
-    principalType: 'ServicePrincipal'
-    roleDefinitionId: jobSubmitter.id
+    principalId: userPrincipalId
+    principalType: userPrincipalType
+    roleDefinitionId: subscriptionResourceId('Microsoft.Authorization/roleDefinitions', roles.storageBlobDataContributor)
   }
 }

@@ -1,5 +1,5 @@
 // One storage account reached only with Microsoft Entra ID: shared keys disabled, HTTPS only,
-// TLS 1.2 at least, no anonymous blob access. Used twice: for data and for operations.
+// TLS 1.2 at least, no anonymous blob access. Used three times: data, Functions host, Azure ML.
 param name string
 param location string
 param tags object
