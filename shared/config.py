@@ -50,6 +50,11 @@ class Settings:
     azureml_component: str = "stylize_batch"
     azureml_datastore: str = "stylize_work"
     """Datastore on the work container; job inputs and outputs are paths inside it."""
+    # Many models on a schedule (score-models)
+    models_per_shard: int = 100
+    """Models scored by one work item: 10,000 models make 100 shards, not 10,000 jobs."""
+    models_max_failed_fraction: float = 0.1
+    """A run with failed models is ``partial`` up to this fraction of all models, ``failed`` past it (0: any failure fails it)."""
 
     @classmethod
     def from_env(cls, environ: dict[str, str] | None = None) -> Settings:
@@ -61,6 +66,9 @@ class Settings:
             if raw:
                 values[field.name] = _convert(field.name, field.default, raw)
         return cls(**values)
+
+
+_ZERO_ALLOWED = {"infer_batch", "models_max_failed_fraction"}
 
 
 def _convert(name: str, default: object, raw: str) -> object:
@@ -79,6 +87,6 @@ def _convert(name: str, default: object, raw: str) -> object:
             return raw
     except ValueError:
         raise PipelineError(f"setting STYLIZE_{name.upper()}={raw!r} is not a valid {type(default).__name__}") from None
-    if value < 0 or (value == 0 and name != "infer_batch"):
+    if value < 0 or (value == 0 and name not in _ZERO_ALLOWED):
         raise PipelineError(f"setting STYLIZE_{name.upper()} must be positive, got {raw}")
     return value
