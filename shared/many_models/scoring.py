@@ -132,7 +132,7 @@ def write_predictions(path: Path, frame: pd.DataFrame, key_columns: tuple[str, .
     """``TS, keys..., Value, Prediction, Score`` for the given rows of ``frame`` and their scores."""
     table = frame.iloc[rows][[TS_COLUMN, *key_columns, VALUE_COLUMN]].copy()
     table[PREDICTION_COLUMN] = (scores >= 0).astype(np.int8)
-    table[SCORE_COLUMN] = np.round(scores, 6)
+    table[SCORE_COLUMN] = scores
     with atomic_path(path) as tmp:
         table.to_csv(tmp, index=False, columns=predictions_header(key_columns))
     return len(table)
