@@ -37,7 +37,7 @@ from shared.many_models.generate import generate  # noqa: E402
 from shared.many_models.manifest import Manifest  # noqa: E402
 from shared.many_models.model_files import load_model  # noqa: E402
 from shared.many_models.readings import read_readings  # noqa: E402
-from shared.many_models.schema import DEFAULT_KEY_COLUMNS, Window  # noqa: E402
+from shared.many_models.schema import DEFAULT_KEY_COLUMNS  # noqa: E402
 from shared.many_models.training import train_models  # noqa: E402
 
 SENSORS = 5

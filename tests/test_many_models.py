@@ -6,6 +6,8 @@ import hashlib
 import json
 import pickle
 import shutil
+import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -312,3 +314,10 @@ def test_an_output_folder_belongs_to_one_window(generated, tmp_path, capsys):
                  "--window-start", "2018-08-29T01:00:00"]) == 2
     assert "holds the run 20180829T020000--end" in capsys.readouterr().err
     assert (out / "predictions.csv").read_bytes() == before
+
+
+def test_the_coordinator_side_needs_neither_scikit_learn_nor_pandas():
+    """Planning, recording and reporting run where the workers' packages are absent (the Function app)."""
+    code = ("import sys, shared.many_models.run, shared.many_models.shards, shared.many_models.run_state; "
+            "print(sorted({'sklearn', 'pandas'} & set(sys.modules)))")
+    assert subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout.strip() == "[]"

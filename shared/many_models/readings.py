@@ -8,7 +8,7 @@ import numpy as np
 import pandas as pd
 
 from shared.errors import InvalidInputError
-from shared.many_models.schema import TS_COLUMN, VALUE_COLUMN, ModelKey, Window
+from shared.many_models.schema import TS_COLUMN, VALUE_COLUMN, ModelKey, Window, check_columns
 
 TIME_COLUMN = "_time"
 """Parsed timestamps, added beside ``TS`` (which keeps the text as read, so outputs repeat it exactly)."""
@@ -21,22 +21,6 @@ def in_window(times: pd.Series, window: Window) -> np.ndarray:
     if window.end is not None:
         keep &= (times < pd.Timestamp(window.end)).to_numpy()
     return keep
-
-
-def check_columns(path: str | os.PathLike[str], key_columns: tuple[str, ...]) -> None:
-    """Fail with one clear line unless ``path`` is a CSV file with ``TS``, the key columns and ``Value``."""
-    try:
-        header = pd.read_csv(path, nrows=0).columns
-    except FileNotFoundError:
-        raise InvalidInputError(f"{path}: no such file") from None
-    except (ValueError, UnicodeDecodeError, pd.errors.ParserError, IsADirectoryError) as exc:
-        raise InvalidInputError(f"{path}: not a readable CSV file ({exc})") from None
-    missing = [name for name in (TS_COLUMN, *key_columns, VALUE_COLUMN) if name not in header]
-    if missing:
-        raise InvalidInputError(
-            f"{path}: no column {', '.join(missing)} (columns: {', '.join(map(str, header))}); "
-            "name the key columns with --keys when training"
-        )
 
 
 def read_readings(path: str | os.PathLike[str], key_columns: tuple[str, ...], window: Window) -> pd.DataFrame:

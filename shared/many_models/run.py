@@ -13,10 +13,9 @@ from pathlib import Path
 
 from shared.atomic import write_text_atomic
 from shared.many_models.manifest import Manifest
-from shared.many_models.readings import check_columns
 from shared.many_models.report import build_report, check_threshold
 from shared.many_models.run_state import REPORT_NAME, RunState
-from shared.many_models.schema import Window
+from shared.many_models.schema import Window, check_columns
 from shared.many_models.shards import ShardResult, ShardSpec, plan_shards
 
 

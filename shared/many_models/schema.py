@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import csv
+import os
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from urllib.parse import quote
@@ -27,6 +29,26 @@ def key_id(key: ModelKey) -> str:
 
 def predictions_header(key_columns: tuple[str, ...]) -> list[str]:
     return [TS_COLUMN, *key_columns, VALUE_COLUMN, PREDICTION_COLUMN, SCORE_COLUMN]
+
+
+def check_header(columns: list[str], key_columns: tuple[str, ...], where: str) -> None:
+    """Fail with one clear line unless the columns hold ``TS``, the key columns and ``Value``."""
+    missing = [name for name in (TS_COLUMN, *key_columns, VALUE_COLUMN) if name not in columns]
+    if missing:
+        raise InvalidInputError(f"{where}: no column {', '.join(missing)} (columns: {', '.join(columns)}); "
+                                "name the key columns with --keys when training")
+
+
+def check_columns(path: str | os.PathLike[str], key_columns: tuple[str, ...]) -> None:
+    """:func:`check_header` on a local CSV file's first line."""
+    try:
+        with open(path, encoding="utf-8", newline="") as file:
+            header = next(csv.reader(file), [])
+    except FileNotFoundError:
+        raise InvalidInputError(f"{path}: no such file") from None
+    except (OSError, UnicodeDecodeError, csv.Error) as exc:
+        raise InvalidInputError(f"{path}: not a readable CSV file ({exc})") from None
+    check_header([name.strip() for name in header], key_columns, str(path))
 
 
 def parse_key_columns(text: str) -> tuple[str, ...]:
