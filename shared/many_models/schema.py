@@ -99,4 +99,7 @@ class Window:
 
     @classmethod
     def from_dict(cls, data: dict) -> Window:
-        return cls.parse(data.get("start"), data.get("end"))
+        bounds = (data.get("start"), data.get("end"))
+        if not all(bound is None or isinstance(bound, str) for bound in bounds):
+            raise InvalidInputError(f"window {data!r}: start and end must be ISO 8601 text or null")
+        return cls.parse(*bounds)

@@ -69,9 +69,12 @@ class ShardSpec:
             raise ShardMessageError(f"shard format {data['format']} is not {SHARD_FORMAT}")
         if not data["shard_id"].replace("-", "").isalnum():
             raise ShardMessageError(f"shard id {data['shard_id']!r} is not a plain name")
+        try:
+            window = Window.from_dict(data["window"])
+        except InvalidInputError as exc:
+            raise ShardMessageError(f"shard: {exc}") from None
         return cls(run_id=data["run_id"], shard_id=data["shard_id"], keys=_keys(data["keys"], "shard"),
-                   models_dir=data["models_dir"], data=data["data"], window=Window.from_dict(data["window"]),
-                   out_dir=data["out_dir"])
+                   models_dir=data["models_dir"], data=data["data"], window=window, out_dir=data["out_dir"])
 
 
 def shard_id(window: Window, keys: tuple[ModelKey, ...]) -> str:
