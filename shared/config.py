@@ -68,6 +68,11 @@ class Settings:
     azureml_component: str = "stylize_worker"
     azureml_compute_client_id: str = ""
     """Client id of the GPU cluster's user-assigned identity; worker jobs reach the data account with it."""
+    # Many models on a schedule (score-models)
+    models_per_shard: int = 100
+    """Models scored by one work item: 10,000 models make 100 shards, not 10,000 jobs."""
+    models_max_failed_fraction: float = 0.1
+    """A run with failed models is ``partial`` up to this fraction of all models, ``failed`` past it (0: any failure fails it)."""
 
     @classmethod
     def from_env(cls, environ: dict[str, str] | None = None) -> Settings:
@@ -94,6 +99,9 @@ class Settings:
         return f"{self.batch_queue}-poison"
 
 
+_ZERO_ALLOWED = {"infer_batch", "models_max_failed_fraction"}
+
+
 def _convert(name: str, default: object, raw: str) -> object:
     try:
         if isinstance(default, bool):
@@ -110,6 +118,6 @@ def _convert(name: str, default: object, raw: str) -> object:
             return raw
     except ValueError:
         raise PipelineError(f"setting STYLIZE_{name.upper()}={raw!r} is not a valid {type(default).__name__}") from None
-    if value < 0 or (value == 0 and name != "infer_batch"):
+    if value < 0 or (value == 0 and name not in _ZERO_ALLOWED):
         raise PipelineError(f"setting STYLIZE_{name.upper()} must be positive, got {raw}")
     return value

@@ -1,0 +1,105 @@
+"""The reference schema (``TS``, key columns, ``Value``), model keys and the time window; no pandas here."""
+
+from __future__ import annotations
+
+import csv
+import os
+from dataclasses import dataclass
+from datetime import datetime, timezone
+from urllib.parse import quote
+
+from shared.errors import InvalidInputError
+
+TS_COLUMN = "TS"
+VALUE_COLUMN = "Value"
+DEFAULT_KEY_COLUMNS = ("Device", "Sensor")
+PREDICTION_COLUMN = "Prediction"
+"""1 marks an anomaly: the model's decision function is <= 0 (libsvm's rule)."""
+SCORE_COLUMN = "Score"
+"""Minus the decision function: 0 or more is an anomaly, the higher the further out."""
+
+ModelKey = tuple[str, ...]
+"""The values of the key columns of one series, as text (``("1", "4")``): one model per key."""
+
+
+def key_id(key: ModelKey) -> str:
+    """Readable, unambiguous id of a key (``1/4``): each value percent-encoded, joined by ``/``."""
+    return "/".join(quote(value, safe="") for value in key)
+
+
+def predictions_header(key_columns: tuple[str, ...]) -> list[str]:
+    return [TS_COLUMN, *key_columns, VALUE_COLUMN, PREDICTION_COLUMN, SCORE_COLUMN]
+
+
+def check_header(columns: list[str], key_columns: tuple[str, ...], where: str) -> None:
+    """Fail with one clear line unless the columns hold ``TS``, the key columns and ``Value``."""
+    missing = [name for name in (TS_COLUMN, *key_columns, VALUE_COLUMN) if name not in columns]
+    if missing:
+        raise InvalidInputError(f"{where}: no column {', '.join(missing)} (columns: {', '.join(columns)}); "
+                                "name the key columns with --keys when training")
+
+
+def check_columns(path: str | os.PathLike[str], key_columns: tuple[str, ...]) -> None:
+    """:func:`check_header` on a local CSV file's first line."""
+    try:
+        with open(path, encoding="utf-8", newline="") as file:
+            header = next(csv.reader(file), [])
+    except FileNotFoundError:
+        raise InvalidInputError(f"{path}: no such file") from None
+    except (OSError, UnicodeDecodeError, csv.Error) as exc:
+        raise InvalidInputError(f"{path}: not a readable CSV file ({exc})") from None
+    check_header([name.strip() for name in header], key_columns, str(path))
+
+
+def parse_key_columns(text: str) -> tuple[str, ...]:
+    columns = tuple(part.strip() for part in text.split(",") if part.strip())
+    if not columns or len(set(columns)) != len(columns) or {TS_COLUMN, VALUE_COLUMN} & set(columns):
+        raise InvalidInputError(f"--keys {text!r}: give distinct column names other than {TS_COLUMN} and {VALUE_COLUMN}")
+    return columns
+
+
+def _parse_time(text: str, what: str) -> datetime:
+    try:
+        moment = datetime.fromisoformat(text.strip())
+    except ValueError:
+        raise InvalidInputError(f"{what} {text!r} is not an ISO 8601 time (e.g. 2018-08-29T00:00:00)") from None
+    if moment.tzinfo is not None:
+        moment = moment.astimezone(timezone.utc).replace(tzinfo=None)
+    return moment
+
+
+@dataclass(frozen=True)
+class Window:
+    """Readings with ``start <= TS < end``; an open end (None) is unbounded. Times are naive UTC."""
+
+    start: datetime | None = None
+    end: datetime | None = None
+
+    def __post_init__(self) -> None:
+        if self.start is not None and self.end is not None and self.start >= self.end:
+            raise InvalidInputError(f"window start {self.start.isoformat()} is not before its end {self.end.isoformat()}")
+
+    @classmethod
+    def parse(cls, start: str | None, end: str | None) -> Window:
+        return cls(
+            _parse_time(start, "--window-start") if start else None,
+            _parse_time(end, "--window-end") if end else None,
+        )
+
+    @property
+    def run_id(self) -> str:
+        """Stable name of the run over this window: the same window always gives the same id."""
+        def part(moment: datetime | None, open_name: str) -> str:
+            return moment.strftime("%Y%m%dT%H%M%S") if moment else open_name
+
+        return f"{part(self.start, 'begin')}--{part(self.end, 'end')}"
+
+    def to_dict(self) -> dict:
+        return {"start": self.start.isoformat() if self.start else None, "end": self.end.isoformat() if self.end else None}
+
+    @classmethod
+    def from_dict(cls, data: dict) -> Window:
+        bounds = (data.get("start"), data.get("end"))
+        if not all(bound is None or isinstance(bound, str) for bound in bounds):
+            raise InvalidInputError(f"window {data!r}: start and end must be ISO 8601 text or null")
+        return cls.parse(*bounds)

@@ -1,0 +1,154 @@
+"""The unit of distributed work: a shard of many models, and what scoring it reports.
+
+Both are plain JSON (``to_dict``/``from_dict``, validated on the way in) so that a shard can travel
+as a queue message to any worker and its result come back the same way.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from dataclasses import asdict, dataclass, field
+
+from shared.errors import InvalidInputError
+from shared.many_models.schema import ModelKey, Window, key_id
+
+SHARD_FORMAT = 1
+MODEL_STATUSES = ("ok", "failed", "no_data")
+
+
+class ShardMessageError(InvalidInputError):
+    """A shard description or result that cannot be acted on; retrying it will not help."""
+
+
+def _require(data: object, what: str, fields: dict[str, type | tuple[type, ...]]) -> dict:
+    if not isinstance(data, dict):
+        raise ShardMessageError(f"{what} is not a JSON object")
+    missing = [name for name in fields if name not in data]
+    if missing:
+        raise ShardMessageError(f"{what} lacks {', '.join(missing)}")
+    wrong = [name for name, kind in fields.items()
+             if not isinstance(data[name], kind) or (isinstance(data[name], bool) and kind in (int, float, (int, float)))]
+    if wrong:
+        raise ShardMessageError(f"{what} has mistyped {', '.join(wrong)}")
+    return data
+
+
+def _keys(raw: list, what: str) -> tuple[ModelKey, ...]:
+    if not raw or not all(isinstance(key, list) and key and all(isinstance(v, str) for v in key) for key in raw):
+        raise ShardMessageError(f"{what}: keys must be a non-empty list of lists of strings")
+    return tuple(tuple(key) for key in raw)
+
+
+@dataclass(frozen=True)
+class ShardSpec:
+    """Score ``keys`` (models in ``models_dir``'s manifest) on ``data`` within ``window``; write into ``out_dir``."""
+
+    run_id: str
+    shard_id: str
+    keys: tuple[ModelKey, ...]
+    models_dir: str
+    data: str
+    window: Window
+    out_dir: str
+
+    @property
+    def predictions_name(self) -> str:
+        return f"{self.shard_id}.csv"
+
+    def to_dict(self) -> dict:
+        return {"format": SHARD_FORMAT, "run_id": self.run_id, "shard_id": self.shard_id,
+                "keys": [list(key) for key in self.keys], "models_dir": self.models_dir, "data": self.data,
+                "window": self.window.to_dict(), "out_dir": self.out_dir}
+
+    @classmethod
+    def from_dict(cls, data: object) -> ShardSpec:
+        data = _require(data, "shard", {"format": int, "run_id": str, "shard_id": str, "keys": list,
+                                        "models_dir": str, "data": str, "window": dict, "out_dir": str})
+        if data["format"] != SHARD_FORMAT:
+            raise ShardMessageError(f"shard format {data['format']} is not {SHARD_FORMAT}")
+        if not data["shard_id"].replace("-", "").isalnum():
+            raise ShardMessageError(f"shard id {data['shard_id']!r} is not a plain name")
+        try:
+            window = Window.from_dict(data["window"])
+        except InvalidInputError as exc:
+            raise ShardMessageError(f"shard: {exc}") from None
+        return cls(run_id=data["run_id"], shard_id=data["shard_id"], keys=_keys(data["keys"], "shard"),
+                   models_dir=data["models_dir"], data=data["data"], window=window, out_dir=data["out_dir"])
+
+
+def shard_id(window: Window, keys: tuple[ModelKey, ...]) -> str:
+    """Derived from the content: a re-delivered shard overwrites its own output, never another's."""
+    content = json.dumps([window.to_dict(), sorted(key_id(key) for key in keys)])
+    return "shard-" + hashlib.sha256(content.encode()).hexdigest()[:16]
+
+
+def plan_shards(run_id: str, keys: list[ModelKey], models_per_shard: int, *, models_dir: str, data: str,
+                window: Window, out_dir: str) -> list[ShardSpec]:
+    """Consecutive groups of at most ``models_per_shard`` keys, sized evenly."""
+    if models_per_shard < 1:
+        raise InvalidInputError("models per shard must be at least 1")
+    if not keys:
+        return []
+    count = -(-len(keys) // models_per_shard)
+    bounds = [len(keys) * i // count for i in range(count + 1)]
+    groups = [tuple(keys[bounds[i] : bounds[i + 1]]) for i in range(count)]
+    return [ShardSpec(run_id=run_id, shard_id=shard_id(window, group), keys=group, models_dir=models_dir, data=data,
+                      window=window, out_dir=out_dir) for group in groups]
+
+
+@dataclass
+class ModelResult:
+    key: ModelKey
+    status: str
+    rows: int = 0
+    seconds: float = 0.0
+    reason: str | None = None
+
+    @classmethod
+    def from_dict(cls, data: object) -> ModelResult:
+        data = _require(data, "model result", {"key": list, "status": str, "rows": int, "seconds": (int, float)})
+        if data["status"] not in MODEL_STATUSES:
+            raise ShardMessageError(f"model status {data['status']!r} is not one of {', '.join(MODEL_STATUSES)}")
+        return cls(key=_keys([data["key"]], "model result")[0], status=data["status"], rows=data["rows"],
+                   seconds=float(data["seconds"]), reason=data.get("reason"))
+
+
+@dataclass
+class ShardResult:
+    """What scoring a shard did: one result per model, rows written, where, and how the time split."""
+
+    run_id: str
+    shard_id: str
+    models: list[ModelResult]
+    rows: int = 0
+    predictions: str | None = None
+    """File name (in the shard's ``out_dir``) of the predictions of its ``ok`` models; None when none."""
+    timings: dict[str, float] = field(default_factory=dict)
+    worker: str = ""
+
+    def to_dict(self) -> dict:
+        data = asdict(self)
+        data["models"] = [{**model, "key": list(model["key"])} for model in data["models"]]
+        data["format"] = SHARD_FORMAT
+        return data
+
+    @classmethod
+    def from_dict(cls, data: object) -> ShardResult:
+        data = _require(data, "shard result", {"format": int, "run_id": str, "shard_id": str, "models": list,
+                                               "rows": int, "timings": dict, "worker": str})
+        if data["format"] != SHARD_FORMAT:
+            raise ShardMessageError(f"shard result format {data['format']} is not {SHARD_FORMAT}")
+        predictions = data.get("predictions")
+        if predictions is not None and not isinstance(predictions, str):
+            raise ShardMessageError("shard result has mistyped predictions")
+        return cls(run_id=data["run_id"], shard_id=data["shard_id"],
+                   models=[ModelResult.from_dict(model) for model in data["models"]], rows=data["rows"],
+                   predictions=predictions, timings={str(k): float(v) for k, v in data["timings"].items()},
+                   worker=data["worker"])
+
+    @classmethod
+    def all_failed(cls, spec: ShardSpec, reason: str) -> ShardResult:
+        """The result for a shard that could not be scored at all (its worker died, its data is unreadable)."""
+        return cls(run_id=spec.run_id, shard_id=spec.shard_id,
+                   models=[ModelResult(key=key, status="failed", reason=reason) for key in spec.keys])
