@@ -20,14 +20,17 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(prog="python -m gpu_job", description=__doc__)
     parser.add_argument("--input", required=True, type=Path, help="batch segment (MP4 cut by stream copy)")
     parser.add_argument("--output", required=True, type=Path, help="styled segment to write (MP4)")
-    parser.add_argument("--model", required=True, help="style name, checkpoint path, 'identity' or 'random'")
+    parser.add_argument("--model", required=True, help="a name `stylize styles` lists, or a .pth checkpoint path")
+    parser.add_argument("--precision", choices=("auto", "fp32"), default="auto", help="auto: the engine's fastest (bf16/fp16); fp32: full")
+    parser.add_argument("--style-image", type=Path, default=None, help="picture to take the style from (with --model arbitrary)")
+    parser.add_argument("--style-strength", type=float, default=1.0, help="0..1: how much of the style to apply")
     parser.add_argument("--start-pts", required=True, type=int, help="timestamp of the batch's first frame")
     parser.add_argument("--end-pts", type=int, default=None, help="timestamp of the next batch's first frame (omit for the last batch)")
     parser.add_argument("--time-base", type=Fraction, required=True, help="unit of --start-pts and --end-pts, e.g. 1/30000")
     parser.add_argument("--frames", required=True, type=int, help="frames the batch must yield")
     parser.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto")
     parser.add_argument("--batch-size", type=int, default=settings.infer_batch, help="frames per forward pass (0: by device)")
-    parser.add_argument("--threads", type=int, default=None, help="CPU threads for PyTorch")
+    parser.add_argument("--threads", type=int, default=None, help="CPU threads for the inference engine")
     parser.add_argument("--crf", type=int, default=settings.crf)
     parser.add_argument("--preset", default=settings.preset)
     parser.add_argument("--cache-dir", type=Path, default=settings.model_cache_dir)
@@ -43,15 +46,16 @@ def main(argv: list[str] | None = None) -> int:
     try:
         import torch
 
-        from gpu_job.models import build_model, resolve_model
-        from gpu_job.scorer import EncoderSettings, FrameStyler, score_segment
+        from gpu_job.models import load_styler
+        from gpu_job.scorer import EncoderSettings, score_segment
 
         if args.threads:
             torch.set_num_threads(args.threads)
         device = _device(args.device, torch)
         if not args.input.is_file():
             raise PipelineError(f"{args.input}: no such segment")
-        styler = FrameStyler(build_model(resolve_model(args.model, args.cache_dir)), device)
+        styler = load_styler(args.model, device, args.cache_dir, precision=args.precision, style_image=args.style_image,
+                             style_strength=args.style_strength, threads=args.threads)
 
         def report(frames: int) -> None:
             if args.progress:
@@ -72,7 +76,8 @@ def main(argv: list[str] | None = None) -> int:
         print(f"error: {exc}", file=sys.stderr)
         return 2
     print(json.dumps({"event": "done", "frames": result.frames, "seconds": round(result.seconds, 3),
-                      "infer_seconds": round(result.infer_seconds, 3), "device": str(device), "pid": os.getpid()}), flush=True)
+                      "infer_seconds": round(result.infer_seconds, 3), "device": str(device), "pid": os.getpid(),
+                      "styler": styler.describe()}), flush=True)
     return 0
 
 

@@ -22,6 +22,9 @@ class ScorerOptions:
     crf: int = 18
     preset: str = "medium"
     threads: int | None = None
+    precision: str = "auto"
+    style_image: str | None = None
+    style_strength: float = 1.0
 
 
 def scorer_args(input_path: str, output_path: str, batch: Batch, options: ScorerOptions, progress: bool = False) -> list[str]:
@@ -36,7 +39,11 @@ def scorer_args(input_path: str, output_path: str, batch: Batch, options: Scorer
         "--batch-size", str(options.batch_size),
         "--crf", str(options.crf),
         "--preset", options.preset,
+        "--precision", options.precision,
+        "--style-strength", str(options.style_strength),
     ]
+    if options.style_image is not None:
+        args += ["--style-image", options.style_image]
     if batch.end_pts is not None:
         args += ["--end-pts", str(batch.end_pts)]
     if options.threads:

@@ -20,6 +20,7 @@ from pathlib import Path
 from tqdm import tqdm
 
 from gpu_job.command import ScorerOptions, local_command, scorer_args
+from gpu_job.styles import ARBITRARY, check_style_image
 from shared.config import Settings
 from shared.errors import BatchFailedError, InvalidInputError, PipelineError
 from shared.plan import Batch, plan_batches
@@ -50,6 +51,9 @@ class RunRequest:
     report: Path | None = None
     fallback_model: str | None = None
     work_dir: Path | None = None
+    precision: str = "auto"
+    style_image: Path | None = None
+    style_strength: float = 1.0
 
     @property
     def report_path(self) -> Path:
@@ -69,6 +73,15 @@ def check_request(request: RunRequest) -> None:
         raise InvalidInputError(f"{request.output}: is a directory")
     if request.batch_frames <= 0 or request.workers <= 0:
         raise InvalidInputError("--batch-frames and --workers must be positive")
+    if not 0.0 <= request.style_strength <= 1.0:
+        raise InvalidInputError(f"--style-strength must be between 0 and 1, got {request.style_strength}")
+    if (request.style_image is not None) != (request.model == ARBITRARY):
+        raise InvalidInputError(f"--style-image goes with --model {ARBITRARY} (the default when a style image is given), and only with it")
+    if request.style_image is not None:
+        try:
+            check_style_image(request.style_image.read_bytes(), str(request.style_image))
+        except OSError as exc:
+            raise InvalidInputError(f"style image {request.style_image}: {exc.strerror or exc}") from None
 
 
 def resolve_with_fallback(request: RunRequest, settings: Settings) -> dict:
@@ -99,7 +112,8 @@ def run(request: RunRequest, settings: Settings, launcher: Launcher = launch_sco
     report.batches = [BatchRecord(b.index, b.first_frame, b.frame_count) for b in batches]
     options = ScorerOptions(
         model=model["path"], device=request.device, batch_size=settings.infer_batch, crf=settings.crf,
-        preset=settings.preset, threads=max(1, (os.cpu_count() or 1) // request.workers),
+        preset=settings.preset, threads=max(1, (os.cpu_count() or 1) // request.workers), precision=request.precision,
+        style_image=None if request.style_image is None else str(request.style_image.resolve()), style_strength=request.style_strength,
     )
     with tempfile.TemporaryDirectory(prefix="stylize-", dir=request.work_dir) as scratch:
         work = Path(scratch)
@@ -109,6 +123,7 @@ def run(request: RunRequest, settings: Settings, launcher: Launcher = launch_sco
         with report.stage("score"), tqdm(total=info.frame_count, unit="frame", desc="styling", disable=None) as bar:
             pool = _BatchPool(options, settings.max_attempts, launcher, bar)
             pool.run(batches, parts.segments, styled, report.batches, request.workers)
+        report.model["styler"] = pool.styler
         with report.stage("stitch"):
             stitch(styled, parts.audio, request.output)
         with report.stage("preview"):
@@ -128,6 +143,8 @@ class _BatchPool:
         self.cancelled = threading.Event()
         self.lock = threading.Lock()
         self.running: set[subprocess.Popen] = set()
+        self.styler: dict = {}
+        """What styled the frames (model, style, engine, precision), from the scorers' done events."""
 
     def run(self, batches: Sequence[Batch], inputs: Sequence[Path], outputs: Sequence[Path], records: Sequence[BatchRecord], workers: int) -> None:
         outputs[0].parent.mkdir(parents=True, exist_ok=True)
@@ -171,6 +188,8 @@ class _BatchPool:
             if event.get("event") == "frames":
                 frames += event["frames"]
                 self.bar.update(event["frames"])
+            elif event.get("event") == "done":
+                self.styler = event.get("styler", {})
         code = process.wait()
         drain.join()
         with self.lock:

@@ -24,7 +24,7 @@ class Settings:
     crf: int = 18
     preset: str = "medium"
     model_cache_dir: Path = _default_cache()
-    default_style: str = "candy"
+    default_style: str = "starry"
     # Upload limits, checked before any work is queued
     allowed_extensions: tuple[str, ...] = (".mp4", ".mov", ".m4v", ".mkv", ".webm", ".avi")
     max_upload_bytes: int = 4 * 1024**3
@@ -37,6 +37,8 @@ class Settings:
     input_container: str = "videos-in"
     output_container: str = "videos-out"
     work_container: str = "stylize-work"
+    styles_container: str = "styles"
+    """Pictures that uploads name as their style (metadata ``style_image``)."""
     batch_queue: str = "batches"
     blob_trigger_source: str = "EventGrid"
     """EventGrid in Azure (Flex Consumption needs it); LogsAndContainerScan polls, for func start on Azurite."""
