@@ -192,6 +192,7 @@ def transformer_styler(module: TransformerNet, style: str, device: str, precisio
 
         with torch.no_grad(), warnings.catch_warnings():
             warnings.simplefilter("ignore", torch.jit.TracerWarning)  # instance norm's size check, true for any frame
+            warnings.simplefilter("ignore", DeprecationWarning)  # OpenVINO converts through torch.jit.trace
             converted = ov.convert_model(module.eval(), example_input=torch.zeros(1, 3, 64, 64))
         engine = openvino_engine(converted, precision, threads)
     else:
