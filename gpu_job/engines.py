@@ -5,7 +5,8 @@
   because OpenVINO's int8 kernels round differently and their output ends about 28 dB from the
   original's (bench/RESULTS.md), below the 40 dB we require.
 - CUDA: PyTorch fp16 + channels_last for TransformerNet (fp32 when asked); ONNX Runtime's CUDA
-  provider for the ONNX networks, as shipped (fp32 weights, or int8).
+  provider for the ONNX networks, as shipped (fp32 weights, or int8). Without onnxruntime-gpu the
+  ONNX networks run on the CPU engines instead, and the styler's description says so.
 
 Every engine is called with numpy arrays and returns the network's first output as a float32 array.
 """
@@ -70,11 +71,7 @@ def onnxruntime_engine(model: bytes | Path, device: str, precision_label: str, t
     options.log_severity_level = 3
     if threads:
         options.intra_op_num_threads = threads
-    providers = ["CPUExecutionProvider"]
-    if device == "cuda":
-        if "CUDAExecutionProvider" not in ort.get_available_providers():
-            raise PipelineError("--device cuda: this ONNX Runtime has no CUDA provider (install onnxruntime-gpu)")
-        providers.insert(0, "CUDAExecutionProvider")
+    providers = ["CUDAExecutionProvider", "CPUExecutionProvider"] if device == "cuda" else ["CPUExecutionProvider"]
     session = ort.InferenceSession(model if isinstance(model, bytes) else str(model), options, providers=providers)
     names = [node.name for node in session.get_inputs()]
 
@@ -82,6 +79,13 @@ def onnxruntime_engine(model: bytes | Path, device: str, precision_label: str, t
         return session.run(None, dict(zip(names, inputs)))[0]
 
     return Engine("onnxruntime", device, precision_label, run)
+
+
+def onnx_device(device: str) -> str:
+    """Where ONNX networks run: CUDA only if this ONNX Runtime has its CUDA provider (onnxruntime-gpu), else the CPU."""
+    import onnxruntime as ort
+
+    return "cuda" if device == "cuda" and "CUDAExecutionProvider" in ort.get_available_providers() else "cpu"
 
 
 def torch_engine(module, device: str, precision: str) -> Engine:

@@ -27,7 +27,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from gpu_job.engines import Engine, check_precision, dynamic_height_width, onnxruntime_engine, openvino_engine, torch_engine
+from gpu_job.engines import Engine, check_precision, dynamic_height_width, onnx_device, onnxruntime_engine, openvino_engine, torch_engine
 from gpu_job.styler import FrameStyler
 from gpu_job.styles import ARBITRARY, BUILTIN_MODELS, BUILTIN_STYLE_INDEX, BUILTIN_STYLES, PRETRAINED_STYLES, check_style_image, parse_blend
 from gpu_job.transformer_net import TransformerNet
@@ -218,9 +218,9 @@ def multistyle_styler(weights: dict[str, float], device: str, precision: str = "
 
 def multistyle_engine(device: str, precision: str = "auto", threads: int | None = None) -> Engine:
     with _model_file("multistyle26.onnx") as path:
-        if device == "cpu":
+        if onnx_device(device) == "cpu":
             return openvino_engine(str(path), precision, threads)
-        return onnxruntime_engine(path, device, "fp32", threads)
+        return onnxruntime_engine(path, "cuda", "fp32", threads)
 
 
 def multistyle_network(engine: Engine, weights: np.ndarray):
@@ -238,8 +238,8 @@ def arbitrary_styler(style_image: Path, device: str, strength: float = 1.0, thre
     """Any picture as the style, at the frame's own resolution; ``strength`` moves from the frame's own style to the picture's."""
     painting = read_style_image(style_image)
     with _model_file("arbitrary_predict.onnx") as predict_path, _model_file("arbitrary_transform.onnx") as transform_path:
-        predict = onnxruntime_engine(predict_path, device, "int8", threads)
-        transform = onnxruntime_engine(dynamic_height_width(transform_path), device, "int8", threads)
+        predict = onnxruntime_engine(predict_path, onnx_device(device), "int8", threads)
+        transform = onnxruntime_engine(dynamic_height_width(transform_path), onnx_device(device), "int8", threads)
     style = predict.run(_style_square(painting))
 
     def network(frames: np.ndarray) -> np.ndarray:
