@@ -2,8 +2,8 @@
 
     python bench/bare_loop.py CLIP [--model random] [--threads N] [--batch N]
 
-Same decoder and colour conversion as the worker, same styler (``gpu_job.models.load_styler``), same
-threads; no splitting, no encoding, no files. Prints JSON: frames, model_s (styling only), load_s.
+Same decoder and colour conversion as the worker, same styler and engine (``gpu_job.models.load_styler``),
+same threads; no splitting, no encoding, no files. Prints JSON: frames, model_s (styling only), load_s.
 """
 
 from __future__ import annotations
@@ -27,15 +27,12 @@ def main() -> None:
     began = time.perf_counter()
     import av
     import numpy as np
-    import torch
 
     from gpu_job.models import load_styler
     from gpu_job.scorer import RESAMPLING
     from shared.config import Settings
 
-    if args.threads:
-        torch.set_num_threads(args.threads)
-    styler = load_styler(args.model, torch.device("cpu"), Settings.from_env().model_cache_dir)
+    styler = load_styler(args.model, "cpu", Settings.from_env().model_cache_dir, threads=args.threads)
     with av.open(args.clip) as container:
         frames = [f.to_ndarray(format="rgb24", interpolation=RESAMPLING) for f in container.decode(video=0)]
     load_s = time.perf_counter() - began

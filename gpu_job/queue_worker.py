@@ -10,18 +10,20 @@ and its batch is reported failed for good, so the orchestration fails with a rea
 
 from __future__ import annotations
 
+import hashlib
 import logging
 import posixpath
 import tempfile
 import threading
 import time
+from dataclasses import replace
 from pathlib import Path
 
 from azure.core.exceptions import HttpResponseError, ResourceNotFoundError
 
 from gpu_job.worker import Worker, one_line
 from shared.config import Settings
-from shared.messages import BatchMessage, BatchResult, MessageError
+from shared.messages import BatchMessage, BatchResult, MessageError, ModelSpec
 from shared.storage import blob_service, download_file, job_closed, queue_client, upload_file
 
 log = logging.getLogger("gpu_job.queue")
@@ -117,6 +119,24 @@ class QueueWorker:
         self._delete(queued.id, pop_receipt)
         return result
 
+    def _model_spec(self, message: BatchMessage) -> ModelSpec:
+        """The message's model, with its style picture (a blob in the styles container) fetched to a local file.
+
+        The file is named after the blob's name and ETag, so every batch of a job shares one cache entry
+        (one model load), and a replaced picture is a new one.
+        """
+        spec = message.model_spec
+        if spec.style_image is None:
+            return spec
+        blob = self.blobs.get_blob_client(self.settings.styles_container, spec.style_image)
+        etag = blob.get_blob_properties().etag
+        key = hashlib.sha256(f"{spec.style_image}\n{etag}".encode()).hexdigest()[:32]
+        local = self.settings.model_cache_dir / "style-images" / f"{key}{posixpath.splitext(spec.style_image)[1]}"
+        if not local.exists():
+            download_file(self.blobs, self.settings.styles_container, spec.style_image, local.with_suffix(".part"))
+            local.with_suffix(".part").replace(local)
+        return replace(spec, style_image=str(local))
+
     def _style(self, message: BatchMessage, delivery: int) -> BatchResult:
         container = self.settings.work_container
         if self.blobs.get_blob_client(container, message.styled).exists():
@@ -128,14 +148,21 @@ class QueueWorker:
             try:
                 download_file(self.blobs, container, message.segment, segment)
             except ResourceNotFoundError:
-                return BatchResult(job_id=message.job_id, batch=message.batch.index, attempt=message.attempt, succeeded=False,
-                                   retryable=False, worker=self.worker.name, delivery=delivery,
-                                   error=f"segment {message.segment} is gone (the job expired or was removed)")
+                return self._gone(message, delivery, f"segment {message.segment} is gone (the job expired or was removed)")
+            try:
+                spec = self._model_spec(message)
+            except ResourceNotFoundError:
+                return self._gone(message, delivery, f"style image {message.style_image} is not in the {self.settings.styles_container} container")
             styled = Path(scratch) / posixpath.basename(message.styled)
-            result = self.worker.style(message, segment, styled, delivery=delivery)
+            result = self.worker.style(message, segment, styled, delivery=delivery, spec=spec)
             if result.succeeded:
                 upload_file(self.blobs, container, message.styled, styled, {"job_id": message.job_id})
         return result
+
+    def _gone(self, message: BatchMessage, delivery: int, error: str) -> BatchResult:
+        """A blob the batch needs is missing: that will not change, so the batch fails for good."""
+        return BatchResult(job_id=message.job_id, batch=message.batch.index, attempt=message.attempt, succeeded=False,
+                           retryable=False, worker=self.worker.name, delivery=delivery, error=error)
 
     def _to_poison(self, queued) -> None:
         self.poison.send_message(queued.content)

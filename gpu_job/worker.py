@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 import os
 import socket
+import sys
 import time
 from collections import OrderedDict
 from collections.abc import Callable
@@ -18,7 +19,7 @@ from typing import TextIO
 
 from gpu_job.command import WorkerOptions
 from shared.errors import InvalidInputError
-from shared.messages import BatchMessage, BatchResult, MessageError
+from shared.messages import BatchMessage, BatchResult, MessageError, ModelSpec
 
 AUTO_BATCH = {"cpu": 1, "cuda": 8}
 MODEL_CACHE_SIZE = 4
@@ -30,14 +31,14 @@ def one_line(exc: BaseException) -> str:
 
 
 class ModelCache:
-    """Stylers by ``--model`` value, least recently used dropped first; counts how often it loaded one."""
+    """Stylers by model spec, least recently used dropped first; counts how often it loaded one."""
 
-    def __init__(self, load: Callable[[str], Callable], capacity: int = MODEL_CACHE_SIZE) -> None:
+    def __init__(self, load: Callable[[ModelSpec], Callable], capacity: int = MODEL_CACHE_SIZE) -> None:
         self._load, self._capacity = load, capacity
-        self._stylers: OrderedDict[str, Callable] = OrderedDict()
+        self._stylers: OrderedDict[ModelSpec, Callable] = OrderedDict()
         self.loads = 0
 
-    def get(self, spec: str) -> Callable:
+    def get(self, spec: ModelSpec) -> Callable:
         if spec in self._stylers:
             self._stylers.move_to_end(spec)
             return self._stylers[spec]
@@ -49,32 +50,42 @@ class ModelCache:
         return styler
 
 
-def resolve_device(choice: str, torch):
-    if choice == "cuda" and not torch.cuda.is_available():
+def cuda_available() -> bool:
+    """Whether PyTorch sees a CUDA device; on Linux without an NVIDIA driver, answered without importing torch (a second or two)."""
+    if sys.platform == "linux" and not Path("/proc/driver/nvidia/version").exists():
+        return False
+    import torch
+
+    return torch.cuda.is_available()
+
+
+def resolve_device(choice: str) -> str:
+    if choice == "cpu":
+        return "cpu"
+    if cuda_available():
+        return "cuda"
+    if choice == "cuda":
         raise InvalidInputError("--device cuda: no CUDA device is available")
-    if choice == "auto":
-        choice = "cuda" if torch.cuda.is_available() else "cpu"
-    return torch.device(choice)
+    return "cpu"
 
 
 class Worker:
     def __init__(self, options: WorkerOptions, cache_dir: Path) -> None:
-        import torch
-
         from gpu_job.models import load_styler
         from gpu_job.scorer import EncoderSettings
 
-        if options.threads:
-            torch.set_num_threads(options.threads)
-        self.device = resolve_device(options.device, torch)
-        self.models = ModelCache(lambda spec: load_styler(spec, self.device, cache_dir))
+        self.device = resolve_device(options.device)
+        self.models = ModelCache(lambda spec: load_styler(
+            spec.model, self.device, cache_dir, precision=spec.precision, style_strength=spec.style_strength, threads=options.threads,
+            style_image=None if spec.style_image is None else Path(spec.style_image)))
         self.encoder = EncoderSettings(crf=options.crf, preset=options.preset)
-        self.batch_size = options.batch_size or AUTO_BATCH[self.device.type]
+        self.batch_size = options.batch_size or AUTO_BATCH[self.device]
         self.name = f"{socket.gethostname()}:{os.getpid()}"
 
     def style(self, message: BatchMessage, segment: Path, styled: Path, delivery: int = 1,
-              on_frames: Callable[[int], None] | None = None) -> BatchResult:
-        """Style one batch from ``segment`` into ``styled``; every failure becomes a result, never an exception."""
+              on_frames: Callable[[int], None] | None = None, spec: ModelSpec | None = None) -> BatchResult:
+        """Style one batch from ``segment`` into ``styled`` with ``spec`` (default: the message's, whose
+        style picture is then a local path); every failure becomes a result, never an exception."""
         from gpu_job.scorer import score_segment
 
         began = time.perf_counter()
@@ -82,7 +93,7 @@ class Worker:
         try:
             if not segment.is_file():
                 raise InvalidInputError(f"{segment}: no such segment")
-            styler = self.models.get(message.model)
+            styler = self.models.get(spec or message.model_spec)
             scored = score_segment(
                 segment, styled, styler, start=message.batch.start_time, end=message.batch.end_time,
                 expected_frames=message.batch.frame_count, batch_size=self.batch_size, encoder=self.encoder, on_frames=on_frames,
@@ -90,11 +101,11 @@ class Worker:
         except Exception as exc:  # reported to whoever sent the batch, which decides about retrying
             return BatchResult(**facts, succeeded=False, error=one_line(exc), retryable=not isinstance(exc, InvalidInputError),
                                seconds=round(time.perf_counter() - began, 4), model_loads=self.models.loads)
-        return BatchResult(**facts, succeeded=True, styled=message.styled, frames=scored.frames,
+        return BatchResult(**facts, succeeded=True, styled=message.styled, frames=scored.frames, styler=styler.describe(),
                            seconds=round(time.perf_counter() - began, 4), model_loads=self.models.loads)
 
 
-def serve_stdio(worker: Worker, source: TextIO, sink: TextIO, preload: str | None = None) -> None:
+def serve_stdio(worker: Worker, source: TextIO, sink: TextIO, preload: ModelSpec | None = None) -> None:
     """Style the batch messages read as JSON lines from ``source`` until it closes.
 
     Writes JSON lines to ``sink``: ``ready`` once, ``frames`` as frames are encoded, one ``result``

@@ -23,9 +23,10 @@ from pathlib import Path
 from tqdm import tqdm
 
 from gpu_job.command import WorkerOptions, worker_command
+from gpu_job.styles import ARBITRARY, check_style_image
 from shared.config import Settings
 from shared.errors import BatchFailedError, InvalidInputError, PipelineError
-from shared.messages import BatchMessage, BatchResult, MessageError
+from shared.messages import BatchMessage, BatchResult, MessageError, ModelSpec
 from shared.plan import plan_batches
 from shared.preview import write_preview
 from shared.probe import probe
@@ -55,6 +56,9 @@ class RunRequest:
     report: Path | None = None
     fallback_model: str | None = None
     work_dir: Path | None = None
+    precision: str = "auto"
+    style_image: Path | None = None
+    style_strength: float = 1.0
 
     @property
     def report_path(self) -> Path:
@@ -74,6 +78,15 @@ def check_request(request: RunRequest) -> None:
         raise InvalidInputError(f"{request.output}: is a directory")
     if request.batch_frames <= 0 or request.workers <= 0:
         raise InvalidInputError("--batch-frames and --workers must be positive")
+    if not 0.0 <= request.style_strength <= 1.0:
+        raise InvalidInputError(f"--style-strength must be between 0 and 1, got {request.style_strength}")
+    if (request.style_image is not None) != (request.model == ARBITRARY):
+        raise InvalidInputError(f"--style-image goes with --model {ARBITRARY} (the default when a style image is given), and only with it")
+    if request.style_image is not None:
+        try:
+            check_style_image(request.style_image.read_bytes(), str(request.style_image))
+        except OSError as exc:
+            raise InvalidInputError(f"style image {request.style_image}: {exc.strerror or exc}") from None
 
 
 def resolve_with_fallback(request: RunRequest, settings: Settings) -> dict:
@@ -104,17 +117,21 @@ def run(request: RunRequest, settings: Settings, launcher: Launcher = launch_wor
     )
     report.batches = [BatchRecord(b.index, b.first_frame, b.frame_count) for b in batches]
     options = WorkerOptions.from_settings(settings, device=request.device, threads=max(1, (os.cpu_count() or 1) // workers))
-    command = worker_command(options, stdio=True, preload=model["path"])
+    spec = ModelSpec(model["path"], request.precision, None if request.style_image is None else str(request.style_image.resolve()),
+                     request.style_strength)
+    command = worker_command(options, stdio=True, preload=spec)
     with tempfile.TemporaryDirectory(prefix="stylize-", dir=request.work_dir) as scratch, \
             WorkerPool(command, workers, settings.max_attempts, launcher) as pool:
         work = Path(scratch)
         with report.stage("split"):
             parts = split_video(info, batches, work / "segments")
         styled = [work / "styled" / f"{b.name}.mp4" for b in batches]
-        messages = [BatchMessage(job_id=LOCAL_JOB, batch=b, attempt=1, model=model["path"], segment=str(segment), styled=str(target))
+        messages = [BatchMessage(job_id=LOCAL_JOB, batch=b, attempt=1, model=spec.model, segment=str(segment), styled=str(target),
+                                 precision=spec.precision, style_image=spec.style_image, style_strength=spec.style_strength)
                     for b, segment, target in zip(batches, parts.segments, styled)]
         with report.stage("score"), tqdm(total=info.frame_count, unit="frame", desc="styling", disable=None) as bar:
             report.worker_stats = pool.run(messages, report.batches, bar)
+        report.model["styler"] = pool.styler
         with report.stage("stitch"):
             stitch(styled, parts.audio, request.output)
         with report.stage("preview"):
@@ -193,6 +210,8 @@ class WorkerPool:
         self.lock = threading.Lock()
         self.failure: PipelineError | None = None
         self.done_by: list[dict] = []
+        self.styler: dict = {}
+        """What styled the frames (model, style, engine, device, precision), from the workers' results."""
         self.slots = [WorkerProcess(launcher, command) for _ in range(workers)]
 
     def __enter__(self) -> WorkerPool:
@@ -241,6 +260,7 @@ class WorkerPool:
                 return
             if result.succeeded:
                 record.worker = result.worker
+                self.styler = result.styler or self.styler
                 self.done_by.append({"worker": result.worker, "model_loads": result.model_loads})
                 self._finished(pending)
                 continue

@@ -23,7 +23,7 @@ if [ ! -f "$STAMP" ]; then
     .venv/bin/python -m pip install -q --upgrade pip
     .venv/bin/python -m pip install -q "$TORCH_SPEC"
     .venv/bin/python -m pip install -q -r requirements.txt -r requirements-dev.txt -r deploy/requirements.txt
-    .venv/bin/python -m pip install -q --no-deps -e .
+    .venv/bin/python -m pip install -q -e .   # with pyproject's dependencies (engines, style models); torch is already there
     rm -f .venv/.installed-*
     touch "$STAMP"
 fi

@@ -21,10 +21,12 @@ class Settings:
     max_attempts: int = 3
     infer_batch: int = 0
     """Frames per forward pass; 0 picks by device (1 on CPU, measured fastest there at 640x360; 8 on CUDA)."""
+    precision: str = "auto"
+    """Inference precision: ``auto`` (each engine's fastest measured: bf16 on CPUs that have it, fp16 on CUDA) or ``fp32``."""
     crf: int = 18
     preset: str = "medium"
     model_cache_dir: Path = _default_cache()
-    default_style: str = "candy"
+    default_style: str = "starry"
     # Upload limits, checked before any work is queued
     allowed_extensions: tuple[str, ...] = (".mp4", ".mov", ".m4v", ".mkv", ".webm", ".avi")
     max_upload_bytes: int = 256 * 1024**2
@@ -39,6 +41,8 @@ class Settings:
     input_container: str = "videos-in"
     output_container: str = "videos-out"
     work_container: str = "stylize-work"
+    styles_container: str = "styles"
+    """Pictures that uploads name as their style (metadata ``style_image``)."""
     batch_queue: str = "batches"
     """Batch work items, one message per batch attempt; drained by the workers."""
     result_queue: str = "batch-results"

@@ -40,11 +40,22 @@ def _require(data: dict, types: dict[str, type | tuple], what: str) -> None:
 
 
 @dataclass(frozen=True)
+class ModelSpec:
+    """Everything that decides which styler a batch needs: the key of a worker's model cache."""
+
+    model: str
+    precision: str = "auto"
+    style_image: str | None = None
+    style_strength: float = 1.0
+
+
+@dataclass(frozen=True)
 class BatchMessage:
     """One attempt at one batch: the work item a worker takes.
 
-    ``segment`` and ``styled`` are blob names in the work container when the item comes from the
-    batch queue, and file paths in a local run.
+    ``segment``, ``styled`` and ``style_image`` (the picture a style is taken from, for the model
+    ``arbitrary``) are blob names when the item comes from the batch queue (the work container and
+    the styles container), and file paths in a local run.
     """
 
     job_id: str
@@ -53,7 +64,14 @@ class BatchMessage:
     model: str
     segment: str
     styled: str
+    precision: str = "auto"
+    style_image: str | None = None
+    style_strength: float = 1.0
     version: int = MESSAGE_VERSION
+
+    @property
+    def model_spec(self) -> ModelSpec:
+        return ModelSpec(self.model, self.precision, self.style_image, self.style_strength)
 
     def to_json(self) -> str:
         data = asdict(self)
@@ -67,10 +85,13 @@ class BatchMessage:
             raise MessageError(f"batch message version {data.get('version')!r} is not supported")
         _require(data, {"job_id": str, "batch": dict, "attempt": int, "model": str, "segment": str, "styled": str}, "batch message")
         _require(data["batch"], {name: object for name in Batch.__dataclass_fields__}, "batch message")
+        optional = {"precision": (str,), "style_image": (str, type(None)), "style_strength": (int, float)}
+        _require({name: data[name] for name in optional if name in data}, {name: kinds for name, kinds in optional.items() if name in data},
+                 "batch message")
         if data["attempt"] < 1 or not data["job_id"]:
             raise MessageError("batch message has an empty job_id or an attempt below 1")
         return cls(job_id=data["job_id"], batch=Batch.from_dict(data["batch"]), attempt=data["attempt"], model=data["model"],
-                   segment=data["segment"], styled=data["styled"])
+                   segment=data["segment"], styled=data["styled"], **{name: data[name] for name in optional if name in data})
 
 
 @dataclass(frozen=True)
@@ -80,7 +101,8 @@ class BatchResult:
     ``retryable`` is false for an error that will repeat (a damaged segment, an unknown model, a
     message that keeps killing its workers): the orchestration then fails at once with the reason.
     ``worker``, ``model_loads`` and ``delivery`` say who did it, how often that worker has loaded a
-    model so far, and which delivery of the queue message this was.
+    model so far, and which delivery of the queue message this was; ``styler`` what styled the
+    frames (model, style, engine, device, precision).
     """
 
     job_id: str
@@ -95,6 +117,7 @@ class BatchResult:
     worker: str = ""
     model_loads: int = 0
     delivery: int = 1
+    styler: dict | None = None
 
     def to_dict(self) -> dict:
         return asdict(self)

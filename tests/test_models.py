@@ -11,8 +11,7 @@ import numpy as np
 import pytest
 import torch
 
-from gpu_job.models import PRETRAINED_STYLES, ModelUnavailableError, build_model, load_transformer, random_transformer, resolve_model
-from gpu_job.scorer import FrameStyler
+from gpu_job.models import PRETRAINED_STYLES, ModelUnavailableError, load_styler, load_transformer, random_transformer, resolve_model, transformer_styler
 from shared.errors import PipelineError
 
 
@@ -31,22 +30,22 @@ def test_examples_checkpoint_with_legacy_keys_gives_same_output(tmp_path):
     model = random_transformer(seed=7).eval()
     path = _save_examples_checkpoint(model, tmp_path / "style.pth")
     assert any("running_mean" in key for key in torch.load(path, weights_only=True))
-    loaded = load_transformer(str(path)).eval()
     frames = np.random.default_rng(0).integers(0, 256, size=(2, 36, 52, 3), dtype=np.uint8)
-    cpu = torch.device("cpu")
-    assert np.array_equal(FrameStyler(model, cpu)(frames), FrameStyler(loaded, cpu)(frames))
+    loaded = load_styler(str(path), "cpu", tmp_path, precision="fp32")
+    assert loaded.describe()["style"] == "style"
+    assert np.array_equal(transformer_styler(model, "in memory", "cpu", "fp32")(frames), loaded(frames))
 
 
-def test_random_model_is_seeded_and_changes_frames():
+def test_random_model_is_seeded_and_changes_frames(tmp_path):
     a, b = random_transformer(), random_transformer()
     assert all(torch.equal(x, y) for x, y in zip(a.state_dict().values(), b.state_dict().values()))
     frames = np.full((1, 16, 16, 3), 128, dtype=np.uint8)
-    assert not np.array_equal(FrameStyler(a, torch.device("cpu"))(frames), frames)
+    assert not np.array_equal(load_styler("random", "cpu", tmp_path)(frames), frames)
 
 
-def test_identity_styler_pads_and_crops_odd_sizes():
+def test_identity_styler_pads_and_crops_odd_sizes(tmp_path):
     frames = np.random.default_rng(1).integers(0, 256, size=(3, 75, 130, 3), dtype=np.uint8)
-    out = FrameStyler(build_model("identity"), torch.device("cpu"))(frames)
+    out = load_styler("identity", "cpu", tmp_path)(frames)
     assert out.shape == (3, 76, 130, 3)
     assert np.array_equal(out[:, :75], frames)
     assert np.array_equal(out[:, 75], frames[:, 74]), "the added row repeats the edge"

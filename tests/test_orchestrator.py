@@ -63,7 +63,7 @@ def test_all_batches_complete_then_stitch():
     stitch, = replay.step()
     assert stitch["functionName"] == "stitch_job"
     assert stitch["input"]["styled"] == ["s/0.a1.mp4", "s/1.a1.mp4", "s/2.a1.mp4"], "segments stitched in batch order"
-    assert stitch["input"]["done_by"]["1"] == {"worker": "host:1", "model_loads": 1, "seconds": 1.5}
+    assert stitch["input"]["done_by"]["1"] == {"worker": "host:1", "model_loads": 1, "seconds": 1.5, "styler": None}
     assert replay.custom_status["stage"] == "stitching"
     outputs = {"video": "clip.identity.mp4", "preview": "p.png", "report": "r.json"}
     replay.complete(stitch, outputs)

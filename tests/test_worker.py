@@ -16,7 +16,7 @@ from gpu_job.command import WorkerOptions, worker_command
 from gpu_job.worker import ModelCache
 from media import frame_timestamps, make_clip
 from shared.config import Settings
-from shared.messages import BatchMessage, BatchResult
+from shared.messages import BatchMessage, BatchResult, ModelSpec
 from shared.plan import plan_batches
 from shared.probe import probe
 from shared.split import split_video
@@ -39,9 +39,11 @@ def _messages(batches, sources, folder: Path, model: str) -> list[BatchMessage]:
 
 def test_model_cache_loads_each_model_once_and_drops_the_least_recent():
     loaded = []
-    cache = ModelCache(lambda spec: loaded.append(spec) or spec.upper(), capacity=2)
-    assert [cache.get(spec) for spec in ("a", "a", "b", "a", "c", "a", "b")] == ["A", "A", "B", "A", "C", "A", "B"]
+    cache = ModelCache(lambda spec: loaded.append(spec.model) or spec.model.upper(), capacity=2)
+    specs = [ModelSpec(name) for name in ("a", "a", "b", "a", "c", "a", "b")]
+    assert [cache.get(spec) for spec in specs] == ["A", "A", "B", "A", "C", "A", "B"]
     assert loaded == ["a", "b", "c", "b"] and cache.loads == 4
+    assert cache.get(ModelSpec("b", precision="fp32")) == "B" and cache.loads == 5, "another precision is another model"
 
 
 def test_stdio_worker_styles_many_batches_with_one_model_load(segments, tmp_path):
@@ -49,7 +51,7 @@ def test_stdio_worker_styles_many_batches_with_one_model_load(segments, tmp_path
     messages = _messages(batches, sources, tmp_path, "random")
     messages.append(replace(messages[0], model="identity", styled=str(tmp_path / "identity.mp4")))
     lines = "".join(message.to_json() + "\n" for message in messages) + "not json\n"
-    command = worker_command(WorkerOptions(threads=1), stdio=True, preload="random")
+    command = worker_command(WorkerOptions(threads=1), stdio=True, preload=ModelSpec("random"))
     done = subprocess.run(command, input=lines, capture_output=True, text=True, timeout=120)
     assert done.returncode == 0, done.stderr
     events = [json.loads(line) for line in done.stdout.splitlines()]

@@ -1,0 +1,75 @@
+"""Uploads that name a style picture (metadata ``style_image``), against a real Azurite."""
+
+from __future__ import annotations
+
+import asyncio
+import io
+import json
+
+import pytest
+from azure.storage.blob import BlobServiceClient
+from PIL import Image
+
+from durable_replay import ReplayClient
+from function_app.upload import start_job, style_for
+from shared.config import Settings
+
+LIMITS = Settings(batch_frames=20, max_attempts=2)
+
+
+@pytest.fixture()
+def service(azurite, monkeypatch) -> BlobServiceClient:
+    monkeypatch.setenv(LIMITS.storage_connection, azurite)
+    client = BlobServiceClient.from_connection_string(azurite)
+    for container in (LIMITS.input_container, LIMITS.output_container, LIMITS.styles_container):
+        if not client.get_container_client(container).exists():
+            client.create_container(container)
+    return client
+
+
+def _png() -> bytes:
+    buffer = io.BytesIO()
+    Image.new("RGB", (64, 48), (200, 80, 20)).save(buffer, format="PNG")
+    return buffer.getvalue()
+
+
+def _upload(service: BlobServiceClient, name: str, metadata: dict[str, str]):
+    blob = service.get_blob_client(LIMITS.input_container, name)
+    blob.upload_blob(b"video bytes", overwrite=True, metadata=metadata)
+    return blob
+
+
+def _error(service: BlobServiceClient, name: str) -> str:
+    return json.loads(service.get_blob_client(LIMITS.output_container, name).download_blob().readall())["error"]
+
+
+def test_style_rules_with_a_style_image():
+    assert style_for("clip.mp4", {"style_image": "monet.jpg"}, "starry") == "arbitrary"
+    assert style_for("starry+ember/clip.mp4", {}, "candy") == "starry+ember"
+    assert style_for("clip.mp4", {"Style": "fauve"}, "starry") == "fauve"
+
+
+def test_upload_naming_a_picture_starts_a_job_that_carries_it(service):
+    service.get_blob_client(LIMITS.styles_container, "paintings/monet.png").upload_blob(_png(), overwrite=True)
+    client = ReplayClient()
+    instance = asyncio.run(start_job(_upload(service, "trip.mp4", {"style_image": "paintings/monet.png"}), client, LIMITS))
+    assert instance is not None
+    (_, _, job), = client.started
+    assert job["style"] == "arbitrary" and job["style_image"] == "paintings/monet.png"
+
+
+@pytest.mark.parametrize("metadata, error_blob, reason", [
+    ({"style_image": "nowhere.jpg"}, "clip.arbitrary.error.json", "style image nowhere.jpg: no such blob in container styles"),
+    ({"style_image": "notes.jpg"}, "clip.arbitrary.error.json", "style image notes.jpg: not a picture Pillow can read"),
+    ({"style": "arbitrary"}, "clip.arbitrary.error.json", "style 'arbitrary' needs metadata style_image="),
+    ({"style": "starry", "style_image": "paintings/monet.png"}, "clip.starry.error.json", "goes with style 'arbitrary'"),
+])
+def test_bad_style_picture_refuses_the_upload_with_a_report(metadata, error_blob, reason, service):
+    service.get_blob_client(LIMITS.styles_container, "notes.jpg").upload_blob(b"plain text, not a picture", overwrite=True)
+    service.get_blob_client(LIMITS.styles_container, "paintings/monet.png").upload_blob(_png(), overwrite=True)
+    client = ReplayClient()
+    blob = _upload(service, "clip.mp4", metadata)
+    assert asyncio.run(start_job(blob, client, LIMITS)) is None
+    assert client.started == []
+    assert reason in _error(service, error_blob)
+    assert blob.download_blob().readall() == b"video bytes", "the input is never changed"
