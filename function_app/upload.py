@@ -7,7 +7,6 @@ import logging
 import posixpath
 
 import azure.durable_functions as df
-import azure.functions as func
 import azurefunctions.extensions.bindings.blob as blob_binding
 from azure.storage.blob import BlobClient
 

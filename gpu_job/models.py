@@ -13,6 +13,7 @@ Model families:
 from __future__ import annotations
 
 import hashlib
+import os
 import io
 import importlib.resources
 import re
@@ -22,6 +23,8 @@ import tempfile
 import urllib.request
 import warnings
 import zipfile
+from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -190,31 +193,62 @@ def load_styler(
     weights = parse_blend(resolved)
     if weights is not None:
         return multistyle_styler(weights, device_type, precision, style_strength, threads)
-    module, style = (random_transformer(), "random") if resolved == "random" else (load_transformer(resolved), Path(resolved).stem)
-    return transformer_styler(module, style, device_type, precision, style_strength, threads)
+    if resolved == "random":
+        weights = TransformerWeights("random", f"random-seed{RANDOM_SEED}-gain{RANDOM_OUTPUT_GAIN:g}", random_transformer)
+    else:
+        digest = hashlib.sha256(Path(resolved).read_bytes()).hexdigest()[:32]
+        weights = TransformerWeights(Path(resolved).stem, digest, lambda: load_transformer(resolved))
+    return transformer_styler(weights, device_type, cache_dir, precision, style_strength, threads)
 
 
-def transformer_styler(module: TransformerNet, style: str, device: str, precision: str = "auto",
-                       strength: float = 1.0, threads: int | None = None) -> FrameStyler:
-    """A pytorch/examples TransformerNet: OpenVINO on CPU, PyTorch on CUDA. It takes and gives 0..255 NCHW."""
+@dataclass(frozen=True)
+class TransformerWeights:
+    """A TransformerNet to run: its style name, a key naming its weights exactly, and how to build it."""
+
+    style: str
+    key: str
+    build: Callable[[], TransformerNet]
+
+
+def converted_transformer(weights: TransformerWeights, cache_dir: Path) -> Path:
+    """The network in OpenVINO's format, converted once and kept in the cache under its weights' key.
+
+    Converting means importing PyTorch and tracing the network (about 3 s here); later workers read
+    the file instead. The OpenVINO version is part of the name: another version may not read it.
+    """
+    import openvino as ov
+
+    target = cache_dir / "openvino" / f"{weights.key}-ov{ov.__version__.split('-')[0]}.xml"
+    if target.exists():
+        return target
     import torch
 
-    if device == "cpu":
-        import openvino as ov
+    with torch.no_grad(), warnings.catch_warnings():
+        warnings.simplefilter("ignore", torch.jit.TracerWarning)  # instance norm's size check, true for any frame
+        warnings.simplefilter("ignore", DeprecationWarning)  # OpenVINO converts through torch.jit.trace
+        converted = ov.convert_model(weights.build().eval(), example_input=torch.zeros(1, 3, 64, 64))
+    target.parent.mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory(dir=target.parent) as scratch:
+        written = Path(scratch) / target.name
+        ov.save_model(converted, written, compress_to_fp16=False)
+        os.replace(written.with_suffix(".bin"), target.with_suffix(".bin"))
+        os.replace(written, target)  # the .xml last: once it is there, both files are whole
+    return target
 
-        with torch.no_grad(), warnings.catch_warnings():
-            warnings.simplefilter("ignore", torch.jit.TracerWarning)  # instance norm's size check, true for any frame
-            warnings.simplefilter("ignore", DeprecationWarning)  # OpenVINO converts through torch.jit.trace
-            converted = ov.convert_model(module.eval(), example_input=torch.zeros(1, 3, 64, 64))
-        engine = openvino_engine(converted, precision, threads)
+
+def transformer_styler(weights: TransformerWeights, device: str, cache_dir: Path, precision: str = "auto",
+                       strength: float = 1.0, threads: int | None = None) -> FrameStyler:
+    """A pytorch/examples TransformerNet: OpenVINO on CPU, PyTorch on CUDA. It takes and gives 0..255 NCHW."""
+    if device == "cpu":
+        engine = openvino_engine(str(converted_transformer(weights, cache_dir)), precision, threads)
     else:
-        engine = torch_engine(module, device, precision)
+        engine = torch_engine(weights.build(), device, precision)
 
     def network(frames: np.ndarray) -> np.ndarray:
         x = np.ascontiguousarray(frames.transpose(0, 3, 1, 2), dtype=np.float32)
         return engine.run(x).transpose(0, 2, 3, 1)
 
-    return FrameStyler(network, {"model": "transformer_net", "style": style, **engine.describe(), "strength": strength}, strength)
+    return FrameStyler(network, {"model": "transformer_net", "style": weights.style, **engine.describe(), "strength": strength}, strength)
 
 
 def multistyle_styler(weights: dict[str, float], device: str, precision: str = "auto",

@@ -87,3 +87,24 @@ def azurite(tmp_path_factory):
     except subprocess.TimeoutExpired:
         process.kill()
         process.wait()
+
+
+def empty_storage(settings, containers: list[str]) -> tuple:
+    """On the Azurite that ``settings``' connection names: the containers (created if missing) and the
+    worker queues, created or emptied. Returns (blob service, {queue name: client})."""
+    from azure.core.exceptions import ResourceExistsError
+
+    from shared.storage import blob_service, queue_client
+
+    service = blob_service(settings)
+    for container in containers:
+        if not service.get_container_client(container).exists():
+            service.create_container(container)
+    queues = {}
+    for name in (settings.batch_queue, settings.result_queue, settings.poison_queue):
+        queues[name] = queue_client(settings, name)
+        try:
+            queues[name].create_queue()
+        except ResourceExistsError:
+            queues[name].clear_messages()
+    return service, queues

@@ -3,6 +3,8 @@ from __future__ import annotations
 import hashlib
 import http.server
 import io
+import subprocess
+import sys
 import threading
 import zipfile
 from pathlib import Path
@@ -11,7 +13,8 @@ import numpy as np
 import pytest
 import torch
 
-from gpu_job.models import PRETRAINED_STYLES, ModelUnavailableError, load_styler, load_transformer, random_transformer, resolve_model, transformer_styler
+from gpu_job.models import (PRETRAINED_STYLES, ModelUnavailableError, TransformerWeights, load_styler, load_transformer, random_transformer,
+                            resolve_model, transformer_styler)
 from shared.errors import PipelineError
 
 
@@ -33,7 +36,23 @@ def test_examples_checkpoint_with_legacy_keys_gives_same_output(tmp_path):
     frames = np.random.default_rng(0).integers(0, 256, size=(2, 36, 52, 3), dtype=np.uint8)
     loaded = load_styler(str(path), "cpu", tmp_path, precision="fp32")
     assert loaded.describe()["style"] == "style"
-    assert np.array_equal(transformer_styler(model, "in memory", "cpu", "fp32")(frames), loaded(frames))
+    in_memory = TransformerWeights("in memory", "in-memory-seed7", lambda: model)
+    assert np.array_equal(transformer_styler(in_memory, "cpu", tmp_path / "elsewhere", "fp32")(frames), loaded(frames))
+
+
+def test_converted_network_is_cached_and_read_back_without_torch(tmp_path):
+    frames = np.random.default_rng(2).integers(0, 256, size=(1, 36, 52, 3), dtype=np.uint8)
+    np.save(tmp_path / "frames.npy", frames)
+    first = load_styler("random", "cpu", tmp_path, precision="fp32")(frames)
+    cached = list((tmp_path / "openvino").glob("random-*.xml"))
+    assert len(cached) == 1 and cached[0].with_suffix(".bin").stat().st_size > 1_000_000
+    code = ("import sys, numpy as np; from pathlib import Path; from gpu_job.models import load_styler; folder = Path(sys.argv[1]); "
+            "styled = load_styler('random', 'cpu', folder, precision='fp32')(np.load(folder / 'frames.npy')); "
+            "np.save(folder / 'again.npy', styled); print('torch' in sys.modules)")
+    again = subprocess.run([sys.executable, "-c", code, str(tmp_path)], capture_output=True, text=True, timeout=120)
+    assert again.returncode == 0, again.stderr
+    assert again.stdout.strip() == "False", "a converted network is read back without importing PyTorch"
+    assert np.array_equal(np.load(tmp_path / "again.npy"), first)
 
 
 def test_random_model_is_seeded_and_changes_frames(tmp_path):
