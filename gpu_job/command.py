@@ -19,8 +19,8 @@ class WorkerOptions:
     device: str = "auto"
     batch_size: int = 0
     """Frames per forward pass; 0 picks by device."""
-    crf: int = 18
-    preset: str = "medium"
+    crf: int = Settings.crf
+    preset: str = Settings.preset
     threads: int | None = None
     """CPU threads for PyTorch; None keeps its default."""
 

@@ -19,6 +19,7 @@ import av
 import numpy as np
 
 from shared.atomic import atomic_path
+from shared.config import Settings
 from shared.errors import PipelineError
 from shared.split import muxer_options
 
@@ -30,8 +31,8 @@ RESAMPLING = "LANCZOS"
 @dataclass(frozen=True)
 class EncoderSettings:
     codec: str = "libx264"
-    crf: int = 18
-    preset: str = "medium"
+    crf: int = Settings.crf
+    preset: str = Settings.preset
 
 
 @dataclass(frozen=True)
