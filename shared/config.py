@@ -24,9 +24,9 @@ class Settings:
     precision: str = "auto"
     """Inference precision: ``auto`` (each engine's fastest measured: bf16 on CPUs that have it, fp16 on CUDA) or ``fp32``."""
     crf: int = 18
-    preset: str = "veryfast"
-    """x264 preset of styled segments. On a 2-core CPU, ``medium`` slowed styling by a third (the encoder
-    competes with inference for the cores) for 0.5 dB more RGB PSNR at the same CRF (bench/RESULTS.md)."""
+    preset: str = "medium"
+    """x264 preset of styled segments. ``veryfast`` hides encoding behind inference on a 2-core CPU (``medium``
+    competes with it for the cores) but loses about 0.5 dB RGB PSNR at the same CRF (bench/RESULTS.md)."""
     model_cache_dir: Path = _default_cache()
     default_style: str = "starry"
     # Upload limits, checked before any work is queued
