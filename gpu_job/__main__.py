@@ -10,9 +10,11 @@ from fractions import Fraction
 from pathlib import Path
 
 from shared.config import Settings
-from shared.errors import PipelineError
+from shared.errors import InvalidInputError, PipelineError
 
 AUTO_BATCH = {"cpu": 1, "cuda": 8}
+INVALID_INPUT = 2
+"""Exit status for an error that will repeat (a damaged or unreadable segment): launchers do not retry it."""
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -30,6 +32,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--threads", type=int, default=None, help="CPU threads for PyTorch")
     parser.add_argument("--crf", type=int, default=settings.crf)
     parser.add_argument("--preset", default=settings.preset)
+    parser.add_argument("--keep-10bit", action="store_true", help="10-bit output for sources of more than 8 bits (default: 8-bit)")
     parser.add_argument("--cache-dir", type=Path, default=settings.model_cache_dir)
     parser.add_argument("--progress", action="store_true", help="print one JSON line per encoded batch of frames")
     args = parser.parse_args(argv)
@@ -65,13 +68,16 @@ def main(argv: list[str] | None = None) -> int:
             end=None if args.end_pts is None else args.end_pts * args.time_base,
             expected_frames=args.frames,
             batch_size=args.batch_size or AUTO_BATCH[device.type],
-            encoder=EncoderSettings(crf=args.crf, preset=args.preset),
+            encoder=EncoderSettings(crf=args.crf, preset=args.preset, keep_10bit=args.keep_10bit),
             on_frames=report,
         )
+    except InvalidInputError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return INVALID_INPUT
     except PipelineError as exc:
         print(f"error: {exc}", file=sys.stderr)
-        return 2
-    print(json.dumps({"event": "done", "frames": result.frames, "seconds": round(result.seconds, 3),
+        return 1
+    print(json.dumps({"event": "done", "frames": result.frames, "skipped": result.skipped, "seconds": round(result.seconds, 3),
                       "infer_seconds": round(result.infer_seconds, 3), "device": str(device), "pid": os.getpid()}), flush=True)
     return 0
 

@@ -22,6 +22,7 @@ class ScorerOptions:
     crf: int = 18
     preset: str = "medium"
     threads: int | None = None
+    keep_10bit: bool = False
 
 
 def scorer_args(input_path: str, output_path: str, batch: Batch, options: ScorerOptions, progress: bool = False) -> list[str]:
@@ -41,6 +42,8 @@ def scorer_args(input_path: str, output_path: str, batch: Batch, options: Scorer
         args += ["--end-pts", str(batch.end_pts)]
     if options.threads:
         args += ["--threads", str(options.threads)]
+    if options.keep_10bit:
+        args.append("--keep-10bit")
     if progress:
         args.append("--progress")
     return args
