@@ -15,7 +15,8 @@ def build_parser(settings: Settings) -> argparse.ArgumentParser:
     commands = parser.add_subparsers(dest="command", required=True)
     run = commands.add_parser("run", help="style INPUT into OUTPUT, keeping every frame and the original sound")
     run.add_argument("input", type=Path)
-    run.add_argument("output", type=Path, help="styled video to write (.mp4, .mov, .m4v or .mkv)")
+    run.add_argument("output", type=Path, help="styled video to write (.mp4, .m4v, .mov or .mkv; if it cannot hold the input's tracks, "
+                                                "another container is used and named on stderr)")
     run.add_argument("--model", default=settings.default_style,
                      help="candy, mosaic, rain_princess, udnie, a .pth checkpoint, identity or random (default: %(default)s)")
     run.add_argument("--fallback-model", default=None, help="model to use, with a warning, if --model cannot be fetched")
@@ -24,6 +25,8 @@ def build_parser(settings: Settings) -> argparse.ArgumentParser:
     run.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto")
     run.add_argument("--report", type=Path, default=None, help="JSON report path (default: OUTPUT.report.json beside OUTPUT)")
     run.add_argument("--work-dir", type=Path, default=None, help="where batch segments are kept while running (default: system temp)")
+    run.add_argument("--keep-10bit", action="store_true",
+                     help="write 10-bit output for sources of more than 8 bits (default: 8-bit; HDR is tone-mapped to SDR either way)")
     return parser
 
 
@@ -38,7 +41,7 @@ def main(argv: list[str] | None = None) -> int:
 
     request = RunRequest(
         input=args.input, output=args.output, model=args.model, batch_frames=args.batch_frames, workers=args.workers,
-        device=args.device, report=args.report, fallback_model=args.fallback_model, work_dir=args.work_dir,
+        device=args.device, report=args.report, fallback_model=args.fallback_model, work_dir=args.work_dir, keep_10bit=args.keep_10bit,
     )
     try:
         report = run(request, settings)
@@ -54,7 +57,7 @@ def main(argv: list[str] | None = None) -> int:
     summary = report.to_dict()
     print(f"styled {summary['frames']} frames in {summary['seconds']:.1f} s ({summary['fps']:.2f} frames/s) "
           f"with model {report.model['used']}", file=sys.stderr)
-    print(f"output:  {request.output}\npreview: {request.preview_path}\nreport:  {request.report_path}")
+    print(f"output:  {report.output}\npreview: {request.preview_path}\nreport:  {request.report_path}")
     return 0
 
 

@@ -9,28 +9,32 @@ from __future__ import annotations
 import json
 import os
 import subprocess
+import sys
 import tempfile
 import threading
 import time
 from collections.abc import Callable, Sequence
 from concurrent.futures import FIRST_EXCEPTION, ThreadPoolExecutor, wait
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 from tqdm import tqdm
 
 from gpu_job.command import ScorerOptions, local_command, scorer_args
+from shared.colour import plan_colour
 from shared.config import Settings
+from shared.containers import MUXERS, NOT_WRITTEN, ContainerChoice, output_container
 from shared.errors import BatchFailedError, InvalidInputError, PipelineError
 from shared.plan import Batch, plan_batches
 from shared.preview import write_preview
-from shared.probe import probe
+from shared.probe import VideoInfo, probe
 from shared.report import BatchRecord, RunReport
 from shared.split import split_video
-from shared.split import MP4_FAMILY
-from shared.stitch import stitch
+from shared.stitch import skipped_frames, skipped_note, stitch
 
-OUTPUT_SUFFIXES = (MP4_FAMILY - {".m4a"}) | {".mkv"}
+OUTPUT_SUFFIXES = sorted({*MUXERS, *NOT_WRITTEN})
+SCORER_INVALID_INPUT = 2
+"""The scorer's exit status for an error that will repeat: not retried."""
 
 Launcher = Callable[[list[str]], subprocess.Popen]
 
@@ -50,6 +54,7 @@ class RunRequest:
     report: Path | None = None
     fallback_model: str | None = None
     work_dir: Path | None = None
+    keep_10bit: bool = False
 
     @property
     def report_path(self) -> Path:
@@ -60,15 +65,19 @@ class RunRequest:
         return self.output.with_name(f"{self.output.stem}.preview.png")
 
 
-def check_request(request: RunRequest) -> None:
+def check_request(request: RunRequest, info: VideoInfo) -> tuple[RunRequest, ContainerChoice]:
+    """Refuse what cannot run; returns the request with its output in a container that holds the input's tracks."""
     if request.output.suffix.lower() not in OUTPUT_SUFFIXES:
-        raise InvalidInputError(f"{request.output}: output must end in one of {', '.join(sorted(OUTPUT_SUFFIXES))}")
-    if request.output.exists() and request.input.exists() and request.output.resolve() == request.input.resolve():
+        raise InvalidInputError(f"{request.output}: output must end in one of {', '.join(OUTPUT_SUFFIXES)}")
+    if request.batch_frames <= 0 or request.workers <= 0:
+        raise InvalidInputError("--batch-frames and --workers must be positive")
+    container = output_container(info, request.output.suffix)
+    request = replace(request, output=request.output.with_suffix(container.suffix))
+    if request.output.exists() and request.output.resolve() == request.input.resolve():
         raise InvalidInputError(f"{request.output}: output would overwrite the input")
     if request.output.is_dir():
         raise InvalidInputError(f"{request.output}: is a directory")
-    if request.batch_frames <= 0 or request.workers <= 0:
-        raise InvalidInputError("--batch-frames and --workers must be positive")
+    return request, container
 
 
 def resolve_with_fallback(request: RunRequest, settings: Settings) -> dict:
@@ -87,33 +96,42 @@ def resolve_with_fallback(request: RunRequest, settings: Settings) -> dict:
 
 
 def run(request: RunRequest, settings: Settings, launcher: Launcher = launch_scorer) -> RunReport:
-    check_request(request)
+    """Style ``request.input``; the report's ``output`` names the file written (its container may differ from the one asked for)."""
     started = time.perf_counter()
     info = probe(request.input)
+    request, container = check_request(request, info)
+    notes = [*container.notes, *filter(None, [plan_colour(info.colour, info.height, request.keep_10bit).note()])]
+    for note in notes:
+        tqdm.write(f"note: {note}", file=sys.stderr)
     model = resolve_with_fallback(request, settings)
     report = RunReport(
         input=info.summary(), output=str(request.output), model=model, device=request.device,
-        batch_frames=request.batch_frames, workers=request.workers,
+        batch_frames=request.batch_frames, workers=request.workers, notes=notes,
     )
     batches = plan_batches(info, request.batch_frames)
     report.batches = [BatchRecord(b.index, b.first_frame, b.frame_count) for b in batches]
     options = ScorerOptions(
         model=model["path"], device=request.device, batch_size=settings.infer_batch, crf=settings.crf,
-        preset=settings.preset, threads=max(1, (os.cpu_count() or 1) // request.workers),
+        preset=settings.preset, threads=max(1, (os.cpu_count() or 1) // request.workers), keep_10bit=request.keep_10bit,
     )
     with tempfile.TemporaryDirectory(prefix="stylize-", dir=request.work_dir) as scratch:
         work = Path(scratch)
         with report.stage("split"):
-            parts = split_video(info, batches, work / "segments")
+            parts = split_video(info, batches, work / "segments", container)
         styled = [work / "styled" / f"{b.name}.mp4" for b in batches]
         with report.stage("score"), tqdm(total=info.frame_count, unit="frame", desc="styling", disable=None) as bar:
             pool = _BatchPool(options, settings.max_attempts, launcher, bar)
             pool.run(batches, parts.segments, styled, report.batches, request.workers)
         with report.stage("stitch"):
-            stitch(styled, parts.audio, request.output)
+            skipped = skipped_frames(batches, styled, parts.segments.__getitem__)
+            stitch(styled, parts.tracks, request.output)
         with report.stage("preview"):
             write_preview(batches, parts.segments, styled, request.preview_path)
-    report.frames = info.frame_count
+    report.skipped_frames = [round(float(t), 6) for t in skipped]
+    if skipped:
+        report.notes.append(skipped_note(skipped, info.frame_count))
+        tqdm.write(f"note: {report.notes[-1]}", file=sys.stderr)
+    report.frames = info.frame_count - len(skipped)
     report.seconds = round(time.perf_counter() - started, 4)
     report.status = "succeeded"
     report.write(request.report_path)
@@ -147,18 +165,20 @@ class _BatchPool:
         while not self.cancelled.is_set():
             record.attempts += 1
             began = time.perf_counter()
-            error, frames_reported = self._attempt(command)
+            error, frames_reported, code = self._attempt(command)
             record.seconds = round(time.perf_counter() - began, 4)
             if error is None:
                 return
             record.errors.append(error)
             self.bar.update(-frames_reported)
+            if code == SCORER_INVALID_INPUT:
+                raise InvalidInputError(f"{batch.name}: {error.removeprefix('error: ')}")
             if record.attempts >= self.max_attempts:
                 raise BatchFailedError(f"{batch.name} (frames {batch.first_frame}-{batch.first_frame + batch.frame_count - 1}) failed {record.attempts} times; last error: {error}")
             tqdm.write(f"warning: {batch.name} attempt {record.attempts} failed ({error}); retrying")
 
-    def _attempt(self, command: list[str]) -> tuple[str | None, int]:
-        """Run one scorer process: (None on success else a one-line reason, frames it reported)."""
+    def _attempt(self, command: list[str]) -> tuple[str | None, int, int]:
+        """Run one scorer process: (None on success else a one-line reason, frames it reported, exit status)."""
         process = self.launcher(command)
         with self.lock:
             self.running.add(process)
@@ -176,9 +196,9 @@ class _BatchPool:
         with self.lock:
             self.running.discard(process)
         if code == 0:
-            return None, frames
+            return None, frames, code
         last = next((line.strip() for line in reversed(stderr_lines) if line.strip()), "")
-        return last or f"scorer exited with code {code}", frames
+        return last or f"scorer exited with code {code}", frames, code
 
 
 def _parse_event(line: str) -> dict:

@@ -26,7 +26,7 @@ class Settings:
     model_cache_dir: Path = _default_cache()
     default_style: str = "candy"
     # Upload limits, checked before any work is queued
-    allowed_extensions: tuple[str, ...] = (".mp4", ".mov", ".m4v", ".mkv", ".webm", ".avi")
+    allowed_extensions: tuple[str, ...] = (".mp4", ".mov", ".m4v", ".mkv", ".webm", ".avi", ".ts", ".mts", ".m2ts")
     max_upload_bytes: int = 4 * 1024**3
     max_duration_s: float = 3600.0
     max_width: int = 3840

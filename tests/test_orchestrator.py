@@ -14,7 +14,7 @@ PLAN = {
          "time_base": "1/25", "first_gop": i, "last_gop": i}
         for i in range(3)
     ],
-    "frames": 30, "audio_blob": "jobs/job-1/audio.m4a", "video": {},
+    "frames": 30, "tracks_blob": "jobs/job-1/tracks.mp4", "video": {},
 }
 
 
