@@ -11,7 +11,7 @@ import pytest
 from media import frame_timestamps, make_clip
 from runner.local import RunRequest, launch_scorer, run
 from shared.config import Settings
-from shared.errors import BatchFailedError
+from shared.errors import BatchFailedError, InvalidInputError
 
 
 def _failing_launcher(fail_batch: str, times: int):
@@ -49,3 +49,18 @@ def test_batch_failing_every_attempt_fails_the_run_without_output(clip, tmp_path
         run(request, Settings(max_attempts=2), launcher=launcher)
     assert len(failures) == 2
     assert not request.output.exists() and not request.preview_path.exists()
+
+
+def test_scorer_error_that_will_repeat_is_not_retried(clip, tmp_path):
+    """The scorer exits 2 for an error that will repeat (a segment that cannot be decoded): the run fails at once, as bad input."""
+    calls = []
+
+    def launch(command: list[str]) -> subprocess.Popen:
+        calls.append(command)
+        return launch_scorer([sys.executable, "-c", "import sys; sys.stderr.write('error: batch-00000.mp4: none of its 20 frames decodes\\n'); sys.exit(2)"])
+
+    request = RunRequest(input=clip, output=tmp_path / "out.mp4", model="identity", batch_frames=20)
+    with pytest.raises(InvalidInputError, match=r"^batch-00000: batch-00000.mp4: none of its 20 frames decodes$"):
+        run(request, Settings(max_attempts=3), launcher=launch)
+    assert sum("batch-00000" in " ".join(command) for command in calls) == 1, "retried an error that will repeat"
+    assert not request.output.exists()
