@@ -72,7 +72,8 @@ def check_request(request: RunRequest, info: VideoInfo) -> tuple[RunRequest, Con
     if request.batch_frames <= 0 or request.workers <= 0:
         raise InvalidInputError("--batch-frames and --workers must be positive")
     container = output_container(info, request.output.suffix)
-    request = replace(request, output=request.output.with_suffix(container.suffix))
+    if container.suffix != request.output.suffix.lower():
+        request = replace(request, output=request.output.with_suffix(container.suffix))
     if request.output.exists() and request.output.resolve() == request.input.resolve():
         raise InvalidInputError(f"{request.output}: output would overwrite the input")
     if request.output.is_dir():

@@ -2,8 +2,9 @@
 
 The styled video is H.264. Every audio and subtitle track of the input is stream-copied, so the
 output container must hold their codecs: the user's choice is kept where it does, otherwise the
-first container that does is used, and the reason is given in one line. Further video streams
-are kept where the chosen container holds them, and listed as dropped otherwise.
+first container that does is used, and the reason is given in one line. Should no container hold
+every subtitle track along with the audio, the subtitles it cannot hold are left out, and said so;
+audio no container holds is refused. Further video streams are kept where the container holds them.
 """
 
 from __future__ import annotations
@@ -83,7 +84,7 @@ def carries(suffix: str, track: TrackInfo, source_format: str) -> bool:
 class ContainerChoice:
     suffix: str
     tracks: list[TrackInfo]
-    """The tracks the output carries: every audio and subtitle track, and the further video streams it holds."""
+    """The tracks the output carries: every audio track, and the subtitle tracks and further video streams it can hold with them."""
     notes: list[str] = field(default_factory=list)
     """One line each: why the container differs from the one asked for, which streams are dropped."""
 
@@ -92,24 +93,29 @@ def output_container(info: VideoInfo, requested: str | None = None) -> Container
     """The container for the styled video of ``info``; ``requested`` is the suffix the user asked for, if any."""
     if segment_muxer(info.codec) is None:
         raise InvalidInputError(f"{info.path}: {info.codec} video cannot be cut into batches (no container here holds it)")
-    required = [track for track in info.tracks if track.kind != "video"]
+    audio = [track for track in info.tracks if track.kind == "audio"]
+    wanted = [track for track in info.tracks if track.kind != "video"]
     requested = requested.lower() if requested else None
-    candidates = (requested, *FALLBACK) if requested else PREFERENCE
-    fitting = [suffix for suffix in candidates if suffix in MUXERS and all(carries(suffix, t, info.format) for t in required)]
-    if not fitting:
-        raise InvalidInputError(f"{info.path}: no output container holds all of its tracks ({_codecs(required)})")
-    suffix = fitting[0]
+    candidates = [suffix for suffix in ((requested, *FALLBACK) if requested else PREFERENCE) if suffix in MUXERS]
+
+    def fitting(tracks: list[TrackInfo]) -> list[str]:
+        return [suffix for suffix in candidates if all(carries(suffix, t, info.format) for t in tracks)]
+
+    choices = fitting(wanted) or fitting(audio)
+    if not choices:
+        raise InvalidInputError(f"{info.path}: no output container holds all of its audio tracks ({_codecs(audio)})")
+    suffix = choices[0]
     notes = []
     if requested and suffix != requested:
-        unfit = [f"{STYLED_CODEC} video"] if requested not in MUXERS else [t for t in required if not carries(requested, t, info.format)]
+        unfit = [f"{STYLED_CODEC} video"] if requested not in MUXERS else [t for t in wanted if not carries(requested, t, info.format)]
         notes.append(f"{requested} cannot hold {_codecs(unfit)}; writing {suffix} instead")
-    kept = [t for t in info.tracks if t.kind != "video" or carries(suffix, t, info.format)]
+    kept = [t for t in info.tracks if t.kind == "audio" or carries(suffix, t, info.format)]
     dropped = [t for t in info.tracks if t not in kept]
     if dropped:
-        notes.append(f"{suffix} cannot hold video stream(s) {_streams(dropped)}; they are left out")
+        notes.append(f"{suffix} cannot hold {_streams(dropped)}; left out")
     extra_video = [t for t in kept if t.kind == "video"]
     if extra_video:
-        notes.append(f"only the first video stream is styled; video stream(s) {_streams(extra_video)} are copied unchanged")
+        notes.append(f"only the first video stream is styled; {_streams(extra_video)} copied unchanged")
     if info.ignored:
         notes.append(f"not carried: {', '.join(info.ignored)}")
     return ContainerChoice(suffix=suffix, tracks=kept, notes=notes)
@@ -122,4 +128,4 @@ def _codecs(items: Sequence) -> str:
 
 
 def _streams(tracks: Sequence[TrackInfo]) -> str:
-    return ", ".join(f"{t.index} ({t.codec})" for t in tracks)
+    return ", ".join(f"stream {t.index} ({t.codec} {KIND_NAMES[t.kind]})" for t in tracks)

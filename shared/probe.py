@@ -170,6 +170,9 @@ def _other_streams(path: Path, container, video) -> tuple[list[TrackInfo], list[
         if s.type not in COPIED_KINDS or cover:
             ignored.append(f"stream {s.index} ({'cover image' if cover else s.type})")
             continue
+        if s.codec_context is None and s.type == "subtitle":
+            ignored.append(f"stream {s.index} (subtitles in a format the bundled FFmpeg does not know)")
+            continue
         if s.codec_context is None:
             raise InvalidInputError(f"{path}: {s.type} stream {s.index} uses a codec the bundled FFmpeg does not know")
         ctx = s.codec_context

@@ -131,7 +131,7 @@ def test_several_video_streams_first_styled_others_copied(tmp_path, stylize_bin)
     second = [s for s in streams_of(output) if s["codec_type"] == "video"][1]
     assert second["codec_name"] == "mpeg4" and packets_of(output, second["index"]) == packets_of(source, 1)
     report = json.loads((tmp_path / "out.report.json").read_text())
-    assert any("only the first video stream is styled" in note and "1 (mpeg4)" in note for note in report["notes"]), report["notes"]
+    assert any("only the first video stream is styled" in note and "stream 1 (mpeg4 video)" in note for note in report["notes"]), report["notes"]
 
 
 def test_edit_list_delayed_audio_and_dropped_frames_keep_their_timing(tmp_path, stylize_bin):
@@ -225,3 +225,18 @@ def test_unreadable_input_is_refused_at_probe_time_in_one_line(kind, tmp_path, s
     lines = [line for line in result.stderr.splitlines() if line.strip()]
     assert len(lines) == 1 and lines[0].startswith("stylize: error:") and reason in lines[0], result.stderr
     assert not (tmp_path / "out").exists()
+
+
+def test_subtitles_in_a_format_ffmpeg_does_not_know_are_left_out_and_said(tmp_path, stylize_bin):
+    srt = tmp_path / "subtitles.srt"
+    srt.write_text(SUBTITLES)
+    clip = tmp_path / "known.mkv"
+    ffmpeg(*SOURCE, "-i", str(srt), "-i", str(srt), "-map", "0:v", "-map", "1:s", "-map", "2:s", "-c:v", "libx264", "-c:s:0", "srt",
+           "-c:s:1", "ass", str(clip))
+    data = clip.read_bytes()
+    assert data.count(b"S_TEXT/UTF8") == 1
+    source = _write(tmp_path / "odd.mkv", data.replace(b"S_TEXT/UTF8", b"S_TEXT/XXX8"))
+    result = _stylize(stylize_bin, source, tmp_path / "out.mkv")
+    assert result.returncode == 0, result.stderr
+    assert [s["codec_name"] for s in streams_of(tmp_path / "out.mkv")] == ["h264", "ass"]
+    assert "not carried: stream 1 (subtitles in a format the bundled FFmpeg does not know)" in result.stderr
