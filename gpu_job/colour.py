@@ -72,20 +72,16 @@ def tone_map(rgb16: np.ndarray, source: Colour) -> np.ndarray:
         nits = np.take(_pq_nits(), rgb16)
     elif source.transfer == HLG:
         scene = np.take(_hlg_scene(), rgb16)
-        nits = scene * (PEAK_NITS * np.power(np.maximum(_dot(scene, _LUMA_BT2020), 1e-6), 0.2))[..., None]
+        nits = scene * (PEAK_NITS * np.power(np.maximum(scene @ _LUMA_BT2020, 1e-6), 0.2))[..., None]
     else:
         raise ValueError(f"transfer {source.transfer} is not HDR")
-    matrix = _TO_BT709.get(source.primaries)
-    channels = [_dot(nits, row) for row in matrix] if matrix is not None else [nits[..., i] for i in range(3)]
-    relative = [np.maximum(channel, 0.0) * np.float32(1 / REFERENCE_WHITE_NITS) for channel in channels]
-    luminance = sum(weight * channel for weight, channel in zip(_LUMA_BT709, relative))
+    to_relative = _TO_BT709.get(source.primaries, np.eye(3, dtype=np.float32)) / np.float32(REFERENCE_WHITE_NITS)
+    relative = np.maximum(nits @ to_relative.T, 0.0)
+    luminance = relative @ _LUMA_BT709
     gain = np.divide(_compress(luminance, PEAK_NITS / REFERENCE_WHITE_NITS), luminance, out=np.zeros_like(luminance), where=luminance > 0)
-    sdr = _sdr_codes()
-    return np.stack([np.take(sdr, (np.minimum(channel * gain, 1.0) * 65535 + 0.5).astype(np.uint16)) for channel in relative], axis=-1)
-
-
-def _dot(pixels: np.ndarray, weights: np.ndarray) -> np.ndarray:
-    return pixels[..., 0] * weights[0] + pixels[..., 1] * weights[1] + pixels[..., 2] * weights[2]
+    relative *= gain[..., None]
+    np.minimum(relative, 1.0, out=relative)
+    return np.take(_sdr_codes(), (relative * 65535 + 0.5).astype(np.uint16))
 
 
 def _compress(luminance: np.ndarray, peak: float) -> np.ndarray:
