@@ -28,13 +28,17 @@ def main() -> None:
     import av
     import numpy as np
 
+    from gpu_job.colour import to_rgb
     from gpu_job.models import load_styler
-    from gpu_job.scorer import RESAMPLING
+    from shared.colour import plan_colour
     from shared.config import Settings
+    from shared.probe import stream_colour
 
     styler = load_styler(args.model, "cpu", Settings.from_env().model_cache_dir, threads=args.threads)
     with av.open(args.clip) as container:
-        frames = [f.to_ndarray(format="rgb24", interpolation=RESAMPLING) for f in container.decode(video=0)]
+        stream = container.streams.video[0]
+        plan = plan_colour(stream_colour(stream.codec_context), stream.codec_context.height)
+        frames = [to_rgb(f, plan) for f in container.decode(stream)]
     load_s = time.perf_counter() - began
     styled = time.perf_counter()
     for i in range(0, len(frames), args.batch):

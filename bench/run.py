@@ -5,7 +5,8 @@
 1. Cost per batch: a 20 s 256x144 clip (500 frames) as 20 batches of 25 against 1 batch of 500.
 2. A one-frame video: wall time, and where it goes (interpreter, imports, worker start, stages).
 3. ``stylize run`` against the bare model loop (bench/bare_loop.py: same decoder, styler and threads),
-   both timed as whole commands, on a 6 s clip at 256x144 and at 640x360.
+   both timed as whole commands, on a 6 s clip at 256x144 and at 640x360, with the default x264
+   preset (medium) and with veryfast.
 4. ``stylize run`` against the 2019 reference method (bench/reference_2019.py: JPEG per frame, eager
    fp32, batch 1, re-encode from images) on the same 6 s 256x144 clip.
 5. Peak memory (largest process RSS) for a 10 s and a 60 s clip: it must not grow with length.
@@ -39,14 +40,15 @@ def make_clip(path: Path, size: str, seconds: float, rate: int = 25, frames: int
     return path
 
 
-def timed(command: list[str]) -> tuple[float, str]:
+def timed(command: list[str], env: dict | None = None) -> tuple[float, str]:
     began = time.perf_counter()
-    done = subprocess.run(command, check=True, capture_output=True, text=True, stdin=subprocess.DEVNULL)
+    done = subprocess.run(command, check=True, capture_output=True, text=True, stdin=subprocess.DEVNULL, env=env)
     return time.perf_counter() - began, done.stdout
 
 
-def stylize(clip: Path, out: Path, model: str, batch_frames: int, workers: int = 1) -> tuple[float, dict]:
-    seconds, _ = timed([STYLIZE, "run", str(clip), str(out), "--model", model, "--batch-frames", str(batch_frames), "--workers", str(workers)])
+def stylize(clip: Path, out: Path, model: str, batch_frames: int, workers: int = 1, preset: str | None = None) -> tuple[float, dict]:
+    env = {**os.environ, "STYLIZE_PRESET": preset} if preset else None
+    seconds, _ = timed([STYLIZE, "run", str(clip), str(out), "--model", model, "--batch-frames", str(batch_frames), "--workers", str(workers)], env)
     return seconds, json.loads(out.with_name(f"{out.stem}.report.json").read_text())
 
 
@@ -99,6 +101,9 @@ def main() -> None:
                          f"styling alone {bare['model_s']:.1f} s ({bare['frames'] / bare['model_s']:.2f} frames/s)"))
             rows.append((f"6 s {size}: stylize run, 1 worker", f"{ours_s:.1f} s",
                          f"x{ours_s / bare_s:.3f} of the bare loop; x{ours_s / bare['model_s']:.3f} of styling alone"))
+            fast_s, _ = stylize(clip, work / f"fast-{size}.mp4", args.model, 240, preset="veryfast")
+            rows.append((f"6 s {size}: stylize run, 1 worker, STYLIZE_PRESET=veryfast", f"{fast_s:.1f} s",
+                         f"x{fast_s / bare_s:.3f} of the bare loop (the default x264 preset medium competes with inference for the cores)"))
             if size == "256x144":
                 reference_s, _ = timed([PYTHON, str(BENCH / "reference_2019.py"), str(clip), str(work / "reference.mp4"),
                                         "--threads", str(threads)])

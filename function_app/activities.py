@@ -15,7 +15,9 @@ from azure.storage.blob import BlobServiceClient
 
 from function_app.compute import ensure_workers
 from function_app.storage import output_names, write_error_report
+from shared.colour import plan_colour
 from shared.config import Settings
+from shared.containers import output_container
 from shared.errors import InvalidInputError
 from shared.messages import BatchMessage, styled_name
 from shared.plan import Batch, plan_batches
@@ -23,7 +25,7 @@ from shared.preview import sampled_batches, write_preview
 from shared.probe import VideoInfo, probe
 from shared.report import BatchRecord, RunReport, worker_stats
 from shared.split import split_video
-from shared.stitch import stitch
+from shared.stitch import skipped_frames, skipped_note, stitch
 from shared.storage import JobLayout, blob_service, close_job, download_file, queue_client, upload_file
 
 bp = df.Blueprint()
@@ -81,12 +83,15 @@ def split_job(job: dict, limits: Settings = settings) -> dict:
         local = download_file(service, limits.input_container, job["input_blob"], folder / f"input{Path(job['input_blob']).suffix}")
         info = probe(local)
         check_limits(info, limits)
+        container = output_container(info)
         batches = plan_batches(info, limits.batch_frames)
-        parts = split_video(info, batches, folder / "segments")
+        parts = split_video(info, batches, folder / "segments", container)
         for batch, segment in zip(batches, parts.segments):
             upload_file(service, limits.work_container, layout.segment(batch), segment)
-        audio_blob = upload_file(service, limits.work_container, f"{layout.root}/{parts.audio.name}", parts.audio) if parts.audio else None
-    return {"batches": [b.to_dict() for b in batches], "frames": info.frame_count, "audio_blob": audio_blob, "video": info.summary()}
+        tracks_blob = upload_file(service, limits.work_container, f"{layout.root}/{parts.tracks.name}", parts.tracks) if parts.tracks else None
+    notes = [*container.notes, *filter(None, [plan_colour(info.colour, info.height).note()])]
+    return {"batches": [b.to_dict() for b in batches], "frames": info.frame_count, "tracks_blob": tracks_blob, "video": info.summary(),
+            "output_suffix": container.suffix, "notes": notes}
 
 
 def enqueue_batches(request: dict, limits: Settings = settings) -> int:
@@ -108,25 +113,32 @@ def stitch_job(request: dict, limits: Settings = settings) -> dict:
     """Join the styled segments with the original audio; upload video, preview and report to the output container."""
     job, plan, layout = request["job"], request["plan"], JobLayout(request["job"]["job_id"])
     service = blob_service(limits)
-    names = output_names(job["input_blob"], job["style"])
+    names = output_names(job["input_blob"], job["style"], plan["output_suffix"])
     batches = [Batch.from_dict(item) for item in plan["batches"]]
     sampled = {position: layout.segment(batches[position]) for position in sampled_batches(batches)}
-    stitched = [*request["styled"], *([plan["audio_blob"]] if plan["audio_blob"] else [])]
+    stitched = [*request["styled"], *([plan["tracks_blob"]] if plan["tracks_blob"] else [])]
     needed = 2 * _blob_bytes(service, limits.work_container, stitched) + _blob_bytes(service, limits.work_container, list(sampled.values()))
     with scratch("stitch-", needed, names["video"]) as folder:
         styled = [download_file(service, limits.work_container, blob, folder / "styled" / Path(blob).name) for blob in request["styled"]]
-        audio = download_file(service, limits.work_container, plan["audio_blob"], folder / Path(plan["audio_blob"]).name) if plan["audio_blob"] else None
-        video = stitch(styled, audio, folder / "output.mp4")
-        sources = {position: download_file(service, limits.work_container, blob, folder / "segments" / posixpath.basename(blob))
-                   for position, blob in sampled.items()}
-        preview = write_preview(batches, sources, styled, folder / "preview.png")
+        tracks = download_file(service, limits.work_container, plan["tracks_blob"], folder / Path(plan["tracks_blob"]).name) if plan["tracks_blob"] else None
+        video = stitch(styled, tracks, folder / f"output{plan['output_suffix']}")
+
+        def segment(position: int) -> Path:
+            blob = layout.segment(batches[position])
+            local = folder / "segments" / posixpath.basename(blob)
+            return local if local.exists() else download_file(service, limits.work_container, blob, local)
+
+        skipped = skipped_frames(batches, styled, segment)
+        preview = write_preview(batches, {position: segment(position) for position in sampled}, styled, folder / "preview.png")
         done_by = {int(index): facts for index, facts in request["done_by"].items()}
         styler = next((facts["styler"] for facts in done_by.values() if facts.get("styler")), {})
         report = RunReport(input=plan["video"], output=names["video"],
                            model={"requested": job["style"], "used": job["style"], "style_image": job.get("style_image"), "styler": styler},
                            device="azureml" if limits.compute_backend == "azureml" else limits.compute_backend,
                            batch_frames=limits.batch_frames, workers=len({facts["worker"] for facts in done_by.values()}),
-                           frames=plan["frames"], status="succeeded")
+                           frames=plan["frames"] - len(skipped), status="succeeded",
+                           notes=plan["notes"] + ([skipped_note(skipped, plan["frames"])] if skipped else []),
+                           skipped_frames=[round(float(t), 6) for t in skipped])
         attempts = {int(index): count for index, count in request["attempts"].items()}
         report.batches = [BatchRecord(b["index"], b["first_frame"], b["frame_count"], seconds=done_by[b["index"]]["seconds"],
                                       attempts=attempts[b["index"]], worker=done_by[b["index"]]["worker"]) for b in plan["batches"]]

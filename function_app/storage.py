@@ -14,10 +14,13 @@ from shared.config import Settings
 from shared.storage import blob_service
 
 
-def output_names(input_blob: str, style: str) -> dict[str, str]:
-    """Output blob names for an input: ``holiday/trip.mp4`` styled ``candy`` -> ``holiday/trip.candy.mp4`` and friends."""
+def output_names(input_blob: str, style: str, suffix: str = ".mp4") -> dict[str, str]:
+    """Output blob names for an input: ``holiday/trip.mp4`` styled ``candy`` -> ``holiday/trip.candy.mp4`` and friends.
+
+    ``suffix`` is the container :func:`shared.containers.output_container` picked for the input's tracks.
+    """
     stem = posixpath.splitext(input_blob)[0]
-    return {"video": f"{stem}.{style}.mp4", "preview": f"{stem}.{style}.preview.png", "report": f"{stem}.{style}.report.json"}
+    return {"video": f"{stem}.{style}{suffix}", "preview": f"{stem}.{style}.preview.png", "report": f"{stem}.{style}.report.json"}
 
 
 def blob_trigger_source(settings: Settings) -> func.BlobSource:

@@ -57,6 +57,7 @@ def build_parser(settings: Settings) -> argparse.ArgumentParser:
     batch.add_argument("--end-pts", type=int, default=None, help="timestamp of the next batch's first frame (omit for the last batch)")
     batch.add_argument("--time-base", type=Fraction, required=True, help="unit of --start-pts and --end-pts, e.g. 1/30000")
     batch.add_argument("--frames", required=True, type=int, help="frames the batch must yield")
+    batch.add_argument("--keep-10bit", action="store_true", help="10-bit output for sources of more than 8 bits (default: 8-bit)")
     _add_worker_options(batch, settings)
     _add_model_options(batch)
     return parser
@@ -116,7 +117,8 @@ def _one_batch(worker, args: argparse.Namespace) -> int:
                   time_base=f"{time_base.numerator}/{time_base.denominator}", first_gop=0, last_gop=0)
     spec = _model_spec(args.model, args)
     message = BatchMessage(job_id="debug", batch=batch, attempt=1, model=spec.model, segment=str(args.input), styled=str(args.output),
-                           precision=spec.precision, style_image=spec.style_image, style_strength=spec.style_strength)
+                           precision=spec.precision, style_image=spec.style_image, style_strength=spec.style_strength,
+                           keep_10bit=args.keep_10bit)
     result = worker.style(message, args.input, args.output)
     print(json.dumps(result.to_dict()), flush=True)
     if result.succeeded:

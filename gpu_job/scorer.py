@@ -3,6 +3,10 @@
 Three stages run at once, linked by small bounded queues: a decoder thread, the model on the
 calling thread, and an encoder thread. Frames live only in memory, a few at a time, whatever the
 segment's length. The inference engines and FFmpeg release the GIL while they work, so the stages overlap.
+
+Colours follow the source (its matrix, range, primaries and transfer, see gpu_job/colour.py).
+A packet FFmpeg cannot decode is skipped, as the ffmpeg command line skips it: its frame is left
+out of the styled segment, and only such frames may be missing from it.
 """
 
 from __future__ import annotations
@@ -18,14 +22,17 @@ from pathlib import Path
 import av
 import numpy as np
 
+from gpu_job.colour import from_rgb, tag_encoder, to_rgb
 from shared.atomic import atomic_path
+from shared.colour import ColourPlan, plan_colour
 from shared.config import Settings
-from shared.errors import PipelineError
+from shared.decode import tolerant_frames
+from shared.errors import InvalidInputError
+from shared.probe import frame_times, stream_colour
 from shared.split import muxer_options
 
 _DONE = object()
-# Chroma is resampled going to RGB and back; Lanczos keeps about 4 dB more of it than swscale's default.
-RESAMPLING = "LANCZOS"
+SEGMENT_MUXER = "mp4"
 
 
 @dataclass(frozen=True)
@@ -33,6 +40,8 @@ class EncoderSettings:
     codec: str = "libx264"
     crf: int = Settings.crf
     preset: str = Settings.preset
+    keep_10bit: bool = False
+    """Encode 10-bit output when the source has more than 8 bits (else 8-bit)."""
 
 
 @dataclass(frozen=True)
@@ -40,25 +49,39 @@ class ScoreResult:
     frames: int
     seconds: float
     infer_seconds: float
+    skipped: int = 0
+    """Frames of the batch left out because FFmpeg could not decode them."""
 
     @property
     def fps(self) -> float:
         return self.frames / self.seconds if self.seconds else 0.0
 
 
-def _decode(path: Path, start: Fraction, end: Fraction | None, out: queue.Queue, stop: threading.Event) -> None:
-    """Put (pts, rotation, rgb frame) for frames shown at start <= t < end (seconds), in display order."""
+@dataclass
+class _Decoded:
+    """What the decoder saw: the times (seconds) of the frames it passed on, and the decode errors it skipped."""
+
+    shown: set[Fraction]
+    errors: list[str]
+
+
+def _decode(path: Path, start: Fraction, end: Fraction | None, plan: ColourPlan, out: queue.Queue, stop: threading.Event,
+            decoded: _Decoded) -> None:
+    """Put (pts, rotation, rgb frame) for frames shown at start <= t < end (seconds), in display order; record them in ``decoded``."""
     try:
         with av.open(str(path)) as container:
             stream = container.streams.video[0]
             stream.thread_type = "AUTO"
-            for frame in container.decode(stream):
+            for frame in tolerant_frames(container, stream, decoded.errors):
+                if frame.pts is None:
+                    raise InvalidInputError(f"{path.name}: FFmpeg decodes frames without timestamps from it")
                 shown_at = frame.pts * stream.time_base
                 if stop.is_set() or (end is not None and shown_at >= end):
                     break
                 if shown_at < start:
                     continue
-                out.put((frame.pts, frame.rotation, frame.to_ndarray(format="rgb24", interpolation=RESAMPLING)))
+                out.put((frame.pts, frame.rotation, to_rgb(frame, plan)))
+                decoded.shown.add(shown_at)
         out.put(_DONE)
     except BaseException as exc:  # handed to the consumer, which re-raises it
         out.put(exc)
@@ -74,12 +97,12 @@ def _items(source: queue.Queue) -> Iterator:
 class _Encoder(threading.Thread):
     """Encodes styled frames with their original timestamps into an MP4 segment."""
 
-    def __init__(self, tmp: Path, timing: tuple, settings: EncoderSettings, on_frames: Callable[[int], None] | None) -> None:
+    def __init__(self, tmp: Path, timing: tuple, settings: EncoderSettings, plan: ColourPlan, on_frames: Callable[[int], None] | None) -> None:
         super().__init__(daemon=True)
         self.inbox: queue.Queue = queue.Queue(maxsize=4)
         self.written = 0
         self.error: BaseException | None = None
-        self._tmp, self._settings, self._on_frames = tmp, settings, on_frames
+        self._tmp, self._settings, self._plan, self._on_frames = tmp, settings, plan, on_frames
         self._time_base, self._rate = timing
 
     def run(self) -> None:
@@ -97,7 +120,7 @@ class _Encoder(threading.Thread):
                 if container is None:
                     container, stream = self._open(frames.shape[2], frames.shape[1], rotation)
                 for pts, rgb in zip(pts_list, frames):
-                    frame = av.VideoFrame.from_ndarray(rgb, format="rgb24").reformat(format="yuv420p", interpolation=RESAMPLING)
+                    frame = from_rgb(rgb, self._plan)
                     frame.pts, frame.time_base = pts, self._time_base
                     container.mux(stream.encode(frame))
                 self.written += len(pts_list)
@@ -110,11 +133,12 @@ class _Encoder(threading.Thread):
                 container.close()
 
     def _open(self, width: int, height: int, rotation: int):
-        container = av.open(str(self._tmp), "w", options=muxer_options(self._tmp, Fraction(self._time_base)))
+        container = av.open(str(self._tmp), "w", format=SEGMENT_MUXER, options=muxer_options(SEGMENT_MUXER, Fraction(self._time_base)))
         stream = container.add_stream(self._settings.codec, rate=self._rate)
-        stream.width, stream.height, stream.pix_fmt = width, height, "yuv420p"
+        stream.width, stream.height, stream.pix_fmt = width, height, self._plan.output_pix_fmt
         stream.time_base = self._time_base
         stream.codec_context.time_base = self._time_base
+        tag_encoder(stream.codec_context, self._plan.output)
         # No B-frames: decode order equals display order, so independently encoded segments
         # join with strictly increasing decode timestamps whatever the frame timing.
         stream.codec_context.max_b_frames = 0
@@ -144,9 +168,14 @@ def score_segment(
     with av.open(str(src)) as source:
         stream = source.streams.video[0]
         timing = (stream.time_base, stream.guessed_rate or stream.average_rate or 25)
+        plan = plan_colour(stream_colour(stream.codec_context), stream.codec_context.height, encoder.keep_10bit)
+    planned = frame_times(src, start, end)
+    if len(planned) != expected_frames:
+        raise InvalidInputError(f"{src.name}: holds {len(planned)} frames in its range, the plan says {expected_frames}")
     with atomic_path(dst) as tmp:
-        writer = _Encoder(tmp, timing, encoder, on_frames)
-        reader = threading.Thread(target=_decode, args=(src, start, end, decoded, stop), daemon=True)
+        writer = _Encoder(tmp, timing, encoder, plan, on_frames)
+        seen = _Decoded(shown=set(), errors=[])
+        reader = threading.Thread(target=_decode, args=(src, start, end, plan, decoded, stop, seen), daemon=True)
         reader.start()
         writer.start()
         try:
@@ -168,9 +197,21 @@ def score_segment(
             reader.join()
         if writer.error:
             raise writer.error
-        if writer.written != expected_frames:
-            raise PipelineError(f"{src.name}: found {writer.written} frames in its range, expected {expected_frames}")
-    return ScoreResult(frames=writer.written, seconds=time.perf_counter() - started, infer_seconds=infer_seconds)
+        skipped = _check_decoded(src, seen, planned, writer.written)
+    return ScoreResult(frames=writer.written, seconds=time.perf_counter() - started, infer_seconds=infer_seconds, skipped=skipped)
+
+
+def _check_decoded(src: Path, decoded: _Decoded, planned: list[Fraction], written: int) -> int:
+    """Every planned frame was styled, or FFmpeg reported errors decoding the ones that were not; returns how many were not."""
+    shown = decoded.shown
+    if not shown <= set(planned) or written != len(shown):
+        raise InvalidInputError(f"{src.name}: decoded frames do not match the segment's packets")
+    skipped = len(planned) - len(shown)
+    if skipped and not decoded.errors:
+        raise InvalidInputError(f"{src.name}: {skipped} frames did not decode, yet FFmpeg reported no error")
+    if not shown:
+        raise InvalidInputError(f"{src.name}: none of its {len(planned)} frames decodes ({decoded.errors[0]})")
+    return skipped
 
 
 def _style_and_send(items: list, styler: Callable[[np.ndarray], np.ndarray], writer: _Encoder) -> float:

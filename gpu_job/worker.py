@@ -13,6 +13,7 @@ import socket
 import sys
 import time
 from collections import OrderedDict
+from dataclasses import replace
 from collections.abc import Callable
 from pathlib import Path
 from typing import TextIO
@@ -96,7 +97,8 @@ class Worker:
             styler = self.models.get(spec or message.model_spec)
             scored = score_segment(
                 segment, styled, styler, start=message.batch.start_time, end=message.batch.end_time,
-                expected_frames=message.batch.frame_count, batch_size=self.batch_size, encoder=self.encoder, on_frames=on_frames,
+                expected_frames=message.batch.frame_count, batch_size=self.batch_size, on_frames=on_frames,
+                encoder=replace(self.encoder, keep_10bit=message.keep_10bit),
             )
         except Exception as exc:  # reported to whoever sent the batch, which decides about retrying
             return BatchResult(**facts, succeeded=False, error=one_line(exc), retryable=not isinstance(exc, InvalidInputError),

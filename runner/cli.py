@@ -15,7 +15,8 @@ def build_parser(settings: Settings) -> argparse.ArgumentParser:
     commands = parser.add_subparsers(dest="command", required=True)
     run = commands.add_parser("run", help="style INPUT into OUTPUT, keeping every frame and the original sound")
     run.add_argument("input", type=Path)
-    run.add_argument("output", type=Path, help="styled video to write (.mp4, .mov, .m4v or .mkv)")
+    run.add_argument("output", type=Path, help="styled video to write (.mp4, .m4v, .mov or .mkv; if it cannot hold the input's tracks, "
+                                                "another container is used and named on stderr)")
     run.add_argument("--model", default=None,
                      help="a name `stylize styles` lists, a blend such as starry:0.7+ember:0.3, or a .pth checkpoint "
                           f"(default: {settings.default_style}, or arbitrary with --style-image)")
@@ -29,6 +30,8 @@ def build_parser(settings: Settings) -> argparse.ArgumentParser:
     run.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto")
     run.add_argument("--report", type=Path, default=None, help="JSON report path (default: OUTPUT.report.json beside OUTPUT)")
     run.add_argument("--work-dir", type=Path, default=None, help="where batch segments are kept while running (default: system temp)")
+    run.add_argument("--keep-10bit", action="store_true",
+                     help="write 10-bit output for sources of more than 8 bits (default: 8-bit; HDR is tone-mapped to SDR either way)")
     styles = commands.add_parser("styles", help="list every name --model accepts (name first), or draw them all on one frame")
     styles.add_argument("--sheet", nargs=2, type=Path, metavar=("FRAME_OR_VIDEO", "OUT.png"), default=None,
                         help="render every built-in style on a picture or a video's middle frame into one PNG")
@@ -75,7 +78,7 @@ def main(argv: list[str] | None = None) -> int:
     print(f"styled {summary['frames']} frames in {summary['seconds']:.1f} s ({summary['fps']:.2f} frames/s) "
           f"with model {styler.get('model', report.model['used'])}, style {styler.get('style', '?')}, "
           f"engine {styler.get('engine', '?')} ({styler.get('precision', '?')})", file=sys.stderr)
-    print(f"output:  {request.output}\npreview: {request.preview_path}\nreport:  {request.report_path}")
+    print(f"output:  {report.output}\npreview: {request.preview_path}\nreport:  {request.report_path}")
     return 0
 
 
@@ -87,7 +90,7 @@ def _run(args: argparse.Namespace, settings: Settings):
     request = RunRequest(
         input=args.input, output=args.output, model=model, batch_frames=args.batch_frames, workers=args.workers,
         device=args.device, report=args.report, fallback_model=args.fallback_model, work_dir=args.work_dir,
-        precision=args.precision, style_image=args.style_image, style_strength=args.style_strength,
+        precision=args.precision, style_image=args.style_image, style_strength=args.style_strength, keep_10bit=args.keep_10bit,
     )
     return run(request, settings), request
 

@@ -12,6 +12,7 @@ import json
 import os
 import queue
 import subprocess
+import sys
 import tempfile
 import threading
 import time
@@ -24,17 +25,19 @@ from tqdm import tqdm
 
 from gpu_job.command import WorkerOptions, worker_command
 from gpu_job.styles import ARBITRARY, check_style_image
+from shared.colour import plan_colour
 from shared.config import Settings
+from shared.containers import MUXERS, NOT_WRITTEN, ContainerChoice, output_container
 from shared.errors import BatchFailedError, InvalidInputError, PipelineError
 from shared.messages import BatchMessage, BatchResult, MessageError, ModelSpec
 from shared.plan import plan_batches
 from shared.preview import write_preview
-from shared.probe import probe
+from shared.probe import VideoInfo, probe
 from shared.report import BatchRecord, RunReport, worker_stats
-from shared.split import MP4_FAMILY, split_video
-from shared.stitch import stitch
+from shared.split import split_video
+from shared.stitch import skipped_frames, skipped_note, stitch
 
-OUTPUT_SUFFIXES = (MP4_FAMILY - {".m4a"}) | {".mkv"}
+OUTPUT_SUFFIXES = sorted({*MUXERS, *NOT_WRITTEN})
 LOCAL_JOB = "local"
 STOP_GRACE_S = 10
 
@@ -59,6 +62,7 @@ class RunRequest:
     precision: str = "auto"
     style_image: Path | None = None
     style_strength: float = 1.0
+    keep_10bit: bool = False
 
     @property
     def report_path(self) -> Path:
@@ -69,15 +73,19 @@ class RunRequest:
         return self.output.with_name(f"{self.output.stem}.preview.png")
 
 
-def check_request(request: RunRequest) -> None:
+def check_request(request: RunRequest, info: VideoInfo) -> tuple[RunRequest, ContainerChoice]:
+    """Refuse what cannot run; returns the request with its output in a container that holds the input's tracks."""
     if request.output.suffix.lower() not in OUTPUT_SUFFIXES:
-        raise InvalidInputError(f"{request.output}: output must end in one of {', '.join(sorted(OUTPUT_SUFFIXES))}")
-    if request.output.exists() and request.input.exists() and request.output.resolve() == request.input.resolve():
+        raise InvalidInputError(f"{request.output}: output must end in one of {', '.join(OUTPUT_SUFFIXES)}")
+    if request.batch_frames <= 0 or request.workers <= 0:
+        raise InvalidInputError("--batch-frames and --workers must be positive")
+    container = output_container(info, request.output.suffix)
+    if container.suffix != request.output.suffix.lower():
+        request = replace(request, output=request.output.with_suffix(container.suffix))
+    if request.output.exists() and request.output.resolve() == request.input.resolve():
         raise InvalidInputError(f"{request.output}: output would overwrite the input")
     if request.output.is_dir():
         raise InvalidInputError(f"{request.output}: is a directory")
-    if request.batch_frames <= 0 or request.workers <= 0:
-        raise InvalidInputError("--batch-frames and --workers must be positive")
     if not 0.0 <= request.style_strength <= 1.0:
         raise InvalidInputError(f"--style-strength must be between 0 and 1, got {request.style_strength}")
     if (request.style_image is not None) != (request.model == ARBITRARY):
@@ -87,6 +95,7 @@ def check_request(request: RunRequest) -> None:
             check_style_image(request.style_image.read_bytes(), str(request.style_image))
         except OSError as exc:
             raise InvalidInputError(f"style image {request.style_image}: {exc.strerror or exc}") from None
+    return request, container
 
 
 def resolve_with_fallback(request: RunRequest, settings: Settings) -> dict:
@@ -105,15 +114,19 @@ def resolve_with_fallback(request: RunRequest, settings: Settings) -> dict:
 
 
 def run(request: RunRequest, settings: Settings, launcher: Launcher = launch_worker) -> RunReport:
-    check_request(request)
+    """Style ``request.input``; the report's ``output`` names the file written (its container may differ from the one asked for)."""
     started = time.perf_counter()
     info = probe(request.input)
+    request, container = check_request(request, info)
+    notes = [*container.notes, *filter(None, [plan_colour(info.colour, info.height, request.keep_10bit).note()])]
+    for note in notes:
+        tqdm.write(f"note: {note}", file=sys.stderr)
     model = resolve_with_fallback(request, settings)
     batches = plan_batches(info, request.batch_frames)
     workers = min(request.workers, len(batches))
     report = RunReport(
         input=info.summary(), output=str(request.output), model=model, device=request.device,
-        batch_frames=request.batch_frames, workers=workers,
+        batch_frames=request.batch_frames, workers=workers, notes=notes,
     )
     report.batches = [BatchRecord(b.index, b.first_frame, b.frame_count) for b in batches]
     options = WorkerOptions.from_settings(settings, device=request.device, threads=max(1, (os.cpu_count() or 1) // workers))
@@ -124,19 +137,25 @@ def run(request: RunRequest, settings: Settings, launcher: Launcher = launch_wor
             WorkerPool(command, workers, settings.max_attempts, launcher) as pool:
         work = Path(scratch)
         with report.stage("split"):
-            parts = split_video(info, batches, work / "segments")
+            parts = split_video(info, batches, work / "segments", container)
         styled = [work / "styled" / f"{b.name}.mp4" for b in batches]
         messages = [BatchMessage(job_id=LOCAL_JOB, batch=b, attempt=1, model=spec.model, segment=str(segment), styled=str(target),
-                                 precision=spec.precision, style_image=spec.style_image, style_strength=spec.style_strength)
+                                 precision=spec.precision, style_image=spec.style_image, style_strength=spec.style_strength,
+                                 keep_10bit=request.keep_10bit)
                     for b, segment, target in zip(batches, parts.segments, styled)]
         with report.stage("score"), tqdm(total=info.frame_count, unit="frame", desc="styling", disable=None) as bar:
             report.worker_stats = pool.run(messages, report.batches, bar)
         report.model["styler"] = pool.styler
         with report.stage("stitch"):
-            stitch(styled, parts.audio, request.output)
+            skipped = skipped_frames(batches, styled, parts.segments.__getitem__)
+            stitch(styled, parts.tracks, request.output)
         with report.stage("preview"):
             write_preview(batches, parts.segments, styled, request.preview_path)
-    report.frames = info.frame_count
+    report.skipped_frames = [round(float(t), 6) for t in skipped]
+    if skipped:
+        report.notes.append(skipped_note(skipped, info.frame_count))
+        tqdm.write(f"note: {report.notes[-1]}", file=sys.stderr)
+    report.frames = info.frame_count - len(skipped)
     report.seconds = round(time.perf_counter() - started, 4)
     report.status = "succeeded"
     report.write(request.report_path)

@@ -30,7 +30,7 @@ class Settings:
     model_cache_dir: Path = _default_cache()
     default_style: str = "starry"
     # Upload limits, checked before any work is queued
-    allowed_extensions: tuple[str, ...] = (".mp4", ".mov", ".m4v", ".mkv", ".webm", ".avi")
+    allowed_extensions: tuple[str, ...] = (".mp4", ".mov", ".m4v", ".mkv", ".webm", ".avi", ".ts", ".mts", ".m2ts")
     max_upload_bytes: int = 256 * 1024**2
     """The Function app splits an upload on an instance's temporary disk (0.8 GB on Flex Consumption),
     holding it and its segments at once: about twice its size (see function_app/activities.py)."""

@@ -67,6 +67,8 @@ class BatchMessage:
     precision: str = "auto"
     style_image: str | None = None
     style_strength: float = 1.0
+    keep_10bit: bool = False
+    """Encode 10-bit output for a source of more than 8 bits."""
     version: int = MESSAGE_VERSION
 
     @property
@@ -85,7 +87,7 @@ class BatchMessage:
             raise MessageError(f"batch message version {data.get('version')!r} is not supported")
         _require(data, {"job_id": str, "batch": dict, "attempt": int, "model": str, "segment": str, "styled": str}, "batch message")
         _require(data["batch"], {name: object for name in Batch.__dataclass_fields__}, "batch message")
-        optional = {"precision": (str,), "style_image": (str, type(None)), "style_strength": (int, float)}
+        optional = {"precision": (str,), "style_image": (str, type(None)), "style_strength": (int, float), "keep_10bit": (bool,)}
         _require({name: data[name] for name in optional if name in data}, {name: kinds for name, kinds in optional.items() if name in data},
                  "batch message")
         if data["attempt"] < 1 or not data["job_id"]:

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import bisect
 import os
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from fractions import Fraction
 from pathlib import Path
 
@@ -17,7 +17,10 @@ import av
 import numpy as np
 
 from shared.atomic import atomic_path
+from shared.decode import tolerant_frames
+from shared.errors import PipelineError
 from shared.plan import Batch
+from shared.probe import frame_times
 
 TILE_WIDTH = 320
 SAMPLES = 3
@@ -39,19 +42,18 @@ def sampled_batches(batches: Sequence[Batch], samples: int = SAMPLES) -> dict[in
     return picks
 
 
-def _frames_at(path: Path, offsets: Sequence[int], size: tuple[int, int], start: Fraction) -> Iterator[np.ndarray]:
-    """RGB arrays, resized to ``size``, of the frames at ``offsets`` (ascending) counted from the first frame shown at ``start``."""
-    wanted = iter(offsets)
-    target = next(wanted, None)
+def _frames_at(path: Path, times: set[Fraction], size: tuple[int, int]) -> dict[Fraction, np.ndarray]:
+    """RGB arrays, resized to ``size``, of the frames of ``path`` shown at ``times`` (those that decode)."""
+    found = {}
     with av.open(str(path)) as container:
         stream = container.streams.video[0]
-        shown = (frame for frame in container.decode(stream) if frame.pts * stream.time_base >= start)
-        for number, frame in enumerate(shown):
-            if number == target:
-                yield frame.to_ndarray(format="rgb24", width=size[0], height=size[1], interpolation="AREA")
-                target = next(wanted, None)
-                if target is None:
-                    return
+        for frame in tolerant_frames(container, stream):
+            shown_at = frame.pts * stream.time_base
+            if shown_at in times:
+                found[shown_at] = frame.to_ndarray(format="rgb24", width=size[0], height=size[1], interpolation="AREA")
+                if len(found) == len(times):
+                    break
+    return found
 
 
 def write_preview(
@@ -61,10 +63,10 @@ def write_preview(
     out: str | os.PathLike[str],
     samples: int = SAMPLES,
 ) -> Path:
-    """Rows of [input | styled] for ``samples`` frames spread over the video.
+    """Rows of [input | styled] for ``samples`` frames spread over the video (less any FFmpeg could not decode).
 
     ``segments`` and ``styled`` give, by batch position, the input segment and the styled segment;
-    only the positions :func:`sampled_batches` names are read.
+    only the positions :func:`sampled_batches` names are read. Frames are paired by timestamp.
     """
     picks = sampled_batches(batches, samples)
     with av.open(str(styled[next(iter(picks))])) as container:
@@ -73,9 +75,13 @@ def write_preview(
     tile = (TILE_WIDTH, max(2, round(TILE_WIDTH * height / width / 2) * 2))
     rows = []
     for position, offsets in picks.items():
-        start = batches[position].start_time
-        pairs = zip(_frames_at(Path(segments[position]), offsets, tile, start), _frames_at(Path(styled[position]), offsets, tile, start))
-        rows += [np.hstack(pair) for pair in pairs]
+        batch = batches[position]
+        planned = frame_times(segments[position], batch.start_time, batch.end_time)
+        times = {planned[offset] for offset in offsets}
+        inputs, outputs = _frames_at(Path(segments[position]), times, tile), _frames_at(Path(styled[position]), times, tile)
+        rows += [np.hstack((inputs[t], outputs[t])) for t in sorted(times) if t in inputs and t in outputs]
+    if not rows:
+        raise PipelineError("no frame sampled for the preview decodes")
     image = np.vstack(rows)
     out = Path(out)
     with atomic_path(out) as tmp, av.open(str(tmp), "w", format="image2") as container:

@@ -1,36 +1,52 @@
-"""Probe a video: its frames' exact timestamps, its GOP structure, audio streams and rotation.
+"""Probe a video: its frames' exact timestamps, its GOP structure, its other tracks, colour and rotation.
 
 Probing reads packets only (no decoding, except one frame to prove the stream decodes and to
-read its rotation), so it costs a small fraction of a decode even for long videos.
+read its rotation), so it costs a small fraction of a decode even for long videos. Whatever the
+bundled FFmpeg cannot read is refused here, with a one-line reason, before any work is done.
 """
 
 from __future__ import annotations
 
 import os
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from fractions import Fraction
 from pathlib import Path
 
 import av
 
+from shared.colour import RANGE_FULL, Colour
 from shared.errors import InvalidInputError
+
+COPIED_KINDS = ("audio", "subtitle", "video")
+"""Streams besides the styled one that travel to the output by stream copy."""
+VOP_START = b"\x00\x00\x01\xb6"
+PACKED_CHECK = 64
+"""Packets searched for a packed B-frame (two MPEG-4 pictures in one packet); encoders pack from the first GOP."""
 
 
 @dataclass(frozen=True)
-class AudioInfo:
+class TrackInfo:
+    """A stream carried to the output unchanged: an audio or subtitle track, or a further video stream."""
+
     index: int
+    kind: str
     codec: str
-    sample_rate: int
-    channels: int
-    duration_s: float
+    language: str = ""
+    sample_rate: int = 0
+    channels: int = 0
+    duration_s: float = 0.0
+    trimmed: bool = False
+    """Audio whose container says to skip samples at its start (encoder priming) or end (padding): only a
+    container of the source's own family carries that exactly."""
 
 
 @dataclass(frozen=True)
 class VideoInfo:
     """What planning, splitting and stitching need to know about a video.
 
-    ``frame_pts`` lists every frame's presentation timestamp (in ``time_base`` units) in display
-    order; ``frame_gop`` gives, for each of those frames, the GOP (run of packets from one keyframe
+    ``frame_pts`` lists every shown frame's presentation timestamp (in ``time_base`` units) in
+    display order (frames an edit list hides are not shown, though their packets are cut with the
+    rest); ``frame_gop`` gives, for each of those frames, the GOP (run of packets from one keyframe
     to the next, in decode order) that holds it; ``open_gops`` marks GOPs whose leading frames
     reference the GOP before.
     """
@@ -47,7 +63,15 @@ class VideoInfo:
     open_gops: list[int]
     last_frame_duration: int
     rotation: int
-    audio: list[AudioInfo] = field(default_factory=list)
+    video_index: int = 0
+    colour: Colour = Colour(0, 2, 2, 2)
+    tracks: list[TrackInfo] = field(default_factory=list)
+    ignored: list[str] = field(default_factory=list)
+    """Streams not carried to the output (data, attachments, cover images), described for the report."""
+
+    @property
+    def audio(self) -> list[TrackInfo]:
+        return [track for track in self.tracks if track.kind == "audio"]
 
     @property
     def frame_count(self) -> int:
@@ -63,12 +87,18 @@ class VideoInfo:
         """Average frame rate; exact for constant-rate video."""
         return self.frame_count / self.duration_s if self.duration_s > 0 else 0.0
 
+    @property
+    def end_pts(self) -> int:
+        """Timestamp just after the last shown frame."""
+        return self.frame_pts[-1] + self.last_frame_duration
+
     def summary(self) -> dict:
         """A small JSON-ready description (without the per-frame lists)."""
         data = asdict(self)
         for bulky in ("frame_pts", "frame_gop", "open_gops"):
             data.pop(bulky)
         data["time_base"] = str(self.time_base)
+        data["colour"] = self.colour.names()
         data.update(frame_count=self.frame_count, duration_s=round(self.duration_s, 6), fps=round(self.fps, 4))
         return data
 
@@ -93,80 +123,135 @@ def _reason(exc: BaseException) -> str:
     return text.splitlines()[0].strip()
 
 
+def codec_name(stream) -> str:
+    """The codec's own name ("av1"), not the name of the decoder FFmpeg picked for it ("libdav1d")."""
+    return stream.codec_context.codec.canonical_name
+
+
+def styled_stream(container) -> av.video.stream.VideoStream | None:
+    """The video stream to style: the first one that is not a cover image."""
+    return next((s for s in container.streams.video if not s.disposition & av.stream.Disposition.attached_pic), None)
+
+
 def probe(path: str | os.PathLike[str]) -> VideoInfo:
     """Describe ``path`` or raise :class:`InvalidInputError` with a one-line reason."""
     path = Path(path)
     with _open(path) as container:
-        if not container.streams.video:
-            kinds = sorted({s.type for s in container.streams}) or ["no streams"]
+        stream = styled_stream(container)
+        if stream is None:
+            kinds = sorted({s.type for s in container.streams} | ({"cover image"} if container.streams.video else set())) or ["no streams"]
             raise InvalidInputError(f"{path}: has no video stream (found: {', '.join(kinds)})")
-        stream = container.streams.video[0]
-        if stream.time_base is None or stream.codec_context is None:
+        if stream.codec_context is None:
+            raise InvalidInputError(f"{path}: video stream {stream.index} uses a codec the bundled FFmpeg cannot decode")
+        if stream.time_base is None:
             raise InvalidInputError(f"{path}: video stream has no timing information")
-        audio = [
-            AudioInfo(
-                index=s.index,
-                codec=s.codec_context.name,
-                sample_rate=s.codec_context.sample_rate or 0,
-                channels=s.codec_context.channels or 0,
-                duration_s=float(s.duration * s.time_base) if s.duration and s.time_base else 0.0,
-            )
-            for s in container.streams.audio
-        ]
-        packets = _read_packets(path, container, stream)
-        if not packets:
+        tracks, ignored = _other_streams(path, container, stream)
+        packets, empty, trimmed = _read_packets(path, container, stream, [container.streams[t.index] for t in tracks if t.kind == "audio"])
+        tracks = [replace(t, trimmed=t.index in trimmed) for t in tracks]
+        if not any(not discard for *_, discard in packets):
             raise InvalidInputError(f"{path}: video stream has zero frames")
-        indexed = stream.frames
-        if indexed and len(packets) < indexed:
-            raise InvalidInputError(f"{path}: truncated: index lists {indexed} frames but only {len(packets)} are present")
-        rotation = _first_frame_rotation(path)
+        indexed = stream.frames if container.format.name != "avi" else 0  # AVI indexes dropped frames FFmpeg never returns
+        if indexed and len(packets) + empty < indexed:
+            raise InvalidInputError(f"{path}: truncated: index lists {indexed} frames but only {len(packets) + empty} are present")
+        rotation = _first_frame_rotation(path, stream.index)
         ctx = stream.codec_context
-        return _describe(path, container.format.name, ctx.name, ctx.width, ctx.height, stream.time_base, packets, rotation, audio)
+        return _describe(
+            path, container.format.name, codec_name(stream), ctx.width, ctx.height, stream.time_base, packets, rotation,
+            video_index=stream.index, colour=stream_colour(ctx), tracks=tracks, ignored=ignored,
+        )
 
 
-def _read_packets(path: Path, container, stream) -> list[tuple[int, int, bool]]:
-    """(pts, duration, keyframe) of every video packet, in decode order."""
-    packets: list[tuple[int, int, bool]] = []
+def _other_streams(path: Path, container, video) -> tuple[list[TrackInfo], list[str]]:
+    tracks, ignored = [], []
+    for s in container.streams:
+        if s.index == video.index:
+            continue
+        cover = s.type == "video" and bool(s.disposition & av.stream.Disposition.attached_pic)
+        if s.type not in COPIED_KINDS or cover:
+            ignored.append(f"stream {s.index} ({'cover image' if cover else s.type})")
+            continue
+        if s.codec_context is None and s.type == "subtitle":
+            ignored.append(f"stream {s.index} (subtitles in a format the bundled FFmpeg does not know)")
+            continue
+        if s.codec_context is None:
+            raise InvalidInputError(f"{path}: {s.type} stream {s.index} uses a codec the bundled FFmpeg does not know")
+        ctx = s.codec_context
+        tracks.append(TrackInfo(
+            index=s.index,
+            kind=s.type,
+            codec=codec_name(s),
+            language=s.metadata.get("language", ""),
+            sample_rate=getattr(ctx, "sample_rate", 0) or 0,
+            channels=getattr(ctx, "channels", 0) or 0,
+            duration_s=float(s.duration * s.time_base) if s.duration and s.time_base else 0.0,
+        ))
+    return tracks, ignored
+
+
+def stream_colour(ctx) -> Colour:
+    """The colour a decoder context reports (yuvj pixel formats imply full range)."""
+    pix_fmt = ctx.format
+    bits = max((component.bits for component in pix_fmt.components), default=8) if pix_fmt else 8
+    full = pix_fmt is not None and pix_fmt.name.startswith("yuvj")
+    return Colour(range=RANGE_FULL if full else ctx.color_range, primaries=ctx.color_primaries, transfer=ctx.color_trc,
+                  matrix=ctx.colorspace, bits=bits)
+
+
+def _read_packets(path: Path, container, stream, audio: list) -> tuple[list[tuple[int, int, bool, bool]], int, set[int]]:
+    """(pts, duration, keyframe, hidden by an edit list) of every video packet, in decode order; how many
+    packets were empty (AVI's dropped-frame markers: no frame, the previous one stays on screen); and
+    the indices of the ``audio`` streams whose packets say to skip samples."""
+    packets: list[tuple[int, int, bool, bool]] = []
+    empty = 0
+    trimmed: set[int] = set()
     try:
-        for packet in container.demux(stream):
+        for packet in container.demux([stream, *audio]):
+            if packet.stream.index != stream.index:
+                if packet.size and packet.has_sidedata("skip_samples"):
+                    trimmed.add(packet.stream.index)
+                continue
             if packet.size == 0:
+                empty += packet.dts is not None
                 continue
             pts = packet.pts if packet.pts is not None else packet.dts
             if pts is None:
                 raise InvalidInputError(f"{path}: video packets carry no timestamps")
-            packets.append((pts, packet.duration or 0, bool(packet.is_keyframe)))
+            if len(packets) < PACKED_CHECK and stream.codec_context.codec.canonical_name == "mpeg4" and bytes(packet).count(VOP_START) > 1:
+                raise InvalidInputError(f"{path}: MPEG-4 video with packed B-frames (DivX/Xvid style) has no usable timestamps; "
+                                        "unpack it first: ffmpeg -i IN -c copy -bsf:v mpeg4_unpack_bframes OUT.avi")
+            packets.append((pts, packet.duration or 0, bool(packet.is_keyframe), bool(packet.is_discard)))
     except av.FFmpegError as exc:
         raise InvalidInputError(f"{path}: damaged or truncated video ({_reason(exc)})") from None
-    return packets
+    return packets, empty, trimmed
 
 
-def _first_frame_rotation(path: Path) -> int:
+def _first_frame_rotation(path: Path, index: int) -> int:
     """Decode the first frame: proves the stream decodes, and gives the display rotation."""
     try:
         with av.open(str(path), metadata_errors="ignore") as container:
-            for frame in container.decode(container.streams.video[0]):
+            for frame in container.decode(container.streams[index]):
                 return int(frame.rotation) % 360
     except av.FFmpegError as exc:
         raise InvalidInputError(f"{path}: video does not decode ({_reason(exc)})") from None
     raise InvalidInputError(f"{path}: video stream has no decodable frame")
 
 
-def _describe(path, fmt, codec, width, height, time_base, packets, rotation, audio) -> VideoInfo:
+def _describe(path, fmt, codec, width, height, time_base, packets, rotation, **details) -> VideoInfo:
     if packets[0][2] is False:
         raise InvalidInputError(f"{path}: video does not start with a keyframe")
     gop_of_packet: list[int] = []
     keyframe_pts: list[int] = []
-    for pts, _, key in packets:
+    for pts, _, key, _ in packets:
         if key:
             keyframe_pts.append(pts)
         gop_of_packet.append(len(keyframe_pts) - 1)
-    order = sorted(range(len(packets)), key=lambda i: packets[i][0])
-    frame_pts = [packets[i][0] for i in order]
+    shown = sorted((i for i, packet in enumerate(packets) if not packet[3]), key=lambda i: packets[i][0])
+    frame_pts = [packets[i][0] for i in shown]
     if len(set(frame_pts)) != len(frame_pts):
         raise InvalidInputError(f"{path}: video has frames with duplicate timestamps")
-    frame_gop = [gop_of_packet[i] for i in order]
-    open_gops = sorted({gop_of_packet[i] for i, (pts, _, _) in enumerate(packets) if pts < keyframe_pts[gop_of_packet[i]]})
-    last_duration = packets[order[-1]][1] or (frame_pts[-1] - frame_pts[-2] if len(frame_pts) > 1 else 1)
+    frame_gop = [gop_of_packet[i] for i in shown]
+    open_gops = sorted({gop_of_packet[i] for i, (pts, *_) in enumerate(packets) if pts < keyframe_pts[gop_of_packet[i]]})
+    last_duration = packets[shown[-1]][1] or (frame_pts[-1] - frame_pts[-2] if len(frame_pts) > 1 else 1)
     return VideoInfo(
         path=str(path),
         format=fmt,
@@ -180,5 +265,19 @@ def _describe(path, fmt, codec, width, height, time_base, packets, rotation, aud
         open_gops=open_gops,
         last_frame_duration=last_duration,
         rotation=rotation,
-        audio=audio,
+        **details,
     )
+
+
+def frame_times(path: str | os.PathLike[str], start: Fraction, end: Fraction | None) -> list[Fraction]:
+    """Times (seconds), in display order, of the frames of the first video stream of ``path`` shown at ``start <= t < end``, from packets alone."""
+    times = []
+    with av.open(str(path)) as container:
+        stream = container.streams.video[0]
+        for packet in container.demux(stream):
+            if packet.size == 0 or packet.pts is None or packet.is_discard:
+                continue
+            shown_at = packet.pts * stream.time_base
+            if shown_at >= start and (end is None or shown_at < end):
+                times.append(shown_at)
+    return sorted(times)

@@ -47,6 +47,10 @@ class RunReport:
     seconds: float = 0.0
     status: str = "running"
     error: str | None = None
+    notes: list[str] = field(default_factory=list)
+    """One line each on what was done beyond styling every frame: container, colour, tracks, damage."""
+    skipped_frames: list[float] = field(default_factory=list)
+    """Times (s) of input frames FFmpeg could not decode, left out of the output."""
     stages: dict[str, float] = field(default_factory=dict)
     batches: list[BatchRecord] = field(default_factory=list)
     worker_stats: list[dict] = field(default_factory=list)

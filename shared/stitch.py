@@ -1,29 +1,32 @@
-"""Stitch styled segments into one video and put the original audio back, both by stream copy."""
+"""Stitch styled segments into one video and put the other tracks back, both by stream copy."""
 
 from __future__ import annotations
 
 import contextlib
 import heapq
 import os
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
+from fractions import Fraction
 from pathlib import Path
 
 import av
 
 from shared.errors import PipelineError
-from shared.split import MP4_AUDIO_CODECS, MP4_FAMILY, copy_muxer
+from shared.plan import Batch
+from shared.probe import frame_times
+from shared.split import ISO_MUXERS, copy_muxer, muxer_for
 
 
-def _timed_packets(paths: Sequence[Path], kind: str) -> Iterator[tuple[float, int, object]]:
-    """(decode time in seconds, stream index, packet) for every ``kind`` packet of ``paths``, in file order."""
-    for path in paths:
-        with av.open(str(path), metadata_errors="ignore") as container:
-            streams = [s for s in container.streams if s.type == kind]
-            for packet in container.demux(streams):
-                if packet.size == 0:
-                    continue
-                when = packet.dts if packet.dts is not None else packet.pts
-                yield float(when * packet.time_base), packet.stream.index, packet
+def _timed_packets(path: Path, targets: Callable[[object], dict]) -> Iterator[tuple[float, object, object]]:
+    """(decode time in seconds, packet, output stream) for every packet of the streams ``targets(container)`` maps."""
+    with av.open(str(path), metadata_errors="ignore") as container:
+        mapping = targets(container)
+        by_index = {source.index: target for source, target in mapping.items()}
+        for packet in container.demux(list(mapping)):
+            if packet.size == 0:
+                continue
+            when = packet.dts if packet.dts is not None else packet.pts
+            yield float(when * packet.time_base), packet, by_index[packet.stream.index]
 
 
 def _check_segments(segments: Sequence[Path]) -> None:
@@ -36,44 +39,55 @@ def _check_segments(segments: Sequence[Path]) -> None:
         raise PipelineError("styled segments were encoded with different settings; cannot join them by stream copy")
 
 
-def _check_audio_fits(codecs: Sequence[str], output: Path) -> None:
-    unfit = sorted({codec for codec in codecs if codec not in MP4_AUDIO_CODECS})
-    if unfit and output.suffix.lower() in MP4_FAMILY:
-        raise PipelineError(f"audio codec {', '.join(unfit)} cannot be stored in {output.suffix}; choose a .mkv output")
-
-
 def stitch(
     segments: Sequence[str | os.PathLike[str]],
-    audio_source: str | os.PathLike[str] | None,
+    tracks: str | os.PathLike[str] | None,
     output: str | os.PathLike[str],
     rotation: int = 0,
 ) -> Path:
-    """Join ``segments`` (in order) and every audio stream of ``audio_source`` into ``output``, atomically.
+    """Join ``segments`` (in order) and every stream of ``tracks`` into ``output``, atomically.
 
-    Packets of both kinds are merged by decode time, so the output is interleaved as a player
-    expects and no muxer buffer grows with the video's length.
+    ``tracks`` is the file :func:`shared.split.split_video` set aside, in the output's container.
+    Packets are merged by decode time, so the output is interleaved as a player expects and no
+    muxer buffer grows with the video's length.
     """
     segments = [Path(p) for p in segments]
     output = Path(output)
     if not segments:
         raise PipelineError("nothing to stitch: no segments")
     _check_segments(segments)
-    options = {"movflags": "+faststart"} if output.suffix.lower() in MP4_FAMILY else {}
+    muxer = muxer_for(output)
+    options = {"movflags": "+faststart"} if muxer in ISO_MUXERS else {}
     with contextlib.ExitStack() as stack:
         video_template = stack.enter_context(av.open(str(segments[0]))).streams.video[0]
-        audio_templates = []
-        if audio_source is not None:
-            audio_templates = list(stack.enter_context(av.open(str(audio_source), metadata_errors="ignore")).streams.audio)
-        _check_audio_fits([s.codec_context.name for s in audio_templates], output)
-        container, streams = stack.enter_context(copy_muxer(output, [video_template, *audio_templates], options))
-        video_out, *audio_outs = streams
-        targets = {("video", video_template.index): video_out}
-        targets.update({("audio", s.index): out for s, out in zip(audio_templates, audio_outs)})
+        track_templates = list(stack.enter_context(av.open(str(tracks), metadata_errors="ignore")).streams) if tracks else []
+        container, (video_out, *track_outs) = stack.enter_context(copy_muxer(output, [video_template, *track_templates], muxer, options))
         if rotation:
             video_out.set_display_rotation(rotation)
-        video = _timed_packets(segments, "video")
-        audio = _timed_packets([Path(audio_source)], "audio") if audio_templates else iter(())
-        for _, _, packet in heapq.merge(video, audio, key=lambda item: item[0]):
-            packet.stream = targets[packet.stream.type, packet.stream.index]
+        videos = (item for path in segments for item in _timed_packets(path, lambda c: {c.streams.video[0]: video_out}))
+        others = _timed_packets(Path(tracks), lambda c: dict(zip(c.streams, track_outs))) if tracks else iter(())
+        for _, packet, target in heapq.merge(videos, others, key=lambda item: item[0]):
+            packet.stream = target
             container.mux(packet)
     return output
+
+
+def skipped_frames(batches: Sequence[Batch], styled: Sequence[Path], segment: Callable[[int], Path]) -> list[Fraction]:
+    """Times of the input frames that have no styled frame: damaged ones FFmpeg could not decode.
+
+    Only a batch with fewer styled frames than planned needs its input segment (``segment(position)``),
+    so the cloud path downloads nothing for an undamaged video.
+    """
+    skipped: list[Fraction] = []
+    for position, (batch, path) in enumerate(zip(batches, styled, strict=True)):
+        shown = frame_times(path, batch.start_time, batch.end_time)
+        if len(shown) < batch.frame_count:
+            skipped += sorted(set(frame_times(segment(position), batch.start_time, batch.end_time)) - set(shown))
+    return skipped
+
+
+def skipped_note(skipped: Sequence[Fraction], planned: int, shown: int = 8) -> str:
+    """The report's line on damaged frames."""
+    times = ", ".join(f"{float(t):.3f}" for t in skipped[:shown]) + (", ..." if len(skipped) > shown else "")
+    return (f"damaged input: {len(skipped)} of {planned} frames could not be decoded and are left out "
+            f"(at {times} s); the other {planned - len(skipped)} were styled")

@@ -22,7 +22,7 @@ from shared.config import Settings
 from shared.plan import Batch
 from shared.split import SEGMENT_SUFFIX
 
-CONTENT_TYPES = {".mp4": "video/mp4", ".png": "image/png", ".json": "application/json", ".m4a": "audio/mp4"}
+CONTENT_TYPES = {".mp4": "video/mp4", ".mov": "video/quicktime", ".mkv": "video/x-matroska", ".png": "image/png", ".json": "application/json"}
 IDENTITY_SETTINGS = ("blobServiceUri", "queueServiceUri", "credential", "clientId")
 
 

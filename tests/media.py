@@ -130,3 +130,62 @@ def frames_at(path: Path, indices: list[int], width: int, height: int) -> list[n
     with av.open(str(path)) as container:
         frames = [frame for number, frame in enumerate(container.decode(video=0)) if number in indices]
     return [frame.to_ndarray(format="rgb24", width=width, height=height, interpolation="AREA") for frame in frames]
+
+
+def rgb_frames(path: Path, crop: tuple[int, int] | None = None) -> np.ndarray:
+    """Every frame of the first video stream as 8-bit RGB, converted honouring the file's colour tags.
+
+    The conversion interpolates chroma bilinearly at its sited positions (swscale's full-chroma, accurate
+    rounding mode), which test_colour checks against the BT.601/BT.709 equations computed here in NumPy.
+    """
+    from av.video.reformatter import Interpolation
+
+    exact = Interpolation.BILINEAR | Interpolation.FULL_CHR_H_INT | Interpolation.ACCURATE_RND
+    with av.open(str(path)) as container:
+        stream = container.streams.video[0]
+        width, height = crop or (stream.codec_context.width, stream.codec_context.height)
+        return np.stack([frame.to_ndarray(format="rgb24", interpolation=exact)[:height, :width] for frame in container.decode(stream)])
+
+
+def rgb_psnr(styled: Path, reference: Path) -> list[float]:
+    """Per-frame PSNR (dB) of ``styled`` against ``reference``, both as 8-bit RGB, frames paired in order (even sizes cropped to the reference)."""
+    ref = video_stream(reference)
+    a, b = rgb_frames(styled, (ref["width"], ref["height"])), rgb_frames(reference)
+    assert a.shape == b.shape, (a.shape, b.shape)
+    mse = ((a.astype(np.float64) - b) ** 2).reshape(len(a), -1).mean(axis=1)
+    return [float("inf") if m == 0 else 10 * np.log10(255**2 / m) for m in mse]
+
+
+def colour_tags(path: Path) -> dict[str, str]:
+    stream = video_stream(path)
+    return {key: stream.get(key, "unknown") for key in ("color_range", "color_space", "color_primaries", "color_transfer", "pix_fmt")}
+
+
+def stream_md5(path: Path, index: int) -> str:
+    """MD5 of the decoded samples of stream ``index``."""
+    out = subprocess.run(["ffmpeg", "-v", "error", "-i", str(path), "-map", f"0:{index}", "-f", "md5", "-"],
+                         check=True, capture_output=True, text=True).stdout
+    return out.strip()
+
+
+def packets_of(path: Path, index: int) -> list[tuple[float, bytes]]:
+    """(presentation time in seconds, payload) of every packet of stream ``index``."""
+    with av.open(str(path)) as container:
+        stream = container.streams[index]
+        return [(float(p.pts * p.time_base), bytes(p)) for p in container.demux(stream) if p.size and p.pts is not None]
+
+
+def streams_of(path: Path) -> list[dict]:
+    return probe_json(path)["streams"]
+
+
+def damage_packet(source: Path, target: Path, number: int) -> Path:
+    """Copy ``source`` with the first bytes of video packet ``number`` (decode order) zeroed: FFmpeg cannot decode that frame."""
+    with av.open(str(source)) as container:
+        payload = [bytes(p) for p in container.demux(container.streams.video[0]) if p.size][number]
+    data = bytearray(source.read_bytes())
+    position = data.find(payload)
+    assert position >= 0 and data.count(payload) == 1
+    data[position:position + 12] = bytes(12)
+    target.write_bytes(bytes(data))
+    return target

@@ -25,7 +25,7 @@ from function_app.activities import ACTIVITIES
 from function_app.batches import deliver_result, job_status, on_batch_result
 from function_app.compute import AZUREML_ACTIVE_STATES, AzureMLWorkers, LocalWorkers, ensure_workers
 from function_app.upload import instance_id_for, start_job, style_for
-from media import audio_md5, frame_timestamps, frames_at, make_clip, min_psnr, preview_tiles
+from media import audio_md5, damage_packet, ffmpeg, frame_timestamps, frames_at, make_clip, min_psnr, packets_of, preview_tiles, streams_of
 from shared.config import Settings
 from shared.messages import BatchMessage, BatchResult, MessageError
 from shared.plan import Batch
@@ -391,3 +391,48 @@ def test_azureml_keeps_at_most_the_maximum_of_worker_jobs(storage, monkeypatch):
     wider = replace(backend.settings, max_workers=6)
     assert len(ensure_workers(wider, outstanding=1, backend=backend)["started"]) == 2, \
         "batches of other videos waiting in the queue count as outstanding work"
+
+
+def test_cloud_run_keeps_every_track_and_lists_damaged_frames(storage, tmp_path):
+    """Opus audio and SRT subtitles come back by stream copy in a Matroska output (MP4 holds neither exactly); a frame
+    FFmpeg cannot decode is left out and listed, and no batch is retried for it."""
+    service, queues = storage
+    srt = tmp_path / "subtitles.srt"
+    srt.write_text("1\n00:00:00,200 --> 00:00:01,000\nhello\n")
+    clean = tmp_path / "clean.mkv"
+    ffmpeg("-f", "lavfi", "-i", "testsrc2=size=128x72:rate=25:duration=2", "-f", "lavfi", "-i", "sine=duration=2:sample_rate=48000",
+           "-i", str(srt), "-map", "0:v", "-map", "1:a", "-map", "2:s", "-c:v", "libx264", "-g", "25", "-bf", "0", "-c:a", "libopus",
+           "-c:s", "srt", str(clean))
+    clip = damage_packet(clean, tmp_path / "clip.mkv", 30)
+    blob = _upload(service, "web/clip.mkv", clip.read_bytes())
+    client = ReplayClient()
+    instance_id = run(start_job(blob, client, LIMITS))
+    Host(client, instance_id, queues).until_done()
+
+    names = ["web/clip.identity.mkv", "web/clip.identity.report.json"]
+    video, report_path = (tmp_path / Path(name).name for name in names)
+    for name, path in zip(names, (video, report_path)):
+        path.write_bytes(service.get_blob_client(LIMITS.output_container, name).download_blob().readall())
+    shown = frame_timestamps(clean)
+    assert frame_timestamps(video) == shown[:30] + shown[31:]
+    assert audio_md5(video) == audio_md5(clip)
+    assert [s["codec_name"] for s in streams_of(video)] == ["h264", "opus", "subrip"]
+    assert packets_of(video, 2) == packets_of(clip, 2)
+    report = json.loads(report_path.read_text())
+    assert report["frames"] == 49 and report["skipped_frames"] == [float(shown[30])] and [b["attempts"] for b in report["batches"]] == [1, 1, 1]
+    assert any(note.startswith("damaged input: 1 of 50 frames") for note in report["notes"])
+
+
+def test_cloud_refuses_an_unreadable_codec_with_a_report_and_keeps_the_input(storage, tmp_path):
+    service, queues = storage
+    clip = tmp_path / "ffv1.mkv"
+    ffmpeg("-f", "lavfi", "-i", "testsrc2=size=64x36:duration=0.4", "-c:v", "ffv1", str(clip))
+    unknown = clip.read_bytes().replace(b"FFV1", b"ZZV9")
+    blob = _upload(service, "odd.mkv", unknown)
+    client = ReplayClient()
+    instance_id = run(start_job(blob, client, LIMITS))
+    Host(client, instance_id, queues).until_done()
+    assert run(client.get_status(instance_id)).runtime_status.value == "Failed"
+    report = json.loads(service.get_blob_client(LIMITS.output_container, "odd.identity.error.json").download_blob().readall())
+    assert "uses a codec the bundled FFmpeg cannot decode" in report["error"] and len(report["error"].splitlines()) == 1
+    assert service.get_blob_client(LIMITS.input_container, "odd.mkv").download_blob().readall() == unknown

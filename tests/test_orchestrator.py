@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import pytest
 
 from durable_replay import CALL_ACTIVITY, CREATE_TIMER, Replay
 from function_app.orchestrator import RESULT_EVENT, stylize_orchestrator
@@ -16,7 +15,7 @@ PLAN = {
          "time_base": "1/25", "first_gop": i, "last_gop": i}
         for i in range(3)
     ],
-    "frames": 30, "audio_blob": "jobs/job-1/audio.m4a", "video": {},
+    "frames": 30, "tracks_blob": "jobs/job-1/tracks.mp4", "video": {},
 }
 
 

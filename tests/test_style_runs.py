@@ -128,5 +128,5 @@ def test_offline_demo_styles_the_film_with_a_real_style(tmp_path, stylize_bin):
     assert "fallback_reason" not in report["model"]
     assert report["model"]["styler"]["model"] == "multistyle26" and report["model"]["styler"]["engine"] == "openvino"
     assert report["input"]["frame_count"] == report["frames"] == 132
-    assert report["input"]["audio"], "the film's sound is kept"
+    assert [track["kind"] for track in report["input"]["tracks"]] == ["audio"], "the film's sound is kept"
     assert "warning" not in result.stderr.lower()

@@ -16,6 +16,7 @@ from gpu_job.worker import ModelCache
 from media import frame_timestamps, make_clip
 from shared.config import Settings
 from shared.messages import BatchMessage, BatchResult, ModelSpec
+from shared.containers import output_container
 from shared.plan import plan_batches
 from shared.probe import probe
 from shared.split import split_video
@@ -28,7 +29,7 @@ def segments(tmp_path_factory):
     folder = tmp_path_factory.mktemp("worker")
     info = probe(make_clip(folder / "clip.mp4", seconds=2, audio=False))
     batches = plan_batches(info, 13)
-    return batches, split_video(info, batches, folder / "segments").segments
+    return batches, split_video(info, batches, folder / "segments", output_container(info)).segments
 
 
 def _messages(batches, sources, folder: Path, model: str) -> list[BatchMessage]:
