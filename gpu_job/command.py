@@ -34,9 +34,13 @@ class WorkerOptions:
         return args
 
 
-def worker_command(options: WorkerOptions, *, stdio: bool = False, preload: str | None = None, python: str = sys.executable) -> list[str]:
-    """``python -m gpu_job worker``: from the batch queue, or (``stdio``) from JSON lines on standard input."""
-    command = [python, "-m", "gpu_job", "worker", *options.args()]
+def worker_command(options: WorkerOptions | None, *, work: str = "batches", stdio: bool = False, preload: str | None = None,
+                   python: str = sys.executable) -> list[str]:
+    """``python -m gpu_job worker``: from the queue of its ``work``, or (``stdio``) from JSON lines on standard input.
+
+    ``options`` are the styling options (batches); shards take none.
+    """
+    command = [python, "-m", "gpu_job", "worker", "--work", work, *(options.args() if options else [])]
     if stdio:
         command.append("--stdio")
     if preload:
