@@ -24,6 +24,17 @@ def stylize_bin() -> str:
 
 
 @pytest.fixture(scope="session")
+def generated(tmp_path_factory) -> Path:
+    """Readings in the reference's shape (3 devices x 5 sensors, 5-second windows, four hours, labelled anomalies)
+    and their 15 models, trained on the first two hours: ``score-models generate``."""
+    from runner.score_models import main
+
+    root = tmp_path_factory.mktemp("generated")
+    assert main(["generate", str(root / "g")]) == 0
+    return root / "g"
+
+
+@pytest.fixture(scope="session")
 def app_functions() -> dict:
     """The Function app's functions by name, indexed once (the SDK refuses to index an app twice)."""
     import stylize_functions

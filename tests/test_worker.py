@@ -95,10 +95,11 @@ def queues(azurite, monkeypatch):
 
 
 def _queue_worker(settings: Settings):
+    from gpu_job.batch_work import BatchWork
     from gpu_job.queue_worker import QueueWorker
     from gpu_job.worker import Worker
 
-    return QueueWorker(Worker(WorkerOptions(threads=1), settings.model_cache_dir), settings)
+    return QueueWorker(BatchWork(Worker(WorkerOptions(threads=1), settings.model_cache_dir), settings), settings)
 
 
 def _results(clients, settings) -> list[BatchResult]:
@@ -139,7 +140,7 @@ def test_queue_worker_reuses_a_styled_segment_and_drops_closed_jobs(queues, segm
     worker.serve(idle_s=1)
     results = _results(clients, settings)
     assert [(r.job_id, r.succeeded, r.styled) for r in results] == [("job-done", True, styled)], "a closed job gets no result"
-    assert worker.worker.models.loads == 0, "a batch whose styled segment exists is not styled again"
+    assert worker.handler.worker.models.loads == 0, "a batch whose styled segment exists is not styled again"
     assert clients[settings.batch_queue].get_queue_properties().approximate_message_count == 0
 
 
