@@ -9,7 +9,6 @@ import json
 import os
 import shlex
 import signal
-import time
 from dataclasses import replace
 from pathlib import Path
 
@@ -20,7 +19,9 @@ import yaml
 from azure.core.exceptions import ResourceExistsError
 from azure.storage.blob import BlobServiceClient
 
-from durable_replay import CALL_ACTIVITY, CREATE_TIMER, ReplayClient
+import durable_replay
+from durable_replay import ReplayClient
+from durable_replay import user_function as _user
 from function_app.activities import ACTIVITIES
 from function_app.batches import deliver_result, job_status, on_batch_result
 from function_app.compute import AZUREML_ACTIVE_STATES, AzureMLWorkers, LocalWorkers, ensure_workers
@@ -37,12 +38,6 @@ LIMITS = Settings(batch_frames=20, max_attempts=2, max_workers=2, worker_idle_s=
 COMPONENT_YAML = Path(__file__).resolve().parents[1] / "gpu_job" / "azureml" / "component.yml"
 STALL_S = 2.0
 CLUSTER_CLIENT_ID = "00000000-0000-0000-0000-00000000c1d5"
-
-
-def _user(function):
-    """The function as written, unwrapped from the Durable client binding (as the SDK's samples-v2 tests do)."""
-    user = function.build().get_user_function()
-    return getattr(user, "client_function", user)
 
 
 def run(coroutine):
@@ -76,12 +71,13 @@ def test_binding_metadata(app_functions):
     assert upload.path == "videos-in/{name}" and upload.connection == "DataStorage"
     assert bindings["on_batch_result"]["queueTrigger"].queue_name == "batch-results"
     assert "orchestrationTrigger" in bindings["stylize_orchestrator"]
-    assert {"split_job", "enqueue_batches", "ensure_workers", "stitch_job", "report_failure"} == {
+    assert {"split_job", "enqueue_batches", "ensure_workers", "stitch_job", "report_failure",
+            "plan_model_run", "enqueue_shards", "finish_model_run", "fail_model_run"} == {
         n for n, b in bindings.items() if "activityTrigger" in b}
     assert bindings["job_status"]["httpTrigger"].route == "jobs/{job_id}"
     assert not any("eventGridTrigger" in b for b in bindings.values()), "completion comes from the results queue only"
-    assert not any(b.get("queueTrigger") and b["queueTrigger"].queue_name == "batches" for b in bindings.values()), \
-        "the batch queue is drained by the workers, not by the Function app"
+    assert not any(b.get("queueTrigger") and b["queueTrigger"].queue_name in ("batches", "shards") for b in bindings.values()), \
+        "the work queues are drained by the workers, not by the Function app"
     assert not any(b.get("blobTrigger") and b["blobTrigger"].path.startswith((LIMITS.output_container, LIMITS.work_container))
                    for b in bindings.values()), "outputs and intermediate blobs must never trigger the pipeline"
 
@@ -99,57 +95,13 @@ def _upload(service: BlobServiceClient, name: str, data: bytes, style: str = "id
     return blob
 
 
-class Host:
-    """Plays the Functions host for one orchestration: runs its activities, fires its worker-check timer
-    when nothing has happened for a while, and delivers the results queue to ``on_batch_result``."""
+def Host(client: ReplayClient, instance_id: str, queues: dict, limits: Settings = LIMITS) -> durable_replay.Host:
+    """The Functions host for one video job: its activities, its results queue delivered to ``on_batch_result``."""
+    def deliver(body: str) -> BatchResult:
+        run(_user(on_batch_result)(func.QueueMessage(body=body.encode()), client))
+        return BatchResult.from_json(body)
 
-    def __init__(self, client: ReplayClient, instance_id: str, queues: dict, limits: Settings = LIMITS) -> None:
-        self.client, self.limits = client, limits
-        self.replay = client.replays[instance_id]
-        self.results = queues[limits.result_queue]
-        self.timers: list[dict] = []
-        self.delivered: list[BatchResult] = []
-
-    def step(self) -> None:
-        for action in self.replay.step():
-            if action["actionType"] == CALL_ACTIVITY:
-                try:
-                    self.replay.complete(action, ACTIVITIES[action["functionName"]](action["input"], self.limits))
-                except Exception as exc:  # an activity failure reaches the orchestrator as the host reports it
-                    self.replay.fail(action, str(exc))
-            elif action["actionType"] == CREATE_TIMER:
-                self.timers.append(action)
-
-    def deliver(self) -> bool:
-        delivered = False
-        for raw in self.results.receive_messages():
-            run(_user(on_batch_result)(func.QueueMessage(id=raw.id, body=raw.content.encode()), self.client))
-            self.delivered.append(BatchResult.from_json(raw.content))
-            self.results.delete_message(raw)
-            delivered = True
-        return delivered
-
-    def until_done(self, timeout_s: float = 180, on_round=None) -> None:
-        deadline = time.monotonic() + timeout_s
-        quiet_since = time.monotonic()
-        while time.monotonic() < deadline:
-            self.step()
-            if self.replay.done:
-                return
-            if on_round:
-                on_round()
-            if self.deliver():
-                quiet_since = time.monotonic()
-                continue
-            if time.monotonic() - quiet_since > STALL_S and self.timers:
-                # The earliest pending timer is the worker check (its period is far below the batch deadline).
-                timer = min(self.timers, key=lambda action: action["fireAt"])
-                self.timers.remove(timer)
-                self.replay.fire_timer(timer)
-                quiet_since = time.monotonic()
-                continue
-            time.sleep(0.1)
-        pytest.fail(f"orchestration did not finish: {self.replay.custom_status}")
+    return durable_replay.Host(client, instance_id, ACTIVITIES, queues[limits.result_queue], deliver, limits, STALL_S)
 
 
 def _start(service, name: str, clip: Path, style: str = "identity", limits: Settings = LIMITS) -> tuple[ReplayClient, str]:
