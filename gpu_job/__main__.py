@@ -75,6 +75,7 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     args = parse_args(argv, settings)
     logging.basicConfig(level=logging.INFO, stream=sys.stderr, format="%(asctime)s worker %(process)d: %(message)s")
+    logging.getLogger("azure").setLevel(logging.WARNING)  # not every storage request and response
     try:
         handler = _handler(args, settings)
     except PipelineError as exc:

@@ -344,3 +344,26 @@ def test_a_shard_whose_worker_dies_is_retried_alone(generated, tmp_path, monkeyp
     data = pd.read_csv(generated / "sensor_data.csv", dtype=str)
     data = data[pd.to_datetime(data["TS"]) >= SCORED_HOURS_START]
     assert _rows(pd.read_csv(tmp_path / "run" / "predictions.csv", dtype=str)) == _rows(data)
+
+
+def test_the_shard_worker_needs_neither_torch_nor_pyav(generated, tmp_path):
+    """``python -m gpu_job worker --work shards`` runs on a CPU node whose image has neither."""
+    window = Window.parse(SCORED_HOURS_START, None)
+    keys = [entry.key for entry in Manifest.load(generated / "models").models.values()]
+    [shard] = plan_shards(window.run_id, keys, 100, models_dir=str(generated / "models"), data=str(generated / "sensor_data.csv"),
+                          window=window, out_dir=str(tmp_path))
+    code = ("import runpy, sys\n"
+            "class Absent:\n"
+            "    def find_spec(self, name, path=None, target=None):\n"
+            "        if name.split('.')[0] in ('torch', 'torchvision', 'av'):\n"
+            "            raise ModuleNotFoundError(name)\n"
+            "sys.meta_path.insert(0, Absent())\n"
+            "sys.argv = ['gpu_job', 'worker', '--stdio', '--work', 'shards']\n"
+            "runpy.run_module('gpu_job', run_name='__main__')\n")
+    done = subprocess.run([sys.executable, "-c", code], input=shard.to_json() + "\n", capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr
+    events = [json.loads(line) for line in done.stdout.splitlines()]
+    assert [event["event"] for event in events] == ["ready", "result"]
+    result = ShardResult.from_dict({name: value for name, value in events[1].items() if name != "event"})
+    assert result.succeeded and [model.status for model in result.models] == ["ok"] * 15
+    assert (tmp_path / result.predictions).exists()
