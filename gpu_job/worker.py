@@ -124,7 +124,7 @@ def serve_stdio(handler: WorkHandler, source: TextIO, sink: TextIO, preload: str
 
     Writes JSON lines to ``sink``: ``ready`` once, progress events (``frames`` for batches), one
     ``result`` per message, and ``error`` for a line that is not a message of the handler's kind or
-    a model that failed to preload.
+    a model that failed to preload (``preload``: batches only, a model to load before the first one).
     """
     def emit(event: dict) -> None:
         sink.write(json.dumps(event, separators=(",", ":")) + "\n")

@@ -19,7 +19,8 @@ from runner.pool import Launcher, Outcome, WorkerPool, launch_worker
 from shared.atomic import atomic_path
 from shared.config import Settings
 from shared.errors import InvalidInputError, PipelineError
-from shared.many_models.run import RunPlan
+from shared.many_models.report import check_threshold
+from shared.many_models.run import RunPlan, finish_run, plan_run
 from shared.many_models.run_state import REPORT_NAME, FolderStore
 from shared.many_models.schema import DEFAULT_KEY_COLUMNS, Window, key_id, parse_key_columns
 from shared.many_models.shards import ShardResult
@@ -106,9 +107,6 @@ def score_pass(plan: RunPlan, workers: int, max_attempts: int, launcher: Launche
 
 
 def run(args: argparse.Namespace, settings: Settings, launcher: Launcher = launch_worker) -> int:
-    from shared.many_models.report import check_threshold
-    from shared.many_models.run import finish_run, plan_run
-
     if args.workers < 1:
         raise InvalidInputError("--workers must be at least 1")
     threshold = check_threshold(settings.models_max_failed_fraction)

@@ -24,7 +24,7 @@ from durable_replay import ReplayClient
 from durable_replay import user_function as _user
 from function_app.activities import ACTIVITIES
 from function_app.batches import deliver_result, job_status, on_batch_result
-from function_app.compute import AZUREML_ACTIVE_STATES, AzureMLWorkers, LocalWorkers, ensure_workers
+from function_app.compute import AZUREML_ACTIVE_STATES, AzureMLWorkers, Fleet, LocalWorkers, ensure_workers
 from function_app.upload import instance_id_for, start_job, style_for
 from media import audio_md5, frame_timestamps, frames_at, make_clip, min_psnr, preview_tiles
 from shared.config import Settings
@@ -35,9 +35,11 @@ from shared.storage import queue_client
 
 LIMITS = Settings(batch_frames=20, max_attempts=2, max_workers=2, worker_idle_s=20, visibility_timeout_s=4, max_deliveries=2,
                   worker_check_s=30, batch_timeout_s=3600)
-COMPONENT_YAML = Path(__file__).resolve().parents[1] / "gpu_job" / "azureml" / "component.yml"
+AML_DIR = Path(__file__).resolve().parents[1] / "gpu_job" / "azureml"
+COMPONENT_YAML = {"stylize_worker": AML_DIR / "component.yml", "stylize_shard_worker": AML_DIR / "component-shards.yml"}
 STALL_S = 2.0
 CLUSTER_CLIENT_ID = "00000000-0000-0000-0000-00000000c1d5"
+CPU_CLUSTER_CLIENT_ID = "00000000-0000-0000-0000-0000000c9c1d"
 
 
 def run(coroutine):
@@ -75,6 +77,10 @@ def test_binding_metadata(app_functions):
             "plan_model_run", "enqueue_shards", "finish_model_run", "fail_model_run"} == {
         n for n, b in bindings.items() if "activityTrigger" in b}
     assert bindings["job_status"]["httpTrigger"].route == "jobs/{job_id}"
+    assert bindings["on_shard_result"]["queueTrigger"].queue_name == "shard-results"
+    assert bindings["start_model_run"]["httpTrigger"].route == "models/runs" and [str(m.value) for m in bindings["start_model_run"]["httpTrigger"].methods] == ["POST"]
+    assert "orchestrationTrigger" in bindings["score_models_orchestrator"]
+    assert bindings["on_models_schedule"]["timerTrigger"].schedule == "%STYLIZE_MODELS_SCHEDULE%"
     assert not any("eventGridTrigger" in b for b in bindings.values()), "completion comes from the results queue only"
     assert not any(b.get("queueTrigger") and b["queueTrigger"].queue_name in ("batches", "shards") for b in bindings.values()), \
         "the work queues are drained by the workers, not by the Function app"
@@ -293,15 +299,16 @@ class _FakeComponents:
         from azure.ai.ml import load_component
 
         self.requests.append((name, label))
-        return load_component(COMPONENT_YAML)
+        return load_component(COMPONENT_YAML[name])
 
 
-def _azureml(monkeypatch) -> AzureMLWorkers:
+def _azureml(monkeypatch, work: str = "batches") -> AzureMLWorkers:
     monkeypatch.setenv("DataStorage__blobServiceUri", "https://stdata.blob.core.windows.net")
     monkeypatch.setenv("DataStorage__queueServiceUri", "https://stdata.queue.core.windows.net")
     client = type("Client", (), {"jobs": _FakeJobs(), "components": _FakeComponents()})()
-    return AzureMLWorkers(replace(LIMITS, compute_backend="azureml", max_workers=4, azureml_compute_client_id=CLUSTER_CLIENT_ID),
-                          ml_client=client)
+    settings = replace(LIMITS, compute_backend="azureml", max_workers=4, azureml_compute_client_id=CLUSTER_CLIENT_ID,
+                       azureml_cpu_compute_client_id=CPU_CLUSTER_CLIENT_ID)
+    return AzureMLWorkers(settings, Fleet.of(settings, work), ml_client=client)
 
 
 def test_azureml_worker_job_is_valid_for_the_sdk_and_the_worker_cli(tmp_path, monkeypatch):
@@ -354,3 +361,20 @@ def test_azureml_keeps_at_most_the_maximum_of_worker_jobs(storage, monkeypatch):
     wider = replace(backend.settings, max_workers=6)
     assert len(ensure_workers(wider, outstanding=1, backend=backend)["started"]) == 2, \
         "batches of other videos waiting in the queue count as outstanding work"
+
+
+def test_azureml_shard_worker_jobs_run_on_the_cpu_cluster_as_its_identity(monkeypatch):
+    from gpu_job.__main__ import parse_args
+
+    backend = _azureml(monkeypatch, "shards")
+    job = backend.build_job("stylize-shard-worker-abc")
+    assert backend.ml_client.components.requests == [("stylize_shard_worker", "latest")]
+    body = job._to_rest_object().as_dict()["properties"]
+    assert body["computeId"] == "cpu-cluster" and body["identity"] == {"identityType": "Managed"}
+    assert body["experimentName"] == "score-models" and body["tags"] == {"stylize_role": "shard-worker"}
+    env = body["environmentVariables"]
+    assert env["DataStorage__clientId"] == env["AZURE_CLIENT_ID"] == CPU_CLUSTER_CLIENT_ID, "the CPU cluster's identity"
+    assert not any("AccountKey" in value for value in env.values())
+    args = parse_args(shlex.split(body["command"])[3:], Settings.from_env(env))
+    assert (args.command, args.work, args.idle_seconds) == ("worker", "shards", LIMITS.worker_idle_s)
+    assert backend.start().startswith("stylize-shard-worker-")
