@@ -17,7 +17,6 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, replace
 from typing import Generic
 
-from shared.errors import PipelineError
 from shared.messages import MessageError
 from shared.work import BATCHES, M, R, WorkKind
 
@@ -108,7 +107,7 @@ class WorkerPool(Generic[M, R]):
         self.command, self.max_attempts, self.launcher, self.kind = command, max_attempts, launcher, kind
         self.lock = threading.Lock()
         self.outcome_lock = threading.Lock()
-        self.failure: PipelineError | None = None
+        self.failure: Exception | None = None
         self.slots = [WorkerProcess(launcher, command, kind) for _ in range(workers)]
 
     def __enter__(self) -> WorkerPool:
@@ -125,8 +124,9 @@ class WorkerPool(Generic[M, R]):
             on_event: Callable[[int, dict], None] = lambda index, event: None) -> None:
         """Do every message, each until it succeeds or fails for good.
 
-        ``on_outcome`` hears of every attempt, one at a time; a :class:`PipelineError` it raises stops
-        the pool (its workers are killed) and is raised here. ``on_event`` gets each item's progress events.
+        ``on_outcome`` hears of every attempt, one at a time; an error it raises (a :class:`shared.errors.PipelineError`
+        to fail the run with a reason) stops the pool, its workers killed, and is raised here.
+        ``on_event`` gets each item's progress events.
         """
         pending: queue.Queue[int | None] = queue.Queue()
         for index in range(len(messages)):
@@ -156,7 +156,7 @@ class WorkerPool(Generic[M, R]):
             try:
                 with self.outcome_lock:
                     on_outcome(Outcome(index, attempt, result, time.perf_counter() - began, final))
-            except PipelineError as error:
+            except Exception as error:  # noqa: BLE001 - whatever it is, the other threads must not wait for this item
                 self._fail(error, pending)
                 return
             if final:
@@ -171,7 +171,7 @@ class WorkerPool(Generic[M, R]):
                 for _ in self.slots:
                     pending.put(None)
 
-    def _fail(self, error: PipelineError, pending: queue.Queue) -> None:
+    def _fail(self, error: Exception, pending: queue.Queue) -> None:
         with self.lock:
             if self.failure is None:
                 self.failure = error
