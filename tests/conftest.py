@@ -98,3 +98,30 @@ def azurite(tmp_path_factory):
     except subprocess.TimeoutExpired:
         process.kill()
         process.wait()
+
+
+@pytest.fixture()
+def on_azurite(azurite, monkeypatch):
+    """A function that points ``settings``' data connection at Azurite and makes the named containers and
+    queues exist (the queues empty); it returns the blob service and the queues by name."""
+    from azure.core.exceptions import ResourceExistsError
+    from azure.storage.blob import BlobServiceClient
+
+    from shared.storage import queue_client
+
+    def prepare(settings, containers, queues):
+        monkeypatch.setenv(settings.storage_connection, azurite)
+        service = BlobServiceClient.from_connection_string(azurite)
+        for container in containers:
+            if not service.get_container_client(container).exists():
+                service.create_container(container)
+        clients = {}
+        for name in queues:
+            clients[name] = queue_client(settings, name)
+            try:
+                clients[name].create_queue()
+            except ResourceExistsError:
+                clients[name].clear_messages()
+        return service, clients
+
+    return prepare

@@ -16,7 +16,6 @@ import azure.functions as func
 import numpy as np
 import pytest
 import yaml
-from azure.core.exceptions import ResourceExistsError
 from azure.storage.blob import BlobServiceClient
 
 import durable_replay
@@ -31,7 +30,6 @@ from shared.config import Settings
 from shared.messages import BatchMessage, BatchResult, MessageError
 from shared.plan import Batch
 from shared.preview import sample_indices
-from shared.storage import queue_client
 
 LIMITS = Settings(batch_frames=20, max_attempts=2, max_workers=2, worker_idle_s=20, visibility_timeout_s=4, max_deliveries=2,
                   worker_check_s=30, batch_timeout_s=3600)
@@ -47,22 +45,12 @@ def run(coroutine):
 
 
 @pytest.fixture()
-def storage(azurite, monkeypatch):
+def storage(on_azurite):
     """Fresh containers and queues on Azurite; every local worker started by a test is stopped after it."""
-    monkeypatch.setenv(LIMITS.storage_connection, azurite)
-    service = BlobServiceClient.from_connection_string(azurite)
-    for container in (LIMITS.input_container, LIMITS.output_container, LIMITS.work_container):
-        if not service.get_container_client(container).exists():
-            service.create_container(container)
+    service, queues = on_azurite(LIMITS, (LIMITS.input_container, LIMITS.output_container, LIMITS.work_container),
+                                 (LIMITS.batch_queue, LIMITS.result_queue, LIMITS.poison_queue))
     service.get_container_client(LIMITS.work_container).delete_blobs(
         *[blob.name for blob in service.get_container_client(LIMITS.work_container).list_blobs(name_starts_with="workers/")])
-    queues = {}
-    for name in (LIMITS.batch_queue, LIMITS.result_queue, LIMITS.poison_queue):
-        queues[name] = queue_client(LIMITS, name)
-        try:
-            queues[name].create_queue()
-        except ResourceExistsError:
-            queues[name].clear_messages()
     yield service, queues
     LocalWorkers.stop_all()
 

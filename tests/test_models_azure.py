@@ -15,9 +15,8 @@ from pathlib import Path
 import azure.functions as func
 import pandas as pd
 import pytest
-from azure.core.exceptions import ResourceExistsError
 from azure.functions.timer import TimerRequest
-from azure.storage.blob import BlobLeaseClient, BlobServiceClient
+from azure.storage.blob import BlobLeaseClient
 
 import durable_replay
 from durable_replay import ReplayClient
@@ -33,7 +32,7 @@ from shared.many_models.manifest import Manifest
 from shared.many_models.schema import Window
 from shared.many_models.shards import ShardMessageError, ShardResult, plan_shards
 from shared.messages import MessageError
-from shared.storage import queue_client, run_prefix
+from shared.storage import run_prefix
 
 LIMITS = Settings(models_per_shard=4, max_shard_workers=2, max_attempts=2, worker_idle_s=20, visibility_timeout_s=4, max_deliveries=2,
                   worker_check_s=30, shard_timeout_s=3600)
@@ -46,14 +45,12 @@ def run(coroutine):
 
 
 @pytest.fixture()
-def storage(azurite, generated, monkeypatch):
+def storage(on_azurite, generated, monkeypatch):
     """Azurite with the readings and models uploaded, empty queues, and no run left from another test."""
-    monkeypatch.setenv(LIMITS.storage_connection, azurite)
-    service = BlobServiceClient.from_connection_string(azurite)
-    for container in (LIMITS.sensor_data_container, LIMITS.models_container, LIMITS.work_container, LIMITS.output_container):
+    containers = (LIMITS.sensor_data_container, LIMITS.models_container, LIMITS.work_container, LIMITS.output_container)
+    service, queues = on_azurite(LIMITS, containers, (LIMITS.shard_queue, LIMITS.shard_result_queue, LIMITS.shard_poison_queue))
+    for container in containers:
         client = service.get_container_client(container)
-        if not client.exists():
-            client.create_container()
         for blob in client.list_blobs():
             if blob.lease.status == "locked":
                 BlobLeaseClient(client.get_blob_client(blob.name)).break_lease(lease_break_period=0)
@@ -62,13 +59,6 @@ def storage(azurite, generated, monkeypatch):
         (generated / "sensor_data.csv").read_bytes(), overwrite=True)
     for path in (generated / "models").iterdir():
         service.get_blob_client(LIMITS.models_container, path.name).upload_blob(path.read_bytes(), overwrite=True)
-    queues = {}
-    for name in (LIMITS.shard_queue, LIMITS.shard_result_queue, LIMITS.shard_poison_queue):
-        queues[name] = queue_client(LIMITS, name)
-        try:
-            queues[name].create_queue()
-        except ResourceExistsError:
-            queues[name].clear_messages()
     monkeypatch.setattr(many_models, "utc_now", lambda: FIRED_AT)
     yield service, queues
     LocalWorkers.stop_all()

@@ -9,8 +9,6 @@ from dataclasses import replace
 from pathlib import Path
 
 import pytest
-from azure.core.exceptions import ResourceExistsError
-from azure.storage.blob import BlobServiceClient
 
 from gpu_job.command import WorkerOptions, worker_command
 from gpu_job.worker import ModelCache
@@ -20,7 +18,7 @@ from shared.messages import BatchMessage, BatchResult
 from shared.plan import plan_batches
 from shared.probe import probe
 from shared.split import split_video
-from shared.storage import JobLayout, close_job, queue_client, upload_file
+from shared.storage import JobLayout, close_job, upload_file
 
 
 @pytest.fixture(scope="module")
@@ -78,19 +76,9 @@ def test_single_batch_debug_mode_exits_2_for_an_error_that_will_repeat(tmp_path)
 
 
 @pytest.fixture()
-def queues(azurite, monkeypatch):
+def queues(on_azurite):
     settings = Settings(visibility_timeout_s=5, max_deliveries=2)
-    monkeypatch.setenv(settings.storage_connection, azurite)
-    service = BlobServiceClient.from_connection_string(azurite)
-    if not service.get_container_client(settings.work_container).exists():
-        service.create_container(settings.work_container)
-    clients = {}
-    for name in (settings.batch_queue, settings.result_queue, settings.poison_queue):
-        clients[name] = queue_client(settings, name)
-        try:
-            clients[name].create_queue()
-        except ResourceExistsError:
-            clients[name].clear_messages()
+    service, clients = on_azurite(settings, (settings.work_container,), (settings.batch_queue, settings.result_queue, settings.poison_queue))
     return settings, service, clients
 
 
