@@ -31,6 +31,27 @@ param gpuLowPriority bool = false
 @description('Seconds a node stays idle before the cluster scales it down (to 0 nodes in the end).')
 param gpuIdleSecondsBeforeScaleDown int = 300
 
+@description('VM size of the CPU cluster nodes that score model shards.')
+param cpuVmSize string = 'Standard_DS3_v2'
+
+@minValue(1)
+@description('Most CPU nodes at once, and so most shard worker jobs at once (one per node).')
+param cpuMaxNodes int = 2
+
+@description('Low-priority CPU nodes: cheaper, may be pre-empted (the shard a pre-empted worker held is redelivered).')
+param cpuLowPriority bool = false
+
+@minValue(0)
+@description('Seconds a CPU node stays idle before the cluster scales it down (to 0 nodes in the end).')
+param cpuIdleSecondsBeforeScaleDown int = 120
+
+@description('When the many-models run starts (NCRONTAB, UTC); each run scores the window that just ended (STYLIZE_MODELS_WINDOW_S long).')
+param modelsSchedule string = '0 0 * * * *'
+
+@minValue(1)
+@description('Length in seconds of the window a scheduled many-models run scores; match it to modelsSchedule.')
+param modelsWindowSeconds int = 3600
+
 @allowed([ 'candy', 'mosaic', 'rain_princess', 'udnie' ])
 @description('Style of uploads that name none (blob metadata "style" or a leading style folder wins).')
 param defaultStyle string = 'candy'
@@ -57,6 +78,10 @@ var containers = {
   output: 'videos-out'
   work: 'stylize-work'
   styles: 'styles'
+  // Many models: the readings, the models (manifest and model files), and (in the output container)
+  // predictions/<run id>/; a run's shards and state are in the work container under runs/<run id>/.
+  sensorData: 'sensor-data'
+  models: 'models'
   deployment: 'app-package'
 }
 var queues = {
@@ -69,10 +94,17 @@ var queues = {
   // Where the blob trigger puts uploads it failed on (fixed name, on the trigger's account); made
   // here so the app's queue rights on the data account can be scoped to it.
   blobTriggerPoison: 'webjobs-blobtrigger-poison'
+  // Many models: shard work items, their results, and the same two poison queues.
+  shards: 'shards'
+  shardResults: 'shard-results'
+  shardsPoison: 'shards-poison'
+  shardResultsPoison: 'shard-results-poison'
 }
 var taskHub = 'stylize'
 var computeName = 'gpu-cluster'
 var componentName = 'stylize_worker'
+var cpuComputeName = 'cpu-cluster'
+var shardComponentName = 'stylize_shard_worker'
 // A worker job waits this long for more batches before it ends; the node then idles for
 // gpuIdleSecondsBeforeScaleDown before it is released. Half the node's idle time keeps a warm
 // worker (model loaded) for a video that follows soon, and bounds how long a node is held after
@@ -105,6 +137,16 @@ module computeIdentity 'modules/identity.bicep' = {
   }
 }
 
+module cpuIdentity 'modules/identity.bicep' = {
+  name: 'cpu-identity'
+  scope: rg
+  params: {
+    name: 'id-cpu-${token}'
+    location: location
+    tags: tags
+  }
+}
+
 module monitoring 'modules/monitoring.bicep' = {
   name: 'monitoring'
   scope: rg
@@ -123,9 +165,15 @@ module dataStorage 'modules/storage-account.bicep' = {
     name: 'stdata${token}'
     location: location
     tags: tags
-    containers: [ containers.input, containers.output, containers.work, containers.styles ]
-    queues: [ queues.batches, queues.results, queues.batchesPoison, queues.resultsPoison, queues.blobTriggerPoison ]
-    expiry: [ { prefix: '${containers.work}/jobs/', days: workRetentionDays } ]
+    containers: [ containers.input, containers.output, containers.work, containers.styles, containers.sensorData, containers.models ]
+    queues: [
+      queues.batches, queues.results, queues.batchesPoison, queues.resultsPoison, queues.blobTriggerPoison
+      queues.shards, queues.shardResults, queues.shardsPoison, queues.shardResultsPoison
+    ]
+    expiry: [
+      { prefix: '${containers.work}/jobs/', days: workRetentionDays }
+      { prefix: '${containers.work}/runs/', days: workRetentionDays }
+    ]
   }
 }
 
@@ -177,10 +225,28 @@ module compute 'modules/ml-compute.bicep' = {
     location: location
     tags: tags
     identityId: computeIdentity.outputs.id
+    purpose: 'GPU nodes for stylize worker jobs'
     vmSize: gpuVmSize
     maxNodes: gpuMaxNodes
     lowPriority: gpuLowPriority
     idleSecondsBeforeScaleDown: gpuIdleSecondsBeforeScaleDown
+  }
+}
+
+module cpuCompute 'modules/ml-compute.bicep' = {
+  name: 'ml-cpu-compute'
+  scope: rg
+  params: {
+    workspaceName: workspace.outputs.name
+    name: cpuComputeName
+    location: location
+    tags: tags
+    identityId: cpuIdentity.outputs.id
+    purpose: 'CPU nodes for shard worker jobs (many models)'
+    vmSize: cpuVmSize
+    maxNodes: cpuMaxNodes
+    lowPriority: cpuLowPriority
+    idleSecondsBeforeScaleDown: cpuIdleSecondsBeforeScaleDown
   }
 }
 
@@ -221,6 +287,16 @@ module functionApp 'modules/function-app.bicep' = {
       STYLIZE_AZUREML_COMPUTE: compute.outputs.name
       STYLIZE_AZUREML_COMPONENT: componentName
       STYLIZE_AZUREML_COMPUTE_CLIENT_ID: computeIdentity.outputs.clientId
+      STYLIZE_MODELS_SCHEDULE: modelsSchedule
+      STYLIZE_MODELS_WINDOW_S: string(modelsWindowSeconds)
+      STYLIZE_SENSOR_DATA_CONTAINER: containers.sensorData
+      STYLIZE_MODELS_CONTAINER: containers.models
+      STYLIZE_SHARD_QUEUE: queues.shards
+      STYLIZE_SHARD_RESULT_QUEUE: queues.shardResults
+      STYLIZE_MAX_SHARD_WORKERS: string(cpuMaxNodes)
+      STYLIZE_AZUREML_CPU_COMPUTE: cpuCompute.outputs.name
+      STYLIZE_AZUREML_SHARD_COMPONENT: shardComponentName
+      STYLIZE_AZUREML_CPU_COMPUTE_CLIENT_ID: cpuIdentity.outputs.clientId
     }
   }
 }
@@ -247,16 +323,23 @@ module rbac 'modules/rbac.bicep' = {
     outputContainer: containers.output
     workContainer: containers.work
     stylesContainer: containers.styles
+    sensorDataContainer: containers.sensorData
+    modelsContainer: containers.models
     batchQueue: queues.batches
     resultQueue: queues.results
     batchPoisonQueue: queues.batchesPoison
     resultPoisonQueue: queues.resultsPoison
     blobTriggerPoisonQueue: queues.blobTriggerPoison
+    shardQueue: queues.shards
+    shardResultQueue: queues.shardResults
+    shardPoisonQueue: queues.shardsPoison
+    shardResultPoisonQueue: queues.shardResultsPoison
     appInsightsName: monitoring.outputs.appInsightsName
     workspaceName: workspace.outputs.name
     registryName: workspace.outputs.registryName
     functionPrincipalId: functionIdentity.outputs.principalId
     computePrincipalId: computeIdentity.outputs.principalId
+    cpuPrincipalId: cpuIdentity.outputs.principalId
     userPrincipalId: principalId
     userPrincipalType: principalType
   }
@@ -276,3 +359,7 @@ output DATA_EVENTS_TOPIC string = events.outputs.dataTopicName
 output AZUREML_WORKSPACE string = workspace.outputs.name
 output AZUREML_COMPUTE string = compute.outputs.name
 output AZUREML_COMPONENT string = componentName
+output SENSOR_DATA_CONTAINER string = containers.sensorData
+output MODELS_CONTAINER string = containers.models
+output AZUREML_CPU_COMPUTE string = cpuCompute.outputs.name
+output AZUREML_SHARD_COMPONENT string = shardComponentName

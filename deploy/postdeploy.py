@@ -2,10 +2,11 @@
 
 1. The workspace must reach its storage with identities (``systemDatastoresAuthMode`` identity): its
    storage account accepts no shared key, so with account keys code upload and job logs would fail.
-2. The ``stylize-gpu`` environment and the worker component (gpu_job/azureml/component.yml, with the
-   worker's code) are registered in the workspace under versions derived from their content, so a
-   redeploy with nothing changed registers nothing, and a changed worker becomes the component's
-   ``latest``.
+2. The worker's two environments and components, one per kind of work (``stylize-gpu`` and
+   ``stylize_worker`` for video batches, ``stylize-cpu`` and ``stylize_shard_worker`` for model
+   shards; gpu_job/azureml/), each component with the worker's code, are registered in the workspace
+   under versions derived from their content, so a redeploy with nothing changed registers nothing,
+   and a changed worker becomes the components' ``latest``.
 3. The Event Grid subscription for uploads to the input container goes to the blob trigger's
    webhook, which needs the app's ``blobs_extension`` system key, so this cannot be done in Bicep
    without ``listKeys``. An existing subscription is updated in place.
@@ -31,6 +32,8 @@ UPLOAD_FUNCTION = "on_upload"
 BLOB_CREATED = "Microsoft.Storage.BlobCreated"
 IDENTITY_AUTH_MODE = "identity"
 KEY_WAIT_S = 300
+ML_ASSETS = (("environment.yml", "conda.yml", "component.yml"), ("environment-cpu.yml", "conda-cpu.yml", "component-shards.yml"))
+"""(environment, its conda file, the component that runs in it) in gpu_job/azureml/: the GPU worker, the CPU shard worker."""
 
 
 class HookError(Exception):
@@ -92,18 +95,21 @@ def _get_or_create(operations, asset):
         return operations.create_or_update(asset)
 
 
-def register_ml_assets(ml_client) -> str:
-    """Register environment and component (each only if its version is new); returns ``name:version`` of the component."""
+def register_ml_assets(ml_client) -> list[str]:
+    """Register each environment and component (each only if its version is new); returns ``name:version`` of the components."""
     from azure.ai.ml import load_component, load_environment
 
-    environment = load_environment(AML_DIR / "environment.yml")
-    environment.version = content_version([AML_DIR / "environment.yml", AML_DIR / "conda.yml"])
-    environment = _get_or_create(ml_client.environments, environment)
-    component = load_component(AML_DIR / "component.yml")
-    component.environment = f"azureml:{environment.name}:{environment.version}"
-    component.version = content_version([AML_DIR / "component.yml", *code_files()], component.environment)
-    _get_or_create(ml_client.components, component)
-    return f"{component.name}:{component.version}"
+    registered = []
+    for environment_file, conda_file, component_file in ML_ASSETS:
+        environment = load_environment(AML_DIR / environment_file)
+        environment.version = content_version([AML_DIR / environment_file, AML_DIR / conda_file])
+        environment = _get_or_create(ml_client.environments, environment)
+        component = load_component(AML_DIR / component_file)
+        component.environment = f"azureml:{environment.name}:{environment.version}"
+        component.version = content_version([AML_DIR / component_file, *code_files()], component.environment)
+        _get_or_create(ml_client.components, component)
+        registered.append(f"{component.name}:{component.version}")
+    return registered
 
 
 def check_identity_access(workspace) -> None:
@@ -169,7 +175,8 @@ def main(environ: Mapping[str, str] = os.environ) -> int:
         credential = DefaultAzureCredential()
         ml_client = MLClient(credential, deployment.subscription_id, deployment.resource_group, deployment.workspace)
         check_identity_access(ml_client.workspaces.get(deployment.workspace))
-        print(f"registered component {register_ml_assets(ml_client)}")
+        for component in register_ml_assets(ml_client):
+            print(f"registered component {component}")
         key = blobs_extension_key(WebSiteManagementClient(credential, deployment.subscription_id), deployment)
         for name in subscribe(EventGridManagementClient(credential, deployment.subscription_id), deployment, key):
             print(f"event subscription {name} is in place")

@@ -1,13 +1,13 @@
-"""The Azure Functions app: thin adapters over ``shared`` (the video core) and ``gpu_job`` (the scorer)."""
+"""The Azure Functions app: thin adapters over ``shared`` (the video and many-models cores) and ``gpu_job`` (the worker)."""
 
 import azure.durable_functions as df
 import azure.functions as func
 
 
 def create_app() -> df.DFApp:
-    from function_app import activities, batches, orchestrator, upload
+    from function_app import activities, batches, many_models, orchestrator, upload
 
     app = df.DFApp(http_auth_level=func.AuthLevel.FUNCTION)
-    for blueprint in (upload.bp, orchestrator.bp, activities.bp, batches.bp):
+    for blueprint in (upload.bp, orchestrator.bp, activities.bp, batches.bp, many_models.bp):
         app.register_functions(blueprint)
     return app

@@ -161,8 +161,9 @@ def report_failure(request: dict, limits: Settings = settings) -> str:
 
 
 def keep_workers(request: dict, limits: Settings = settings) -> dict:
-    """Start workers until enough are alive for the outstanding batches (at most ``max_workers``)."""
-    return ensure_workers(limits, request["outstanding"])
+    """Start workers of the request's kind of work (default: batches) until enough are alive for the outstanding items,
+    at most the fleet's maximum."""
+    return ensure_workers(limits, request["outstanding"], work=request.get("work", "batches"))
 
 
 @bp.function_name("split_job")

@@ -1,4 +1,4 @@
-"""Batch results (queue trigger on the results queue) and the status endpoint."""
+"""Batch results (queue trigger on the results queue) and the status endpoint (of any orchestration)."""
 
 from __future__ import annotations
 
@@ -18,21 +18,27 @@ log = logging.getLogger(__name__)
 ACTIVE = {df.OrchestrationRuntimeStatus.Running, df.OrchestrationRuntimeStatus.Pending}
 
 
-async def deliver_result(body: str, client: df.DurableOrchestrationClient) -> BatchResult | None:
-    """Raise a worker's batch result as the orchestration's event.
+async def deliver(client: df.DurableOrchestrationClient, instance_id: str, event: str, payload: dict, what: str) -> bool:
+    """Raise a worker's result (``payload``, described by ``what``) as its orchestration's event; False if it was dropped.
 
-    A malformed result or one for an unknown job raises, so the host retries it and then moves it to
-    the poison queue; a result for a job that has already ended is dropped.
+    A result for an unknown orchestration raises, so the host retries it and then moves it to the
+    poison queue; a result for one that has already ended is dropped.
     """
-    result = BatchResult.from_json(body)
-    status = await client.get_status(result.job_id)
+    status = await client.get_status(instance_id)
     if status is None or status.runtime_status is None:
-        raise MessageError(f"batch result for unknown job {result.job_id}")
+        raise MessageError(f"{what} for unknown job {instance_id}")
     if status.runtime_status not in ACTIVE:
-        log.info("job %s is %s; dropping the result of batch %d attempt %d", result.job_id, status.runtime_status, result.batch, result.attempt)
-        return None
-    await client.raise_event(result.job_id, RESULT_EVENT, result.to_dict())
-    return result
+        log.info("job %s is %s; dropping %s", instance_id, status.runtime_status, what)
+        return False
+    await client.raise_event(instance_id, event, payload)
+    return True
+
+
+async def deliver_result(body: str, client: df.DurableOrchestrationClient) -> BatchResult | None:
+    """A batch result from the results queue to its job's orchestration (a malformed one raises, see :func:`deliver`)."""
+    result = BatchResult.from_json(body)
+    what = f"the result of batch {result.batch} attempt {result.attempt}"
+    return result if await deliver(client, result.job_id, RESULT_EVENT, result.to_dict(), what) else None
 
 
 def describe(status) -> dict:

@@ -1,11 +1,13 @@
-"""``python -m gpu_job``: the worker that styles batches. Runs the same on a laptop and on an Azure ML node.
+"""``python -m gpu_job``: the warm worker. Runs the same on a laptop and on an Azure ML node.
 
-    python -m gpu_job worker [--stdio] [--preload MODEL] [options]   # warm worker: many batches, each model loaded once
+    python -m gpu_job worker [--stdio] [--preload MODEL] [options]   # video batches, each model loaded once
+    python -m gpu_job worker --work shards [--stdio]                  # shards of many anomaly models (no torch)
     python -m gpu_job batch --input SEG --output OUT --model M ...    # one batch, for debugging
 
-``worker`` drains the batch queue named by the ``STYLIZE_*`` settings (storage from ``DataStorage``
-or ``DataStorage__*``) until it has been idle for ``--idle-seconds``; with ``--stdio`` it reads batch
-messages as JSON lines on standard input and answers with JSON lines on standard output instead.
+``worker`` drains the queue of its kind of work named by the ``STYLIZE_*`` settings (storage from
+``DataStorage`` or ``DataStorage__*``) until it has been idle for ``--idle-seconds``; with
+``--stdio`` it reads messages as JSON lines on standard input and answers with JSON lines on
+standard output instead.
 """
 
 from __future__ import annotations
@@ -19,6 +21,7 @@ from pathlib import Path
 
 from gpu_job.command import WorkerOptions
 from shared.config import Settings
+from shared.work import KINDS
 from shared.errors import PipelineError
 from shared.messages import BatchMessage, ModelSpec
 from shared.plan import Batch
@@ -43,8 +46,9 @@ def _add_model_options(parser: argparse.ArgumentParser) -> None:
 def build_parser(settings: Settings) -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="python -m gpu_job", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     commands = parser.add_subparsers(dest="command", required=True)
-    worker = commands.add_parser("worker", help="style batch after batch, each model loaded once")
-    worker.add_argument("--stdio", action="store_true", help="take batch messages as JSON lines on stdin instead of the batch queue")
+    worker = commands.add_parser("worker", help="do work item after work item: style batches, each model loaded once, or score shards")
+    worker.add_argument("--work", choices=sorted(KINDS), default="batches", help="what to do (default: %(default)s)")
+    worker.add_argument("--stdio", action="store_true", help="take messages as JSON lines on stdin instead of the work's queue")
     worker.add_argument("--preload", default=None, help="load this model (with the options below) before the first batch")
     worker.add_argument("--idle-seconds", type=float, default=settings.worker_idle_s, help="queue mode: stop after this long without work")
     _add_worker_options(worker, settings)
@@ -68,6 +72,8 @@ def parse_args(argv: list[str] | None = None, settings: Settings | None = None) 
     args = parser.parse_args(argv)
     if args.batch_size < 0 or (args.command == "batch" and args.frames <= 0):
         parser.error("--frames must be positive and --batch-size not negative")
+    if args.command == "worker" and args.work != "batches" and args.preload:
+        parser.error("--preload goes with --work batches")
     return args
 
 
@@ -79,27 +85,38 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     args = parse_args(argv, settings)
     logging.basicConfig(level=logging.INFO, stream=sys.stderr, format="%(asctime)s worker %(process)d: %(message)s")
-    from gpu_job.worker import Worker
-
-    options = WorkerOptions(device=args.device, batch_size=args.batch_size, crf=args.crf, preset=args.preset, threads=args.threads)
+    logging.getLogger("azure").setLevel(logging.WARNING)  # not every storage request and response
     try:
-        worker = Worker(options, args.cache_dir)
+        handler = _handler(args, settings)
     except PipelineError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
     if args.command == "batch":
-        return _one_batch(worker, args)
+        return _one_batch(handler.worker, args)
     if args.stdio:
         from gpu_job.worker import serve_stdio
 
-        serve_stdio(worker, sys.stdin, sys.stdout, preload=_preload_spec(args))
+        serve_stdio(handler, sys.stdin, sys.stdout, preload=_preload_spec(args))
         return 0
     from gpu_job.queue_worker import QueueWorker
 
     if args.preload:
-        worker.models.get(_preload_spec(args))
-    QueueWorker(worker, settings).serve(args.idle_seconds)
+        handler.preload(_preload_spec(args))
+    QueueWorker(handler, settings).serve(args.idle_seconds)
     return 0
+
+
+def _handler(args: argparse.Namespace, settings: Settings):
+    """What the worker does: score shards (no torch imported), or style batches with a warm :class:`Worker`."""
+    if args.command == "worker" and args.work == "shards":
+        from gpu_job.shard_work import ShardWork
+
+        return ShardWork(settings)
+    from gpu_job.batch_work import BatchWork
+    from gpu_job.worker import Worker
+
+    options = WorkerOptions(device=args.device, batch_size=args.batch_size, crf=args.crf, preset=args.preset, threads=args.threads)
+    return BatchWork(Worker(options, args.cache_dir), settings)
 
 
 def _model_spec(model: str, args: argparse.Namespace) -> ModelSpec:

@@ -35,11 +35,13 @@ class WorkerOptions:
         return args
 
 
-def worker_command(options: WorkerOptions, *, stdio: bool = False, preload: ModelSpec | None = None,
+def worker_command(options: WorkerOptions | None, *, work: str = "batches", stdio: bool = False, preload: ModelSpec | None = None,
                    python: str = sys.executable) -> list[str]:
-    """``python -m gpu_job worker``: from the batch queue, or (``stdio``) from JSON lines on standard input;
-    ``preload`` is loaded before the first batch arrives."""
-    command = [python, "-m", "gpu_job", "worker", *options.args()]
+    """``python -m gpu_job worker``: from the queue of its ``work``, or (``stdio``) from JSON lines on standard input.
+
+    ``options`` are the styling options and ``preload`` a model to load before the first batch (batches); shards take none.
+    """
+    command = [python, "-m", "gpu_job", "worker", "--work", work, *(options.args() if options else [])]
     if stdio:
         command.append("--stdio")
     if preload:

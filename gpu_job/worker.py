@@ -1,8 +1,10 @@
-"""The warm worker: loads each model once, then styles batch after batch with it.
+"""The warm worker: loads each model once, then does work item after work item.
 
-One :class:`Worker` serves a whole run: a local run feeds it batches as JSON lines on standard input
-(:func:`serve_stdio`); on Azure it drains the batch queue (:mod:`gpu_job.queue_worker`). Either way
-a batch is the same call, :meth:`Worker.style`, and its outcome a :class:`BatchResult`.
+One worker serves a whole run and does one kind of work (:mod:`shared.work`): video batches, with
+a :class:`Worker` that styles them (:class:`gpu_job.batch_work.BatchWork`), or model shards
+(:class:`gpu_job.shard_work.ShardWork`). A local run feeds it messages as JSON lines on standard
+input (:func:`serve_stdio`); on Azure it drains its queue (:mod:`gpu_job.queue_worker`). Either
+way an item is one call of its handler, and its outcome a result.
 """
 
 from __future__ import annotations
@@ -16,11 +18,12 @@ from collections import OrderedDict
 from dataclasses import replace
 from collections.abc import Callable
 from pathlib import Path
-from typing import TextIO
+from typing import Protocol, TextIO
 
 from gpu_job.command import WorkerOptions
 from shared.errors import InvalidInputError
 from shared.messages import BatchMessage, BatchResult, MessageError, ModelSpec
+from shared.work import WorkKind
 
 AUTO_BATCH = {"cpu": 1, "cuda": 8}
 MODEL_CACHE_SIZE = 4
@@ -107,11 +110,34 @@ class Worker:
                            seconds=round(time.perf_counter() - began, 4), model_loads=self.models.loads)
 
 
-def serve_stdio(worker: Worker, source: TextIO, sink: TextIO, preload: ModelSpec | None = None) -> None:
-    """Style the batch messages read as JSON lines from ``source`` until it closes.
+class WorkHandler(Protocol):
+    """Does one kind of work: items with local paths (stdio) or with blob names (queue)."""
 
-    Writes JSON lines to ``sink``: ``ready`` once, ``frames`` as frames are encoded, one ``result``
-    per message, and ``error`` for a line that is not a batch message or a model that failed to preload.
+    kind: WorkKind
+    name: str
+
+    def ready(self) -> dict:
+        """Facts to announce once the worker is ready."""
+
+    def local(self, message, emit: Callable[[dict], None]):
+        """Do an item whose paths are on this machine; ``emit`` sends progress events. Every failure becomes a result."""
+
+    def queued(self, message, delivery: int):
+        """Do an item from the queue (its files are blobs); ``delivery`` counts the message's deliveries."""
+
+    def closed(self, message) -> bool:
+        """Whether the item's job or run has ended, so the item is dropped."""
+
+    def failure(self, message, error: str, delivery: int):
+        """The result of an item that failed for good, without being done."""
+
+
+def serve_stdio(handler: WorkHandler, source: TextIO, sink: TextIO, preload: ModelSpec | None = None) -> None:
+    """Do the messages read as JSON lines from ``source`` until it closes.
+
+    Writes JSON lines to ``sink``: ``ready`` once, progress events (``frames`` for batches), one
+    ``result`` per message, and ``error`` for a line that is not a message of the handler's kind or
+    a model that failed to preload (``preload``: batches only, a model to load before the first one).
     """
     def emit(event: dict) -> None:
         sink.write(json.dumps(event, separators=(",", ":")) + "\n")
@@ -119,19 +145,16 @@ def serve_stdio(worker: Worker, source: TextIO, sink: TextIO, preload: ModelSpec
 
     if preload:
         try:
-            worker.models.get(preload)
-        except Exception as exc:  # the batches that need it report the same error
+            handler.preload(preload)
+        except Exception as exc:  # the items that need it report the same error
             emit({"event": "error", "error": one_line(exc)})
-    emit({"event": "ready", "worker": worker.name, "model_loads": worker.models.loads})
+    emit({"event": "ready", "worker": handler.name, **handler.ready()})
     for line in source:
         if not line.strip():
             continue
         try:
-            message = BatchMessage.from_json(line)
+            message = handler.kind.parse(line)
         except MessageError as exc:
             emit({"event": "error", "error": str(exc)})
             continue
-        index = message.batch.index
-        result = worker.style(message, Path(message.segment), Path(message.styled),
-                              on_frames=lambda frames: emit({"event": "frames", "batch": index, "frames": frames}))
-        emit({"event": "result", **result.to_dict()})
+        emit({"event": "result", **handler.local(message, emit).to_dict()})

@@ -8,16 +8,11 @@ that dies is replaced and its batch retried; an error that will repeat fails the
 
 from __future__ import annotations
 
-import json
 import os
-import queue
-import subprocess
 import sys
 import tempfile
-import threading
 import time
-from collections import deque
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass, replace
 from pathlib import Path
 
@@ -25,11 +20,12 @@ from tqdm import tqdm
 
 from gpu_job.command import WorkerOptions, worker_command
 from gpu_job.styles import ARBITRARY, check_style_image
+from runner.pool import Launcher, Outcome, WorkerPool, launch_worker
 from shared.colour import plan_colour
 from shared.config import Settings
 from shared.containers import MUXERS, NOT_WRITTEN, ContainerChoice, output_container
-from shared.errors import BatchFailedError, InvalidInputError, PipelineError
-from shared.messages import BatchMessage, BatchResult, MessageError, ModelSpec
+from shared.errors import BatchFailedError, InvalidInputError
+from shared.messages import BatchMessage, BatchResult, ModelSpec
 from shared.plan import plan_batches
 from shared.preview import write_preview
 from shared.probe import VideoInfo, probe
@@ -39,13 +35,6 @@ from shared.stitch import skipped_frames, skipped_note, stitch
 
 OUTPUT_SUFFIXES = sorted({*MUXERS, *NOT_WRITTEN})
 LOCAL_JOB = "local"
-STOP_GRACE_S = 10
-
-Launcher = Callable[[list[str]], subprocess.Popen]
-
-
-def launch_worker(command: list[str]) -> subprocess.Popen:
-    return subprocess.Popen(command, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, bufsize=1)
 
 
 @dataclass(frozen=True)
@@ -144,8 +133,7 @@ def run(request: RunRequest, settings: Settings, launcher: Launcher = launch_wor
                                  keep_10bit=request.keep_10bit)
                     for b, segment, target in zip(batches, parts.segments, styled)]
         with report.stage("score"), tqdm(total=info.frame_count, unit="frame", desc="styling", disable=None) as bar:
-            report.worker_stats = pool.run(messages, report.batches, bar)
-        report.model["styler"] = pool.styler
+            report.worker_stats, report.model["styler"] = style_batches(pool, messages, report.batches, bar)
         with report.stage("stitch"):
             skipped = skipped_frames(batches, styled, parts.segments.__getitem__)
             stitch(styled, parts.tracks, request.output)
@@ -162,159 +150,39 @@ def run(request: RunRequest, settings: Settings, launcher: Launcher = launch_wor
     return report
 
 
-class WorkerProcess:
-    """One ``python -m gpu_job worker --stdio``: send it a batch, read its events until the batch's result."""
+def style_batches(pool: WorkerPool, messages: Sequence[BatchMessage], records: Sequence[BatchRecord], bar: tqdm) -> tuple[list[dict], dict]:
+    """Style every batch with the pool; returns each worker's name, batches styled and model loads, and what
+    styled the frames (model, style, engine, device, precision).
 
-    def __init__(self, launcher: Launcher, command: list[str]) -> None:
-        self.process = launcher(command)
-        self.name = f"pid {self.process.pid}"
-        self._stderr: deque[str] = deque(maxlen=20)
-        self._drain = threading.Thread(target=lambda: self._stderr.extend(self.process.stderr), daemon=True)
-        self._drain.start()
+    A batch that fails for good (an error that will repeat, or its last attempt) fails the run.
+    """
+    frames = [0] * len(messages)
+    done_by: list[dict] = []
+    styler: dict = {}
 
-    def style(self, message: BatchMessage, on_frames: Callable[[int], None]) -> BatchResult:
-        """The batch's result; a worker that dies on the way yields a failed, retryable result."""
-        try:
-            self.process.stdin.write(message.to_json() + "\n")
-            self.process.stdin.flush()
-        except (BrokenPipeError, OSError):
-            return self._died(message)
-        for line in self.process.stdout:
-            event = _parse_event(line)
-            kind = event.pop("event", None)
-            if kind == "frames":
-                on_frames(event["frames"])
-            elif kind == "ready":
-                self.name = event["worker"]
-            elif kind == "result":
-                try:
-                    result = BatchResult.from_dict(event)
-                except MessageError as exc:
-                    return BatchResult(job_id=message.job_id, batch=message.batch.index, attempt=message.attempt, succeeded=False, error=str(exc))
-                return result
-        return self._died(message)
+    def progress(index: int, event: dict) -> None:
+        if event.get("event") == "frames":
+            frames[index] += event["frames"]
+            bar.update(event["frames"])
 
-    def _died(self, message: BatchMessage) -> BatchResult:
-        code = self.process.wait()
-        self._drain.join(timeout=5)
-        last = next((line.strip() for line in reversed(self._stderr) if line.strip()), "")
-        error = f"worker {self.name} exited with code {code}" + (f": {last}" if last else "")
-        return BatchResult(job_id=message.job_id, batch=message.batch.index, attempt=message.attempt, succeeded=False, error=error)
+    def outcome(done: Outcome[BatchResult]) -> None:
+        record, result, batch = records[done.index], done.result, messages[done.index].batch
+        record.attempts, record.seconds = done.attempt, round(done.seconds, 4)
+        if result.succeeded:
+            record.worker = result.worker
+            done_by.append({"worker": result.worker, "model_loads": result.model_loads})
+            styler.update(result.styler or {})
+            return
+        bar.update(-frames[done.index])
+        frames[done.index] = 0
+        record.errors.append(result.error)
+        if not done.final:
+            tqdm.write(f"warning: {batch.name} attempt {done.attempt} failed ({result.error}); retrying")
+            return
+        span = f"{batch.name} (frames {batch.first_frame}-{batch.first_frame + batch.frame_count - 1})"
+        if not result.retryable:
+            raise InvalidInputError(f"{span}: {result.error}")
+        raise BatchFailedError(f"{span} failed {done.attempt} times; last error: {result.error}")
 
-    @property
-    def alive(self) -> bool:
-        return self.process.poll() is None
-
-    def stop(self) -> None:
-        """Close its input (it finishes and exits); kill it if it does not."""
-        try:
-            self.process.stdin.close()
-        except OSError:
-            pass
-        try:
-            self.process.wait(timeout=STOP_GRACE_S)
-        except subprocess.TimeoutExpired:
-            self.process.kill()
-            self.process.wait()
-
-    def kill(self) -> None:
-        self.process.kill()
-
-
-class WorkerPool:
-    """``workers`` warm worker processes sharing one list of batches; each failed batch is retried alone."""
-
-    def __init__(self, command: list[str], workers: int, max_attempts: int, launcher: Launcher = launch_worker) -> None:
-        self.command, self.max_attempts, self.launcher = command, max_attempts, launcher
-        self.lock = threading.Lock()
-        self.failure: PipelineError | None = None
-        self.done_by: list[dict] = []
-        self.styler: dict = {}
-        """What styled the frames (model, style, engine, device, precision), from the workers' results."""
-        self.slots = [WorkerProcess(launcher, command) for _ in range(workers)]
-
-    def __enter__(self) -> WorkerPool:
-        return self
-
-    def __exit__(self, *exc_info) -> None:
-        for process in self.slots:
-            if exc_info[0] is None:
-                process.stop()
-            else:
-                process.kill()
-
-    def run(self, messages: Sequence[BatchMessage], records: Sequence[BatchRecord], bar: tqdm) -> list[dict]:
-        """Style every message; returns each worker's name, batches styled and model loads."""
-        pending: queue.Queue[int | None] = queue.Queue()
-        for index in range(len(messages)):
-            pending.put(index)
-        self._remaining = len(messages)
-        threads = [threading.Thread(target=self._serve, args=(slot, messages, records, pending, bar), daemon=True)
-                   for slot in range(len(self.slots))]
-        for thread in threads:
-            thread.start()
-        for thread in threads:
-            thread.join()
-        if self.failure:
-            raise self.failure
-        return worker_stats(self.done_by)
-
-    def _serve(self, slot: int, messages, records, pending: queue.Queue, bar: tqdm) -> None:
-        while (index := pending.get()) is not None:
-            record = records[index]
-            if not self.slots[slot].alive:
-                self.slots[slot] = WorkerProcess(self.launcher, self.command)
-            record.attempts += 1
-            frames = 0
-
-            def progress(count: int) -> None:
-                nonlocal frames
-                frames += count
-                bar.update(count)
-
-            began = time.perf_counter()
-            result = self.slots[slot].style(replace(messages[index], attempt=record.attempts), progress)
-            record.seconds = round(time.perf_counter() - began, 4)
-            if self.failure:
-                return
-            if result.succeeded:
-                record.worker = result.worker
-                self.styler = result.styler or self.styler
-                self.done_by.append({"worker": result.worker, "model_loads": result.model_loads})
-                self._finished(pending)
-                continue
-            bar.update(-frames)
-            record.errors.append(result.error)
-            batch = messages[index].batch
-            if not result.retryable or record.attempts >= self.max_attempts:
-                span = f"{batch.name} (frames {batch.first_frame}-{batch.first_frame + batch.frame_count - 1})"
-                error = (InvalidInputError(f"{span}: {result.error}") if not result.retryable else
-                         BatchFailedError(f"{span} failed {record.attempts} times; last error: {result.error}"))
-                self._fail(error, pending)
-                return
-            tqdm.write(f"warning: {batch.name} attempt {record.attempts} failed ({result.error}); retrying")
-            pending.put(index)
-
-    def _finished(self, pending: queue.Queue) -> None:
-        with self.lock:
-            self._remaining -= 1
-            if self._remaining == 0:
-                for _ in self.slots:
-                    pending.put(None)
-
-    def _fail(self, error: PipelineError, pending: queue.Queue) -> None:
-        with self.lock:
-            if self.failure is None:
-                self.failure = error
-                for process in self.slots:
-                    process.kill()
-                for _ in self.slots:
-                    pending.put(None)
-
-
-def _parse_event(line: str) -> dict:
-    try:
-        event = json.loads(line)
-    except ValueError:
-        return {}
-    return event if isinstance(event, dict) else {}
+    pool.run(messages, outcome, progress)
+    return worker_stats(done_by), styler

@@ -14,10 +14,17 @@ from pathlib import Path
 
 from tqdm import tqdm
 
+from gpu_job.command import worker_command
+from runner.pool import Launcher, Outcome, WorkerPool, launch_worker
 from shared.atomic import atomic_path
 from shared.config import Settings
 from shared.errors import InvalidInputError, PipelineError
+from shared.many_models.report import check_threshold
+from shared.many_models.run import RunPlan, finish_run, plan_run
+from shared.many_models.run_state import REPORT_NAME, FolderStore
 from shared.many_models.schema import DEFAULT_KEY_COLUMNS, Window, key_id, parse_key_columns
+from shared.many_models.shards import ShardResult
+from shared.work import SHARDS
 
 EXIT_CODES = {"succeeded": 0, "failed": 1, "partial": 3}
 
@@ -80,11 +87,26 @@ def generate(args: argparse.Namespace) -> int:
     return 0
 
 
-def run(args: argparse.Namespace, settings: Settings) -> int:
-    from runner.shard_pool import score_shards
-    from shared.many_models.report import check_threshold
-    from shared.many_models.run import finish_run, plan_run
+def score_pass(plan: RunPlan, workers: int, max_attempts: int, launcher: Launcher = launch_worker) -> None:
+    """Score the plan's shards with warm worker processes (``python -m gpu_job worker --stdio --work shards``),
+    recording each shard's result as it arrives. A shard whose attempt fails as a whole (its worker died) is
+    retried alone; after its last attempt its models are recorded failed with the reason, and the others go on."""
+    if not plan.shards:
+        return
+    command = worker_command(None, work=SHARDS.name, stdio=True)
+    with WorkerPool(command, min(workers, len(plan.shards)), max_attempts, launcher, SHARDS) as pool, \
+            tqdm(total=sum(len(shard.keys) for shard in plan.shards), unit="model", desc="scoring", disable=None) as bar:
+        def outcome(done: Outcome[ShardResult]) -> None:
+            if not done.final:
+                tqdm.write(f"warning: {done.result.shard_id} attempt {done.attempt} failed ({done.result.error}); retrying")
+                return
+            plan.state.record(done.result)
+            bar.update(len(done.result.models))
 
+        pool.run(plan.shards, outcome)
+
+
+def run(args: argparse.Namespace, settings: Settings, launcher: Launcher = launch_worker) -> int:
     if args.workers < 1:
         raise InvalidInputError("--workers must be at least 1")
     threshold = check_threshold(settings.models_max_failed_fraction)
@@ -92,19 +114,15 @@ def run(args: argparse.Namespace, settings: Settings) -> int:
     plan = plan_run(args.data, args.models, args.out, Window.parse(args.window_start, args.window_end),
                     settings.models_per_shard)
     timings = {"plan": time.perf_counter() - started}
-    results = []
     began = time.perf_counter()
-    with tqdm(total=sum(len(shard.keys) for shard in plan.shards), unit="model", desc="scoring", disable=None) as bar:
-        for result in score_shards(plan.shards, args.workers):
-            plan.state.record(result)
-            results.append(result)
-            bar.update(len(result.models))
+    score_pass(plan, args.workers, settings.max_attempts, launcher)
     timings["score"] = time.perf_counter() - began
-    report = finish_run(plan, results, threshold, timings, args.workers, started)
+    report = finish_run(plan.state, plan.manifest, FolderStore(args.out), threshold, timings,
+                        {"data": str(args.data), "models_dir": str(args.models)}, lambda: time.perf_counter() - started)
     print(f"run {report['run_id']}: {report['status']}: {report['models_succeeded']} scored, "
           f"{report['models_failed']} failed, {report['models_skipped']} skipped, {report['models_no_data']} without data; "
           f"{report['rows_scored']} rows in {report['timings']['total']:.2f} s", file=sys.stderr)
-    print(f"predictions: {report['predictions']}\nreport:      {plan.state.out_dir / 'report.json'}")
+    print(f"predictions: {report['predictions']}\nreport:      {Path(args.out) / REPORT_NAME}")
     return EXIT_CODES[report["status"]]
 
 

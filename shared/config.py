@@ -79,6 +79,25 @@ class Settings:
     """Models scored by one work item: 10,000 models make 100 shards, not 10,000 jobs."""
     models_max_failed_fraction: float = 0.1
     """A run with failed models is ``partial`` up to this fraction of all models, ``failed`` past it (0: any failure fails it)."""
+    models_window_s: int = 3600
+    """Length of a scheduled run's window: a firing at time T scores [T' - this, T'), T' being T rounded down to a multiple of it."""
+    sensor_data_container: str = "sensor-data"
+    """Where the readings are (``sensor_data_blob`` in it), in the reference schema."""
+    sensor_data_blob: str = "sensor_data.csv"
+    models_container: str = "models"
+    """The models' ``manifest.json`` and model files (``score-models train`` output, uploaded as is)."""
+    shard_queue: str = "shards"
+    """Shard work items, one message per shard attempt; drained by the shard workers (its poison queue: ``<name>-poison``)."""
+    shard_result_queue: str = "shard-results"
+    """Each shard attempt's result, posted by the worker that scored it; triggers the Function app."""
+    shard_timeout_s: int = 1800
+    """Deadline for outstanding shards before they are resubmitted (covers a CPU node's start from zero)."""
+    max_shard_workers: int = 2
+    """Most shard workers at once (local processes or Azure ML jobs on the CPU cluster)."""
+    azureml_cpu_compute: str = "cpu-cluster"
+    azureml_shard_component: str = "stylize_shard_worker"
+    azureml_cpu_compute_client_id: str = ""
+    """Client id of the CPU cluster's user-assigned identity; shard worker jobs reach the data account with it."""
 
     @classmethod
     def from_env(cls, environ: dict[str, str] | None = None) -> Settings:
@@ -103,6 +122,11 @@ class Settings:
     def poison_queue(self) -> str:
         """Where batch messages that keep killing their workers end (the Functions ``-poison`` convention)."""
         return f"{self.batch_queue}-poison"
+
+    @property
+    def shard_poison_queue(self) -> str:
+        """Where shard messages that keep killing their workers end."""
+        return f"{self.shard_queue}-poison"
 
 
 _ZERO_ALLOWED = {"infer_batch", "models_max_failed_fraction"}

@@ -11,8 +11,10 @@ from __future__ import annotations
 import math
 from dataclasses import asdict, dataclass
 from fractions import Fraction
+from typing import TYPE_CHECKING
 
-from shared.probe import VideoInfo
+if TYPE_CHECKING:  # probing needs PyAV, which a shard worker (that reads batch messages' types only) does not have
+    from shared.probe import VideoInfo
 
 
 @dataclass(frozen=True)

@@ -10,20 +10,24 @@ clients and the workers (which get them as environment variables).
 
 from __future__ import annotations
 
+import base64
 import os
+from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
 
-from azure.core.exceptions import ResourceExistsError
-from azure.storage.blob import BlobServiceClient, ContentSettings
+from azure.core.exceptions import ResourceExistsError, ResourceNotFoundError
+from azure.storage.blob import BlobBlock, BlobServiceClient, ContentSettings
 from azure.storage.queue import QueueClient, TextBase64DecodePolicy, TextBase64EncodePolicy
 
 from shared.config import Settings
 from shared.plan import Batch
-from shared.split import SEGMENT_SUFFIX
 
 CONTENT_TYPES = {".mp4": "video/mp4", ".mov": "video/quicktime", ".mkv": "video/x-matroska", ".png": "image/png", ".json": "application/json"}
 IDENTITY_SETTINGS = ("blobServiceUri", "queueServiceUri", "credential", "clientId")
+RUNS_FOLDER = "runs"
+CLOSED_MARKER = "closed"
+"""Written in a job's or a run's folder when it ends: workers then skip its leftover messages."""
 
 
 def _credential(prefix: str):
@@ -69,9 +73,11 @@ class JobLayout:
     @property
     def closed_marker(self) -> str:
         """Written when the job ends (done or failed): workers then skip its leftover messages."""
-        return f"{self.root}/closed"
+        return f"{self.root}/{CLOSED_MARKER}"
 
     def segment(self, batch: Batch) -> str:
+        from shared.split import SEGMENT_SUFFIX  # here: splitting needs PyAV, which a shard worker's image has not
+
         return f"{self.root}/segments/{batch.name}{SEGMENT_SUFFIX}"
 
     def styled(self, file_name: str) -> str:
@@ -102,3 +108,61 @@ def download_file(service: BlobServiceClient, container: str, blob: str, path: P
     with path.open("wb") as out:
         service.get_blob_client(container, blob).download_blob(max_concurrency=4).readinto(out)
     return path
+
+
+
+def run_prefix(run_id: str) -> str:
+    """Where an Azure run of many models keeps its files in the work container (a :class:`BlobStore` prefix)."""
+    return f"{RUNS_FOLDER}/{run_id}/"
+
+
+class BlobStore:
+    """Files under a prefix of a container (a run's :class:`shared.many_models.run_state.Store` in Azure).
+
+    A block blob becomes visible only when its block list commits: a write built from many parts
+    (staged blocks) is as atomic as one upload.
+    """
+
+    def __init__(self, service: BlobServiceClient, container: str, prefix: str) -> None:
+        self.container = service.get_container_client(container)
+        self.prefix = prefix
+
+    def read(self, name: str) -> bytes | None:
+        try:
+            return self.container.download_blob(self.prefix + name).readall()
+        except ResourceNotFoundError:
+            return None
+
+    def write(self, name: str, parts: Iterable[bytes]) -> None:
+        blob = self.container.get_blob_client(self.prefix + name)
+        content = ContentSettings(content_type=CONTENT_TYPES.get(Path(name).suffix, "application/octet-stream"))
+        blocks = []
+        for part in parts:
+            if part:
+                block = BlobBlock(block_id=base64.b64encode(f"{len(blocks):08d}".encode()).decode())
+                blob.stage_block(block.id, part)
+                blocks.append(block)
+        if blocks:
+            blob.commit_block_list(blocks, content_settings=content)
+        else:
+            blob.upload_blob(b"", overwrite=True, content_settings=content)
+
+    def names(self, folder: str) -> list[str]:
+        start = f"{self.prefix}{folder}/"
+        return sorted(name for blob in self.container.list_blobs(name_starts_with=start)
+                      if "/" not in (name := blob.name[len(start):]))
+
+    def empty(self) -> bool:
+        return next(iter(self.container.list_blobs(name_starts_with=self.prefix)), None) is None
+
+    def exists(self, name: str) -> bool:
+        return self.container.get_blob_client(self.prefix + name).exists()
+
+    def delete(self, name: str) -> None:
+        try:
+            self.container.delete_blob(self.prefix + name)
+        except ResourceNotFoundError:
+            pass
+
+    def where(self, name: str) -> str:
+        return f"{self.container.container_name}/{self.prefix}{name}"

@@ -1,5 +1,5 @@
 // Parses .bicep files with the tree-sitter Bicep grammar and prints, per file, a JSON outline the
-// Python tests check: syntax errors, names used but never declared, parameters, variables (values as
+// Python tests check: syntax errors, names used but never declared, parameters (with defaults), variables (values as
 // JSON), outputs, resources (with their bodies as JSON, and the loop they are declared in), modules,
 // and every function called. Usage: node bicep_outline.mjs FILE...
 import { readFileSync } from 'node:fs';
@@ -116,7 +116,9 @@ function outline(file) {
     if (node.type === 'target_scope_assignment') {
       result.targetScope = value(parts[0]);
     } else if (node.type === 'parameter_declaration') {
-      result.params[parts[0].text] = { type: parts[1].text, hasDefault: parts.length > 2, decorators: decoratorsOf(node) };
+      result.params[parts[0].text] = {
+        type: parts[1].text, hasDefault: parts.length > 2, default: parts.length > 2 ? value(parts[2]) : null, decorators: decoratorsOf(node),
+      };
     } else if (node.type === 'variable_declaration') {
       result.variables[parts[0].text] = value(parts[parts.length - 1]);
     } else if (node.type === 'output_declaration') {

@@ -24,6 +24,17 @@ def stylize_bin() -> str:
 
 
 @pytest.fixture(scope="session")
+def generated(tmp_path_factory) -> Path:
+    """Readings in the reference's shape (3 devices x 5 sensors, 5-second windows, four hours, labelled anomalies)
+    and their 15 models, trained on the first two hours: ``score-models generate``."""
+    from runner.score_models import main
+
+    root = tmp_path_factory.mktemp("generated")
+    assert main(["generate", str(root / "g")]) == 0
+    return root / "g"
+
+
+@pytest.fixture(scope="session")
 def app_functions() -> dict:
     """The Function app's functions by name, indexed once (the SDK refuses to index an app twice)."""
     import stylize_functions
@@ -89,22 +100,28 @@ def azurite(tmp_path_factory):
         process.wait()
 
 
-def empty_storage(settings, containers: list[str]) -> tuple:
-    """On the Azurite that ``settings``' connection names: the containers (created if missing) and the
-    worker queues, created or emptied. Returns (blob service, {queue name: client})."""
+@pytest.fixture()
+def on_azurite(azurite, monkeypatch):
+    """A function that points ``settings``' data connection at Azurite and makes the named containers and
+    queues exist (the queues empty); it returns the blob service and the queues by name."""
     from azure.core.exceptions import ResourceExistsError
+    from azure.storage.blob import BlobServiceClient
 
-    from shared.storage import blob_service, queue_client
+    from shared.storage import queue_client
 
-    service = blob_service(settings)
-    for container in containers:
-        if not service.get_container_client(container).exists():
-            service.create_container(container)
-    queues = {}
-    for name in (settings.batch_queue, settings.result_queue, settings.poison_queue):
-        queues[name] = queue_client(settings, name)
-        try:
-            queues[name].create_queue()
-        except ResourceExistsError:
-            queues[name].clear_messages()
-    return service, queues
+    def prepare(settings, containers, queues):
+        monkeypatch.setenv(settings.storage_connection, azurite)
+        service = BlobServiceClient.from_connection_string(azurite)
+        for container in containers:
+            if not service.get_container_client(container).exists():
+                service.create_container(container)
+        clients = {}
+        for name in queues:
+            clients[name] = queue_client(settings, name)
+            try:
+                clients[name].create_queue()
+            except ResourceExistsError:
+                clients[name].clear_messages()
+        return service, clients
+
+    return prepare

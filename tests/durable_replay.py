@@ -2,13 +2,18 @@
 
 Each step replays the whole history with ``df.Orchestrator``, exactly as the Durable extension
 does; the test then appends what happened (activity results, raised events, fired timers) as
-history events and steps again.
+history events and steps again. :class:`Host` does that for a whole orchestration, with real
+activities and a real results queue.
 """
 
 from __future__ import annotations
 
 import json
+import time
+from collections.abc import Callable
 from datetime import datetime, timedelta, timezone
+
+import pytest
 
 import azure.durable_functions as df
 from azure.durable_functions.models import DurableOrchestrationContext
@@ -16,18 +21,43 @@ from azure.durable_functions.models.DurableOrchestrationStatus import DurableOrc
 from azure.durable_functions.models.history import HistoryEventType as E
 
 CALL_ACTIVITY, CREATE_TIMER, WAIT_FOR_EVENT = 0, 5, 6
+REPLAY_SCHEMA_V2 = 1
+"""The schema Durable hosts use: task_any/task_all are compound actions naming only tasks not scheduled before (in
+schema V1 a pending task reappears in every task_any that holds it)."""
+
+
+def _flatten(actions):
+    for action in actions:
+        if "compoundActions" in action:
+            yield from _flatten(action["compoundActions"])
+        else:
+            yield action
+
 OUT_OF_PROC_MARKER = "$OutOfProcData$:"
 
 
+def user_function(function):
+    """The function as written, unwrapped from the Durable client binding (as the SDK's samples-v2 tests do)."""
+    user = function.build().get_user_function()
+    return getattr(user, "client_function", user)
+
+
+def orchestrator_function(name: str):
+    from function_app import many_models, orchestrator
+
+    functions = {"stylize_orchestrator": orchestrator.stylize_orchestrator, "score_models_orchestrator": many_models.score_models_orchestrator}
+    return functions[name].build().get_user_function().orchestrator_function
+
+
 class Replay:
-    def __init__(self, orchestrator_fn, job: dict, instance_id: str = "job-1") -> None:
-        self.fn, self.instance_id, self.job = orchestrator_fn, instance_id, job
+    def __init__(self, orchestrator_fn, job: dict, instance_id: str = "job-1", name: str = "stylize_orchestrator") -> None:
+        self.fn, self.instance_id, self.job, self.name = orchestrator_fn, instance_id, job, name
         self.clock = datetime(2026, 1, 1, tzinfo=timezone.utc)
         self.history: list[dict] = []
         self.actions: list[dict] = []
         self.state: dict = {}
         self._event(E.ORCHESTRATOR_STARTED)
-        self._event(E.EXECUTION_STARTED, Input=json.dumps(job), Name="stylize_orchestrator", Version="")
+        self._event(E.EXECUTION_STARTED, Input=json.dumps(job), Name=name, Version="")
 
     def _event(self, kind, **fields) -> None:
         self.history.append({"EventType": kind, "EventId": -1, "IsPlayed": False, "Timestamp": self.clock.isoformat(), **fields})
@@ -36,26 +66,19 @@ class Replay:
         """Replay, record the actions scheduled this time, and return the activities and timers among them."""
         context = DurableOrchestrationContext.from_json(json.dumps({
             "history": self.history, "instanceId": self.instance_id, "isReplaying": False, "parentInstanceId": None,
-            "input": self.job,
+            "input": self.job, "upperSchemaVersion": REPLAY_SCHEMA_V2,
         }))
         try:
             self.state = json.loads(df.Orchestrator(self.fn).handle(context))
         except Exception as exc:  # the SDK reports a failed orchestration by raising, with its state attached
             self.state = json.loads(str(exc).split(OUT_OF_PROC_MARKER, 1)[1])
-        flat = [action for group in self.state.get("actions", []) for action in group]
-        new, task_id, timers = [], 0, {}
+        new, task_id = [], 0
         known = {action["id"] for action in self.actions}
-        for action in flat:
+        for action in _flatten(action for group in self.state.get("actions", []) for action in group):
             # Activities and timers take sequential task ids; external-event waits are keyed by name.
-            # Schema V1 repeats a pending timer in every task_any that holds it: same fire time, same task.
-            kind = action["actionType"]
-            if kind == WAIT_FOR_EVENT:
-                continue
-            if kind == CREATE_TIMER and action["fireAt"] in timers:
+            if action["actionType"] == WAIT_FOR_EVENT:
                 continue
             numbered = dict(action, id=task_id)
-            if kind == CREATE_TIMER:
-                timers[action["fireAt"]] = task_id
             if isinstance(numbered.get("input"), str):
                 numbered["input"] = json.loads(numbered["input"])
             task_id += 1
@@ -117,10 +140,8 @@ class ReplayClient:
         self.started: list[tuple[str, str, dict]] = []
 
     async def start_new(self, name: str, instance_id: str, client_input: dict) -> str:
-        from function_app.orchestrator import stylize_orchestrator
-
         self.started.append((name, instance_id, client_input))
-        self.replays[instance_id] = Replay(stylize_orchestrator.build().get_user_function().orchestrator_function, client_input, instance_id)
+        self.replays[instance_id] = Replay(orchestrator_function(name), client_input, instance_id, name)
         return instance_id
 
     async def get_status(self, instance_id: str):
@@ -132,9 +153,65 @@ class ReplayClient:
             status = df.OrchestrationRuntimeStatus.Failed
         elif replay.done:
             status = df.OrchestrationRuntimeStatus.Completed
-        return DurableOrchestrationStatus(name="stylize_orchestrator", instanceId=instance_id, runtimeStatus=status.value,
+        return DurableOrchestrationStatus(name=replay.name, instanceId=instance_id, runtimeStatus=status.value,
                                           createdTime=replay.history[0]["Timestamp"], lastUpdatedTime=replay.clock.isoformat(),
                                               customStatus=replay.custom_status, output=replay.state.get("output"))
 
     async def raise_event(self, instance_id: str, event_name: str, event_data) -> None:
         self.replays[instance_id].raise_event(event_name, event_data)
+
+
+class Host:
+    """Plays the Functions host for one orchestration: runs its activities, fires its worker-check timer
+    when nothing has happened for a while, and hands the messages of its results queue to ``deliver``
+    (the queue-triggered function, returning the parsed result)."""
+
+    def __init__(self, client: ReplayClient, instance_id: str, activities: dict, results, deliver: Callable[[str], object],
+                 limits, stall_s: float = 2.0) -> None:
+        self.client, self.activities, self.results, self._deliver, self.limits = client, activities, results, deliver, limits
+        self.replay = client.replays[instance_id]
+        self.stall_s = stall_s
+        self.timers: list[dict] = []
+        self.delivered: list = []
+        self.called: list[dict] = []
+
+    def step(self) -> None:
+        for action in self.replay.step():
+            if action["actionType"] == CALL_ACTIVITY:
+                self.called.append(action)
+                try:
+                    self.replay.complete(action, self.activities[action["functionName"]](action["input"], self.limits))
+                except Exception as exc:  # an activity failure reaches the orchestrator as the host reports it
+                    self.replay.fail(action, str(exc))
+            elif action["actionType"] == CREATE_TIMER:
+                self.timers.append(action)
+
+    def deliver(self) -> bool:
+        delivered = False
+        for raw in self.results.receive_messages():
+            self.delivered.append(self._deliver(raw.content))
+            self.results.delete_message(raw)
+            delivered = True
+        return delivered
+
+    def until_done(self, timeout_s: float = 180, on_round=None) -> None:
+        deadline = time.monotonic() + timeout_s
+        quiet_since = time.monotonic()
+        while time.monotonic() < deadline:
+            self.step()
+            if self.replay.done:
+                return
+            if on_round:
+                on_round()
+            if self.deliver():
+                quiet_since = time.monotonic()
+                continue
+            if time.monotonic() - quiet_since > self.stall_s and self.timers:
+                # The earliest pending timer is the worker check (its period is far below the deadline).
+                timer = min(self.timers, key=lambda action: action["fireAt"])
+                self.timers.remove(timer)
+                self.replay.fire_timer(timer)
+                quiet_since = time.monotonic()
+                continue
+            time.sleep(0.1)
+        pytest.fail(f"orchestration did not finish: {self.replay.custom_status}")

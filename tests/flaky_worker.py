@@ -1,10 +1,11 @@
-"""A stand-in for ``python -m gpu_job worker --stdio`` that injects faults: it relays every batch to a
-real worker, except the chosen batch, for which it fails (or dies) the first ``times`` times.
+"""A stand-in for ``python -m gpu_job worker --stdio`` that injects faults: it relays every item to a
+real worker, except the chosen item, for which it fails (or dies) the first ``times`` times.
 
-    python flaky_worker.py MODE BATCH TIMES STATE_FILE -- REAL WORKER COMMAND...
+    python flaky_worker.py MODE ITEM TIMES STATE_FILE -- REAL WORKER COMMAND...
 
-MODE is ``fail`` (a retryable failure result), ``fatal`` (a failure that will repeat) or ``crash``
-(the process exits mid-batch). STATE_FILE counts injected faults across restarted processes.
+ITEM is a batch index, or a shard id. MODE is ``fail`` (a retryable failure result), ``fatal`` (a
+failure that will repeat), both for batches, or ``crash`` (the process exits mid-item).
+STATE_FILE counts injected faults across restarted processes.
 """
 
 import json
@@ -13,17 +14,17 @@ import subprocess
 import sys
 from pathlib import Path
 
-mode, batch, times, state = sys.argv[1], int(sys.argv[2]), int(sys.argv[3]), Path(sys.argv[4])
+mode, item, times, state = sys.argv[1], sys.argv[2], int(sys.argv[3]), Path(sys.argv[4])
 real = subprocess.Popen(sys.argv[sys.argv.index("--") + 1:], stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True, bufsize=1)
 for line in sys.stdin:
     message = json.loads(line)
     injected = state.read_text().count("x") if state.exists() else 0
-    if message["batch"]["index"] == batch and injected < times:
+    if str(message["batch"]["index"] if "batch" in message else message["shard_id"]) == item and injected < times:
         state.write_text("x" * (injected + 1))
         if mode == "crash":
             print("worker: simulated crash", file=sys.stderr, flush=True)
             os._exit(3)
-        result = {"event": "result", "job_id": message["job_id"], "batch": batch, "attempt": message["attempt"], "succeeded": False,
+        result = {"event": "result", "job_id": message["job_id"], "batch": int(item), "attempt": message["attempt"], "succeeded": False,
                   "error": "injected fault", "retryable": mode != "fatal", "worker": "flaky"}
         print(json.dumps(result), flush=True)
         continue

@@ -9,6 +9,7 @@ from __future__ import annotations
 import importlib.util
 import json
 import re
+import shlex
 import shutil
 import subprocess
 import sys
@@ -184,12 +185,16 @@ def test_data_account_holds_what_the_app_and_the_workers_use():
     data = next(m for m in _modules("modules/storage-account.bicep") if m["symbol"] == _data_account())["body"]["params"]
     defaults = Settings()
     assert {_main_value(c) for c in data["containers"]} == {
-        defaults.input_container, defaults.output_container, defaults.work_container, defaults.styles_container}
+        defaults.input_container, defaults.output_container, defaults.work_container, defaults.styles_container,
+        defaults.sensor_data_container, defaults.models_container}
     # The Functions queue trigger moves a message it cannot process to `<queue>-poison`; the workers
-    # move a batch that keeps killing them to `batches-poison`; the blob trigger's poison queue.
+    # move a batch (shard) that keeps killing them to `batches-poison` (`shards-poison`); the blob trigger's poison queue.
     assert {_main_value(q) for q in data["queues"]} == {
         defaults.batch_queue, defaults.result_queue, f"{defaults.batch_queue}-poison", f"{defaults.result_queue}-poison",
-        "webjobs-blobtrigger-poison"}
+        "webjobs-blobtrigger-poison", defaults.shard_queue, defaults.shard_result_queue, defaults.shard_poison_queue,
+        f"{defaults.shard_result_queue}-poison"}
+    expiring = {_expr(rule["prefix"]) for rule in data["expiry"]}
+    assert expiring == {"'${containers.work}/jobs/'", "'${containers.work}/runs/'"}, "segments and shard predictions expire"
 
 
 def test_no_keys_no_connection_secrets_no_secret_outputs():
@@ -217,20 +222,23 @@ def test_flex_consumption_python_311():
     assert config["runtime"] == {"name": "python", "version": "3.11"}
 
 
-def test_gpu_cluster_scales_from_zero_with_parameters_and_runs_as_its_own_identity():
-    cluster = next(r for f in outlines().values() for r in f["resources"] if r["type"].startswith("Microsoft.MachineLearningServices/workspaces/computes@"))
+@pytest.mark.parametrize("kind", ["gpu", "cpu"])
+def test_clusters_scale_from_zero_with_parameters_and_run_as_their_own_identity(kind):
+    [cluster] = [r for r in outlines()["bicep/modules/ml-compute.bicep"]["resources"]
+                 if r["type"].startswith("Microsoft.MachineLearningServices/workspaces/computes@")]
     spec = cluster["body"]["properties"]["properties"]
     assert spec["scaleSettings"]["minNodeCount"] == 0
     assert _expr(spec["scaleSettings"]["maxNodeCount"]) == "maxNodes"
     assert "idleSecondsBeforeScaleDown" in _expr(spec["scaleSettings"]["nodeIdleTimeBeforeScaleDown"])
     assert "LowPriority" in _expr(spec["vmPriority"]) and _expr(spec["vmSize"]) == "vmSize"
-    compute = _module("modules/ml-compute.bicep")["body"]["params"]
-    for parameter in ("gpuVmSize", "gpuMaxNodes", "gpuLowPriority", "gpuIdleSecondsBeforeScaleDown"):
+    compute = _cluster(kind)["body"]["params"]
+    for parameter in (f"{kind}VmSize", f"{kind}MaxNodes", f"{kind}LowPriority", f"{kind}IdleSecondsBeforeScaleDown"):
         assert parameter in _main()["params"] and parameter in {_expr(v) for v in compute.values()}
     identity = cluster["body"]["identity"]
     assert identity["type"] == "UserAssigned" and list(identity["userAssignedIdentities"]) == ["'${identityId}'"]
-    assert _compute_identity() != _function_identity()
-    assert _module_of(_module("modules/ml-compute.bicep"))["outputs"].keys() == {"name"}, "nothing reads a cluster-made principal"
+    assert len({_compute_identity(), _cpu_identity(), _function_identity()}) == 3, "each cluster and the app: an identity each"
+    assert _module_of(_cluster(kind))["outputs"].keys() == {"name"}, "nothing reads a cluster-made principal"
+    assert len(_modules("modules/ml-compute.bicep")) == 2
 
 
 def test_event_grid_topic_on_the_data_account_only():
@@ -271,15 +279,20 @@ def test_app_settings_are_ones_the_app_reads():
     entry = base_settings["PYTHON_SCRIPT_FILE_NAME"]
     assert (ROOT / entry).exists() and entry != "function_app.py"
     stylize = _module("modules/function-app.bicep")["body"]["params"]["stylizeSettings"]
-    known = {f"STYLIZE_{field.name.upper()}" for field in fields(Settings)} | {"STYLIZE_TASK_HUB"}
+    known = {f"STYLIZE_{field.name.upper()}" for field in fields(Settings)} | HOST_SETTINGS
     assert set(stylize) <= known, set(stylize) - known
     assert "%STYLIZE_TASK_HUB%" in (ROOT / "host.json").read_text()
     defaults = Settings()
     assert _main_value(stylize["STYLIZE_AZUREML_COMPONENT"]) == defaults.azureml_component
-    assert _main_value(_module("modules/ml-compute.bicep")["body"]["params"]["name"]) == defaults.azureml_compute
+    assert _main_value(_cluster("gpu")["body"]["params"]["name"]) == defaults.azureml_compute
+    assert _main_value(_cluster("cpu")["body"]["params"]["name"]) == defaults.azureml_cpu_compute
+    assert _main_value(stylize["STYLIZE_AZUREML_SHARD_COMPONENT"]) == defaults.azureml_shard_component
     for setting, default in (("STYLIZE_INPUT_CONTAINER", defaults.input_container), ("STYLIZE_OUTPUT_CONTAINER", defaults.output_container),
                              ("STYLIZE_WORK_CONTAINER", defaults.work_container), ("STYLIZE_STYLES_CONTAINER", defaults.styles_container),
-                             ("STYLIZE_BATCH_QUEUE", defaults.batch_queue), ("STYLIZE_RESULT_QUEUE", defaults.result_queue)):
+                             ("STYLIZE_BATCH_QUEUE", defaults.batch_queue), ("STYLIZE_RESULT_QUEUE", defaults.result_queue),
+                             ("STYLIZE_SENSOR_DATA_CONTAINER", defaults.sensor_data_container),
+                             ("STYLIZE_MODELS_CONTAINER", defaults.models_container), ("STYLIZE_SHARD_QUEUE", defaults.shard_queue),
+                             ("STYLIZE_SHARD_RESULT_QUEUE", defaults.shard_result_queue)):
         assert _main_value(stylize[setting]) == default, setting
 
 
@@ -290,6 +303,25 @@ def test_worker_settings_follow_the_cluster():
     assert "gpuIdleSecondsBeforeScaleDown" in _expr(_main()["variables"]["workerIdleSeconds"])
     # The worker jobs reach the data account as the cluster's identity: the app passes its client id.
     assert _expr(stylize["STYLIZE_AZUREML_COMPUTE_CLIENT_ID"]) == f"{_compute_identity()}.outputs.clientId"
+    assert _expr(stylize["STYLIZE_MAX_SHARD_WORKERS"]) == "string(cpuMaxNodes)", "one shard worker job per CPU node"
+    assert _expr(stylize["STYLIZE_AZUREML_CPU_COMPUTE_CLIENT_ID"]) == f"{_cpu_identity()}.outputs.clientId"
+    assert _symbol(stylize["STYLIZE_AZUREML_CPU_COMPUTE"]) == _cluster("cpu")["symbol"]
+
+
+# Settings that the Functions host resolves (%NAME% in host.json or in a binding), not shared.config.
+HOST_SETTINGS = {"STYLIZE_TASK_HUB", "STYLIZE_MODELS_SCHEDULE"}
+
+
+def test_the_schedule_is_an_app_setting_the_timer_reads_hourly_by_default(app_functions):
+    [timer] = [b for f in app_functions.values() for b in f.get_bindings() if b.type == "timerTrigger"]
+    assert timer.schedule == "%STYLIZE_MODELS_SCHEDULE%"
+    stylize = _module("modules/function-app.bicep")["body"]["params"]["stylizeSettings"]
+    assert _expr(stylize["STYLIZE_MODELS_SCHEDULE"]) == "modelsSchedule"
+    assert _main()["params"]["modelsSchedule"]["default"] == "0 0 * * * *", "NCRONTAB (with seconds): on the hour"
+    assert _expr(stylize["STYLIZE_MODELS_WINDOW_S"]) == "string(modelsWindowSeconds)"
+    assert _main()["params"]["modelsWindowSeconds"]["default"] == Settings().models_window_s == 3600
+    sample = json.loads((ROOT / "local.settings.sample.json").read_text())["Values"]
+    assert sample["STYLIZE_MODELS_SCHEDULE"] == "0 0 * * * *", "func start needs it too: the host resolves it"
 
 
 # Who may touch what: every role assignment, evaluated from the parse tree of rbac.bicep and the
@@ -376,8 +408,19 @@ def _function_identity() -> str:
     return _symbol(_module("modules/function-app.bicep")["body"]["params"]["identityId"])
 
 
+def _cluster(kind: str) -> dict:
+    """The ml-compute module of the GPU or the CPU cluster: the one the app's settings name for that kind of work."""
+    setting = {"gpu": "STYLIZE_AZUREML_COMPUTE", "cpu": "STYLIZE_AZUREML_CPU_COMPUTE"}[kind]
+    symbol = _symbol(_module("modules/function-app.bicep")["body"]["params"]["stylizeSettings"][setting])
+    return next(m for m in _modules("modules/ml-compute.bicep") if m["symbol"] == symbol)
+
+
 def _compute_identity() -> str:
-    return _symbol(_module("modules/ml-compute.bicep")["body"]["params"]["identityId"])
+    return _symbol(_cluster("gpu")["body"]["params"]["identityId"])
+
+
+def _cpu_identity() -> str:
+    return _symbol(_cluster("cpu")["body"]["params"]["identityId"])
 
 
 def _data_account() -> str:
@@ -461,7 +504,8 @@ def test_workspace_identity_gets_no_role_on_its_own_storage():
     assert not [name for name, spec in _module_of(_module("modules/ml-workspace.bicep"))["outputs"].items()
                 if "principal" in name.lower() or "identity" in spec["value"]], "nothing can even pass its principal on"
     on_storage = {_symbol({"expression": g.principal}) for g in grants() if g.target == _workspace_storage()}
-    assert on_storage == {_compute_identity(), "principalId"}, "the cluster (snapshots, logs) and the deployer (code upload)"
+    assert on_storage == {_compute_identity(), _cpu_identity(), "principalId"}, \
+        "the clusters (snapshots, logs) and the deployer (code upload)"
 
 
 def test_no_azure_ml_identity_can_touch_the_functions_host_account():
@@ -471,7 +515,7 @@ def test_no_azure_ml_identity_can_touch_the_functions_host_account():
         ("Storage Blob Data Owner", "storageAccounts"), ("Storage Queue Data Contributor", "storageAccounts"),
         ("Storage Table Data Contributor", "storageAccounts")}
     assert {_symbol({"expression": g.principal}) for g in grants() if g.target == host} == {_function_identity()}
-    ml_identities = {_compute_identity(), _module("modules/ml-workspace.bicep")["symbol"]}
+    ml_identities = {_compute_identity(), _cpu_identity(), _module("modules/ml-workspace.bicep")["symbol"]}
     reach = [g for g in grants() if _symbol({"expression": g.principal}) in ml_identities and g.role in WRITES_STORAGE]
     assert reach and not [g for g in reach if g.target == host or g.kind not in ("storageAccounts", "containers", "queues")]
 
@@ -498,6 +542,20 @@ def test_the_cluster_reaches_exactly_what_the_workers_use():
     }
 
 
+def test_the_cpu_cluster_reaches_exactly_what_the_shard_workers_use():
+    defaults = Settings()
+    assert _granted(_cpu_identity()) == {
+        ("Storage Queue Data Contributor", "queues", defaults.shard_queue),  # renewing a message's visibility is an update
+        ("Storage Queue Data Message Sender", "queues", defaults.shard_result_queue),
+        ("Storage Queue Data Message Sender", "queues", defaults.shard_poison_queue),
+        ("Storage Blob Data Reader", "containers", defaults.sensor_data_container),
+        ("Storage Blob Data Reader", "containers", defaults.models_container),
+        ("Storage Blob Data Contributor", "containers", defaults.work_container),  # writes predictions, reads a run's closed marker
+        ("Storage Blob Data Contributor", "storageAccounts", _workspace_storage()),
+        ("AcrPull", "registries", "workspace"),
+    }
+
+
 def test_the_function_app_holds_the_documented_trigger_roles_and_no_more():
     defaults = Settings()
     granted = _granted(_function_identity())
@@ -512,13 +570,25 @@ def test_the_function_app_holds_the_documented_trigger_roles_and_no_more():
         ("Storage Queue Data Message Processor", "queues", defaults.result_queue),
         ("Storage Queue Data Message Sender", "queues", f"{defaults.result_queue}-poison"),
         ("Storage Queue Data Message Sender", "queues", defaults.batch_queue),
+        ("Storage Queue Data Reader", "queues", defaults.shard_result_queue),
+        ("Storage Queue Data Message Processor", "queues", defaults.shard_result_queue),
+        ("Storage Queue Data Message Sender", "queues", f"{defaults.shard_result_queue}-poison"),
+        ("Storage Queue Data Message Sender", "queues", defaults.shard_queue),
+        ("Storage Queue Data Reader", "queues", defaults.shard_queue),
     } <= granted
     assert {(kind, target) for _, kind, target in granted} == {
         ("storageAccounts", _host_account()), ("containers", defaults.input_container), ("containers", defaults.output_container),
         ("containers", defaults.work_container), ("containers", defaults.styles_container),
+        ("containers", defaults.sensor_data_container), ("containers", defaults.models_container),
         ("queues", defaults.batch_queue), ("queues", defaults.result_queue), ("queues", f"{defaults.result_queue}-poison"),
+        ("queues", defaults.shard_queue), ("queues", defaults.shard_result_queue), ("queues", f"{defaults.shard_result_queue}-poison"),
         ("queues", "webjobs-blobtrigger-poison"), ("components", "monitoring"), ("workspaces", "workspace")}
     assert ("Storage Blob Data Reader", "containers", defaults.styles_container) in granted
+    # Planning a run reads the manifest and the readings' header, nothing more.
+    assert {("Storage Blob Data Reader", "containers", defaults.models_container),
+            ("Storage Blob Data Reader", "containers", defaults.sensor_data_container)} <= granted
+    assert not {(role, target) for role, kind, target in granted
+                if target in (defaults.models_container, defaults.sensor_data_container) and role != "Storage Blob Data Reader"}
 
 
 def _security_paragraph() -> dict[str, list[str]]:
@@ -532,7 +602,7 @@ def _security_paragraph() -> dict[str, list[str]]:
 
 def test_readme_security_paragraph_matches_the_role_assignments():
     bullets = _security_paragraph()
-    holders = {"Function app": _function_identity(), "GPU cluster": _compute_identity(), "You": "principalId"}
+    holders = {"Function app": _function_identity(), "GPU cluster": _compute_identity(), "CPU cluster": _cpu_identity(), "You": "principalId"}
     words = {_host_account(): "Functions host account", _workspace_storage(): "workspace storage",
              _data_account(): "data account", "workspace": "workspace", "monitoring": "Application Insights"}
     assert set(holders) <= set(bullets)
@@ -556,6 +626,31 @@ def test_environment_and_component_load_offline():
         assert any(re.fullmatch(rf"{package}==[\w.+]+", pin) for pin in pins), package
     component = load_component(AML_DIR / "component.yml")
     assert component.type == "command" and re.fullmatch(r"[a-z][a-z0-9_]*", component.name)
+
+
+def test_the_shard_worker_runs_in_a_cpu_environment_with_the_pinned_scikit_learn():
+    import tomllib
+
+    from azure.ai.ml import load_component, load_environment
+
+    from gpu_job.__main__ import parse_args
+
+    environment = load_environment(AML_DIR / "environment-cpu.yml")
+    assert environment.image and environment.name == "stylize-cpu" and "cuda" not in environment.image
+    pins = environment.conda_file["dependencies"][-1]["pip"]
+    for package in ("scikit-learn", "pandas", "numpy", "azure-identity", "azure-storage-blob", "azure-storage-queue"):
+        assert any(re.fullmatch(rf"{package}==[\w.+]+", pin) for pin in pins), package
+    assert not [pin for pin in pins if re.match(r"(torch|torchvision|av)\b", pin)], "the shard worker imports neither torch nor PyAV"
+    project = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]["dependencies"]
+    assert [dep for dep in project if dep.startswith("scikit-learn")] == [pin for pin in pins if pin.startswith("scikit-learn")], \
+        "model files are refused across scikit-learn versions: the workers must have the one that trained them"
+    component = load_component(AML_DIR / "component-shards.yml")
+    assert component.name == Settings().azureml_shard_component and component.environment == "stylize-cpu@latest"
+    argv = shlex.split(component.command)
+    assert argv[:3] == ["python", "-m", "gpu_job"]
+    args = parse_args(argv[3:], Settings())
+    assert (args.command, args.work, args.stdio) == ("worker", "shards", False)
+    assert [file for trio in hook.ML_ASSETS for file in trio if not (AML_DIR / file).exists()] == []
 
 
 def test_component_code_snapshot_holds_the_scorer_and_core_only():
@@ -589,10 +684,12 @@ def test_ml_assets_register_once_per_content(tmp_path):
     client = type("Client", (), {"environments": _Assets(), "components": _Assets()})()
     first = hook.register_ml_assets(client)
     assert hook.register_ml_assets(client) == first
-    assert len(client.environments.versions) == len(client.components.versions) == 1
-    component = next(iter(client.components.versions.values()))
-    environment = next(iter(client.environments.versions.values()))
-    assert component.environment == f"azureml:stylize-gpu:{environment.version}"
+    assert len(client.environments.versions) == len(client.components.versions) == 2
+    environments = {name: version for name, version in client.environments.versions}
+    components = {component.name: component for component in client.components.versions.values()}
+    assert components["stylize_worker"].environment == f"azureml:stylize-gpu:{environments['stylize-gpu']}"
+    assert components["stylize_shard_worker"].environment == f"azureml:stylize-cpu:{environments['stylize-cpu']}"
+    assert sorted(first) == sorted(f"{name}:{component.version}" for name, component in components.items())
     (tmp_path / "gpu_job").mkdir()
     (tmp_path / "shared").mkdir()
     (tmp_path / "gpu_job" / "scorer.py").write_text("a = 1\n")
@@ -666,7 +763,8 @@ def test_blobs_extension_key_waits_for_the_host_then_gives_up(monkeypatch):
 
 
 def test_function_package_runs_without_what_funcignore_leaves_out(tmp_path):
-    """The deployment package azd builds (the project minus .funcignore) indexes every function, with no torch."""
+    """The deployment package azd builds (the project minus .funcignore) indexes every function, with no torch,
+    scikit-learn or pandas (the workers' packages, absent from requirements.txt)."""
     import pathspec
 
     ignore = pathspec.PathSpec.from_lines("gitwildmatch", (ROOT / ".funcignore").read_text().splitlines())
@@ -677,12 +775,15 @@ def test_function_package_runs_without_what_funcignore_leaves_out(tmp_path):
             (package / name).parent.mkdir(parents=True, exist_ok=True)
             shutil.copy2(ROOT / name, package / name)
     top = {path.name for path in package.iterdir()}
+    requirements = (package / "requirements.txt").read_text()
+    assert not re.findall(r"^(torch|scikit-learn|pandas)\b", requirements, re.M), "the workers' packages stay out of the app"
     assert {"host.json", "requirements.txt", "stylize_functions.py", "function_app", "shared", "gpu_job"} <= top
     assert not top & {"tests", "bench", "bicep", "deploy", ".venv", "node_modules"}
-    code = ("import sys; sys.modules['torch'] = None; sys.modules['torchvision'] = None\n"
+    code = ("import sys; sys.modules.update(torch=None, torchvision=None, sklearn=None, pandas=None)\n"
             "import stylize_functions, function_app, shared, gpu_job\n"
             "assert all(m.__file__.startswith(sys.argv[1]) for m in (stylize_functions, function_app, shared, gpu_job))\n"
             "print(len(stylize_functions.app.get_functions()))")
     run = subprocess.run([sys.executable, "-c", code, str(package)], capture_output=True, text=True, cwd=package, timeout=120)
     assert run.returncode == 0, run.stderr[-2000:]
-    assert int(run.stdout.strip()) == 9, "upload, orchestrator, five activities, batch results, status"
+    assert int(run.stdout.strip()) == 17, ("video: upload, orchestrator, five activities, batch results, status; many models: "
+                                           "timer, backfill, orchestrator, four activities, shard results")

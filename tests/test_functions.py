@@ -9,7 +9,6 @@ import json
 import os
 import shlex
 import signal
-import time
 from dataclasses import replace
 from pathlib import Path
 
@@ -19,11 +18,12 @@ import pytest
 import yaml
 from azure.storage.blob import BlobServiceClient
 
-from conftest import empty_storage
-from durable_replay import CALL_ACTIVITY, CREATE_TIMER, ReplayClient
+import durable_replay
+from durable_replay import ReplayClient
+from durable_replay import user_function as _user
 from function_app.activities import ACTIVITIES
 from function_app.batches import deliver_result, job_status, on_batch_result
-from function_app.compute import AZUREML_ACTIVE_STATES, AzureMLWorkers, LocalWorkers, ensure_workers
+from function_app.compute import AZUREML_ACTIVE_STATES, AzureMLWorkers, Fleet, LocalWorkers, ensure_workers
 from function_app.upload import instance_id_for, start_job, style_for
 from media import audio_md5, damage_packet, ffmpeg, frame_timestamps, frames_at, make_clip, min_psnr, packets_of, preview_tiles, streams_of
 from shared.config import Settings
@@ -33,15 +33,11 @@ from shared.preview import sample_indices
 
 LIMITS = Settings(batch_frames=20, max_attempts=2, max_workers=2, worker_idle_s=20, visibility_timeout_s=4, max_deliveries=2,
                   worker_check_s=30, batch_timeout_s=3600)
-COMPONENT_YAML = Path(__file__).resolve().parents[1] / "gpu_job" / "azureml" / "component.yml"
+AML_DIR = Path(__file__).resolve().parents[1] / "gpu_job" / "azureml"
+COMPONENT_YAML = {"stylize_worker": AML_DIR / "component.yml", "stylize_shard_worker": AML_DIR / "component-shards.yml"}
 STALL_S = 2.0
 CLUSTER_CLIENT_ID = "00000000-0000-0000-0000-00000000c1d5"
-
-
-def _user(function):
-    """The function as written, unwrapped from the Durable client binding (as the SDK's samples-v2 tests do)."""
-    user = function.build().get_user_function()
-    return getattr(user, "client_function", user)
+CPU_CLUSTER_CLIENT_ID = "00000000-0000-0000-0000-0000000c9c1d"
 
 
 def run(coroutine):
@@ -49,10 +45,10 @@ def run(coroutine):
 
 
 @pytest.fixture()
-def storage(azurite, monkeypatch):
+def storage(on_azurite):
     """Fresh containers and queues on Azurite; every local worker started by a test is stopped after it."""
-    monkeypatch.setenv(LIMITS.storage_connection, azurite)
-    service, queues = empty_storage(LIMITS, [LIMITS.input_container, LIMITS.output_container, LIMITS.work_container])
+    service, queues = on_azurite(LIMITS, (LIMITS.input_container, LIMITS.output_container, LIMITS.work_container),
+                                 (LIMITS.batch_queue, LIMITS.result_queue, LIMITS.poison_queue))
     service.get_container_client(LIMITS.work_container).delete_blobs(
         *[blob.name for blob in service.get_container_client(LIMITS.work_container).list_blobs(name_starts_with="workers/")])
     yield service, queues
@@ -65,12 +61,17 @@ def test_binding_metadata(app_functions):
     assert upload.path == "videos-in/{name}" and upload.connection == "DataStorage"
     assert bindings["on_batch_result"]["queueTrigger"].queue_name == "batch-results"
     assert "orchestrationTrigger" in bindings["stylize_orchestrator"]
-    assert {"split_job", "enqueue_batches", "ensure_workers", "stitch_job", "report_failure"} == {
+    assert {"split_job", "enqueue_batches", "ensure_workers", "stitch_job", "report_failure",
+            "plan_model_run", "enqueue_shards", "finish_model_run", "fail_model_run"} == {
         n for n, b in bindings.items() if "activityTrigger" in b}
     assert bindings["job_status"]["httpTrigger"].route == "jobs/{job_id}"
+    assert bindings["on_shard_result"]["queueTrigger"].queue_name == "shard-results"
+    assert bindings["start_model_run"]["httpTrigger"].route == "models/runs" and [str(m.value) for m in bindings["start_model_run"]["httpTrigger"].methods] == ["POST"]
+    assert "orchestrationTrigger" in bindings["score_models_orchestrator"]
+    assert bindings["on_models_schedule"]["timerTrigger"].schedule == "%STYLIZE_MODELS_SCHEDULE%"
     assert not any("eventGridTrigger" in b for b in bindings.values()), "completion comes from the results queue only"
-    assert not any(b.get("queueTrigger") and b["queueTrigger"].queue_name == "batches" for b in bindings.values()), \
-        "the batch queue is drained by the workers, not by the Function app"
+    assert not any(b.get("queueTrigger") and b["queueTrigger"].queue_name in ("batches", "shards") for b in bindings.values()), \
+        "the work queues are drained by the workers, not by the Function app"
     assert not any(b.get("blobTrigger") and b["blobTrigger"].path.startswith((LIMITS.output_container, LIMITS.work_container))
                    for b in bindings.values()), "outputs and intermediate blobs must never trigger the pipeline"
 
@@ -88,57 +89,13 @@ def _upload(service: BlobServiceClient, name: str, data: bytes, style: str = "id
     return blob
 
 
-class Host:
-    """Plays the Functions host for one orchestration: runs its activities, fires its worker-check timer
-    when nothing has happened for a while, and delivers the results queue to ``on_batch_result``."""
+def Host(client: ReplayClient, instance_id: str, queues: dict, limits: Settings = LIMITS) -> durable_replay.Host:
+    """The Functions host for one video job: its activities, its results queue delivered to ``on_batch_result``."""
+    def deliver(body: str) -> BatchResult:
+        run(_user(on_batch_result)(func.QueueMessage(body=body.encode()), client))
+        return BatchResult.from_json(body)
 
-    def __init__(self, client: ReplayClient, instance_id: str, queues: dict, limits: Settings = LIMITS) -> None:
-        self.client, self.limits = client, limits
-        self.replay = client.replays[instance_id]
-        self.results = queues[limits.result_queue]
-        self.timers: list[dict] = []
-        self.delivered: list[BatchResult] = []
-
-    def step(self) -> None:
-        for action in self.replay.step():
-            if action["actionType"] == CALL_ACTIVITY:
-                try:
-                    self.replay.complete(action, ACTIVITIES[action["functionName"]](action["input"], self.limits))
-                except Exception as exc:  # an activity failure reaches the orchestrator as the host reports it
-                    self.replay.fail(action, str(exc))
-            elif action["actionType"] == CREATE_TIMER:
-                self.timers.append(action)
-
-    def deliver(self) -> bool:
-        delivered = False
-        for raw in self.results.receive_messages():
-            run(_user(on_batch_result)(func.QueueMessage(id=raw.id, body=raw.content.encode()), self.client))
-            self.delivered.append(BatchResult.from_json(raw.content))
-            self.results.delete_message(raw)
-            delivered = True
-        return delivered
-
-    def until_done(self, timeout_s: float = 180, on_round=None) -> None:
-        deadline = time.monotonic() + timeout_s
-        quiet_since = time.monotonic()
-        while time.monotonic() < deadline:
-            self.step()
-            if self.replay.done:
-                return
-            if on_round:
-                on_round()
-            if self.deliver():
-                quiet_since = time.monotonic()
-                continue
-            if time.monotonic() - quiet_since > STALL_S and self.timers:
-                # The earliest pending timer is the worker check (its period is far below the batch deadline).
-                timer = min(self.timers, key=lambda action: action["fireAt"])
-                self.timers.remove(timer)
-                self.replay.fire_timer(timer)
-                quiet_since = time.monotonic()
-                continue
-            time.sleep(0.1)
-        pytest.fail(f"orchestration did not finish: {self.replay.custom_status}")
+    return durable_replay.Host(client, instance_id, ACTIVITIES, queues[limits.result_queue], deliver, limits, STALL_S)
 
 
 def _start(service, name: str, clip: Path, style: str = "identity", limits: Settings = LIMITS) -> tuple[ReplayClient, str]:
@@ -330,15 +287,16 @@ class _FakeComponents:
         from azure.ai.ml import load_component
 
         self.requests.append((name, label))
-        return load_component(COMPONENT_YAML)
+        return load_component(COMPONENT_YAML[name])
 
 
-def _azureml(monkeypatch) -> AzureMLWorkers:
+def _azureml(monkeypatch, work: str = "batches") -> AzureMLWorkers:
     monkeypatch.setenv("DataStorage__blobServiceUri", "https://stdata.blob.core.windows.net")
     monkeypatch.setenv("DataStorage__queueServiceUri", "https://stdata.queue.core.windows.net")
     client = type("Client", (), {"jobs": _FakeJobs(), "components": _FakeComponents()})()
-    return AzureMLWorkers(replace(LIMITS, compute_backend="azureml", max_workers=4, azureml_compute_client_id=CLUSTER_CLIENT_ID),
-                          ml_client=client)
+    settings = replace(LIMITS, compute_backend="azureml", max_workers=4, azureml_compute_client_id=CLUSTER_CLIENT_ID,
+                       azureml_cpu_compute_client_id=CPU_CLUSTER_CLIENT_ID)
+    return AzureMLWorkers(settings, Fleet.of(settings, work), ml_client=client)
 
 
 def test_azureml_worker_job_is_valid_for_the_sdk_and_the_worker_cli(tmp_path, monkeypatch):
@@ -436,3 +394,20 @@ def test_cloud_refuses_an_unreadable_codec_with_a_report_and_keeps_the_input(sto
     report = json.loads(service.get_blob_client(LIMITS.output_container, "odd.identity.error.json").download_blob().readall())
     assert "uses a codec the bundled FFmpeg cannot decode" in report["error"] and len(report["error"].splitlines()) == 1
     assert service.get_blob_client(LIMITS.input_container, "odd.mkv").download_blob().readall() == unknown
+
+
+def test_azureml_shard_worker_jobs_run_on_the_cpu_cluster_as_its_identity(monkeypatch):
+    from gpu_job.__main__ import parse_args
+
+    backend = _azureml(monkeypatch, "shards")
+    job = backend.build_job("stylize-shard-worker-abc")
+    assert backend.ml_client.components.requests == [("stylize_shard_worker", "latest")]
+    body = job._to_rest_object().as_dict()["properties"]
+    assert body["computeId"] == "cpu-cluster" and body["identity"] == {"identityType": "Managed"}
+    assert body["experimentName"] == "score-models" and body["tags"] == {"stylize_role": "shard-worker"}
+    env = body["environmentVariables"]
+    assert env["DataStorage__clientId"] == env["AZURE_CLIENT_ID"] == CPU_CLUSTER_CLIENT_ID, "the CPU cluster's identity"
+    assert not any("AccountKey" in value for value in env.values())
+    args = parse_args(shlex.split(body["command"])[3:], Settings.from_env(env))
+    assert (args.command, args.work, args.idle_seconds) == ("worker", "shards", LIMITS.worker_idle_s)
+    assert backend.start().startswith("stylize-shard-worker-")

@@ -18,25 +18,20 @@ from sklearn.pipeline import Pipeline
 from sklearn.preprocessing import StandardScaler
 from sklearn.svm import OneClassSVM
 
-from runner.score_models import main
+from runner import score_models
+from runner.pool import launch_worker
+from runner.score_models import build_parser, main
+from shared.config import Settings
 from shared.many_models.generate import sensor_range
 from shared.many_models.manifest import MANIFEST_NAME, Manifest
 from shared.many_models.model_files import ModelRefusedError, load_model, model_bytes
 from shared.many_models.report import run_status
-from shared.many_models.run_state import RunState
+from shared.many_models.run_state import FolderStore, RunState
 from shared.many_models.schema import Window
 from shared.many_models.scoring import score_shard
 from shared.many_models.shards import ShardMessageError, ShardResult, ShardSpec, plan_shards
 
 SCORED_HOURS_START = "2018-08-29T01:00:00"  # generated data: 4 hours from 2018-08-28 23:00, the first two for training
-
-
-@pytest.fixture(scope="module")
-def generated(tmp_path_factory) -> Path:
-    """The reference's shape: 3 devices x 5 sensors, 5-second windows, four hours, labelled anomalies."""
-    root = tmp_path_factory.mktemp("generated")
-    assert main(["generate", str(root / "g")]) == 0
-    return root / "g"
 
 
 @pytest.fixture
@@ -257,18 +252,20 @@ def test_shard_messages_round_trip_and_bad_ones_are_refused():
 def test_a_redelivered_shard_overwrites_its_own_output(generated, tmp_path):
     window = Window.parse(SCORED_HOURS_START, None)
     manifest = Manifest.load(generated / "models")
-    state = RunState.open(tmp_path / "run", window, manifest.key_columns)
+    store = FolderStore(tmp_path / "run")
+    state = RunState.open(store, window, manifest.key_columns)
     keys = [entry.key for entry in manifest.models.values()]
+    shards_dir = tmp_path / "run" / "shards"
     [shard] = plan_shards(state.run_id, keys, 100, models_dir=str(generated / "models"),
-                          data=str(generated / "sensor_data.csv"), window=window, out_dir=str(state.shards_dir))
+                          data=str(generated / "sensor_data.csv"), window=window, out_dir=str(shards_dir))
     first = score_shard(shard)
-    second = score_shard(ShardSpec.from_dict(shard.to_dict()))
+    second = score_shard(ShardSpec.from_json(shard.to_json()))
     assert [m.status for m in first.models] == ["ok"] * 15 and first.rows == second.rows > 0
     state.record(first)
     state.record(second)
-    assert sorted(p.name for p in state.shards_dir.iterdir()) == [f"{shard.shard_id}.csv", f"{shard.shard_id}.json"]
-    path, rows = state.merge_predictions()
-    assert rows == first.rows == len(pd.read_csv(path))
+    assert sorted(p.name for p in shards_dir.iterdir()) == [f"{shard.shard_id}.a1.csv", f"{shard.shard_id}.json"]
+    rows = state.merge_predictions(store)
+    assert rows == first.rows == len(pd.read_csv(tmp_path / "run" / "predictions.csv"))
 
 
 def test_models_without_readings_in_the_window_are_no_data(generated, tmp_path):
@@ -321,3 +318,52 @@ def test_the_coordinator_side_needs_neither_scikit_learn_nor_pandas():
     code = ("import sys, shared.many_models.run, shared.many_models.shards, shared.many_models.run_state; "
             "print(sorted({'sklearn', 'pandas'} & set(sys.modules)))")
     assert subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout.strip() == "[]"
+
+
+def test_a_shard_whose_worker_dies_is_retried_alone(generated, tmp_path, monkeypatch):
+    """A worker process that dies on a shard is replaced; only that shard is scored again (its attempt 2)."""
+    monkeypatch.setenv("STYLIZE_MODELS_PER_SHARD", "4")
+    window = Window.parse(SCORED_HOURS_START, None)
+    keys = [entry.key for entry in Manifest.load(generated / "models").models.values()]
+    shards = plan_shards(window.run_id, keys, 4, models_dir="", data="", window=window, out_dir="")
+    victim, state = shards[1].shard_id, tmp_path / "faults"
+
+    def flaky(command: list[str]):
+        return launch_worker([sys.executable, str(Path(__file__).with_name("flaky_worker.py")), "crash", victim, "1", str(state),
+                              "--", *command])
+
+    args = build_parser().parse_args(["run", "--data", str(generated / "sensor_data.csv"), "--models", str(generated / "models"),
+                                      "--out", str(tmp_path / "run"), "--window-start", SCORED_HOURS_START, "--workers", "2"])
+    assert score_models.run(args, Settings.from_env(), launcher=flaky) == 0
+    assert state.read_text() == "x", "the fault was injected once"
+    recorded = {path.stem: json.loads(path.read_text())["result"] for path in (tmp_path / "run" / "shards").glob("*.json")}
+    assert {shard_id: result["attempt"] for shard_id, result in recorded.items()} == {
+        shard.shard_id: 2 if shard.shard_id == victim else 1 for shard in shards}
+    report = json.loads((tmp_path / "run" / "report.json").read_text())
+    assert (report["status"], report["models_succeeded"], report["shards"]) == ("succeeded", 15, 4)
+    data = pd.read_csv(generated / "sensor_data.csv", dtype=str)
+    data = data[pd.to_datetime(data["TS"]) >= SCORED_HOURS_START]
+    assert _rows(pd.read_csv(tmp_path / "run" / "predictions.csv", dtype=str)) == _rows(data)
+
+
+def test_the_shard_worker_needs_neither_torch_nor_pyav(generated, tmp_path):
+    """``python -m gpu_job worker --work shards`` runs on a CPU node whose image has neither."""
+    window = Window.parse(SCORED_HOURS_START, None)
+    keys = [entry.key for entry in Manifest.load(generated / "models").models.values()]
+    [shard] = plan_shards(window.run_id, keys, 100, models_dir=str(generated / "models"), data=str(generated / "sensor_data.csv"),
+                          window=window, out_dir=str(tmp_path))
+    code = ("import runpy, sys\n"
+            "class Absent:\n"
+            "    def find_spec(self, name, path=None, target=None):\n"
+            "        if name.split('.')[0] in ('torch', 'torchvision', 'av'):\n"
+            "            raise ModuleNotFoundError(name)\n"
+            "sys.meta_path.insert(0, Absent())\n"
+            "sys.argv = ['gpu_job', 'worker', '--stdio', '--work', 'shards']\n"
+            "runpy.run_module('gpu_job', run_name='__main__')\n")
+    done = subprocess.run([sys.executable, "-c", code], input=shard.to_json() + "\n", capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr
+    events = [json.loads(line) for line in done.stdout.splitlines()]
+    assert [event["event"] for event in events] == ["ready", "result"]
+    result = ShardResult.from_dict({name: value for name, value in events[1].items() if name != "event"})
+    assert result.succeeded and [model.status for model in result.models] == ["ok"] * 15
+    assert (tmp_path / result.predictions).exists()

@@ -190,3 +190,23 @@ def test_workers_that_cannot_be_started_fail_the_job_with_the_reason():
     assert replay.done and replay.custom_status["stage"] == "failed"
     assert replay.custom_status["error"] == ("could not start workers: (AuthorizationFailed) the client does not have "
                                              "authorization to perform action jobs/write")
+
+
+def test_results_that_arrive_while_a_retry_is_queued_are_each_taken_once():
+    """Results can reach the orchestration while it runs an activity; each counts once, none is lost
+    (the Durable Python SDK would replay an event that found no open waiter to every later one: issue 507)."""
+    replay = _replay()
+    _start(replay)
+    replay.raise_event(RESULT_EVENT, {"job_id": "job-1", "batch": 1, "attempt": 1, "succeeded": False, "error": "CUDA out of memory"})
+    retry, = replay.step()
+    _ok(replay, 0)
+    _ok(replay, 2)
+    assert replay.step() == [], "taken while the retry is being queued"
+    replay.complete(retry, 1)
+    workers, = replay.step()
+    assert workers["functionName"] == "ensure_workers"
+    replay.complete(workers, WORKERS)
+    assert replay.step() == [] and replay.custom_status["batches_done"] == 2
+    _ok(replay, 1, attempt=2)
+    stitch, = replay.step()
+    assert stitch["functionName"] == "stitch_job" and stitch["input"]["styled"] == ["s/0.a1.mp4", "s/1.a2.mp4", "s/2.a1.mp4"]

@@ -10,7 +10,6 @@ from pathlib import Path
 
 import pytest
 
-from conftest import empty_storage
 from gpu_job.command import WorkerOptions, worker_command
 from gpu_job.worker import ModelCache
 from media import frame_timestamps, make_clip
@@ -80,18 +79,18 @@ def test_single_batch_debug_mode_exits_2_for_an_error_that_will_repeat(tmp_path)
 
 
 @pytest.fixture()
-def queues(azurite, monkeypatch):
+def queues(on_azurite):
     settings = Settings(visibility_timeout_s=5, max_deliveries=2)
-    monkeypatch.setenv(settings.storage_connection, azurite)
-    service, clients = empty_storage(settings, [settings.work_container])
+    service, clients = on_azurite(settings, (settings.work_container,), (settings.batch_queue, settings.result_queue, settings.poison_queue))
     return settings, service, clients
 
 
 def _queue_worker(settings: Settings):
+    from gpu_job.batch_work import BatchWork
     from gpu_job.queue_worker import QueueWorker
     from gpu_job.worker import Worker
 
-    return QueueWorker(Worker(WorkerOptions(threads=1), settings.model_cache_dir), settings)
+    return QueueWorker(BatchWork(Worker(WorkerOptions(threads=1), settings.model_cache_dir), settings), settings)
 
 
 def _results(clients, settings) -> list[BatchResult]:
@@ -132,7 +131,7 @@ def test_queue_worker_reuses_a_styled_segment_and_drops_closed_jobs(queues, segm
     worker.serve(idle_s=1)
     results = _results(clients, settings)
     assert [(r.job_id, r.succeeded, r.styled) for r in results] == [("job-done", True, styled)], "a closed job gets no result"
-    assert worker.worker.models.loads == 0, "a batch whose styled segment exists is not styled again"
+    assert worker.handler.worker.models.loads == 0, "a batch whose styled segment exists is not styled again"
     assert clients[settings.batch_queue].get_queue_properties().approximate_message_count == 0
 
 

@@ -1,6 +1,7 @@
-// The GPU cluster the worker jobs run on. It scales from 0 nodes, so it costs nothing while idle,
-// and back to 0 after the idle time; low-priority nodes are cheaper and may be pre-empted (the
-// batches a pre-empted worker held are redelivered by the queue). It runs as a user-assigned
+// A cluster worker jobs run on: the GPU cluster (video batches) and the CPU cluster (model shards).
+// It scales from 0 nodes, so it costs nothing while idle, and back to 0 after the idle time;
+// low-priority nodes are cheaper and may be pre-empted (the items a pre-empted worker held are
+// redelivered by the queue). It runs as a user-assigned
 // identity (identity.bicep): the default identity of a cluster with one user-assigned identity is
 // that identity, used to pull the image and reach the workspace storage, and the client id a job
 // passes to azure-identity (Azure ML also sets it as DEFAULT_IDENTITY_CLIENT_ID; "Set up
@@ -10,6 +11,8 @@ param name string
 param location string
 param tags object
 param identityId string
+@description('What the nodes are for: the description of the cluster.')
+param purpose string
 param vmSize string
 param maxNodes int
 param lowPriority bool
@@ -30,7 +33,7 @@ resource cluster 'Microsoft.MachineLearningServices/workspaces/computes@2025-09-
   }
   properties: {
     computeType: 'AmlCompute'
-    description: 'GPU nodes for stylize worker jobs'
+    description: purpose
     properties: {
       vmSize: vmSize
       vmPriority: lowPriority ? 'LowPriority' : 'Dedicated'

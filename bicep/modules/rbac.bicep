@@ -11,12 +11,20 @@
 //   blob trigger); outputs and batch segments (output and work containers); styles to validate
 //   uploads (read); sending batches and reading the batch queue's length (to size the workers); the result queue's trigger (Storage Queue Data Reader and
 //   Message Processor, as documented for a queue trigger) and its poison queue (send); telemetry;
-//   submitting and following worker jobs in the workspace (AzureML Data Scientist, below).
+//   submitting and following worker jobs in the workspace (AzureML Data Scientist, below). Many
+//   models: sending shards and reading the shard queue's length; the shard results' trigger (the
+//   same two roles) and its poison queue; reading the manifest (models) and the readings' header
+//   (sensor-data) to plan a run; a run's state (work container) and its predictions and report
+//   (output container) are in containers it already writes.
 // - GPU cluster: taking batches and keeping them hidden while it works (renewing a message's
 //   visibility is an update, which Message Processor does not allow: Queue Data Contributor on the
 //   batch queue alone); sending results and poison batches; segments in and styled
 //   segments out (work container); styles (read); the environment image (registry); code
 //   snapshots and job logs in the workspace's storage. Nothing on the Functions host's account.
+// - CPU cluster (shard workers), the same way: taking shards and keeping them hidden (Queue Data
+//   Contributor on the shard queue); sending shard results and poison shards; reading the readings
+//   and the models; writing predictions (work container); the image; code snapshots and job logs.
+//   Nothing on the Functions host's account, nothing of the video pipeline's queues.
 // - Workspace: nothing here. Azure ML assigns its identity the roles it needs on the workspace's
 //   storage when it creates the workspace; assigning them again fails the deployment with
 //   RoleAssignmentExists (Azure ML docs, "disable local auth for storage"; MicrosoftDocs/azure-docs
@@ -30,16 +38,23 @@ param inputContainer string
 param outputContainer string
 param workContainer string
 param stylesContainer string
+param sensorDataContainer string
+param modelsContainer string
 param batchQueue string
 param resultQueue string
 param batchPoisonQueue string
 param resultPoisonQueue string
 param blobTriggerPoisonQueue string
+param shardQueue string
+param shardResultQueue string
+param shardPoisonQueue string
+param shardResultPoisonQueue string
 param appInsightsName string
 param workspaceName string
 param registryName string
 param functionPrincipalId string
 param computePrincipalId string
+param cpuPrincipalId string
 @description('The person running azd (uploads videos, registers the Azure ML component); empty to skip.')
 param userPrincipalId string = ''
 param userPrincipalType string = 'User'
@@ -62,8 +77,11 @@ var roles = {
   // running code on the cluster as its identity, so that adds little reach.
   azureMLDataScientist: 'f6c7c914-8db3-469d-8ca1-694a8f32e121'
 }
-var containerNames = [ inputContainer, outputContainer, workContainer, stylesContainer ]
-var queueNames = [ batchQueue, resultQueue, batchPoisonQueue, resultPoisonQueue, blobTriggerPoisonQueue ]
+var containerNames = [ inputContainer, outputContainer, workContainer, stylesContainer, sensorDataContainer, modelsContainer ]
+var queueNames = [
+  batchQueue, resultQueue, batchPoisonQueue, resultPoisonQueue, blobTriggerPoisonQueue
+  shardQueue, shardResultQueue, shardPoisonQueue, shardResultPoisonQueue
+]
 
 resource dataAccount 'Microsoft.Storage/storageAccounts@2023-05-01' existing = {
   name: dataAccountName
@@ -104,6 +122,11 @@ var hostGrants = [
 ]
 var mlStorageGrants = [
   { principal: computePrincipalId, role: roles.storageBlobDataContributor }
+  { principal: cpuPrincipalId, role: roles.storageBlobDataContributor }
+]
+var registryGrants = [
+  { principal: computePrincipalId, role: roles.acrPull }
+  { principal: cpuPrincipalId, role: roles.acrPull }
 ]
 var containerGrants = [
   { container: inputContainer, principal: functionPrincipalId, role: roles.storageBlobDataOwner }
@@ -112,6 +135,11 @@ var containerGrants = [
   { container: stylesContainer, principal: functionPrincipalId, role: roles.storageBlobDataReader }
   { container: workContainer, principal: computePrincipalId, role: roles.storageBlobDataContributor }
   { container: stylesContainer, principal: computePrincipalId, role: roles.storageBlobDataReader }
+  { container: modelsContainer, principal: functionPrincipalId, role: roles.storageBlobDataReader }
+  { container: sensorDataContainer, principal: functionPrincipalId, role: roles.storageBlobDataReader }
+  { container: sensorDataContainer, principal: cpuPrincipalId, role: roles.storageBlobDataReader }
+  { container: modelsContainer, principal: cpuPrincipalId, role: roles.storageBlobDataReader }
+  { container: workContainer, principal: cpuPrincipalId, role: roles.storageBlobDataContributor }
 ]
 var queueGrants = [
   { queue: batchQueue, principal: functionPrincipalId, role: roles.storageQueueDataMessageSender }
@@ -123,6 +151,14 @@ var queueGrants = [
   { queue: batchQueue, principal: computePrincipalId, role: roles.storageQueueDataContributor }
   { queue: resultQueue, principal: computePrincipalId, role: roles.storageQueueDataMessageSender }
   { queue: batchPoisonQueue, principal: computePrincipalId, role: roles.storageQueueDataMessageSender }
+  { queue: shardQueue, principal: functionPrincipalId, role: roles.storageQueueDataMessageSender }
+  { queue: shardQueue, principal: functionPrincipalId, role: roles.storageQueueDataReader }
+  { queue: shardResultQueue, principal: functionPrincipalId, role: roles.storageQueueDataReader }
+  { queue: shardResultQueue, principal: functionPrincipalId, role: roles.storageQueueDataMessageProcessor }
+  { queue: shardResultPoisonQueue, principal: functionPrincipalId, role: roles.storageQueueDataMessageSender }
+  { queue: shardQueue, principal: cpuPrincipalId, role: roles.storageQueueDataContributor }
+  { queue: shardResultQueue, principal: cpuPrincipalId, role: roles.storageQueueDataMessageSender }
+  { queue: shardPoisonQueue, principal: cpuPrincipalId, role: roles.storageQueueDataMessageSender }
 ]
 
 resource hostAssignments 'Microsoft.Authorization/roleAssignments@2022-04-01' = [for grant in hostGrants: {
@@ -185,15 +221,15 @@ resource jobSubmitterAssignment 'Microsoft.Authorization/roleAssignments@2022-04
   }
 }
 
-resource imagePullAssignment 'Microsoft.Authorization/roleAssignments@2022-04-01' = {
+resource imagePullAssignments 'Microsoft.Authorization/roleAssignments@2022-04-01' = [for grant in registryGrants: {
   scope: registry
-  name: guid(registry.id, computePrincipalId, roles.acrPull)
+  name: guid(registry.id, grant.principal, grant.role)
   properties: {
-    principalId: computePrincipalId
+    principalId: grant.principal
     principalType: 'ServicePrincipal'
-    roleDefinitionId: subscriptionResourceId('Microsoft.Authorization/roleDefinitions', roles.acrPull)
+    roleDefinitionId: subscriptionResourceId('Microsoft.Authorization/roleDefinitions', grant.role)
   }
-}
+}]
 
 resource userDataAssignment 'Microsoft.Authorization/roleAssignments@2022-04-01' = if (!empty(userPrincipalId)) {
   scope: dataAccount

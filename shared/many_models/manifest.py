@@ -54,22 +54,29 @@ class Manifest:
     def load(cls, models_dir: str | os.PathLike[str]) -> Manifest:
         path = Path(models_dir) / MANIFEST_NAME
         try:
-            data = json.loads(path.read_text(encoding="utf-8"))
+            raw = path.read_bytes()
         except FileNotFoundError:
             raise InvalidInputError(f"{path}: no manifest (train models first: score-models train)") from None
+        return cls.parse(raw, str(path))
+
+    @classmethod
+    def parse(cls, raw: bytes, where: str) -> Manifest:
+        """The manifest in ``raw`` (the content of ``where``), checked."""
+        try:
+            data = json.loads(raw)
         except (ValueError, UnicodeDecodeError) as exc:
-            raise InvalidInputError(f"{path}: not a JSON manifest ({exc})") from None
+            raise InvalidInputError(f"{where}: not a JSON manifest ({exc})") from None
         if not isinstance(data, dict) or data.get("format") != MANIFEST_FORMAT:
-            raise InvalidInputError(f"{path}: manifest format {data.get('format') if isinstance(data, dict) else None!r} "
+            raise InvalidInputError(f"{where}: manifest format {data.get('format') if isinstance(data, dict) else None!r} "
                                     f"is not {MANIFEST_FORMAT}")
         try:
             models = {name: ModelEntry.from_dict(entry) for name, entry in data["models"].items()}
             manifest = cls(key_columns=tuple(data["key_columns"]), models=models)
         except (KeyError, TypeError, AttributeError) as exc:
-            raise InvalidInputError(f"{path}: malformed manifest ({exc!r})") from None
+            raise InvalidInputError(f"{where}: malformed manifest ({exc!r})") from None
         wrong = [name for name, entry in models.items() if key_id(entry.key) != name or len(entry.key) != len(manifest.key_columns)]
         if wrong:
-            raise InvalidInputError(f"{path}: manifest entry {wrong[0]!r} does not match its key")
+            raise InvalidInputError(f"{where}: manifest entry {wrong[0]!r} does not match its key")
         return manifest
 
 

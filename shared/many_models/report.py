@@ -5,7 +5,6 @@ from __future__ import annotations
 from shared.errors import InvalidInputError
 from shared.many_models.manifest import Manifest
 from shared.many_models.run_state import RunState
-from shared.many_models.shards import ShardResult
 
 RUN_STATUSES = ("succeeded", "partial", "failed")
 SHARD_TIMINGS = ("read", "load", "score", "write")
@@ -26,22 +25,24 @@ def run_status(failed: int, ok: int, total: int, max_failed_fraction: float) -> 
     return "partial"
 
 
-def build_report(state: RunState, manifest: Manifest, pass_results: list[ShardResult], skipped: set[str],
-                 max_failed_fraction: float, rows_total: int, timings: dict[str, float], context: dict) -> dict:
-    """Every manifest model with its standing status; ``skipped`` are the models finished by an earlier pass."""
+def build_report(state: RunState, manifest: Manifest, max_failed_fraction: float, rows_total: int,
+                 timings: dict[str, float], context: dict) -> dict:
+    """Every manifest model with its standing status. Models finished by an earlier pass are ``skipped``;
+    rows, shards and shard timings are this pass's."""
     standing = state.models()
+    pass_results = state.pass_results()
     models = []
     counts = dict.fromkeys(("ok", "failed", "no_data"), 0)
     for name, entry in manifest.models.items():
         recorded = standing.get(name)
         if recorded is None:
             model = {"id": name, "key": list(entry.key), "status": "failed", "rows": 0, "seconds": 0.0,
-                     "reason": "not scored: no result came back for its shard", "shard": None}
+                     "reason": "not scored: no result came back for its shard", "shard": None, "skipped": False}
         else:
             result = recorded.result
             model = {"id": name, "key": list(entry.key), "status": result.status, "rows": result.rows,
-                     "seconds": result.seconds, "reason": result.reason, "shard": recorded.shard_id}
-        model["skipped"] = name in skipped
+                     "seconds": result.seconds, "reason": result.reason, "shard": recorded.shard_id,
+                     "skipped": result.status == "ok" and recorded.run_pass < state.run_pass}
         counts[model["status"]] += 1
         models.append(model)
     skipped_count = sum(model["skipped"] for model in models)
@@ -62,6 +63,8 @@ def build_report(state: RunState, manifest: Manifest, pass_results: list[ShardRe
         "rows_scored": sum(result.rows for result in pass_results),
         "rows_total": rows_total,
         "shards": len(pass_results),
+        "models_per_shard": max((len(result.models) for result in pass_results), default=0),
+        "workers": len({result.worker for result in pass_results if result.worker}),
         "models_per_second": round((len(models) - skipped_count) / total_seconds, 2) if total_seconds else None,
         "timings": {**{name: round(seconds, 4) for name, seconds in timings.items()}, "shards": shard_timings},
         "models": models,

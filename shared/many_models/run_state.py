@@ -1,20 +1,23 @@
-"""A run's output folder, what it already holds, and what is left to score.
+"""A run's files, what they already hold, and what is left to score.
 
-Layout of ``OUT_DIR``: ``run.json`` (which window this folder is for, and how many passes ran),
-``shards/<shard id>.csv`` (predictions of a shard's ``ok`` models) and ``shards/<shard id>.json``
-(its recorded result, written after its predictions), then the merged ``predictions.csv`` and
-``report.json``. A model that is ``ok`` in any recorded result is finished: later passes skip it,
-so each model's rows are in exactly one shard file, and merging them never duplicates a row.
+A run keeps its files in a :class:`Store`: a local folder (``score-models run --out``) or a blob
+prefix in the work container (:class:`shared.storage.BlobStore`, the Azure run ``runs/<run id>/``).
+Layout: ``run.json`` (which window the run is for, and how many passes ran),
+``shards/<shard id>.a<attempt>.csv`` (predictions of a shard's ``ok`` models, one file per attempt)
+and ``shards/<shard id>.json`` (the recorded result of the attempt that was kept, written after its
+predictions). A model that is ``ok`` in any recorded result is finished: later passes skip it, so
+each model's rows are in exactly one recorded shard file, and merging them never duplicates a row.
 """
 
 from __future__ import annotations
 
 import json
-import shutil
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Protocol
 
-from shared.atomic import atomic_path, write_text_atomic
+from shared.atomic import atomic_path
 from shared.errors import InvalidInputError
 from shared.many_models.schema import Window, key_id, predictions_header
 from shared.many_models.shards import ModelResult, ShardMessageError, ShardResult
@@ -23,6 +26,59 @@ RUN_FILE = "run.json"
 SHARDS_DIR = "shards"
 PREDICTIONS_NAME = "predictions.csv"
 REPORT_NAME = "report.json"
+
+
+class Store(Protocol):
+    """Named files of one run. Writes are atomic: a reader sees the old content or the whole new one."""
+
+    def read(self, name: str) -> bytes | None:
+        """The file's content; None when there is no such file."""
+
+    def write(self, name: str, parts: Iterable[bytes]) -> None:
+        """Replace the file with the concatenated parts."""
+
+    def names(self, folder: str) -> list[str]:
+        """Names of the files directly in ``folder``, sorted."""
+
+    def empty(self) -> bool:
+        """Whether the store holds no file at all."""
+
+    def where(self, name: str) -> str:
+        """Where the file is, for people: a path, or a container and blob name."""
+
+
+class FolderStore:
+    """A run's files in a local folder."""
+
+    def __init__(self, root: Path) -> None:
+        self.root = Path(root)
+        if self.root.exists() and not self.root.is_dir():
+            raise InvalidInputError(f"{self.root}: is not a folder")
+
+    def read(self, name: str) -> bytes | None:
+        try:
+            return (self.root / name).read_bytes()
+        except FileNotFoundError:
+            return None
+
+    def write(self, name: str, parts: Iterable[bytes]) -> None:
+        with atomic_path(self.root / name) as tmp, tmp.open("wb") as out:
+            for part in parts:
+                out.write(part)
+
+    def names(self, folder: str) -> list[str]:
+        directory = self.root / folder
+        return sorted(path.name for path in directory.iterdir() if path.is_file()) if directory.is_dir() else []
+
+    def empty(self) -> bool:
+        return not self.root.exists() or not any(self.root.iterdir())
+
+    def where(self, name: str) -> str:
+        return str(self.root / name)
+
+
+def write_text(store: Store, name: str, text: str) -> None:
+    store.write(name, [text.encode("utf-8")])
 
 
 @dataclass
@@ -34,7 +90,7 @@ class RecordedModel:
 
 @dataclass
 class RunState:
-    out_dir: Path
+    store: Store
     window: Window
     key_columns: tuple[str, ...]
     run_pass: int = 1
@@ -45,52 +101,67 @@ class RunState:
     def run_id(self) -> str:
         return self.window.run_id
 
-    @property
-    def shards_dir(self) -> Path:
-        return self.out_dir / SHARDS_DIR
+    @classmethod
+    def open(cls, store: Store, window: Window, key_columns: tuple[str, ...]) -> RunState:
+        """Start a new pass: on an empty store, or one that holds a run of this same window and keys."""
+        state = cls._load(store, window, key_columns)
+        if state is None:
+            if not store.empty():
+                raise InvalidInputError(f"{store.where('')}: is not empty and holds no run: choose another --out")
+            state = cls(store=store, window=window, key_columns=key_columns, run_pass=0)
+        state.run_pass += 1
+        write_text(store, RUN_FILE, json.dumps({**state._identity(), "passes": state.run_pass}, indent=1) + "\n")
+        return state
 
     @classmethod
-    def open(cls, out_dir: Path, window: Window, key_columns: tuple[str, ...]) -> RunState:
-        """Start a new pass over ``out_dir``: a new folder, or one that holds a run of this same window and keys."""
-        out_dir = Path(out_dir)
-        if out_dir.exists() and not out_dir.is_dir():
-            raise InvalidInputError(f"{out_dir}: is not a folder")
-        identity = {"run_id": window.run_id, "window": window.to_dict(), "key_columns": list(key_columns)}
-        run_file = out_dir / RUN_FILE
-        previous_passes = 0
-        if run_file.exists():
-            try:
-                held = json.loads(run_file.read_text(encoding="utf-8"))
-                previous_passes = int(held["passes"])
-            except (ValueError, KeyError, TypeError) as exc:
-                raise InvalidInputError(f"{run_file}: unreadable run file ({exc!r})") from None
-            if {name: held.get(name) for name in identity} != identity:
-                raise InvalidInputError(f"{out_dir} holds the run {held.get('run_id')} (keys {held.get('key_columns')}), "
-                                        f"not {window.run_id} (keys {list(key_columns)}): choose another --out")
-        elif out_dir.exists() and any(out_dir.iterdir()):
-            raise InvalidInputError(f"{out_dir}: folder is not empty and holds no run: choose another --out")
-        state = cls(out_dir=out_dir, window=window, key_columns=key_columns, run_pass=previous_passes + 1)
+    def resume(cls, store: Store, window: Window, key_columns: tuple[str, ...]) -> RunState:
+        """The pass :meth:`open` last began, with every result recorded so far (for a coordinator that finishes it elsewhere)."""
+        state = cls._load(store, window, key_columns)
+        if state is None:
+            raise InvalidInputError(f"{store.where(RUN_FILE)}: no run was begun here")
+        return state
+
+    def _identity(self) -> dict:
+        return {"run_id": self.run_id, "window": self.window.to_dict(), "key_columns": list(self.key_columns)}
+
+    @classmethod
+    def _load(cls, store: Store, window: Window, key_columns: tuple[str, ...]) -> RunState | None:
+        raw = store.read(RUN_FILE)
+        if raw is None:
+            return None
+        state = cls(store=store, window=window, key_columns=key_columns)
+        try:
+            held = json.loads(raw)
+            passes = int(held["passes"])
+        except (ValueError, KeyError, TypeError) as exc:
+            raise InvalidInputError(f"{store.where(RUN_FILE)}: unreadable run file ({exc!r})") from None
+        identity = state._identity()
+        if {name: held.get(name) for name in identity} != identity:
+            raise InvalidInputError(f"{store.where('')} holds the run {held.get('run_id')} (keys {held.get('key_columns')}), "
+                                    f"not {window.run_id} (keys {list(key_columns)}): choose another --out")
+        state.run_pass = passes
         state.results = state._load_results()
-        write_text_atomic(run_file, json.dumps({**identity, "passes": state.run_pass}, indent=1) + "\n")
         return state
 
     def _load_results(self) -> dict[str, tuple[int, ShardResult]]:
         results = {}
-        for path in sorted(self.shards_dir.glob("*.json")):
+        for name in self.store.names(SHARDS_DIR):
+            if not name.endswith(".json"):
+                continue
+            path = f"{SHARDS_DIR}/{name}"
             try:
-                data = json.loads(path.read_text(encoding="utf-8"))
-                results[path.stem] = (int(data["pass"]), ShardResult.from_dict(data["result"]))
+                data = json.loads(self.store.read(path) or b"")
+                results[name.removesuffix(".json")] = (int(data["pass"]), ShardResult.from_dict(data["result"]))
             except (ValueError, KeyError, TypeError, ShardMessageError) as exc:
-                raise InvalidInputError(f"{path}: unreadable shard result ({exc})") from None
+                raise InvalidInputError(f"{self.store.where(path)}: unreadable shard result ({exc})") from None
         return results
 
     def record(self, result: ShardResult) -> None:
-        """Keep a shard's result (after its predictions are in place); a re-delivered result replaces its own."""
+        """Keep a shard's result (after its predictions are in place); a later result for the same shard replaces it."""
         if result.run_id != self.run_id:
             raise InvalidInputError(f"shard result for run {result.run_id} recorded into run {self.run_id}")
         self.results[result.shard_id] = (self.run_pass, result)
-        write_text_atomic(self.shards_dir / f"{result.shard_id}.json",
-                          json.dumps({"pass": self.run_pass, "result": result.to_dict()}) + "\n")
+        write_text(self.store, f"{SHARDS_DIR}/{result.shard_id}.json", json.dumps({"pass": self.run_pass, "result": result.to_dict()}) + "\n")
 
     def models(self) -> dict[str, RecordedModel]:
         """Each model's standing result: its ``ok`` one if any, else its latest."""
@@ -105,19 +176,24 @@ class RunState:
     def finished(self) -> set[str]:
         return {name for name, recorded in self.models().items() if recorded.result.status == "ok"}
 
-    def merge_predictions(self) -> tuple[Path, int]:
-        """Concatenate the shards' predictions into ``predictions.csv`` (one header); returns it and its row count."""
-        header = ",".join(predictions_header(self.key_columns)) + "\n"
-        target = self.out_dir / PREDICTIONS_NAME
-        rows = 0
-        with atomic_path(target) as tmp, tmp.open("w", encoding="utf-8", newline="") as merged:
-            merged.write(header)
-            for _, result in sorted((result for result in self.results.values()), key=lambda item: item[1].shard_id):
-                if result.predictions is None:
-                    continue
-                with (self.shards_dir / result.predictions).open(encoding="utf-8", newline="") as part:
-                    if part.readline() != header:
-                        raise InvalidInputError(f"{self.shards_dir / result.predictions}: header is not {header.strip()}")
-                    shutil.copyfileobj(part, merged)
-                rows += result.rows
-        return target, rows
+    def pass_results(self) -> list[ShardResult]:
+        """The results recorded by this pass."""
+        return [result for run_pass, result in self.results.values() if run_pass == self.run_pass]
+
+    def merge_predictions(self, outputs: Store, name: str = PREDICTIONS_NAME) -> int:
+        """Concatenate the recorded shards' predictions into ``name`` in ``outputs`` (one header); returns its row count."""
+        results = sorted((result for _, result in self.results.values() if result.predictions), key=lambda result: result.shard_id)
+        outputs.write(name, self._prediction_parts(results))
+        return sum(result.rows for result in results)
+
+    def _prediction_parts(self, results: list[ShardResult]) -> Iterator[bytes]:
+        header = (",".join(predictions_header(self.key_columns)) + "\n").encode("utf-8")
+        yield header
+        for result in results:
+            path = f"{SHARDS_DIR}/{result.predictions}"
+            data = self.store.read(path)
+            if data is None:
+                raise InvalidInputError(f"{self.store.where(path)}: predictions of a recorded shard are missing")
+            if not data.startswith(header):
+                raise InvalidInputError(f"{self.store.where(path)}: header is not {header.decode().strip()}")
+            yield data[len(header):]

@@ -5,7 +5,7 @@ from __future__ import annotations
 import csv
 import os
 from dataclasses import dataclass
-from datetime import datetime, timezone
+from datetime import datetime, timedelta, timezone
 from urllib.parse import quote
 
 from shared.errors import InvalidInputError
@@ -51,6 +51,16 @@ def check_columns(path: str | os.PathLike[str], key_columns: tuple[str, ...]) ->
     check_header([name.strip() for name in header], key_columns, str(path))
 
 
+def check_first_line(start: bytes, key_columns: tuple[str, ...], where: str) -> None:
+    """:func:`check_header` on the first line of a CSV file's first bytes (``start``, e.g. a blob's first few KiB)."""
+    line = start.split(b"\n", 1)[0]
+    try:
+        header = next(csv.reader([line.decode("utf-8").rstrip("\r")]), [])
+    except (UnicodeDecodeError, csv.Error) as exc:
+        raise InvalidInputError(f"{where}: not a readable CSV file ({exc})") from None
+    check_header([name.strip() for name in header], key_columns, where)
+
+
 def parse_key_columns(text: str) -> tuple[str, ...]:
     columns = tuple(part.strip() for part in text.split(",") if part.strip())
     if not columns or len(set(columns)) != len(columns) or {TS_COLUMN, VALUE_COLUMN} & set(columns):
@@ -80,11 +90,24 @@ class Window:
             raise InvalidInputError(f"window start {self.start.isoformat()} is not before its end {self.end.isoformat()}")
 
     @classmethod
-    def parse(cls, start: str | None, end: str | None) -> Window:
+    def parse(cls, start: str | None, end: str | None, names: tuple[str, str] = ("--window-start", "--window-end")) -> Window:
+        """The window from ISO 8601 texts; ``names`` name them in errors."""
         return cls(
-            _parse_time(start, "--window-start") if start else None,
-            _parse_time(end, "--window-end") if end else None,
+            _parse_time(start, names[0]) if start else None,
+            _parse_time(end, names[1]) if end else None,
         )
+
+    @classmethod
+    def ending_at(cls, moment: datetime, seconds: int) -> Window:
+        """The last whole window of ``seconds`` before ``moment``, windows aligned on multiples of ``seconds`` since
+        1970-01-01 UTC: firings anywhere in the same period (repeated, late, overlapping) get the same window."""
+        if seconds <= 0:
+            raise InvalidInputError(f"a window must last at least one second, not {seconds}")
+        if moment.tzinfo is not None:
+            moment = moment.astimezone(timezone.utc).replace(tzinfo=None)
+        elapsed = int((moment - datetime(1970, 1, 1)).total_seconds())
+        end = datetime(1970, 1, 1) + timedelta(seconds=elapsed - elapsed % seconds)
+        return cls(end - timedelta(seconds=seconds), end)
 
     @property
     def run_id(self) -> str:

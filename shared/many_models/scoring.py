@@ -16,7 +16,7 @@ import numpy as np
 import pandas as pd
 
 from shared.atomic import atomic_path
-from shared.errors import PipelineError
+from shared.errors import InvalidInputError, PipelineError
 from shared.many_models.manifest import MANIFEST_NAME, Manifest
 from shared.many_models.model_files import load_model
 from shared.many_models.readings import group_rows, read_readings
@@ -66,14 +66,15 @@ def cached_readings(data: str, key_columns: tuple[str, ...], window: Window) -> 
 
 def score_shard(spec: ShardSpec) -> ShardResult:
     """Score every model of the shard; a model that fails is reported with its reason, the others go on."""
-    result = ShardResult(run_id=spec.run_id, shard_id=spec.shard_id, models=[], worker=f"{socket.gethostname()}:{os.getpid()}")
+    worker = f"{socket.gethostname()}:{os.getpid()}"
+    result = ShardResult(run_id=spec.run_id, shard_id=spec.shard_id, attempt=spec.attempt, models=[], worker=worker)
     timings = dict.fromkeys(("read", "load", "score", "write"), 0.0)
     began = time.perf_counter()
     try:
         manifest = cached_manifest(spec.models_dir)
         readings = cached_readings(spec.data, manifest.key_columns, spec.window)
-    except PipelineError as exc:
-        return ShardResult.all_failed(spec, str(exc))
+    except InvalidInputError as exc:
+        return ShardResult.all_failed(spec, str(exc), retryable=False, worker=worker)
     timings["read"] = time.perf_counter() - began
     values = readings.frame[VALUE_COLUMN].to_numpy()
     scored_rows, scores = [], []

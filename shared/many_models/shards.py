@@ -1,7 +1,9 @@
 """The unit of distributed work: a shard of many models, and what scoring it reports.
 
-Both are plain JSON (``to_dict``/``from_dict``, validated on the way in) so that a shard can travel
-as a queue message to any worker and its result come back the same way.
+Both are plain JSON (``to_json``/``from_json``, validated on the way in) so that a shard can travel
+as a queue message to any worker and its result come back the same way. Each attempt at a shard
+writes its own predictions file, so a late result of a superseded attempt never mixes with the
+one that was kept.
 """
 
 from __future__ import annotations
@@ -12,13 +14,23 @@ from dataclasses import asdict, dataclass, field
 
 from shared.errors import InvalidInputError
 from shared.many_models.schema import ModelKey, Window, key_id
+from shared.messages import MessageError
 
 SHARD_FORMAT = 1
 MODEL_STATUSES = ("ok", "failed", "no_data")
+REASON_CHARS = 300
+"""A model's failure reason is cut to this length: a shard's result must fit in one queue message."""
 
 
-class ShardMessageError(InvalidInputError):
+class ShardMessageError(MessageError, InvalidInputError):
     """A shard description or result that cannot be acted on; retrying it will not help."""
+
+
+def _load(text: str | bytes, what: str) -> object:
+    try:
+        return json.loads(text)
+    except (ValueError, UnicodeDecodeError) as exc:
+        raise ShardMessageError(f"{what} is not JSON ({exc})") from None
 
 
 def _require(data: object, what: str, fields: dict[str, type | tuple[type, ...]]) -> dict:
@@ -42,7 +54,11 @@ def _keys(raw: list, what: str) -> tuple[ModelKey, ...]:
 
 @dataclass(frozen=True)
 class ShardSpec:
-    """Score ``keys`` (models in ``models_dir``'s manifest) on ``data`` within ``window``; write into ``out_dir``."""
+    """Attempt ``attempt`` at scoring ``keys`` (models in ``models_dir``'s manifest) on ``data`` within ``window``; write into ``out_dir``.
+
+    ``models_dir``, ``data`` and ``out_dir`` are local paths in a local run, and blob names (in the
+    models, sensor-data and work containers) when the shard comes from the shard queue.
+    """
 
     run_id: str
     shard_id: str
@@ -51,15 +67,23 @@ class ShardSpec:
     data: str
     window: Window
     out_dir: str
+    attempt: int = 1
 
     @property
     def predictions_name(self) -> str:
-        return f"{self.shard_id}.csv"
+        return f"{self.shard_id}.a{self.attempt}.csv"
 
     def to_dict(self) -> dict:
         return {"format": SHARD_FORMAT, "run_id": self.run_id, "shard_id": self.shard_id,
                 "keys": [list(key) for key in self.keys], "models_dir": self.models_dir, "data": self.data,
-                "window": self.window.to_dict(), "out_dir": self.out_dir}
+                "window": self.window.to_dict(), "out_dir": self.out_dir, "attempt": self.attempt}
+
+    def to_json(self) -> str:
+        return json.dumps(self.to_dict(), separators=(",", ":"))
+
+    @classmethod
+    def from_json(cls, text: str | bytes) -> ShardSpec:
+        return cls.from_dict(_load(text, "shard"))
 
     @classmethod
     def from_dict(cls, data: object) -> ShardSpec:
@@ -73,8 +97,11 @@ class ShardSpec:
             window = Window.from_dict(data["window"])
         except InvalidInputError as exc:
             raise ShardMessageError(f"shard: {exc}") from None
+        attempt = data.get("attempt", 1)
+        if not isinstance(attempt, int) or isinstance(attempt, bool) or attempt < 1:
+            raise ShardMessageError(f"shard attempt {attempt!r} is not a positive integer")
         return cls(run_id=data["run_id"], shard_id=data["shard_id"], keys=_keys(data["keys"], "shard"),
-                   models_dir=data["models_dir"], data=data["data"], window=window, out_dir=data["out_dir"])
+                   models_dir=data["models_dir"], data=data["data"], window=window, out_dir=data["out_dir"], attempt=attempt)
 
 
 def shard_id(window: Window, keys: tuple[ModelKey, ...]) -> str:
@@ -105,6 +132,10 @@ class ModelResult:
     seconds: float = 0.0
     reason: str | None = None
 
+    def __post_init__(self) -> None:
+        if self.reason is not None and len(self.reason) > REASON_CHARS:
+            self.reason = self.reason[: REASON_CHARS - 3] + "..."
+
     @classmethod
     def from_dict(cls, data: object) -> ModelResult:
         data = _require(data, "model result", {"key": list, "status": str, "rows": int, "seconds": (int, float)})
@@ -116,7 +147,12 @@ class ModelResult:
 
 @dataclass
 class ShardResult:
-    """What scoring a shard did: one result per model, rows written, where, and how the time split."""
+    """What an attempt at a shard did: one result per model, rows written, where, and how the time split.
+
+    ``error`` is set when the shard could not be scored at all (its data unreadable, its worker
+    gone): every model is then failed with that reason, and ``retryable`` says whether another
+    attempt may do better. A model that fails alone does not make its shard fail.
+    """
 
     run_id: str
     shard_id: str
@@ -126,6 +162,13 @@ class ShardResult:
     """File name (in the shard's ``out_dir``) of the predictions of its ``ok`` models; None when none."""
     timings: dict[str, float] = field(default_factory=dict)
     worker: str = ""
+    attempt: int = 1
+    error: str | None = None
+    retryable: bool = True
+
+    @property
+    def succeeded(self) -> bool:
+        return self.error is None
 
     def to_dict(self) -> dict:
         data = asdict(self)
@@ -133,22 +176,31 @@ class ShardResult:
         data["format"] = SHARD_FORMAT
         return data
 
+    def to_json(self) -> str:
+        return json.dumps(self.to_dict(), separators=(",", ":"))
+
+    @classmethod
+    def from_json(cls, text: str | bytes) -> ShardResult:
+        return cls.from_dict(_load(text, "shard result"))
+
     @classmethod
     def from_dict(cls, data: object) -> ShardResult:
         data = _require(data, "shard result", {"format": int, "run_id": str, "shard_id": str, "models": list,
                                                "rows": int, "timings": dict, "worker": str})
         if data["format"] != SHARD_FORMAT:
             raise ShardMessageError(f"shard result format {data['format']} is not {SHARD_FORMAT}")
-        predictions = data.get("predictions")
-        if predictions is not None and not isinstance(predictions, str):
-            raise ShardMessageError("shard result has mistyped predictions")
+        optional = {"predictions": (str, type(None)), "attempt": int, "error": (str, type(None)), "retryable": bool}
+        wrong = [name for name, kinds in optional.items()
+                 if name in data and (not isinstance(data[name], kinds) or (kinds is int and isinstance(data[name], bool)))]
+        if wrong:
+            raise ShardMessageError(f"shard result has mistyped {', '.join(wrong)}")
         return cls(run_id=data["run_id"], shard_id=data["shard_id"],
                    models=[ModelResult.from_dict(model) for model in data["models"]], rows=data["rows"],
-                   predictions=predictions, timings={str(k): float(v) for k, v in data["timings"].items()},
-                   worker=data["worker"])
+                   timings={str(k): float(v) for k, v in data["timings"].items()}, worker=data["worker"],
+                   **{name: data[name] for name in optional if name in data})
 
     @classmethod
-    def all_failed(cls, spec: ShardSpec, reason: str) -> ShardResult:
-        """The result for a shard that could not be scored at all (its worker died, its data is unreadable)."""
-        return cls(run_id=spec.run_id, shard_id=spec.shard_id,
-                   models=[ModelResult(key=key, status="failed", reason=reason) for key in spec.keys])
+    def all_failed(cls, spec: ShardSpec, reason: str, retryable: bool = True, worker: str = "") -> ShardResult:
+        """The result of an attempt that could not score the shard at all (its worker died, its data is unreadable)."""
+        return cls(run_id=spec.run_id, shard_id=spec.shard_id, attempt=spec.attempt, worker=worker, error=reason,
+                   retryable=retryable, models=[ModelResult(key=key, status="failed", reason=reason) for key in spec.keys])

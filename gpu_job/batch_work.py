@@ -1,0 +1,97 @@
+"""Video batches as the worker's work: style a segment with a warm :class:`gpu_job.worker.Worker`.
+
+Locally a batch's segment and styled output are files; from the batch queue they are blobs in the
+work container: the segment is downloaded, styled into a scratch folder and the result uploaded
+(a styled segment already there, written by a worker that died before reporting, is reused).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import posixpath
+import tempfile
+from collections.abc import Callable
+from dataclasses import replace
+from pathlib import Path
+
+from azure.core.exceptions import ResourceNotFoundError
+
+from gpu_job.worker import Worker
+from shared.config import Settings
+from shared.messages import BatchMessage, BatchResult, ModelSpec
+from shared.storage import blob_service, download_file, job_closed, upload_file
+from shared.work import BATCHES
+
+
+class BatchWork:
+    kind = BATCHES
+
+    def __init__(self, worker: Worker, settings: Settings) -> None:
+        self.worker, self.settings = worker, settings
+        self.name = worker.name
+        self._blobs = None
+
+    @property
+    def blobs(self):
+        if self._blobs is None:
+            self._blobs = blob_service(self.settings)
+        return self._blobs
+
+    def preload(self, spec: ModelSpec) -> None:
+        self.worker.models.get(spec)
+
+    def ready(self) -> dict:
+        return {"model_loads": self.worker.models.loads}
+
+    def local(self, message: BatchMessage, emit: Callable[[dict], None]) -> BatchResult:
+        index = message.batch.index
+        return self.worker.style(message, Path(message.segment), Path(message.styled),
+                                 on_frames=lambda frames: emit({"event": "frames", "batch": index, "frames": frames}))
+
+    def closed(self, message: BatchMessage) -> bool:
+        return job_closed(self.blobs, self.settings, message.job_id)
+
+    def failure(self, message: BatchMessage, error: str, delivery: int) -> BatchResult:
+        return BatchResult(job_id=message.job_id, batch=message.batch.index, attempt=message.attempt, succeeded=False,
+                           retryable=False, worker=self.name, delivery=delivery, error=error)
+
+    def queued(self, message: BatchMessage, delivery: int) -> BatchResult:
+        container = self.settings.work_container
+        if self.blobs.get_blob_client(container, message.styled).exists():
+            return BatchResult(job_id=message.job_id, batch=message.batch.index, attempt=message.attempt, succeeded=True,
+                               styled=message.styled, frames=message.batch.frame_count, worker=self.name,
+                               model_loads=self.worker.models.loads, delivery=delivery)
+        with tempfile.TemporaryDirectory(prefix="batch-") as scratch:
+            segment = Path(scratch) / posixpath.basename(message.segment)
+            try:
+                download_file(self.blobs, container, message.segment, segment)
+            except ResourceNotFoundError:
+                return self.failure(message, f"segment {message.segment} is gone (the job expired or was removed)", delivery)
+            try:
+                spec = self._model_spec(message)
+            except ResourceNotFoundError:
+                return self.failure(message, f"style image {message.style_image} is not in the {self.settings.styles_container} container",
+                                    delivery)
+            styled = Path(scratch) / posixpath.basename(message.styled)
+            result = self.worker.style(message, segment, styled, delivery=delivery, spec=spec)
+            if result.succeeded:
+                upload_file(self.blobs, container, message.styled, styled, {"job_id": message.job_id})
+        return result
+
+    def _model_spec(self, message: BatchMessage) -> ModelSpec:
+        """The message's model, with its style picture (a blob in the styles container) fetched to a local file.
+
+        The file is named after the blob's name and ETag, so every batch of a job shares one cache entry
+        (one model load), and a replaced picture is a new one.
+        """
+        spec = message.model_spec
+        if spec.style_image is None:
+            return spec
+        blob = self.blobs.get_blob_client(self.settings.styles_container, spec.style_image)
+        etag = blob.get_blob_properties().etag
+        key = hashlib.sha256(f"{spec.style_image}\n{etag}".encode()).hexdigest()[:32]
+        local = self.settings.model_cache_dir / "style-images" / f"{key}{posixpath.splitext(spec.style_image)[1]}"
+        if not local.exists():
+            download_file(self.blobs, self.settings.styles_container, spec.style_image, local.with_suffix(".part"))
+            local.with_suffix(".part").replace(local)
+        return replace(spec, style_image=str(local))

@@ -1,0 +1,257 @@
+"""Many models in Azure, against a real Azurite: the timer and HTTP triggers, the orchestration stepped
+through the Durable replay engine, shard messages drained by real worker processes
+(``python -m gpu_job worker --work shards``, real scikit-learn), results fanned back in, merged
+predictions and report in the output container."""
+
+from __future__ import annotations
+
+import asyncio
+import io
+import json
+from dataclasses import replace
+from datetime import datetime, timezone
+from pathlib import Path
+
+import azure.functions as func
+import pandas as pd
+import pytest
+from azure.functions.timer import TimerRequest
+from azure.storage.blob import BlobLeaseClient
+
+import durable_replay
+from durable_replay import ReplayClient
+from durable_replay import user_function as _user
+from function_app import many_models
+from function_app.activities import ACTIVITIES as VIDEO_ACTIVITIES
+from function_app.batches import job_status
+from function_app.compute import LocalWorkers
+from function_app.many_models import ACTIVITIES, deliver_shard_result, on_models_schedule, on_shard_result, start_model_run
+from gpu_job.shard_work import ShardWork
+from shared.config import Settings
+from shared.many_models.manifest import Manifest
+from shared.many_models.schema import Window
+from shared.many_models.shards import ShardMessageError, ShardResult, plan_shards
+from shared.messages import MessageError
+from shared.storage import run_prefix
+
+LIMITS = Settings(models_per_shard=4, max_shard_workers=2, max_attempts=2, worker_idle_s=20, visibility_timeout_s=4, max_deliveries=2,
+                  worker_check_s=30, shard_timeout_s=3600)
+HOUR = Window.parse("2018-08-29T01:00:00", "2018-08-29T02:00:00")
+FIRED_AT = datetime(2018, 8, 29, 2, 0, 7, tzinfo=timezone.utc)  # the hourly firing for 01:00-02:00, a few seconds late
+
+
+def run(coroutine):
+    return asyncio.run(coroutine)
+
+
+@pytest.fixture()
+def storage(on_azurite, generated, monkeypatch):
+    """Azurite with the readings and models uploaded, empty queues, and no run left from another test."""
+    containers = (LIMITS.sensor_data_container, LIMITS.models_container, LIMITS.work_container, LIMITS.output_container)
+    service, queues = on_azurite(LIMITS, containers, (LIMITS.shard_queue, LIMITS.shard_result_queue, LIMITS.shard_poison_queue))
+    for container in containers:
+        client = service.get_container_client(container)
+        for blob in client.list_blobs():
+            if blob.lease.status == "locked":
+                BlobLeaseClient(client.get_blob_client(blob.name)).break_lease(lease_break_period=0)
+            client.delete_blob(blob.name)
+    service.get_blob_client(LIMITS.sensor_data_container, LIMITS.sensor_data_blob).upload_blob(
+        (generated / "sensor_data.csv").read_bytes(), overwrite=True)
+    for path in (generated / "models").iterdir():
+        service.get_blob_client(LIMITS.models_container, path.name).upload_blob(path.read_bytes(), overwrite=True)
+    monkeypatch.setattr(many_models, "utc_now", lambda: FIRED_AT)
+    yield service, queues
+    LocalWorkers.stop_all()
+
+
+def _host(client: ReplayClient, instance_id: str, queues: dict) -> durable_replay.Host:
+    def deliver(body: str) -> ShardResult:
+        run(_user(on_shard_result)(func.QueueMessage(body=body.encode()), client))
+        return ShardResult.from_json(body)
+
+    return durable_replay.Host(client, instance_id, {**VIDEO_ACTIVITIES, **ACTIVITIES}, queues[LIMITS.shard_result_queue], deliver, LIMITS)
+
+
+def _rows(frame: pd.DataFrame) -> list[tuple]:
+    return sorted(frame[["TS", "Device", "Sensor", "Value"]].astype(str).itertuples(index=False, name=None))
+
+
+def _readings(generated: Path, window: Window) -> pd.DataFrame:
+    data = pd.read_csv(generated / "sensor_data.csv", dtype=str)
+    times = pd.to_datetime(data["TS"])
+    return data[(times >= window.start) & (times < window.end)]
+
+
+def _outputs(service, run_id: str) -> tuple[pd.DataFrame, dict]:
+    container = service.get_container_client(LIMITS.output_container)
+    predictions = pd.read_csv(io.BytesIO(container.download_blob(f"predictions/{run_id}/predictions.csv").readall()), dtype=str)
+    report = json.loads(container.download_blob(f"predictions/{run_id}/report.json").readall())
+    return predictions, report
+
+
+def _status(client: ReplayClient, instance_id: str) -> dict:
+    request = func.HttpRequest("GET", f"/api/jobs/{instance_id}", body=b"", route_params={"job_id": instance_id})
+    response = run(_user(job_status)(request, client))
+    assert response.status_code == 200
+    return json.loads(response.get_body())
+
+
+def _enqueued(host: durable_replay.Host) -> list[list[tuple[str, int]]]:
+    return [[(item["shard"]["shard_id"], item["attempt"]) for item in action["input"]["shards"]]
+            for action in host.called if action["functionName"] == "enqueue_shards"]
+
+
+def test_timer_scores_the_window_that_ended_once_end_to_end(storage, generated):
+    service, queues = storage
+    client = ReplayClient()
+    run(_user(on_models_schedule)(TimerRequest(), client))
+    run(_user(on_models_schedule)(TimerRequest(past_due=True), client))
+    assert [(name, instance_id) for name, instance_id, _ in client.started] == [
+        ("score_models_orchestrator", "score-models-20180829T010000--20180829T020000")], "the same window fired twice starts one run"
+    instance_id = client.started[0][1]
+    host = _host(client, instance_id, queues)
+    host.until_done()
+
+    assert _enqueued(host) == [[(shard.shard_id, 1) for shard in _plan(generated, HOUR)]], "15 models, 4 per shard: 4 messages"
+    assert len(LocalWorkers.processes) == LIMITS.max_shard_workers, "four shards, at most two workers"
+    predictions, report = _outputs(service, HOUR.run_id)
+    inside = _readings(generated, HOUR)
+    assert _rows(predictions) == _rows(inside) and len(inside) > 0, "every reading of the window scored exactly once"
+    assert list(predictions.columns) == ["TS", "Device", "Sensor", "Value", "Prediction", "Score"]
+    assert (report["status"], report["models_total"], report["models_succeeded"], report["models_failed"]) == ("succeeded", 15, 15, 0)
+    assert report["rows_scored"] == report["rows_total"] == len(inside) and report["shards"] == 4
+    assert report["predictions"] == f"{LIMITS.output_container}/predictions/{HOUR.run_id}/predictions.csv"
+    assert {model["status"] for model in report["models"]} == {"ok"}
+    assert len({result.worker for result in host.delivered}) <= 2
+
+    status = _status(client, instance_id)
+    assert (status["runtime_status"], status["stage"], status["status"]) == ("Completed", "done", "succeeded")
+    assert status["shards_done"] == status["shards_total"] == 4 and status["models_done"] == 15
+    work = service.get_container_client(LIMITS.work_container)
+    assert work.get_blob_client(run_prefix(HOUR.run_id) + "closed").exists(), "workers drop the run's leftover messages"
+    assert queues[LIMITS.shard_queue].get_queue_properties().approximate_message_count == 0
+
+
+def _plan(generated: Path, window: Window):
+    keys = [entry.key for entry in Manifest.load(generated / "models").models.values()]
+    return plan_shards(window.run_id, keys, LIMITS.models_per_shard, models_dir="", data="", window=window, out_dir="")
+
+
+def _post(client: ReplayClient, body) -> func.HttpResponse:
+    request = func.HttpRequest("POST", "http://localhost:7071/api/models/runs", body=json.dumps(body).encode(),
+                               headers={"Content-Type": "application/json"})
+    return run(_user(start_model_run)(request, client))
+
+
+def test_http_backfill_starts_a_window_and_a_second_pass_skips_what_is_done(storage, generated):
+    service, queues = storage
+    client = ReplayClient()
+    window = Window.parse("2018-08-29T01:30:00", "2018-08-29T02:30:00")
+    response = _post(client, {"start": "2018-08-29T01:30:00Z", "end": "2018-08-29T02:30:00Z"})
+    answer = json.loads(response.get_body())
+    instance_id = f"score-models-{window.run_id}"
+    assert response.status_code == 202 and answer["id"] == instance_id and answer["started"] is True
+    assert answer["status"] == response.headers["Location"] == f"http://localhost:7071/api/jobs/{instance_id}"
+    again = _post(client, {"start": "2018-08-29T01:30:00", "end": "2018-08-29T02:30:00"})
+    assert again.status_code == 200 and json.loads(again.get_body())["started"] is False, "a running window is not started twice"
+    assert len(client.started) == 1
+    _host(client, instance_id, queues).until_done()
+    first_predictions, first = _outputs(service, window.run_id)
+    assert _rows(first_predictions) == _rows(_readings(generated, window)) and first["models_succeeded"] == 15
+
+    rerun = _post(client, {"start": "2018-08-29T01:30:00", "end": "2018-08-29T02:30:00"})
+    assert rerun.status_code == 202, "a window whose run ended is run again (a backfill after a partial run)"
+    host = _host(client, instance_id, queues)
+    host.until_done()
+    predictions, second = _outputs(service, window.run_id)
+    assert (second["pass"], second["models_skipped"], second["models_succeeded"], second["shards"]) == (2, 15, 0, 0)
+    assert _enqueued(host) == [] and _rows(predictions) == _rows(first_predictions), "nothing scored again, nothing duplicated"
+    assert _status(client, instance_id)["status"] == "succeeded"
+
+    for body, reason in [({"start": "yesterday", "end": "2018-08-29T02:00:00"}, "start 'yesterday' is not an ISO 8601 time"),
+                         ({"start": "2018-08-29T02:00:00"}, "the body must be a JSON object"),
+                         ({"start": "2018-08-29T02:00:00", "end": "2018-08-29T01:00:00"}, "is not before its end")]:
+        refused = _post(client, body)
+        assert refused.status_code == 400 and reason in json.loads(refused.get_body())["error"]
+    assert len(client.started) == 2
+
+
+def test_a_shard_whose_attempt_fails_is_retried_alone(storage, generated):
+    """Storage refuses one shard's predictions (another holds a lease on the blob): that attempt fails, and only
+    that shard is queued again, as attempt 2 (which writes its own file)."""
+    service, queues = storage
+    shards = _plan(generated, HOUR)
+    victim = shards[2].shard_id
+    held = service.get_blob_client(LIMITS.work_container, f"{run_prefix(HOUR.run_id)}shards/{victim}.a1.csv")
+
+    def hold_once_planned() -> None:  # after the plan (a run's folder holds nothing else before), before any worker starts
+        if not held.exists():
+            held.upload_blob(b"", overwrite=True)
+            held.acquire_lease(lease_duration=-1)
+
+    client = ReplayClient()
+    run(_user(on_models_schedule)(TimerRequest(), client))
+    host = _host(client, client.started[0][1], queues)
+    host.until_done(on_round=hold_once_planned)
+    status = _status(client, client.started[0][1])
+    assert status["stage"] == "done", host.replay.state.get("error")
+
+    assert _enqueued(host) == [[(shard.shard_id, 1) for shard in shards], [(victim, 2)]]
+    failed = [result for result in host.delivered if not result.succeeded]
+    assert [(result.shard_id, result.attempt, result.retryable) for result in failed] == [(victim, 1, True)]
+    assert "lease" in failed[0].error.lower()
+    predictions, report = _outputs(service, HOUR.run_id)
+    assert (report["status"], report["models_succeeded"]) == ("succeeded", 15)
+    assert _rows(predictions) == _rows(_readings(generated, HOUR)), "the retried shard's rows once, the others' not again"
+    assert any(f"{victim} attempt 1 failed" in error for error in report["errors"])
+
+
+def test_a_run_without_models_fails_with_the_reason_and_keeps_nothing_half_done(storage):
+    service, queues = storage
+    service.get_blob_client(LIMITS.models_container, "manifest.json").delete_blob()
+    client = ReplayClient()
+    run(_user(on_models_schedule)(TimerRequest(), client))
+    instance_id = client.started[0][1]
+    _host(client, instance_id, queues).until_done(timeout_s=30)
+    status = _status(client, instance_id)
+    assert status["runtime_status"] == "Failed" and status["stage"] == "failed"
+    assert status["error"].startswith("plan failed: models/manifest.json: no manifest")
+    error = json.loads(service.get_blob_client(LIMITS.output_container, f"predictions/{HOUR.run_id}/error.json").download_blob().readall())
+    assert error["error"] == status["error"]
+    assert not LocalWorkers.processes, "no worker is started for a run that cannot be planned"
+
+
+def test_the_worker_keeps_what_it_downloaded_until_the_blob_changes(storage, generated, tmp_path):
+    service, _ = storage
+    work = ShardWork(LIMITS)
+    out_dir = run_prefix(HOUR.run_id) + "shards"
+    first, second = [replace(shard, data=LIMITS.sensor_data_blob, out_dir=out_dir) for shard in _plan(generated, HOUR)[1:3]]
+    assert [model.status for model in work.queued(first, 1).models] == ["ok"] * 4
+    assert work.cache.downloads == 1 + 1 + 4, "the readings, the manifest and the shard's four model files"
+    assert [model.status for model in work.queued(second, 1).models] == ["ok"] * 4
+    assert work.cache.downloads == 6 + 4, "only the second shard's model files"
+    assert work.queued(first, 2).succeeded and work.cache.downloads == 10, "a redelivered shard downloads nothing"
+    service.get_blob_client(LIMITS.sensor_data_container, LIMITS.sensor_data_blob).upload_blob(
+        (generated / "sensor_data.csv").read_bytes(), overwrite=True)
+    assert work.queued(second, 1).succeeded and work.cache.downloads == 11, "a replaced readings blob is read anew"
+    written = {blob.name for blob in service.get_container_client(LIMITS.work_container).list_blobs(name_starts_with=out_dir)}
+    assert written == {f"{out_dir}/{first.shard_id}.a1.csv", f"{out_dir}/{second.shard_id}.a1.csv"}
+
+    service.get_blob_client(LIMITS.sensor_data_container, LIMITS.sensor_data_blob).delete_blob()
+    gone = work.queued(second, 1)
+    assert (gone.succeeded, gone.retryable) == (False, False) and "readings sensor-data/sensor_data.csv are gone" in gone.error
+
+
+@pytest.mark.parametrize("body,reason", [
+    ("{not json", "not JSON"),
+    (json.dumps({"format": 1, "run_id": "r"}), "lacks shard_id"),
+])
+def test_malformed_shard_results_raise_so_they_go_to_poison(body, reason):
+    with pytest.raises(ShardMessageError, match=reason):
+        run(deliver_shard_result(body, ReplayClient()))
+
+
+def test_shard_result_for_an_unknown_run_raises():
+    result = ShardResult(run_id="20180829T010000--20180829T020000", shard_id="shard-0", models=[])
+    with pytest.raises(MessageError, match="unknown job score-models-20180829T010000--20180829T020000"):
+        run(deliver_shard_result(result.to_json(), ReplayClient()))
