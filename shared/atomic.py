@@ -9,12 +9,23 @@ from collections.abc import Iterator
 from pathlib import Path
 
 
+def _process_umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
+# Read once, at import, while the process has one thread: os.umask can only be read by setting it.
+UMASK = _process_umask()
+
+
 @contextlib.contextmanager
 def atomic_path(final: str | os.PathLike[str]) -> Iterator[Path]:
     """Yield a temporary path beside ``final``; rename it over ``final`` only if the block succeeds.
 
     The temporary name keeps the final suffix so that muxers choosing a format by extension
-    still pick the right one.
+    still pick the right one. The file gets the permissions a plain ``open`` would give it (the
+    temporary file is private, 0600, until then).
     """
     final = Path(final)
     final.parent.mkdir(parents=True, exist_ok=True)
@@ -23,6 +34,7 @@ def atomic_path(final: str | os.PathLike[str]) -> Iterator[Path]:
     tmp = Path(tmp_name)
     try:
         yield tmp
+        os.chmod(tmp, 0o666 & ~UMASK)
         os.replace(tmp, final)
     finally:
         tmp.unlink(missing_ok=True)
