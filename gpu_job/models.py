@@ -271,8 +271,11 @@ def multistyle_engine(device: str, precision: str = "auto", threads: int | None 
 
 def multistyle_network(engine: Engine, weights: np.ndarray):
     def network(frames: np.ndarray) -> np.ndarray:
-        x = np.ascontiguousarray(frames.transpose(0, 3, 1, 2), dtype=np.float32) / 255.0
-        return engine.run(x, weights).transpose(0, 2, 3, 1) * 255.0
+        out = np.empty(frames.shape, dtype=np.float32)
+        for i, frame in enumerate(frames):
+            x = np.ascontiguousarray(frame.transpose(2, 0, 1)[None], dtype=np.float32) / 255.0
+            out[i] = engine.run(x, weights)[0].transpose(1, 2, 0) * 255.0
+        return out
 
     return network
 

@@ -25,7 +25,7 @@ from shared.errors import InvalidInputError
 from shared.messages import BatchMessage, BatchResult, MessageError, ModelSpec
 from shared.work import WorkKind
 
-CUDA_BATCH = 8
+AUTO_BATCH = {"cpu": 1, "cuda": 8}
 MODEL_CACHE_SIZE = 4
 
 
@@ -73,11 +73,6 @@ def resolve_device(choice: str) -> str:
     return "cpu"
 
 
-def auto_batch(device: str, threads: int | None) -> int:
-    """Frames per call of the styler: on the CPU one per thread (OpenVINO styles each in its own stream), on CUDA a batch."""
-    return CUDA_BATCH if device == "cuda" else threads or os.cpu_count() or 1
-
-
 class Worker:
     def __init__(self, options: WorkerOptions, cache_dir: Path) -> None:
         from gpu_job.models import load_styler
@@ -88,7 +83,7 @@ class Worker:
             spec.model, self.device, cache_dir, precision=spec.precision, style_strength=spec.style_strength, threads=options.threads,
             style_image=None if spec.style_image is None else Path(spec.style_image)))
         self.encoder = EncoderSettings(crf=options.crf, preset=options.preset)
-        self.batch_size = options.batch_size or auto_batch(self.device, options.threads)
+        self.batch_size = options.batch_size or AUTO_BATCH[self.device]
         self.name = f"{socket.gethostname()}:{os.getpid()}"
 
     def style(self, message: BatchMessage, segment: Path, styled: Path, delivery: int = 1,

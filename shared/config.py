@@ -20,7 +20,7 @@ class Settings:
     batch_frames: int = 240
     max_attempts: int = 3
     infer_batch: int = 0
-    """Frames per call of the styler; 0 picks by device (on the CPU one per thread: OpenVINO styles each in its own stream; 8 on CUDA)."""
+    """Frames per forward pass; 0 picks by device (1 on CPU, measured fastest there at 640x360; 8 on CUDA)."""
     precision: str = "auto"
     """Inference precision: ``auto`` (each engine's fastest measured: bf16 on CPUs that have it, fp16 on CUDA) or ``fp32``."""
     crf: int = 18
