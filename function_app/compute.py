@@ -48,6 +48,8 @@ class Fleet:
     component: str
     compute_client_id: str
     """Client id of the cluster's user-assigned identity, with which its jobs reach the data account."""
+    compute_client_setting: str
+    """The app setting that holds it, named when it is missing."""
     experiment: str
 
     @classmethod
@@ -55,10 +57,10 @@ class Fleet:
         s = settings
         if work == "shards":
             return cls("shards", s.shard_queue, s.max_shard_workers, s.azureml_cpu_compute, s.azureml_shard_component,
-                       s.azureml_cpu_compute_client_id, "score-models")
+                       s.azureml_cpu_compute_client_id, "STYLIZE_AZUREML_CPU_COMPUTE_CLIENT_ID", "score-models")
         if work == "batches":
             return cls("batches", s.batch_queue, s.max_workers, s.azureml_compute, s.azureml_component, s.azureml_compute_client_id,
-                       "stylize")
+                       "STYLIZE_AZUREML_COMPUTE_CLIENT_ID", "stylize")
         raise ValueError(f"no fleet does {work!r}: use batches or shards")
 
 
@@ -166,8 +168,7 @@ class AzureMLWorkers:
         """
         prefix, client_id = self.settings.storage_connection, self.fleet.compute_client_id
         endpoints = {f"{prefix}__{key}": os.environ.get(f"{prefix}__{key}", "") for key in ("blobServiceUri", "queueServiceUri")}
-        client_setting = "STYLIZE_AZUREML_COMPUTE_CLIENT_ID" if self.fleet.work == "batches" else "STYLIZE_AZUREML_CPU_COMPUTE_CLIENT_ID"
-        missing = [key for key, value in endpoints.items() if not value] + ([] if client_id else [client_setting])
+        missing = [key for key, value in endpoints.items() if not value] + ([] if client_id else [self.fleet.compute_client_setting])
         if missing:
             raise ValueError(f"the azureml backend needs identity-based storage settings; {', '.join(missing)} not set")
         return {**endpoints, f"{prefix}__credential": "managedidentity", f"{prefix}__clientId": client_id, "AZURE_CLIENT_ID": client_id}

@@ -17,6 +17,7 @@ from pathlib import Path
 from azure.core.exceptions import ResourceNotFoundError
 
 from gpu_job.worker import Worker
+from shared.atomic import atomic_path
 from shared.config import Settings
 from shared.messages import BatchMessage, BatchResult, ModelSpec
 from shared.storage import blob_service, download_file, job_closed, upload_file
@@ -92,6 +93,6 @@ class BatchWork:
         key = hashlib.sha256(f"{spec.style_image}\n{etag}".encode()).hexdigest()[:32]
         local = self.settings.model_cache_dir / "style-images" / f"{key}{posixpath.splitext(spec.style_image)[1]}"
         if not local.exists():
-            download_file(self.blobs, self.settings.styles_container, spec.style_image, local.with_suffix(".part"))
-            local.with_suffix(".part").replace(local)
+            with atomic_path(local) as partial:
+                download_file(self.blobs, self.settings.styles_container, spec.style_image, partial)
         return replace(spec, style_image=str(local))
