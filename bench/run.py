@@ -1,14 +1,14 @@
 """Benchmarks of the local pipeline, side by side in one run. Prints Markdown; results go in bench/RESULTS.md.
 
-    .venv/bin/python bench/run.py [--model random] [--skip-memory]
+    .venv/bin/python bench/run.py [--model random] [--skip-memory] [--rounds 3]
 
 1. Cost per batch: a 20 s 256x144 clip (500 frames) as 20 batches of 25 against 1 batch of 500.
 2. A one-frame video: wall time, and where it goes (interpreter, imports, worker start, stages).
 3. ``stylize run`` against the bare model loop (bench/bare_loop.py: same decoder, styler and threads),
-   both timed as whole commands, on a 6 s clip at 256x144 and at 640x360, with the default x264
-   preset (medium) and with veryfast.
+   both timed as whole commands, on a 6 s clip at 256x144 and at 640x360, with the default encoder
+   and with the former default (x264 medium, CRF 18); ``--rounds`` interleaved rounds, medians.
 4. ``stylize run`` against the 2019 reference method (bench/reference_2019.py: JPEG per frame, eager
-   fp32, batch 1, re-encode from images) on the same 6 s 256x144 clip.
+   fp32, batch 1, re-encode from images) on the same 6 s 256x144 clip, in the same rounds.
 5. Peak memory (largest process RSS) for a 10 s and a 60 s clip: it must not grow with length.
 """
 
@@ -23,6 +23,7 @@ import sys
 import tempfile
 import time
 from pathlib import Path
+from statistics import median
 
 BENCH = Path(__file__).resolve().parent
 PYTHON = sys.executable
@@ -46,10 +47,15 @@ def timed(command: list[str], env: dict | None = None) -> tuple[float, str]:
     return time.perf_counter() - began, done.stdout
 
 
-def stylize(clip: Path, out: Path, model: str, batch_frames: int, workers: int = 1, preset: str | None = None) -> tuple[float, dict]:
-    env = {**os.environ, "STYLIZE_PRESET": preset} if preset else None
+def stylize(clip: Path, out: Path, model: str, batch_frames: int, workers: int = 1, preset: str | None = None,
+            crf: int | None = None) -> tuple[float, dict]:
+    env = {**os.environ, "STYLIZE_PRESET": preset, "STYLIZE_CRF": str(crf)} if preset else None
     seconds, _ = timed([STYLIZE, "run", str(clip), str(out), "--model", model, "--batch-frames", str(batch_frames), "--workers", str(workers)], env)
     return seconds, json.loads(out.with_name(f"{out.stem}.report.json").read_text())
+
+
+def spread(values: list[float]) -> str:
+    return f"median of {len(values)}, range {min(values):.2f}-{max(values):.2f} s"
 
 
 def peak_rss_mib(command: list[str]) -> float:
@@ -67,6 +73,7 @@ def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--model", default="random", help="any --model value (default: random TransformerNet, the cost of a real style)")
     parser.add_argument("--skip-memory", action="store_true")
+    parser.add_argument("--rounds", type=int, default=3, help="interleaved rounds of the 6 s comparisons (medians reported)")
     args = parser.parse_args()
     threads = os.cpu_count() or 1
     rows: list[tuple[str, str, str]] = []
@@ -94,21 +101,30 @@ def main() -> None:
 
         for size in ("256x144", "640x360"):
             clip = make_clip(work / f"clip6-{size}.mp4", size, 6)
-            bare_s, bare_out = timed([PYTHON, str(BENCH / "bare_loop.py"), str(clip), "--model", args.model, "--threads", str(threads)])
-            bare = json.loads(bare_out)
-            ours_s, _ = stylize(clip, work / f"ours-{size}.mp4", args.model, 240)
-            rows.append((f"6 s {size}: bare model loop (whole command)", f"{bare_s:.1f} s",
-                         f"styling alone {bare['model_s']:.1f} s ({bare['frames'] / bare['model_s']:.2f} frames/s)"))
-            rows.append((f"6 s {size}: stylize run, 1 worker", f"{ours_s:.1f} s",
-                         f"x{ours_s / bare_s:.3f} of the bare loop; x{ours_s / bare['model_s']:.3f} of styling alone"))
-            fast_s, _ = stylize(clip, work / f"fast-{size}.mp4", args.model, 240, preset="veryfast")
-            rows.append((f"6 s {size}: stylize run, 1 worker, STYLIZE_PRESET=veryfast", f"{fast_s:.1f} s",
-                         f"x{fast_s / bare_s:.3f} of the bare loop (the default x264 preset medium competes with inference for the cores)"))
-            if size == "256x144":
-                reference_s, _ = timed([PYTHON, str(BENCH / "reference_2019.py"), str(clip), str(work / "reference.mp4"),
-                                        "--threads", str(threads)])
-                rows.append(("6 s 256x144: 2019 reference method (JPEG per frame, eager fp32)", f"{reference_s:.1f} s",
-                             f"ours is x{reference_s / ours_s:.2f} faster"))
+            runs: dict[str, list[float]] = {"bare": [], "ours": [], "former": [], "reference": []}
+            bare_styling: list[float] = []
+            for _ in range(args.rounds):  # interleaved, so a slow spell of the machine hits every variant alike
+                bare_s, bare_out = timed([PYTHON, str(BENCH / "bare_loop.py"), str(clip), "--model", args.model, "--threads", str(threads)])
+                runs["bare"].append(bare_s)
+                bare_styling.append(json.loads(bare_out)["model_s"])
+                runs["ours"].append(stylize(clip, work / f"ours-{size}.mp4", args.model, 240)[0])
+                runs["former"].append(stylize(clip, work / f"former-{size}.mp4", args.model, 240, preset="medium", crf=18)[0])
+                if size == "256x144":
+                    runs["reference"].append(timed([PYTHON, str(BENCH / "reference_2019.py"), str(clip), str(work / "reference.mp4"),
+                                                    "--threads", str(threads)])[0])
+            bare, ours, former = median(runs["bare"]), median(runs["ours"]), median(runs["former"])
+            rows.append((f"6 s {size}: bare model loop (whole command)", f"{bare:.2f} s",
+                         f"{spread(runs['bare'])}; styling alone {median(bare_styling):.2f} s ({150 / median(bare_styling):.1f} frames/s)"))
+            rows.append((f"6 s {size}: stylize run, 1 worker", f"{ours:.2f} s",
+                         f"{spread(runs['ours'])}; **x{ours / bare:.3f}** of the bare loop (rounds: "
+                         f"{', '.join(f'x{o / b:.3f}' for o, b in zip(runs['ours'], runs['bare']))})"))
+            rows.append((f"6 s {size}: stylize run, 1 worker, former encoder default (medium, CRF 18)", f"{former:.2f} s",
+                         f"{spread(runs['former'])}; x{former / bare:.3f} of the bare loop"))
+            if runs["reference"]:
+                reference = median(runs["reference"])
+                rows.append(("6 s 256x144: 2019 reference method (JPEG per frame, eager fp32)", f"{reference:.2f} s",
+                             f"{spread(runs['reference'])}; **ours is x{reference / ours:.2f} faster** (rounds: "
+                             f"{', '.join(f'x{r / o:.2f}' for r, o in zip(runs['reference'], runs['ours']))})"))
 
         if not args.skip_memory:
             for seconds in (10, 60):

@@ -8,12 +8,13 @@ when a message is delivered twice). The worker keeps what it downloaded: the rea
 manifest while their blobs' ETags are unchanged, each model file while the manifest vouches for the
 same sha256, so a warm worker reads a window's data once however many shards it scores.
 
-Neither torch nor PyAV is imported here: this runs on a CPU node whose image has neither.
+Neither torch nor PyAV is imported here: this runs on a CPU node whose image has neither. The
+storage clients (the Azure SDK takes 0.3 s to import) are imported by the queue paths only, so a
+local worker starts without them.
 """
 
 from __future__ import annotations
 
-import hashlib
 import os
 import posixpath
 import socket
@@ -21,71 +22,17 @@ import tempfile
 from collections.abc import Callable
 from dataclasses import replace
 from pathlib import Path
-
-from azure.core import MatchConditions
-from azure.core.exceptions import ResourceNotFoundError
+from typing import TYPE_CHECKING
 
 from gpu_job.worker import one_line
-from shared.atomic import atomic_path
 from shared.config import Settings
 from shared.errors import InvalidInputError
-from shared.many_models.manifest import MANIFEST_NAME, Manifest
-from shared.many_models.schema import key_id
+from shared.many_models.manifest import MANIFEST_NAME
 from shared.many_models.shards import ShardResult, ShardSpec
-from shared.storage import CLOSED_MARKER, blob_service, run_prefix, upload_file
 from shared.work import SHARDS
 
-
-class BlobCache:
-    """Local copies of blobs: one download per blob version (ETag) or per model file content (sha256)."""
-
-    def __init__(self, service, root: Path) -> None:
-        self.service, self.root = service, root
-        self.downloads = 0
-        self._manifests: dict[Path, tuple[str, Manifest]] = {}
-        self._model_sha256: dict[Path, str] = {}
-
-    def _etag(self, container: str, blob: str) -> str:
-        return self.service.get_blob_client(container, blob).get_blob_properties().etag
-
-    def _download(self, container: str, blob: str, local: Path, etag: str | None = None) -> None:
-        """Write the blob to ``local`` atomically; with ``etag``, only that version (a blob replaced meanwhile fails)."""
-        client = self.service.get_blob_client(container, blob)
-        condition = {"etag": etag, "match_condition": MatchConditions.IfNotModified} if etag else {}
-        with atomic_path(local) as tmp, tmp.open("wb") as out:
-            client.download_blob(max_concurrency=4, **condition).readinto(out)
-        self.downloads += 1
-
-    def readings(self, container: str, blob: str) -> Path:
-        """The readings blob as a local file named after its version, so a changed blob is read anew."""
-        etag = self._etag(container, blob)
-        name = hashlib.sha256(f"{container}/{blob}\n{etag}".encode()).hexdigest()[:24]
-        local = self.root / "readings" / f"{name}{posixpath.splitext(blob)[1]}"
-        if not local.exists():
-            for old in local.parent.glob("*"):
-                old.unlink()
-            self._download(container, blob, local, etag)
-        return local
-
-    def models(self, container: str, prefix: str, spec: ShardSpec) -> Path:
-        """A local models folder with the current manifest and the shard's model files."""
-        folder = self.root / "models" / hashlib.sha256(f"{container}/{prefix}".encode()).hexdigest()[:24]
-        blob = posixpath.join(prefix, MANIFEST_NAME)
-        etag = self._etag(container, blob)
-        if self._manifests.get(folder, ("", None))[0] != etag:
-            self._download(container, blob, folder / MANIFEST_NAME, etag)
-            self._manifests[folder] = (etag, Manifest.load(folder))
-        entries = self._manifests[folder][1].models
-        for key in spec.keys:
-            entry = entries.get(key_id(key))
-            if entry is None or self._model_sha256.get(folder / entry.file) == entry.sha256:
-                continue
-            try:
-                self._download(container, posixpath.join(prefix, entry.file), folder / entry.file)
-            except ResourceNotFoundError:  # scoring reports the model's file missing
-                continue
-            self._model_sha256[folder / entry.file] = entry.sha256
-        return folder
+if TYPE_CHECKING:
+    from gpu_job.blob_cache import BlobCache
 
 
 class ShardWork:
@@ -101,12 +48,16 @@ class ShardWork:
     @property
     def blobs(self):
         if self._blobs is None:
+            from shared.storage import blob_service
+
             self._blobs = blob_service(self.settings)
         return self._blobs
 
     @property
     def cache(self) -> BlobCache:
         if self._cache is None:
+            from gpu_job.blob_cache import BlobCache
+
             self._scratch = tempfile.TemporaryDirectory(prefix="shard-cache-")
             self._cache = BlobCache(self.blobs, Path(self._scratch.name))
         return self._cache
@@ -126,6 +77,8 @@ class ShardWork:
             return ShardResult.all_failed(spec, one_line(exc), retryable=not isinstance(exc, InvalidInputError), worker=self.name)
 
     def closed(self, spec: ShardSpec) -> bool:
+        from shared.storage import CLOSED_MARKER, run_prefix
+
         return self.blobs.get_blob_client(self.settings.work_container, run_prefix(spec.run_id) + CLOSED_MARKER).exists()
 
     def failure(self, spec: ShardSpec, error: str, delivery: int) -> ShardResult:
@@ -135,6 +88,10 @@ class ShardWork:
         """Fetch (or reuse) the readings and models, score, upload the predictions. A blob that is gone or a file that
         is invalid fails the shard for good; any other failure (storage refused a read or a write) fails this attempt,
         and the orchestration may try again."""
+        from azure.core.exceptions import ResourceNotFoundError
+
+        from shared.storage import upload_file
+
         s = self.settings
         try:
             try:

@@ -71,12 +71,16 @@ class WorkerProcess(Generic[M, R]):
     def alive(self) -> bool:
         return self.process.poll() is None
 
-    def stop(self) -> None:
-        """Close its input (it finishes and exits); kill it if it does not."""
+    def release(self) -> None:
+        """Close its input: it exits once idle, on its own time (its teardown overlaps what the caller does next)."""
         try:
             self.process.stdin.close()
         except OSError:
             pass
+
+    def stop(self) -> None:
+        """Release it and wait for it to exit; kill it if it does not."""
+        self.release()
         try:
             self.process.wait(timeout=STOP_GRACE_S)
         except subprocess.TimeoutExpired:
@@ -143,6 +147,7 @@ class WorkerPool(Generic[M, R]):
             raise self.failure
 
     def _serve(self, slot: int, messages: Sequence[M], pending: queue.Queue, on_outcome, on_event) -> None:
+        """Feed one worker items until none is left, then release it."""
         while (index := pending.get()) is not None:
             if not self.slots[slot].alive:
                 self.slots[slot] = WorkerProcess(self.launcher, self.command, self.kind)
@@ -163,6 +168,7 @@ class WorkerPool(Generic[M, R]):
                 self._finished(pending)
             else:
                 pending.put(index)
+        self.slots[slot].release()
 
     def _finished(self, pending: queue.Queue) -> None:
         with self.lock:

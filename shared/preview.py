@@ -10,6 +10,7 @@ from __future__ import annotations
 import bisect
 import os
 from collections.abc import Mapping, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from fractions import Fraction
 from pathlib import Path
 
@@ -24,6 +25,8 @@ from shared.probe import frame_times
 
 TILE_WIDTH = 320
 SAMPLES = 3
+PNG_COMPRESSION = 1
+"""zlib level: 1 writes the preview in a sixth of the default's (6) time, for a file a few percent larger."""
 
 
 def sample_indices(frame_count: int, samples: int = SAMPLES) -> list[int]:
@@ -78,7 +81,8 @@ def write_preview(
         batch = batches[position]
         planned = frame_times(segments[position], batch.start_time, batch.end_time)
         times = {planned[offset] for offset in offsets}
-        inputs, outputs = _frames_at(Path(segments[position]), times, tile), _frames_at(Path(styled[position]), times, tile)
+        with ThreadPoolExecutor(2) as pool:  # FFmpeg decodes without the GIL: both files at once
+            inputs, outputs = pool.map(lambda path: _frames_at(Path(path), times, tile), (segments[position], styled[position]))
         rows += [np.hstack((inputs[t], outputs[t])) for t in sorted(times) if t in inputs and t in outputs]
     if not rows:
         raise PipelineError("no frame sampled for the preview decodes")
@@ -86,6 +90,7 @@ def write_preview(
     out = Path(out)
     with atomic_path(out) as tmp, av.open(str(tmp), "w", format="image2") as container:
         stream = container.add_stream("png")
+        stream.options = {"compression_level": str(PNG_COMPRESSION)}
         stream.width, stream.height, stream.pix_fmt = image.shape[1], image.shape[0], "rgb24"
         container.mux(stream.encode(av.VideoFrame.from_ndarray(image, format="rgb24")))
         container.mux(stream.encode(None))

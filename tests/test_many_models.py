@@ -18,6 +18,7 @@ from sklearn.pipeline import Pipeline
 from sklearn.preprocessing import StandardScaler
 from sklearn.svm import OneClassSVM
 
+from isolated import run_module_without
 from runner import score_models
 from runner.pool import launch_worker
 from runner.score_models import build_parser, main
@@ -347,20 +348,13 @@ def test_a_shard_whose_worker_dies_is_retried_alone(generated, tmp_path, monkeyp
 
 
 def test_the_shard_worker_needs_neither_torch_nor_pyav(generated, tmp_path):
-    """``python -m gpu_job worker --work shards`` runs on a CPU node whose image has neither."""
+    """``python -m gpu_job worker --work shards`` runs on a CPU node whose image has neither; a local one needs no Azure SDK either."""
     window = Window.parse(SCORED_HOURS_START, None)
     keys = [entry.key for entry in Manifest.load(generated / "models").models.values()]
     [shard] = plan_shards(window.run_id, keys, 100, models_dir=str(generated / "models"), data=str(generated / "sensor_data.csv"),
                           window=window, out_dir=str(tmp_path))
-    code = ("import runpy, sys\n"
-            "class Absent:\n"
-            "    def find_spec(self, name, path=None, target=None):\n"
-            "        if name.split('.')[0] in ('torch', 'torchvision', 'av'):\n"
-            "            raise ModuleNotFoundError(name)\n"
-            "sys.meta_path.insert(0, Absent())\n"
-            "sys.argv = ['gpu_job', 'worker', '--stdio', '--work', 'shards']\n"
-            "runpy.run_module('gpu_job', run_name='__main__')\n")
-    done = subprocess.run([sys.executable, "-c", code], input=shard.to_json() + "\n", capture_output=True, text=True, timeout=120)
+    done = run_module_without(("torch", "torchvision", "av", "azure"), "gpu_job", ["worker", "--stdio", "--work", "shards"],
+                              shard.to_json() + "\n")
     assert done.returncode == 0, done.stderr
     events = [json.loads(line) for line in done.stdout.splitlines()]
     assert [event["event"] for event in events] == ["ready", "result"]
