@@ -97,7 +97,7 @@ def main() -> None:
         stages = ", ".join(f"{name} {value:.2f} s" for name, value in single_report["stages"].items())
         rows.append(("one-frame video, stylize run", f"{single_s:.2f} s",
                      f"interpreter {start_s:.2f} s; main imports {imports_s:.2f} s; worker ready {ready_s:.2f} s "
-                     f"(of which import torch {torch_s:.2f} s), overlapping probe and split; stages: {stages}"))
+                     f"(no torch import: that alone takes {torch_s:.2f} s), overlapping probe and split; stages: {stages}"))
 
         for size in ("256x144", "640x360"):
             clip = make_clip(work / f"clip6-{size}.mp4", size, 6)

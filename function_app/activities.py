@@ -21,7 +21,7 @@ from shared.containers import output_container
 from shared.errors import InvalidInputError
 from shared.messages import BatchMessage, styled_name
 from shared.plan import Batch, plan_batches
-from shared.preview import sampled_batches, write_preview
+from shared.preview import preview_offsets, sampled_batches, write_preview
 from shared.probe import VideoInfo, probe
 from shared.report import BatchRecord, RunReport, worker_stats
 from shared.split import split_video
@@ -104,6 +104,7 @@ def enqueue_batches(request: dict, limits: Settings = settings) -> int:
             job_id=job["job_id"], batch=batch, attempt=item["attempt"], model=job["style"],
             segment=layout.segment(batch), styled=layout.styled(styled_name(batch, item["attempt"])),
             precision=limits.precision, style_image=job.get("style_image"),
+            keyframes=preview_offsets(batch, request["frames"]),
         )
         queue.send_message(message.to_json())
     return len(request["batches"])

@@ -14,13 +14,14 @@ from __future__ import annotations
 import queue
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Collection, Iterator
 from dataclasses import dataclass
 from fractions import Fraction
 from pathlib import Path
 
 import av
 import numpy as np
+from av.video.frame import PictureType
 
 from gpu_job.colour import from_rgb, tag_encoder, to_rgb
 from shared.atomic import atomic_path
@@ -95,15 +96,18 @@ def _items(source: queue.Queue) -> Iterator:
 
 
 class _Encoder(threading.Thread):
-    """Encodes styled frames with their original timestamps into an MP4 segment."""
+    """Encodes styled frames with their original timestamps into an MP4 segment; a frame shown at one of
+    ``key_times`` (seconds) starts a GOP."""
 
-    def __init__(self, tmp: Path, timing: tuple, settings: EncoderSettings, plan: ColourPlan, on_frames: Callable[[int], None] | None) -> None:
+    def __init__(self, tmp: Path, timing: tuple, settings: EncoderSettings, plan: ColourPlan, on_frames: Callable[[int], None] | None,
+                 key_times: frozenset[Fraction] = frozenset()) -> None:
         super().__init__(daemon=True)
         self.inbox: queue.Queue = queue.Queue(maxsize=4)
         self.written = 0
         self.error: BaseException | None = None
         self._tmp, self._settings, self._plan, self._on_frames = tmp, settings, plan, on_frames
         self._time_base, self._rate = timing
+        self._key_times = key_times
 
     def run(self) -> None:
         try:
@@ -122,6 +126,8 @@ class _Encoder(threading.Thread):
                 for pts, rgb in zip(pts_list, frames):
                     frame = from_rgb(rgb, self._plan)
                     frame.pts, frame.time_base = pts, self._time_base
+                    if pts * self._time_base in self._key_times:
+                        frame.pict_type = PictureType.I
                     container.mux(stream.encode(frame))
                 self.written += len(pts_list)
                 if self._on_frames:
@@ -159,8 +165,12 @@ def score_segment(
     batch_size: int = 4,
     encoder: EncoderSettings = EncoderSettings(),
     on_frames: Callable[[int], None] | None = None,
+    keyframes: Collection[int] = (),
 ) -> ScoreResult:
-    """Style the frames of ``src`` shown at ``start <= t < end`` (seconds) into ``dst`` (atomically)."""
+    """Style the frames of ``src`` shown at ``start <= t < end`` (seconds) into ``dst`` (atomically).
+
+    ``keyframes``: offsets among those frames that must start a GOP of the styled segment.
+    """
     started = time.perf_counter()
     infer_seconds = 0.0
     decoded: queue.Queue = queue.Queue(maxsize=2 * batch_size)
@@ -173,7 +183,7 @@ def score_segment(
     if len(planned) != expected_frames:
         raise InvalidInputError(f"{src.name}: holds {len(planned)} frames in its range, the plan says {expected_frames}")
     with atomic_path(dst) as tmp:
-        writer = _Encoder(tmp, timing, encoder, plan, on_frames)
+        writer = _Encoder(tmp, timing, encoder, plan, on_frames, frozenset(planned[offset] for offset in keyframes))
         seen = _Decoded(shown=set(), errors=[])
         reader = threading.Thread(target=_decode, args=(src, start, end, plan, decoded, stop, seen), daemon=True)
         reader.start()

@@ -101,7 +101,7 @@ class Worker:
             scored = score_segment(
                 segment, styled, styler, start=message.batch.start_time, end=message.batch.end_time,
                 expected_frames=message.batch.frame_count, batch_size=self.batch_size, on_frames=on_frames,
-                encoder=replace(self.encoder, keep_10bit=message.keep_10bit),
+                encoder=replace(self.encoder, keep_10bit=message.keep_10bit), keyframes=message.keyframes,
             )
         except Exception as exc:  # reported to whoever sent the batch, which decides about retrying
             return BatchResult(**facts, succeeded=False, error=one_line(exc), retryable=not isinstance(exc, InvalidInputError),

@@ -27,7 +27,7 @@ from shared.containers import MUXERS, NOT_WRITTEN, ContainerChoice, output_conta
 from shared.errors import BatchFailedError, InvalidInputError
 from shared.messages import BatchMessage, BatchResult, ModelSpec
 from shared.plan import plan_batches
-from shared.preview import write_preview
+from shared.preview import preview_offsets, write_preview
 from shared.probe import VideoInfo, probe
 from shared.report import BatchRecord, RunReport, worker_stats
 from shared.split import split_video
@@ -130,7 +130,7 @@ def run(request: RunRequest, settings: Settings, launcher: Launcher = launch_wor
         styled = [work / "styled" / f"{b.name}.mp4" for b in batches]
         messages = [BatchMessage(job_id=LOCAL_JOB, batch=b, attempt=1, model=spec.model, segment=str(segment), styled=str(target),
                                  precision=spec.precision, style_image=spec.style_image, style_strength=spec.style_strength,
-                                 keep_10bit=request.keep_10bit)
+                                 keep_10bit=request.keep_10bit, keyframes=preview_offsets(b, info.frame_count))
                     for b, segment, target in zip(batches, parts.segments, styled)]
         with report.stage("score"), tqdm(total=info.frame_count, unit="frame", desc="styling", disable=None) as bar:
             report.worker_stats, report.model["styler"] = style_batches(pool, messages, report.batches, bar)

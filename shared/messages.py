@@ -69,6 +69,9 @@ class BatchMessage:
     style_strength: float = 1.0
     keep_10bit: bool = False
     """Encode 10-bit output for a source of more than 8 bits."""
+    keyframes: tuple[int, ...] = ()
+    """Offsets in the batch of frames the styled segment starts a GOP at: the preview's sampled frames, so
+    drawing the preview decodes one styled frame for each instead of the segment up to it."""
     version: int = MESSAGE_VERSION
 
     @property
@@ -87,13 +90,19 @@ class BatchMessage:
             raise MessageError(f"batch message version {data.get('version')!r} is not supported")
         _require(data, {"job_id": str, "batch": dict, "attempt": int, "model": str, "segment": str, "styled": str}, "batch message")
         _require(data["batch"], {name: object for name in Batch.__dataclass_fields__}, "batch message")
-        optional = {"precision": (str,), "style_image": (str, type(None)), "style_strength": (int, float), "keep_10bit": (bool,)}
+        optional = {"precision": (str,), "style_image": (str, type(None)), "style_strength": (int, float), "keep_10bit": (bool,),
+                    "keyframes": (list,)}
         _require({name: data[name] for name in optional if name in data}, {name: kinds for name, kinds in optional.items() if name in data},
                  "batch message")
         if data["attempt"] < 1 or not data["job_id"]:
             raise MessageError("batch message has an empty job_id or an attempt below 1")
-        return cls(job_id=data["job_id"], batch=Batch.from_dict(data["batch"]), attempt=data["attempt"], model=data["model"],
-                   segment=data["segment"], styled=data["styled"], **{name: data[name] for name in optional if name in data})
+        batch = Batch.from_dict(data["batch"])
+        keyframes = data.get("keyframes", [])
+        if not all(type(offset) is int and 0 <= offset < batch.frame_count for offset in keyframes):
+            raise MessageError(f"batch message has keyframes outside its {batch.frame_count} frames")
+        return cls(job_id=data["job_id"], batch=batch, attempt=data["attempt"], model=data["model"], segment=data["segment"],
+                   styled=data["styled"], **{name: data[name] for name in optional if name in data and name != "keyframes"},
+                   keyframes=tuple(keyframes))
 
 
 @dataclass(frozen=True)

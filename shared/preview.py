@@ -2,14 +2,14 @@
 
 It reads only the batches holding the sampled frames (their input segments and styled segments),
 so its cost does not grow with the video's length, and the Function app never downloads the
-whole input again to draw it.
+whole input again to draw it. Within them it seeks: the worker starts a GOP of the styled segment
+at each sampled frame, so drawing one costs a single decode there.
 """
 
 from __future__ import annotations
 
-import bisect
 import os
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from fractions import Fraction
 from pathlib import Path
@@ -35,28 +35,53 @@ def sample_indices(frame_count: int, samples: int = SAMPLES) -> list[int]:
     return sorted({round(i * (frame_count - 1) / max(1, count - 1)) for i in range(count)})
 
 
+def preview_offsets(batch: Batch, frame_count: int, samples: int = SAMPLES) -> tuple[int, ...]:
+    """Offsets within ``batch`` of the frames the preview of a video of ``frame_count`` frames samples."""
+    end = batch.first_frame + batch.frame_count
+    return tuple(index - batch.first_frame for index in sample_indices(frame_count, samples) if batch.first_frame <= index < end)
+
+
 def sampled_batches(batches: Sequence[Batch], samples: int = SAMPLES) -> dict[int, list[int]]:
     """Position of each batch holding a sampled frame -> offsets of those frames within the batch."""
-    starts = [batch.first_frame for batch in batches]
-    picks: dict[int, list[int]] = {}
-    for index in sample_indices(sum(batch.frame_count for batch in batches), samples):
-        position = bisect.bisect_right(starts, index) - 1
-        picks.setdefault(position, []).append(index - starts[position])
-    return picks
+    total = sum(batch.frame_count for batch in batches)
+    return {position: list(offsets) for position, batch in enumerate(batches) if (offsets := preview_offsets(batch, total, samples))}
 
 
 def _frames_at(path: Path, times: set[Fraction], size: tuple[int, int]) -> dict[Fraction, np.ndarray]:
-    """RGB arrays, resized to ``size``, of the frames of ``path`` shown at ``times`` (those that decode)."""
-    found = {}
+    """RGB arrays, resized to ``size``, of the frames of ``path`` shown at ``times`` (those that decode).
+
+    Each is reached by seeking to the keyframe at or before it, and decoding from there: one frame in
+    a styled segment, which starts a GOP at each sampled frame (``BatchMessage.keyframes``). Should a
+    seek land past a frame (an index without it, an open GOP), the file is decoded from its start.
+    """
+    found: dict[Fraction, np.ndarray] = {}
     with av.open(str(path)) as container:
         stream = container.streams.video[0]
-        for frame in tolerant_frames(container, stream):
-            shown_at = frame.pts * stream.time_base
-            if shown_at in times:
-                found[shown_at] = frame.to_ndarray(format="rgb24", width=size[0], height=size[1], interpolation="AREA")
-                if len(found) == len(times):
-                    break
+        for target in sorted(times):
+            if target not in found:
+                container.seek(round(target / stream.time_base), stream=stream, backward=True)
+                _collect(tolerant_frames(container, stream), stream, times, size, found, until=target, from_keyframe=True)
+    if len(found) < len(times):
+        with av.open(str(path)) as container:
+            stream = container.streams.video[0]
+            _collect(tolerant_frames(container, stream), stream, times, size, found, until=max(times), from_keyframe=False)
     return found
+
+
+def _collect(frames: Iterator[av.VideoFrame], stream, times: set[Fraction], size: tuple[int, int], found: dict[Fraction, np.ndarray],
+             until: Fraction, from_keyframe: bool) -> None:
+    """Add the frames shown at ``times`` to ``found``, up to the one shown at ``until``. ``from_keyframe``
+    (after a seek): only frames from a keyframe shown at or before ``until`` on, which decode whole."""
+    anchored = not from_keyframe
+    for frame in frames:
+        shown_at = frame.pts * stream.time_base
+        if shown_at > until:
+            return
+        anchored = anchored or frame.key_frame
+        if anchored and shown_at in times and shown_at not in found:
+            found[shown_at] = frame.to_ndarray(format="rgb24", width=size[0], height=size[1], interpolation="AREA")
+        if shown_at == until:
+            return
 
 
 def write_preview(

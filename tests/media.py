@@ -62,6 +62,13 @@ def frame_timestamps(path: Path) -> list[Fraction]:
         return sorted(frame.pts * stream.time_base for frame in container.decode(stream))
 
 
+def keyframe_timestamps(path: Path) -> set[Fraction]:
+    """Presentation times of the frames FFmpeg decodes as keyframes."""
+    with av.open(str(path)) as container:
+        stream = container.streams.video[0]
+        return {frame.pts * stream.time_base for frame in container.decode(stream) if frame.key_frame}
+
+
 def video_duration(path: Path) -> float:
     stamps = frame_timestamps(path)
     step = stamps[-1] - stamps[-2] if len(stamps) > 1 else 0

@@ -25,7 +25,8 @@ from function_app.activities import ACTIVITIES
 from function_app.batches import deliver_result, job_status, on_batch_result
 from function_app.compute import AZUREML_ACTIVE_STATES, AzureMLWorkers, Fleet, LocalWorkers, ensure_workers
 from function_app.upload import instance_id_for, start_job, style_for
-from media import audio_md5, damage_packet, ffmpeg, frame_timestamps, frames_at, make_clip, min_psnr, packets_of, preview_tiles, streams_of
+from media import (audio_md5, damage_packet, ffmpeg, frame_timestamps, frames_at, keyframe_timestamps, make_clip, min_psnr, packets_of,
+                   preview_tiles, streams_of)
 from shared.config import Settings
 from shared.messages import BatchMessage, BatchResult, MessageError
 from shared.plan import Batch
@@ -132,6 +133,7 @@ def test_end_to_end_on_azurite_with_warm_workers_is_frame_exact(storage, tmp_pat
     assert all(w["model_loads"] == 1 for w in report["worker_stats"]), "each worker loads the model once, not per batch"
     assert {b["worker"] for b in report["batches"]} == {w["worker"] for w in report["worker_stats"]}
     indices = sample_indices(100)
+    assert {frame_timestamps(clip)[i] for i in indices} <= keyframe_timestamps(video), "each frame the preview samples starts a GOP"
     tiles = preview_tiles(preview, len(indices))
     height, width = tiles[0][0].shape[:2]
     assert [(np.array_equal(a, frame), np.array_equal(b, styled)) for (a, b), frame, styled
@@ -254,6 +256,11 @@ def _message(job_id: str = "job-1", attempt: int = 1) -> BatchMessage:
 def test_message_round_trip():
     message = _message()
     assert BatchMessage.from_json(message.to_json()) == message
+    with_keyframes = replace(message, keyframes=(0, 19))
+    assert BatchMessage.from_json(with_keyframes.to_json()) == with_keyframes
+    for keyframes in ([20], [-1], ["3"], [1.0]):
+        with pytest.raises(MessageError, match="keyframes outside its 20 frames"):
+            BatchMessage.from_json(json.dumps({**json.loads(message.to_json()), "keyframes": keyframes}))
     result = BatchResult(job_id="j", batch=3, attempt=2, succeeded=True, styled="s.mp4", worker="w:1", model_loads=1, delivery=2)
     assert BatchResult.from_json(result.to_json()) == result
 

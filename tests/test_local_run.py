@@ -10,8 +10,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from media import (audio_md5, audio_seconds, audio_streams, frame_timestamps, frames_at, make_clip, min_psnr, preview_tiles, set_rotation,
-                   video_duration, video_stream)
+from media import (audio_md5, audio_seconds, audio_streams, frame_timestamps, frames_at, keyframe_timestamps, make_clip, min_psnr,
+                   preview_tiles, set_rotation, video_duration, video_stream)
 from shared.preview import sample_indices
 
 PSNR_FLOOR = 35.0
@@ -84,6 +84,7 @@ def test_identity_run_is_frame_exact(name, clips, tmp_path, stylize_bin):
     assert sum(w["batches"] for w in report["worker_stats"]) == len(report["batches"])
     assert [w["model_loads"] for w in report["worker_stats"]] == [1] * len(report["worker_stats"]), "one model load per worker"
     indices = sample_indices(len(want))
+    assert {want[i] for i in indices} <= keyframe_timestamps(output), "each frame the preview samples starts a GOP"
     tiles = preview_tiles(tmp_path / "styled.preview.png", len(indices))
     height, width = tiles[0][0].shape[:2]
     for (input_tile, styled_tile), source_frame, output_frame in zip(
