@@ -26,7 +26,7 @@ class Settings:
     crf: int = 14
     preset: str = "veryfast"
     """x264 preset and CRF of styled segments. ``veryfast`` at CRF 14 matches ``medium`` at CRF 18 in RGB PSNR (mean and
-    worst frame, on a style and on a sharp pattern) for under half the encoder's CPU time and files about a third
+    worst frame, on a style and on a sharp pattern) for under half the CPU time and files a third to nearly half
     larger (bench/encoder.py): the encoder then hides behind inference on a small CPU, and keeps up with a GPU."""
     model_cache_dir: Path = _default_cache()
     default_style: str = "starry"
