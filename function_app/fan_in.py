@@ -39,8 +39,8 @@ class Work:
     """The item a result is for."""
     name: Callable[[Hashable], str]
     """An item, for the errors list ("batch 3")."""
-    resubmit: Callable[[list, dict], tuple[str, dict]]
-    """The activity (name, input) that queues the given items again at their current attempts."""
+    submit: Callable[[list, dict], tuple[str, dict]]
+    """The activity (name, input) that queues the given items at their current attempts: all of them at first, a retry alone later."""
     ensure_workers: Callable[[int], dict]
     """The ensure_workers activity's input for this many outstanding items."""
     status: Callable[[dict, list[str], dict], dict]
@@ -92,9 +92,9 @@ class _Inbox:
             raise WorkersUnavailable(f"could not start workers: {reason(exc)}") from None
 
 
-def collect(context: df.DurableOrchestrationContext, work: Work, progress: Progress, limits: dict, submit: tuple[str, dict]):
-    """Queue the items (``submit``: the activity and its input), keep workers alive and take results until every item
-    is done (or given up).
+def collect(context: df.DurableOrchestrationContext, work: Work, progress: Progress, limits: dict):
+    """Queue the items (all of them at their attempts in ``progress``, with ``work.submit``), keep workers alive
+    and take results until every item is done (or given up).
 
     ``limits``: ``max_attempts``, ``timeout_s`` (deadline for outstanding items), ``worker_check_s``.
     Raises :class:`ItemFailed` (work without ``give_up``) or :class:`WorkersUnavailable`.
@@ -102,7 +102,7 @@ def collect(context: df.DurableOrchestrationContext, work: Work, progress: Progr
     attempts, done, errors = progress.attempts, progress.done, progress.errors
     last_error: dict = {}
     inbox = _Inbox(context, work)
-    yield from inbox.call(*submit)
+    yield from inbox.call(*work.submit(list(attempts), attempts))
     progress.workers = yield from inbox.ensure_workers(len(attempts))
     context.set_custom_status(work.status(done, errors, progress.workers))
     deadline = context.create_timer(context.current_utc_datetime + timedelta(seconds=limits["timeout_s"]))
@@ -153,7 +153,7 @@ def collect(context: df.DurableOrchestrationContext, work: Work, progress: Progr
         if retry:
             for key in retry:
                 attempts[key] += 1
-            yield from inbox.call(*work.resubmit(retry, attempts))
+            yield from inbox.call(*work.submit(retry, attempts))
             progress.workers = yield from inbox.ensure_workers(len(attempts) - len(done))
         context.set_custom_status(work.status(done, errors, progress.workers))
         if winner is deadline and len(done) < len(attempts):

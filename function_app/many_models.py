@@ -142,7 +142,7 @@ def shard_work(run: dict, plan: dict) -> Work:
 
     return Work(
         event=SHARD_RESULT_EVENT, parse=ShardResult.from_dict, key=lambda result: result.shard_id, name=lambda shard_id: shard_id,
-        resubmit=lambda ids, attempts: ("enqueue_shards", {"shards": [{"shard": specs[i], "attempt": attempts[i]} for i in ids]}),
+        submit=lambda ids, attempts: ("enqueue_shards", {"shards": [{"shard": specs[i], "attempt": attempts[i]} for i in ids]}),
         ensure_workers=lambda outstanding: {"outstanding": outstanding, "work": "shards"}, status=status, give_up=give_up)
 
 
@@ -161,9 +161,8 @@ def score_models_orchestrator(context: df.DurableOrchestrationContext):
     progress = Progress(attempts={shard["shard_id"]: 1 for shard in plan["shards"]})
     stopped = None
     if plan["shards"]:
-        submit = ("enqueue_shards", {"shards": [{"shard": shard, "attempt": 1} for shard in plan["shards"]]})
         try:
-            yield from collect(context, shard_work(run, plan), progress, limits, submit)
+            yield from collect(context, shard_work(run, plan), progress, limits)
         except WorkersUnavailable as exc:  # publish what was scored; the models left are reported failed
             stopped = str(exc)
     context.set_custom_status(_status("merging", run, plan, progress.done))

@@ -37,8 +37,8 @@ def batch_work(job: dict, plan: dict) -> Work:
 
     return Work(
         event=RESULT_EVENT, parse=BatchResult.from_dict, key=lambda result: result.batch, name=lambda index: f"batch {index}",
-        resubmit=lambda indices, attempts: ("enqueue_batches", {"job": job, "frames": plan["frames"],
-                                                                 "batches": [{"batch": by_index[i], "attempt": attempts[i]} for i in indices]}),
+        submit=lambda indices, attempts: ("enqueue_batches", {"job": job, "frames": plan["frames"],
+                                                               "batches": [{"batch": by_index[i], "attempt": attempts[i]} for i in indices]}),
         ensure_workers=lambda outstanding: {"outstanding": outstanding}, status=status)
 
 
@@ -54,9 +54,8 @@ def stylize_orchestrator(context: df.DurableOrchestrationContext):
         return (yield from _fail(context, job, None, f"split failed: {reason(exc)}"))
 
     progress = Progress(attempts={batch["index"]: 1 for batch in plan["batches"]})
-    submit = ("enqueue_batches", {"job": job, "frames": plan["frames"], "batches": [{"batch": b, "attempt": 1} for b in plan["batches"]]})
     try:
-        yield from collect(context, batch_work(job, plan), progress, limits, submit)
+        yield from collect(context, batch_work(job, plan), progress, limits)
     except (ItemFailed, WorkersUnavailable) as exc:
         return (yield from _fail(context, job, plan, str(exc), progress.errors))
     done, errors = progress.done, progress.errors
