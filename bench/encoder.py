@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import argparse
 import importlib.metadata
+import os
 import platform
 import resource
 import subprocess
@@ -84,7 +85,7 @@ def main() -> None:
     parser.add_argument("--size", default="640x360")
     args = parser.parse_args()
     styler = load_styler("starry", "cpu", Settings.from_env().model_cache_dir)
-    print(f"machine: {platform.machine()}, {len(__import__('os').sched_getaffinity(0))} cores; {args.frames} frames at {args.size}; "
+    print(f"machine: {platform.machine()}, {len(os.sched_getaffinity(0))} cores; {args.frames} frames at {args.size}; "
           f"CPU s of the segment pass per 100 frames")
     print("| content | preset | CRF | CPU s / 100 frames | PSNR mean dB | PSNR worst dB | kB |\n|---|---|---:|---:|---:|---:|---:|")
     with tempfile.TemporaryDirectory() as scratch:

@@ -49,7 +49,8 @@ def timed(command: list[str], env: dict | None = None) -> tuple[float, str]:
 
 def stylize(clip: Path, out: Path, model: str, batch_frames: int, workers: int = 1, preset: str | None = None,
             crf: int | None = None) -> tuple[float, dict]:
-    env = {**os.environ, "STYLIZE_PRESET": preset, "STYLIZE_CRF": str(crf)} if preset else None
+    encoder = {**({"STYLIZE_PRESET": preset} if preset else {}), **({"STYLIZE_CRF": str(crf)} if crf is not None else {})}
+    env = {**os.environ, **encoder} if encoder else None
     seconds, _ = timed([STYLIZE, "run", str(clip), str(out), "--model", model, "--batch-frames", str(batch_frames), "--workers", str(workers)], env)
     return seconds, json.loads(out.with_name(f"{out.stem}.report.json").read_text())
 
@@ -103,10 +104,13 @@ def main() -> None:
             clip = make_clip(work / f"clip6-{size}.mp4", size, 6)
             runs: dict[str, list[float]] = {"bare": [], "ours": [], "former": [], "reference": []}
             bare_styling: list[float] = []
+            frames = 0
             for _ in range(args.rounds):  # interleaved, so a slow spell of the machine hits every variant alike
                 bare_s, bare_out = timed([PYTHON, str(BENCH / "bare_loop.py"), str(clip), "--model", args.model, "--threads", str(threads)])
                 runs["bare"].append(bare_s)
-                bare_styling.append(json.loads(bare_out)["model_s"])
+                bare_report = json.loads(bare_out)
+                bare_styling.append(bare_report["model_s"])
+                frames = bare_report["frames"]
                 runs["ours"].append(stylize(clip, work / f"ours-{size}.mp4", args.model, 240)[0])
                 runs["former"].append(stylize(clip, work / f"former-{size}.mp4", args.model, 240, preset="medium", crf=18)[0])
                 if size == "256x144":
@@ -114,7 +118,7 @@ def main() -> None:
                                                     "--threads", str(threads)])[0])
             bare, ours, former = median(runs["bare"]), median(runs["ours"]), median(runs["former"])
             rows.append((f"6 s {size}: bare model loop (whole command)", f"{bare:.2f} s",
-                         f"{spread(runs['bare'])}; styling alone {median(bare_styling):.2f} s ({150 / median(bare_styling):.1f} frames/s)"))
+                         f"{spread(runs['bare'])}; styling alone {median(bare_styling):.2f} s ({frames / median(bare_styling):.1f} frames/s)"))
             rows.append((f"6 s {size}: stylize run, 1 worker", f"{ours:.2f} s",
                          f"{spread(runs['ours'])}; **x{ours / bare:.3f}** of the bare loop (rounds: "
                          f"{', '.join(f'x{o / b:.3f}' for o, b in zip(runs['ours'], runs['bare']))})"))

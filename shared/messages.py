@@ -97,12 +97,12 @@ class BatchMessage:
         if data["attempt"] < 1 or not data["job_id"]:
             raise MessageError("batch message has an empty job_id or an attempt below 1")
         batch = Batch.from_dict(data["batch"])
-        keyframes = data.get("keyframes", [])
-        if not all(type(offset) is int and 0 <= offset < batch.frame_count for offset in keyframes):
+        options = {name: data[name] for name in optional if name in data}
+        options["keyframes"] = tuple(options.get("keyframes", ()))
+        if not all(type(offset) is int and 0 <= offset < batch.frame_count for offset in options["keyframes"]):
             raise MessageError(f"batch message has keyframes outside its {batch.frame_count} frames")
         return cls(job_id=data["job_id"], batch=batch, attempt=data["attempt"], model=data["model"], segment=data["segment"],
-                   styled=data["styled"], **{name: data[name] for name in optional if name in data and name != "keyframes"},
-                   keyframes=tuple(keyframes))
+                   styled=data["styled"], **options)
 
 
 @dataclass(frozen=True)
