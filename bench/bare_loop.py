@@ -3,7 +3,7 @@
     python bench/bare_loop.py CLIP [--model random] [--threads N] [--batch N]
 
 Same decoder and colour conversion as the worker, same styler and engine (``gpu_job.models.load_styler``),
-same threads; no splitting, no encoding, no files. Prints JSON: frames, model_s (styling only), load_s.
+same threads, every stream of the engine busy (``FrameStyler.stream``); no splitting, no encoding, no files. Prints JSON: frames, model_s (styling only), load_s.
 """
 
 from __future__ import annotations
@@ -41,8 +41,8 @@ def main() -> None:
         frames = [to_rgb(f, plan) for f in container.decode(stream)]
     load_s = time.perf_counter() - began
     styled = time.perf_counter()
-    for i in range(0, len(frames), args.batch):
-        styler(np.stack(frames[i : i + args.batch]))
+    for _ in styler.stream(np.stack(frames[i : i + args.batch]) for i in range(0, len(frames), args.batch)):
+        pass
     print(json.dumps({"frames": len(frames), "model_s": time.perf_counter() - styled, "load_s": load_s}))
 
 

@@ -17,6 +17,7 @@ from pathlib import Path
 
 import av
 import numpy as np
+from av.video.reformatter import VideoReformatter
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
@@ -63,7 +64,8 @@ def main() -> None:
         frames = _frames(width, height, pix_fmt, args.frames)
         rgbs = [to_rgb(frame, plan) for frame in frames]
         decode = _ms_per_frame(lambda frame: to_rgb(frame, plan), frames)
-        encode = _ms_per_frame(lambda rgb: from_rgb(rgb, plan), rgbs)
+        reformatter = VideoReformatter()
+        encode = _ms_per_frame(lambda rgb: from_rgb(rgb, plan, reformatter), rgbs)
         print(f"| {name} | {decode:.1f} | {encode:.1f} | {plan.output_pix_fmt}{', tone-mapped' if plan.tone_map else ''} |")
 
 

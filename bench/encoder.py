@@ -21,6 +21,7 @@ import resource
 import subprocess
 import sys
 import tempfile
+from collections.abc import Iterable, Iterator
 from fractions import Fraction
 from pathlib import Path
 
@@ -32,6 +33,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from gpu_job.colour import to_rgb  # noqa: E402
 from gpu_job.models import load_styler  # noqa: E402
 from gpu_job.scorer import EncoderSettings, score_segment  # noqa: E402
+from gpu_job.styler import FrameStyler  # noqa: E402
 from shared.colour import plan_colour  # noqa: E402
 from shared.config import Settings  # noqa: E402
 from shared.probe import stream_colour  # noqa: E402
@@ -67,11 +69,11 @@ def encode_row(source: Path, styled: list[np.ndarray], out: Path, preset: str, c
     """CPU seconds per 100 frames, mean and worst PSNR, bytes."""
     frames = iter(styled)
 
-    def replay(batch: np.ndarray) -> np.ndarray:
-        return np.stack([next(frames) for _ in batch])
+    def replay(batches: Iterable[np.ndarray]) -> Iterator[np.ndarray]:
+        return (np.stack([next(frames) for _ in batch]).astype(np.float32) for batch in batches)
 
     before = resource.getrusage(resource.RUSAGE_SELF)
-    score_segment(source, out, replay, start=Fraction(0), end=None, expected_frames=len(styled), batch_size=1,
+    score_segment(source, out, FrameStyler(replay, {}), start=Fraction(0), end=None, expected_frames=len(styled), batch_size=1,
                   encoder=EncoderSettings(preset=preset, crf=crf))
     after = resource.getrusage(resource.RUSAGE_SELF)
     cpu = (after.ru_utime + after.ru_stime) - (before.ru_utime + before.ru_stime)
@@ -93,7 +95,7 @@ def main() -> None:
         for kind, label in (("film", "Big Buck Bunny, starry"), ("pattern", "mandelbrot, identity")):
             source = make_source(work / f"{kind}.mp4", kind, args.size, args.frames)
             frames = decoded(source)
-            styled = [styler(frame[None])[0] for frame in frames] if kind == "film" else frames
+            styled = [batch[0] for batch in styler.stream(frame[None] for frame in frames)] if kind == "film" else frames
             for preset, crf in CHOICES:
                 cpu, mean, worst, size = encode_row(source, styled, work / f"{kind}-{preset}-{crf}.mp4", preset, crf)
                 print(f"| {label} | {preset} | {crf} | {cpu:.2f} | {mean:.2f} | {worst:.2f} | {size / 1e3:.0f} |", flush=True)

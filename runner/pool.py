@@ -104,15 +104,23 @@ class Outcome(Generic[R]):
 
 
 class WorkerPool(Generic[M, R]):
-    """``workers`` warm worker processes sharing one list of work items; each failed item is retried alone."""
+    """Warm worker processes sharing one list of work items; each failed item is retried alone.
 
-    def __init__(self, command: list[str], workers: int, max_attempts: int, launcher: Launcher = launch_worker,
-                 kind: WorkKind[M, R] = BATCHES) -> None:
-        self.command, self.max_attempts, self.launcher, self.kind = command, max_attempts, launcher, kind
+    ``start`` launches them, possibly in two steps: one worker as early as possible, the rest once the work is known.
+    """
+
+    def __init__(self, max_attempts: int, launcher: Launcher = launch_worker, kind: WorkKind[M, R] = BATCHES) -> None:
+        self.max_attempts, self.launcher, self.kind = max_attempts, launcher, kind
+        self.command: list[str] = []
         self.lock = threading.Lock()
         self.outcome_lock = threading.Lock()
         self.failure: Exception | None = None
-        self.slots = [WorkerProcess(launcher, command, kind) for _ in range(workers)]
+        self.slots: list[WorkerProcess[M, R]] = []
+
+    def start(self, command: list[str], workers: int) -> None:
+        """Launch workers running ``command`` until there are ``workers`` (a dead one is replaced with the latest command)."""
+        self.command = command
+        self.slots += [WorkerProcess(self.launcher, command, self.kind) for _ in range(workers - len(self.slots))]
 
     def __enter__(self) -> WorkerPool:
         return self

@@ -94,7 +94,7 @@ def score_pass(plan: RunPlan, workers: int, max_attempts: int, launcher: Launche
     if not plan.shards:
         return
     command = worker_command(None, work=SHARDS.name, stdio=True)
-    with WorkerPool(command, min(workers, len(plan.shards)), max_attempts, launcher, SHARDS) as pool, \
+    with WorkerPool(max_attempts, launcher, SHARDS) as pool, \
             tqdm(total=sum(len(shard.keys) for shard in plan.shards), unit="model", desc="scoring", disable=None) as bar:
         def outcome(done: Outcome[ShardResult]) -> None:
             if not done.final:
@@ -103,6 +103,7 @@ def score_pass(plan: RunPlan, workers: int, max_attempts: int, launcher: Launche
             plan.state.record(done.result)
             bar.update(len(done.result.models))
 
+        pool.start(command, min(workers, len(plan.shards)))
         pool.run(plan.shards, outcome)
 
 

@@ -43,7 +43,7 @@ def render_sheet(frame: np.ndarray, device: str = "cpu") -> np.ndarray:
     """A grid of the frame and each built-in style applied to it, names under each tile."""
     from PIL import Image, ImageDraw, ImageFont
 
-    from gpu_job.models import multistyle_engine, multistyle_network
+    from gpu_job.models import multistyle_engine, multistyle_frame, multistyle_inputs, per_frame
     from gpu_job.styler import FrameStyler
     from gpu_job.styles import BUILTIN_STYLES
 
@@ -51,11 +51,10 @@ def render_sheet(frame: np.ndarray, device: str = "cpu") -> np.ndarray:
     scale = min(1.0, STYLED_WIDTH / width)
     source = Image.fromarray(frame).resize((max(2, round(width * scale)), max(2, round(height * scale))), Image.LANCZOS)
     styled_input = np.asarray(source)[None]
-    engine = multistyle_engine(device)
-    tiles = [("original", source)]
-    for index, (name, _) in enumerate(BUILTIN_STYLES):
-        weights = np.eye(len(BUILTIN_STYLES), dtype=np.float32)[index]
-        tiles.append((name, Image.fromarray(FrameStyler(multistyle_network(engine, weights), {})(styled_input)[0])))
+    styles = iter(np.eye(len(BUILTIN_STYLES), dtype=np.float32))  # the frame once per style, with that style's weights
+    network = per_frame(multistyle_engine(device), lambda frame: multistyle_inputs(frame, next(styles)), multistyle_frame)
+    styled = FrameStyler(network, {})(np.repeat(styled_input, len(BUILTIN_STYLES), axis=0))
+    tiles = [("original", source), *((name, Image.fromarray(tile)) for (name, _), tile in zip(BUILTIN_STYLES, styled))]
     tile_height = round(TILE_WIDTH * source.height / source.width)
     rows = -(-len(tiles) // COLUMNS)
     sheet = Image.new("RGB", (COLUMNS * (TILE_WIDTH + GAP) + GAP, rows * (tile_height + LABEL_HEIGHT + GAP) + GAP), "white")

@@ -44,8 +44,6 @@ class Settings:
     input_container: str = "videos-in"
     output_container: str = "videos-out"
     work_container: str = "stylize-work"
-    styles_container: str = "styles"
-    """Pictures that uploads name as their style (metadata ``style_image``)."""
     batch_queue: str = "batches"
     """Batch work items, one message per batch attempt; drained by the workers."""
     result_queue: str = "batch-results"

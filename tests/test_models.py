@@ -13,8 +13,9 @@ import numpy as np
 import pytest
 import torch
 
-from gpu_job.models import (PRETRAINED_STYLES, ModelUnavailableError, TransformerWeights, load_styler, load_transformer, random_transformer,
-                            resolve_model, transformer_styler)
+from gpu_job.models import TransformerWeights, load_styler, load_transformer, random_transformer, transformer_styler
+from gpu_job.resolve import ModelUnavailableError, resolve_model
+from gpu_job.styles import PRETRAINED_STYLES
 from shared.errors import PipelineError
 
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import sys
 from pathlib import Path
 
@@ -69,4 +70,40 @@ def test_error_that_will_repeat_is_not_retried(clip, tmp_path):
     with pytest.raises(InvalidInputError, match=r"^batch-00001 \(frames 17-33\): injected fault$"):
         run(request, Settings(max_attempts=3), launcher=_flaky("fatal", 1, 99, state))
     assert _injected(state) == 1
+    assert not request.output.exists()
+
+
+def _recording(events: list, processes: list):
+    def launch(command: list[str]):
+        events.append(("launch", int(command[command.index("--threads") + 1])))
+        processes.append(launch_worker(command))
+        return processes[-1]
+
+    return launch
+
+
+@pytest.mark.parametrize("workers, batch_frames, launched_first", [(1, 20, True), (2, 20, False), (3, 1000, False)])
+def test_one_worker_starts_before_the_probe_and_more_once_the_plan_is_known(workers, batch_frames, launched_first, clip, tmp_path,
+                                                                            monkeypatch):
+    import shared.probe
+
+    events: list = []
+    probe = shared.probe.probe
+    monkeypatch.setattr(shared.probe, "probe", lambda path: events.append("probe") or probe(path))
+    request = RunRequest(input=clip, output=tmp_path / "out.mp4", model="identity", batch_frames=batch_frames, workers=workers)
+    report = run(request, Settings(), launcher=_recording(events, []))
+    started = min(workers, len(report.batches))
+    launches = [("launch", max(1, (os.cpu_count() or 1) // started))] * started
+    assert events == (launches + ["probe"] if launched_first else ["probe"] + launches)
+    assert report.workers == started
+
+
+def test_a_worker_started_early_is_stopped_when_the_input_is_refused(tmp_path):
+    text = tmp_path / "notes.mp4"
+    text.write_text("not a video")
+    processes: list = []
+    request = RunRequest(input=text, output=tmp_path / "out.mp4", model="identity", batch_frames=20)
+    with pytest.raises(InvalidInputError):
+        run(request, Settings(), launcher=_recording([], processes))
+    assert len(processes) == 1 and processes[0].wait(timeout=10) != 0
     assert not request.output.exists()

@@ -81,7 +81,7 @@ def test_style_image_run_is_frame_exact_and_styled(clip, painting, tmp_path, sty
     report = json.loads((tmp_path / "painted.report.json").read_text())
     assert report["model"]["used"] == "arbitrary"
     assert report["model"]["styler"] == {"model": "arbitrary", "style": "rings.png", "engine": "onnxruntime", "device": "cpu",
-                                         "precision": "int8", "strength": 0.9}
+                                         "precision": "int8", "streams": 1, "strength": 0.9}
     assert "engine onnxruntime" in result.stderr
 
 
@@ -90,6 +90,7 @@ def test_builtin_style_run_reports_openvino(clip, tmp_path, stylize_bin):
     result = _stylize(stylize_bin, "run", str(clip), str(output), "--model", "starry+ember", "--precision", "fp32")
     assert result.returncode == 0, result.stderr
     styler = json.loads((tmp_path / "starry.report.json").read_text())["model"]["styler"]
+    assert 1 <= styler.pop("streams") <= (os.cpu_count() or 1), "OpenVINO runs a stream per share of the cores"
     assert styler == {"model": "multistyle26", "style": "starry:0.5+ember:0.5", "engine": "openvino", "device": "cpu",
                       "precision": "fp32", "strength": 1.0}
     assert min_psnr(output, clip)[0] < 20

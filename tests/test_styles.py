@@ -110,7 +110,7 @@ def test_arbitrary_pair_matches_onnxruntime_on_the_original_files(width, height,
     assert psnr(out, _reference_arbitrary(frame, painting, free_size=(width, height) != (384, 384))) >= MATCH_DB
     assert psnr(out, frame) < 20
     assert styler.describe() == {"model": ARBITRARY, "style": painting.name, "engine": "onnxruntime", "device": "cpu",
-                                 "precision": "int8", "strength": 1.0}
+                                 "precision": "int8", "streams": 1, "strength": 1.0}
 
 
 def test_style_strength_moves_from_the_style_to_the_frame(painting, tmp_path):

@@ -10,6 +10,7 @@ from pathlib import Path
 
 import pytest
 
+from gpu_job.batch_work import PROGRESS_INTERVAL_S, _Progress
 from gpu_job.command import WorkerOptions, worker_command
 from gpu_job.worker import ModelCache
 from isolated import run_module_without
@@ -44,6 +45,23 @@ def test_model_cache_loads_each_model_once_and_drops_the_least_recent():
     assert [cache.get(spec) for spec in specs] == ["A", "A", "B", "A", "C", "A", "B"]
     assert loaded == ["a", "b", "c", "b"] and cache.loads == 4
     assert cache.get(ModelSpec("b", precision="fp32")) == "B" and cache.loads == 5, "another precision is another model"
+
+
+def test_progress_is_sent_in_a_few_events_that_add_up(monkeypatch):
+    clock = [100.0]
+    monkeypatch.setattr("gpu_job.batch_work.time.monotonic", lambda: clock[0])
+    sent: list[int] = []
+    progress = _Progress(sent.append)
+    for _ in range(10):
+        progress.add(1)
+    assert sent == [], "not one event per frame"
+    clock[0] += PROGRESS_INTERVAL_S
+    progress.add(2)
+    assert sent == [12]
+    progress.add(1)
+    progress.flush()
+    progress.flush()
+    assert sent == [12, 1], "the rest goes out when flushed, once"
 
 
 def test_stdio_worker_styles_many_batches_with_one_model_load(segments, tmp_path):
