@@ -15,6 +15,7 @@ import tempfile
 import time
 from collections.abc import Callable
 from dataclasses import replace
+from functools import cached_property
 from pathlib import Path
 
 from gpu_job.worker import Worker
@@ -51,15 +52,12 @@ class BatchWork:
     def __init__(self, worker: Worker, settings: Settings) -> None:
         self.worker, self.settings = worker, settings
         self.name = worker.name
-        self._blobs = None
 
-    @property
+    @cached_property
     def blobs(self):
-        if self._blobs is None:
-            from shared.storage import blob_service
+        from shared.storage import blob_service
 
-            self._blobs = blob_service(self.settings)
-        return self._blobs
+        return blob_service(self.settings)
 
     def preload(self, spec: ModelSpec) -> None:
         self.worker.models.get(spec)
@@ -79,8 +77,7 @@ class BatchWork:
         return job_closed(self.blobs, self.settings, message.job_id)
 
     def failure(self, message: BatchMessage, error: str, delivery: int) -> BatchResult:
-        return BatchResult(job_id=message.job_id, batch=message.batch.index, attempt=message.attempt, succeeded=False,
-                           retryable=False, worker=self.name, delivery=delivery, error=error)
+        return replace(self.kind.failed(message, error, False), worker=self.name, delivery=delivery)
 
     def queued(self, message: BatchMessage, delivery: int) -> BatchResult:
         from azure.core.exceptions import ResourceNotFoundError

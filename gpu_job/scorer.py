@@ -15,7 +15,6 @@ from __future__ import annotations
 import itertools
 import queue
 import threading
-from collections import deque
 from collections.abc import Callable, Collection, Iterator
 from dataclasses import dataclass
 from fractions import Fraction
@@ -27,7 +26,7 @@ from av.video.frame import PictureType
 from av.video.reformatter import VideoReformatter
 
 from gpu_job.colour import from_rgb, tag_encoder, to_rgb
-from gpu_job.styler import FrameStyler
+from gpu_job.styler import FrameStyler, paired
 from shared.atomic import atomic_path
 from shared.colour import ColourPlan, plan_colour
 from shared.config import Settings
@@ -201,17 +200,14 @@ def score_segment(
 
 def _style(frames: Iterator, styler: FrameStyler, batch_size: int, writer: _Encoder) -> None:
     """Style decoded (pts, rotation, rgb) frames in batches of ``batch_size`` and hand them to ``writer``, in order."""
-    sent: deque[tuple[list, int]] = deque()  # (timestamps, rotation) of each batch the styler has taken
-
-    def batches() -> Iterator[np.ndarray]:
+    def batches() -> Iterator[tuple[list, int, np.ndarray]]:
+        """(timestamps, rotation, stacked frames) of each batch."""
         while not writer.error and (group := list(itertools.islice(frames, batch_size))):
-            sent.append(([pts for pts, _, _ in group], group[0][1]))
-            yield np.stack([rgb for _, _, rgb in group])
+            yield [pts for pts, _, _ in group], group[0][1], np.stack([rgb for _, _, rgb in group])
 
-    styled_batches = styler.stream(batches())
+    styled_batches = paired(batches(), lambda batch: batch[2], styler.stream)
     try:
-        for styled in styled_batches:
-            pts_list, rotation = sent.popleft()
+        for (pts_list, rotation, _), styled in styled_batches:
             writer.inbox.put((pts_list, rotation, styled))
     finally:
         styled_batches.close()

@@ -21,6 +21,7 @@ import socket
 import tempfile
 from collections.abc import Callable
 from dataclasses import replace
+from functools import cached_property
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -41,17 +42,14 @@ class ShardWork:
     def __init__(self, settings: Settings) -> None:
         self.settings = settings
         self.name = f"{socket.gethostname()}:{os.getpid()}"
-        self._blobs = None
         self._scratch: tempfile.TemporaryDirectory | None = None
         self._cache: BlobCache | None = None
 
-    @property
+    @cached_property
     def blobs(self):
-        if self._blobs is None:
-            from shared.storage import blob_service
+        from shared.storage import blob_service
 
-            self._blobs = blob_service(self.settings)
-        return self._blobs
+        return blob_service(self.settings)
 
     @property
     def cache(self) -> BlobCache:

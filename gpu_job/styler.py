@@ -4,12 +4,14 @@ from __future__ import annotations
 
 from collections import deque
 from collections.abc import Callable, Iterable, Iterator
+from typing import TypeVar
 
 import numpy as np
 
 NETWORK_ALIGNMENT = 4
 """Every network here downsamples twice by 2, so it wants sides that are multiples of 4."""
 
+T, A, B = TypeVar("T"), TypeVar("A"), TypeVar("B")
 Network = Callable[[Iterable[np.ndarray]], Iterator[np.ndarray]]
 """Batches (N, H, W, 3) uint8 with H and W multiples of 4 -> (N, H, W, 3) float32 in 0..255, one per batch, in order."""
 
@@ -36,15 +38,8 @@ class FrameStyler:
         if self.network is None:
             yield from (np.ascontiguousarray(_crop(_pad(frames), frames)) for frames in batches)
             return
-        sent: deque[tuple[np.ndarray, np.ndarray]] = deque()
-
-        def padded() -> Iterator[np.ndarray]:
-            for frames in batches:
-                sent.append((frames, _pad(frames)))
-                yield sent[-1][1]
-
-        for styled in self.network(padded()):
-            frames, padded_frames = sent.popleft()
+        padded = ((frames, _pad(frames)) for frames in batches)
+        for (frames, padded_frames), styled in paired(padded, lambda pair: pair[1], self.network):
             styled = _crop(styled, frames)
             if self.strength < 1.0:
                 styled = self.strength * styled + (1.0 - self.strength) * _crop(padded_frames, frames)
@@ -52,6 +47,20 @@ class FrameStyler:
 
     def describe(self) -> dict:
         return dict(self.description)
+
+
+def paired(items: Iterable[T], key: Callable[[T], A], run: Callable[[Iterable[A]], Iterator[B]]) -> Iterator[tuple[T, B]]:
+    """Each item with the output ``run`` gives for its ``key``: ``run`` maps inputs to outputs in order, reading
+    ahead of what it has given back, so each item waits beside its output's turn."""
+    waiting: deque[T] = deque()
+
+    def inputs() -> Iterator[A]:
+        for item in items:
+            waiting.append(item)
+            yield key(item)
+
+    for output in run(inputs()):
+        yield waiting.popleft(), output
 
 
 def _pad(frames: np.ndarray) -> np.ndarray:
