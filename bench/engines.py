@@ -33,7 +33,7 @@ import torch
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from gpu_job.engines import dynamic_height_width, onnxruntime_engine, openvino_engine, torch_engine  # noqa: E402
+from gpu_job.engines import dynamic_height_width, import_openvino, onnxruntime_engine, openvino_engine, torch_engine  # noqa: E402
 from gpu_job.models import random_transformer  # noqa: E402
 from gpu_job.styles import BUILTIN_STYLE_INDEX, BUILTIN_STYLES  # noqa: E402
 
@@ -56,7 +56,7 @@ def _nchw(frame: np.ndarray, scale: float) -> np.ndarray:
 
 
 def transformer_runners(device: str, threads: int) -> dict[tuple[str, str], Runner]:
-    import openvino as ov
+    ov = import_openvino()
 
     module = random_transformer().eval()
     with torch.no_grad(), warnings.catch_warnings():
@@ -112,7 +112,7 @@ def multistyle_runners(device: str, threads: int, style: str = "starry") -> dict
 
 
 def arbitrary_runners(device: str, threads: int) -> dict[tuple[str, str], Runner]:
-    import openvino as ov
+    ov = import_openvino()
 
     predict = onnxruntime_engine(MODELS / "arbitrary_predict.onnx", "cpu", "int8", threads)
     style = predict.run(film_frame(256, 256).astype(np.float32)[:, ::-1, :, ::-1].copy() / 255)  # the film, flipped and recoloured, as the style

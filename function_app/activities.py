@@ -11,6 +11,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import azure.durable_functions as df
+from azure.core.exceptions import ResourceNotFoundError
 from azure.storage.blob import BlobServiceClient
 
 from function_app.compute import ensure_workers
@@ -21,7 +22,7 @@ from shared.containers import output_container
 from shared.errors import InvalidInputError
 from shared.messages import BatchMessage, styled_name
 from shared.plan import Batch, plan_batches
-from shared.preview import preview_offsets, sampled_batches, write_preview
+from shared.preview import preview_offsets, rows_name, sampled_batches, write_preview
 from shared.probe import VideoInfo, probe
 from shared.report import BatchRecord, RunReport, worker_stats
 from shared.split import split_video
@@ -104,7 +105,7 @@ def enqueue_batches(request: dict, limits: Settings = settings) -> int:
             job_id=job["job_id"], batch=batch, attempt=item["attempt"], model=job["style"],
             segment=layout.segment(batch), styled=layout.styled(styled_name(batch, item["attempt"])),
             precision=limits.precision, style_image=job.get("style_image"),
-            keyframes=preview_offsets(batch, request["frames"]),
+            preview_frames=preview_offsets(batch, request["frames"]),
         )
         queue.send_message(message.to_json())
     return len(request["batches"])
@@ -116,9 +117,8 @@ def stitch_job(request: dict, limits: Settings = settings) -> dict:
     service = blob_service(limits)
     names = output_names(job["input_blob"], job["style"], plan["output_suffix"])
     batches = [Batch.from_dict(item) for item in plan["batches"]]
-    sampled = {position: layout.segment(batches[position]) for position in sampled_batches(batches)}
     stitched = [*request["styled"], *([plan["tracks_blob"]] if plan["tracks_blob"] else [])]
-    needed = 2 * _blob_bytes(service, limits.work_container, stitched) + _blob_bytes(service, limits.work_container, list(sampled.values()))
+    needed = 2 * _blob_bytes(service, limits.work_container, stitched)
     with scratch("stitch-", needed, names["video"]) as folder:
         styled = [download_file(service, limits.work_container, blob, folder / "styled" / Path(blob).name) for blob in request["styled"]]
         tracks = download_file(service, limits.work_container, plan["tracks_blob"], folder / Path(plan["tracks_blob"]).name) if plan["tracks_blob"] else None
@@ -130,7 +130,8 @@ def stitch_job(request: dict, limits: Settings = settings) -> dict:
             return local if local.exists() else download_file(service, limits.work_container, blob, local)
 
         skipped = skipped_frames(batches, styled, segment)
-        preview = write_preview(batches, {position: segment(position) for position in sampled}, styled, folder / "preview.png")
+        preview = write_preview(_preview_rows(service, limits, [request["styled"][position] for position in sampled_batches(batches)],
+                                              folder / "rows"), folder / "preview.png")
         done_by = {int(index): facts for index, facts in request["done_by"].items()}
         styler = next((facts["styler"] for facts in done_by.values() if facts.get("styler")), {})
         report = RunReport(input=plan["video"], output=names["video"],
@@ -152,6 +153,17 @@ def stitch_job(request: dict, limits: Settings = settings) -> dict:
         upload_file(service, limits.output_container, names["video"], video, metadata)
     close_job(service, limits, job["job_id"])
     return names
+
+
+def _preview_rows(service: BlobServiceClient, limits: Settings, styled: list[str], folder: Path) -> list[Path]:
+    """The preview rows the workers drew beside these styled segments (none beside one whose sampled frames did not decode)."""
+    rows = []
+    for blob in map(rows_name, styled):
+        try:
+            rows.append(download_file(service, limits.work_container, blob, folder / posixpath.basename(blob)))
+        except ResourceNotFoundError:
+            continue
+    return rows
 
 
 def report_failure(request: dict, limits: Settings = settings) -> str:

@@ -15,9 +15,11 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import os
 import sys
 from fractions import Fraction
 from pathlib import Path
+from typing import NoReturn
 
 from gpu_job.command import WorkerOptions
 from shared.config import Settings
@@ -97,7 +99,7 @@ def main(argv: list[str] | None = None) -> int:
         from gpu_job.worker import serve_stdio
 
         serve_stdio(handler, sys.stdin, sys.stdout, preload=_preload_spec(args))
-        return 0
+        _leave_now()
     from gpu_job.queue_worker import QueueWorker
 
     if args.preload:
@@ -126,6 +128,14 @@ def _model_spec(model: str, args: argparse.Namespace) -> ModelSpec:
 
 def _preload_spec(args: argparse.Namespace) -> ModelSpec | None:
     return _model_spec(args.preload, args) if args.preload else None
+
+
+def _leave_now() -> NoReturn:
+    """Exit 0 without the interpreter's teardown: unloading OpenVINO, FFmpeg and NumPy takes 50-100 ms, which
+    the runner that closed our input would wait through. Every file is closed and every result sent by now."""
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(0)
 
 
 def _one_batch(worker, args: argparse.Namespace) -> int:

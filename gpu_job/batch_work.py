@@ -1,8 +1,9 @@
 """Video batches as the worker's work: style a segment with a warm :class:`gpu_job.worker.Worker`.
 
 Locally a batch's segment and styled output are files; from the batch queue they are blobs in the
-work container: the segment is downloaded, styled into a scratch folder and the result uploaded
-(a styled segment already there, written by a worker that died before reporting, is reused).
+work container: the segment is downloaded, styled into a scratch folder, and the styled segment
+uploaded with the preview rows the worker drew beside it (a styled segment already there, written
+by a worker that died before reporting, is reused).
 Only the queue paths import the storage clients (the Azure SDK takes 0.3 s to import), so a local
 worker starts without them.
 """
@@ -22,6 +23,7 @@ from gpu_job.worker import Worker
 from shared.atomic import atomic_path
 from shared.config import Settings
 from shared.messages import BatchMessage, BatchResult, ModelSpec
+from shared.preview import rows_name
 from shared.work import BATCHES
 
 
@@ -102,7 +104,10 @@ class BatchWork:
                                     delivery)
             styled = Path(scratch) / posixpath.basename(message.styled)
             result = self.worker.style(message, segment, styled, delivery=delivery, spec=spec)
-            if result.succeeded:
+            if result.succeeded:  # the rows first: a styled segment found in place is whole, rows and all
+                rows = Path(rows_name(str(styled)))
+                if rows.exists():
+                    upload_file(self.blobs, container, rows_name(message.styled), rows, {"job_id": message.job_id})
                 upload_file(self.blobs, container, message.styled, styled, {"job_id": message.job_id})
         return result
 

@@ -19,6 +19,7 @@ Every engine is called with numpy arrays and returns the network's first output 
 
 from __future__ import annotations
 
+import sys
 from collections import deque
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
@@ -65,14 +66,27 @@ def check_precision(precision: str) -> None:
         raise PipelineError(f"unknown precision {precision!r}: use {' or '.join(PRECISIONS)}")
 
 
+def import_openvino():
+    """OpenVINO, without its usage telemetry.
+
+    Unless a user has opted out (a consent file under ~/intel) or CI=true is set, importing OpenVINO sends
+    a usage event to Google Analytics from a thread the interpreter waits for at exit: about 0.1 s of
+    every worker's start and exit here, and traffic that no node running our workers should send. With
+    its telemetry package unimportable, OpenVINO falls back to its own no-op stub.
+    """
+    sys.modules.setdefault("openvino_telemetry", None)
+    import openvino
+
+    return openvino
+
+
 def openvino_engine(model, precision: str, threads: int | None = None, streams: int = 0) -> Engine:
     """Compile an OpenVINO model (an ``ov.Model`` or a model file path) for the CPU, for throughput.
 
     ``threads``: cores to use (all if None); ``streams``: calls run at once, each on its share of
     them (0: OpenVINO's choice for the cores; each stream holds its own activations).
     """
-    import openvino as ov
-
+    ov = import_openvino()
     check_precision(precision)
     config: dict = {"PERFORMANCE_HINT": "THROUGHPUT"}
     if precision == "fp32":

@@ -27,7 +27,8 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
-from gpu_job.engines import Engine, Inputs, check_precision, dynamic_height_width, onnx_device, onnxruntime_engine, openvino_engine, torch_engine
+from gpu_job.engines import (Engine, Inputs, check_precision, dynamic_height_width, import_openvino, onnx_device, onnxruntime_engine,
+                             openvino_engine, torch_engine)
 from gpu_job.resolve import resolve_model
 from gpu_job.styler import FrameStyler, Network
 from gpu_job.styles import ARBITRARY, BUILTIN_STYLE_INDEX, BUILTIN_STYLES, check_style_image, parse_blend
@@ -142,8 +143,7 @@ def converted_transformer(weights: TransformerWeights, cache_dir: Path) -> Path:
     Converting means importing PyTorch and tracing the network (about 3 s here); later workers read
     the file instead. The OpenVINO version is part of the name: another version may not read it.
     """
-    import openvino as ov
-
+    ov = import_openvino()
     target = cache_dir / "openvino" / f"{weights.key}-ov{ov.__version__.split('-')[0]}.xml"
     if target.exists():
         return target

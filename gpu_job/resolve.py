@@ -7,12 +7,8 @@ and starts its first worker with the answer while its own imports are still to c
 
 from __future__ import annotations
 
-import hashlib
-import shutil
 import sys
 import tempfile
-import urllib.request
-import zipfile
 from pathlib import Path
 
 from gpu_job.styles import ARBITRARY, BUILTIN_MODELS, PRETRAINED_STYLES, parse_blend
@@ -49,6 +45,10 @@ def resolve_model(spec: str, cache_dir: Path, archive_sha256: str | None = WEIGH
 
 
 def _fetch_pretrained(cache_dir: Path, archive_sha256: str | None, url: str, wanted: str) -> None:
+    import hashlib
+    import shutil
+    import urllib.request  # with http.client and ssl, 25-30 ms of every start that fetches nothing
+
     cache_dir.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(dir=cache_dir) as scratch:
         archive = Path(scratch) / "saved_models.zip"
@@ -72,6 +72,8 @@ def _fetch_pretrained(cache_dir: Path, archive_sha256: str | None, url: str, wan
 
 
 def _extract_checkpoints(archive: Path) -> dict[str, bytes]:
+    import zipfile
+
     from gpu_job.models import load_transformer  # numpy and torch, needed only to check a download
 
     members: dict[str, bytes] = {}

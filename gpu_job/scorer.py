@@ -16,7 +16,7 @@ import itertools
 import queue
 import threading
 from collections.abc import Callable, Collection, Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from fractions import Fraction
 from pathlib import Path
 
@@ -32,6 +32,7 @@ from shared.colour import ColourPlan, plan_colour
 from shared.config import Settings
 from shared.decode import tolerant_frames
 from shared.errors import InvalidInputError
+from shared.preview import tile, tile_size
 from shared.probe import frame_times, stream_colour
 from shared.split import muxer_options
 
@@ -53,14 +54,19 @@ class ScoreResult:
     frames: int
     skipped: int = 0
     """Frames of the batch left out because FFmpeg could not decode them."""
+    input_tiles: dict[Fraction, np.ndarray] = field(default_factory=dict)
+    """Preview tiles (:func:`shared.preview.tile`) of the input frames asked for, by the time they are shown."""
 
 
 @dataclass
 class _Decoded:
-    """What the decoder saw: the times (seconds) of the frames it passed on, and the decode errors it skipped."""
+    """What the decoder saw: the times (seconds) of the frames it passed on, the decode errors it skipped, and
+    the preview tiles of the frames shown at ``tile_times``."""
 
     shown: set[Fraction]
     errors: list[str]
+    tile_times: frozenset[Fraction] = frozenset()
+    tiles: dict[Fraction, np.ndarray] = field(default_factory=dict)
 
 
 def _decode(path: Path, start: Fraction, end: Fraction | None, plan: ColourPlan, out: queue.Queue, stop: threading.Event,
@@ -80,6 +86,8 @@ def _decode(path: Path, start: Fraction, end: Fraction | None, plan: ColourPlan,
                     continue
                 out.put((frame.pts, frame.rotation, to_rgb(frame, plan)))
                 decoded.shown.add(shown_at)
+                if shown_at in decoded.tile_times:  # sized as the styled frame, whose sides are rounded up to even
+                    decoded.tiles[shown_at] = tile(frame, tile_size(frame.width + frame.width % 2, frame.height + frame.height % 2))
         out.put(_DONE)
     except BaseException as exc:  # handed to the consumer, which re-raises it
         out.put(exc)
@@ -163,11 +171,12 @@ def score_segment(
     batch_size: int = 4,
     encoder: EncoderSettings = EncoderSettings(),
     on_frames: Callable[[int], None] | None = None,
-    keyframes: Collection[int] = (),
+    preview_frames: Collection[int] = (),
 ) -> ScoreResult:
     """Style the frames of ``src`` shown at ``start <= t < end`` (seconds) into ``dst`` (atomically).
 
-    ``keyframes``: offsets among those frames that must start a GOP of the styled segment.
+    ``preview_frames``: offsets among those frames that start a GOP of the styled segment, and whose
+    input tiles the result holds.
     """
     decoded: queue.Queue = queue.Queue(maxsize=2 * batch_size)
     stop = threading.Event()
@@ -179,8 +188,9 @@ def score_segment(
     if len(planned) != expected_frames:
         raise InvalidInputError(f"{src.name}: holds {len(planned)} frames in its range, the plan says {expected_frames}")
     with atomic_path(dst) as tmp:
-        writer = _Encoder(tmp, timing, encoder, plan, on_frames, frozenset(planned[offset] for offset in keyframes))
-        seen = _Decoded(shown=set(), errors=[])
+        sampled = frozenset(planned[offset] for offset in preview_frames)
+        writer = _Encoder(tmp, timing, encoder, plan, on_frames, sampled)
+        seen = _Decoded(shown=set(), errors=[], tile_times=sampled)
         reader = threading.Thread(target=_decode, args=(src, start, end, plan, decoded, stop, seen), daemon=True)
         reader.start()
         writer.start()
@@ -195,7 +205,7 @@ def score_segment(
         if writer.error:
             raise writer.error
         skipped = _check_decoded(src, seen, planned, writer.written)
-    return ScoreResult(frames=writer.written, skipped=skipped)
+    return ScoreResult(frames=writer.written, skipped=skipped, input_tiles=seen.tiles)
 
 
 def _style(frames: Iterator, styler: FrameStyler, batch_size: int, writer: _Encoder) -> None:

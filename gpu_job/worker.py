@@ -88,9 +88,11 @@ class Worker:
 
     def style(self, message: BatchMessage, segment: Path, styled: Path, delivery: int = 1,
               on_frames: Callable[[int], None] | None = None, spec: ModelSpec | None = None) -> BatchResult:
-        """Style one batch from ``segment`` into ``styled`` with ``spec`` (default: the message's, whose
-        style picture is then a local path); every failure becomes a result, never an exception."""
+        """Style one batch from ``segment`` into ``styled``, and the rows of the preview it holds beside it (when the
+        message names any), with ``spec`` (default: the message's, whose style picture is then a local path);
+        every failure becomes a result, never an exception."""
         from gpu_job.scorer import score_segment
+        from shared.preview import draw_rows, rows_name
 
         began = time.perf_counter()
         facts = dict(job_id=message.job_id, batch=message.batch.index, attempt=message.attempt, worker=self.name, delivery=delivery)
@@ -101,8 +103,9 @@ class Worker:
             scored = score_segment(
                 segment, styled, styler, start=message.batch.start_time, end=message.batch.end_time,
                 expected_frames=message.batch.frame_count, batch_size=self.batch_size, on_frames=on_frames,
-                encoder=replace(self.encoder, keep_10bit=message.keep_10bit), keyframes=message.keyframes,
+                encoder=replace(self.encoder, keep_10bit=message.keep_10bit), preview_frames=message.preview_frames,
             )
+            draw_rows(scored.input_tiles, styled, Path(rows_name(str(styled))))
         except Exception as exc:  # reported to whoever sent the batch, which decides about retrying
             return BatchResult(**facts, succeeded=False, error=one_line(exc), retryable=not isinstance(exc, InvalidInputError),
                                seconds=round(time.perf_counter() - began, 4), model_loads=self.models.loads)

@@ -125,7 +125,7 @@ def run(request: RunRequest, settings: Settings, launcher: Launcher = launch_wor
         from tqdm import tqdm  # this and what reads video: imported while the worker starts
 
         from shared.colour import plan_colour
-        from shared.preview import preview_offsets, write_preview
+        from shared.preview import preview_offsets, rows_name, sampled_batches, write_preview
         from shared.probe import probe
         from shared.split import split_video
         from shared.stitch import skipped_frames, skipped_note, stitch
@@ -149,7 +149,7 @@ def run(request: RunRequest, settings: Settings, launcher: Launcher = launch_wor
         styled = [work / "styled" / f"{b.name}.mp4" for b in batches]
         messages = [BatchMessage(job_id=LOCAL_JOB, batch=b, attempt=1, model=spec.model, segment=str(segment), styled=str(target),
                                  precision=spec.precision, style_image=spec.style_image, style_strength=spec.style_strength,
-                                 keep_10bit=request.keep_10bit, keyframes=preview_offsets(b, info.frame_count))
+                                 keep_10bit=request.keep_10bit, preview_frames=preview_offsets(b, info.frame_count))
                     for b, segment, target in zip(batches, parts.segments, styled)]
         with report.stage("score"), tqdm(total=info.frame_count, unit="frame", desc="styling", disable=None) as bar:
             report.worker_stats, report.model["styler"] = style_batches(pool, messages, report.batches, bar)
@@ -157,7 +157,8 @@ def run(request: RunRequest, settings: Settings, launcher: Launcher = launch_wor
             skipped = skipped_frames(batches, styled, parts.segments.__getitem__)
             stitch(styled, parts.tracks, request.output)
         with report.stage("preview"):
-            write_preview(batches, parts.segments, styled, request.preview_path)
+            rows = [Path(rows_name(str(styled[position]))) for position in sampled_batches(batches)]
+            write_preview([path for path in rows if path.exists()], request.preview_path)
     report.skipped_frames = [round(float(t), 6) for t in skipped]
     if skipped:
         report.notes.append(skipped_note(skipped, info.frame_count))

@@ -69,9 +69,9 @@ class BatchMessage:
     style_strength: float = 1.0
     keep_10bit: bool = False
     """Encode 10-bit output for a source of more than 8 bits."""
-    keyframes: tuple[int, ...] = ()
-    """Offsets in the batch of frames the styled segment starts a GOP at: the preview's sampled frames, so
-    drawing the preview decodes one styled frame for each instead of the segment up to it."""
+    preview_frames: tuple[int, ...] = ()
+    """Offsets in the batch of the frames the preview samples: the styled segment starts a GOP at each, and
+    the worker draws their rows of the preview beside it (:func:`shared.preview.rows_name`)."""
     version: int = MESSAGE_VERSION
 
     @property
@@ -91,16 +91,16 @@ class BatchMessage:
         _require(data, {"job_id": str, "batch": dict, "attempt": int, "model": str, "segment": str, "styled": str}, "batch message")
         _require(data["batch"], {name: object for name in Batch.__dataclass_fields__}, "batch message")
         optional = {"precision": (str,), "style_image": (str, type(None)), "style_strength": (int, float), "keep_10bit": (bool,),
-                    "keyframes": (list,)}
+                    "preview_frames": (list,)}
         _require({name: data[name] for name in optional if name in data}, {name: kinds for name, kinds in optional.items() if name in data},
                  "batch message")
         if data["attempt"] < 1 or not data["job_id"]:
             raise MessageError("batch message has an empty job_id or an attempt below 1")
         batch = Batch.from_dict(data["batch"])
         options = {name: data[name] for name in optional if name in data}
-        options["keyframes"] = tuple(options.get("keyframes", ()))
-        if not all(type(offset) is int and 0 <= offset < batch.frame_count for offset in options["keyframes"]):
-            raise MessageError(f"batch message has keyframes outside its {batch.frame_count} frames")
+        options["preview_frames"] = tuple(options.get("preview_frames", ()))
+        if not all(type(offset) is int and 0 <= offset < batch.frame_count for offset in options["preview_frames"]):
+            raise MessageError(f"batch message has preview frames outside its {batch.frame_count} frames")
         return cls(job_id=data["job_id"], batch=batch, attempt=data["attempt"], model=data["model"], segment=data["segment"],
                    styled=data["styled"], **options)
 

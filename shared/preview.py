@@ -1,27 +1,31 @@
 """Preview image: a few input frames beside their styled versions, as one PNG.
 
-It reads only the batches holding the sampled frames (their input segments and styled segments),
-so its cost does not grow with the video's length, and the Function app never downloads the
-whole input again to draw it. Within them it seeks: the worker starts a GOP of the styled segment
-at each sampled frame, so drawing one costs a single decode there.
+The worker that styles a batch holding sampled frames draws their rows (:func:`draw_rows`): it has
+just decoded those input frames, and the styled segment it wrote starts a GOP at each of them, so a
+row costs a resize and a single decode. The rows go beside the styled segment (:func:`rows_name`),
+and the preview is those few small images stacked (:func:`write_preview`): drawing it reads neither
+the input nor the styled video again, in a local run or in the Function app.
 """
 
 from __future__ import annotations
 
 import os
+import posixpath
+import shutil
 from collections.abc import Iterator, Mapping, Sequence
-from concurrent.futures import ThreadPoolExecutor
 from fractions import Fraction
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import av
-import numpy as np
 
 from shared.atomic import atomic_path
 from shared.decode import tolerant_frames
 from shared.errors import PipelineError
 from shared.plan import Batch
-from shared.probe import frame_times
+
+if TYPE_CHECKING:  # NumPy only where rows are drawn or stacked: a local run's own process needs neither
+    import numpy as np
 
 TILE_WIDTH = 320
 SAMPLES = 3
@@ -41,18 +45,33 @@ def preview_offsets(batch: Batch, frame_count: int, samples: int = SAMPLES) -> t
     return tuple(index - batch.first_frame for index in sample_indices(frame_count, samples) if batch.first_frame <= index < end)
 
 
-def sampled_batches(batches: Sequence[Batch], samples: int = SAMPLES) -> dict[int, list[int]]:
-    """Position of each batch holding a sampled frame -> offsets of those frames within the batch."""
+def sampled_batches(batches: Sequence[Batch], samples: int = SAMPLES) -> list[int]:
+    """Positions of the batches holding a sampled frame, in order."""
     total = sum(batch.frame_count for batch in batches)
-    return {position: list(offsets) for position, batch in enumerate(batches) if (offsets := preview_offsets(batch, total, samples))}
+    return [position for position, batch in enumerate(batches) if preview_offsets(batch, total, samples)]
 
 
-def _frames_at(path: Path, times: set[Fraction], size: tuple[int, int]) -> dict[Fraction, np.ndarray]:
-    """RGB arrays, resized to ``size``, of the frames of ``path`` shown at ``times`` (those that decode).
+def rows_name(styled: str) -> str:
+    """Where the preview rows of a styled segment go (a path or a blob name): beside it."""
+    return f"{posixpath.splitext(styled)[0]}.preview.png"
+
+
+def tile_size(width: int, height: int) -> tuple[int, int]:
+    """(width, height) of a tile showing a styled frame of ``width`` x ``height``: :data:`TILE_WIDTH` wide, even height."""
+    return TILE_WIDTH, max(2, round(TILE_WIDTH * height / width / 2) * 2)
+
+
+def tile(frame: av.VideoFrame, size: tuple[int, int]) -> np.ndarray:
+    """A decoded frame as an RGB tile of ``size``."""
+    return frame.to_ndarray(format="rgb24", width=size[0], height=size[1], interpolation="AREA")
+
+
+def frames_at(path: Path, times: set[Fraction], size: tuple[int, int]) -> dict[Fraction, np.ndarray]:
+    """Tiles of ``size`` of the frames of ``path`` shown at ``times`` (those that decode).
 
     Each is reached by seeking to the keyframe at or before it, and decoding from there: one frame in
-    a styled segment, which starts a GOP at each sampled frame (``BatchMessage.keyframes``). Should a
-    seek land past a frame (an index without it, an open GOP), the file is decoded from its start.
+    a styled segment, which starts a GOP at each sampled frame (``BatchMessage.preview_frames``). Should
+    a seek land past a frame (an index without it, an open GOP), the file is decoded from its start.
     """
     found: dict[Fraction, np.ndarray] = {}
     with av.open(str(path)) as container:
@@ -79,40 +98,42 @@ def _collect(frames: Iterator[av.VideoFrame], stream, times: set[Fraction], size
             return
         anchored = anchored or frame.key_frame
         if anchored and shown_at in times and shown_at not in found:
-            found[shown_at] = frame.to_ndarray(format="rgb24", width=size[0], height=size[1], interpolation="AREA")
+            found[shown_at] = tile(frame, size)
         if shown_at == until:
             return
 
 
-def write_preview(
-    batches: Sequence[Batch],
-    segments: Sequence[Path] | Mapping[int, Path],
-    styled: Sequence[Path] | Mapping[int, Path],
-    out: str | os.PathLike[str],
-    samples: int = SAMPLES,
-) -> Path:
-    """Rows of [input | styled] for ``samples`` frames spread over the video (less any FFmpeg could not decode).
+def draw_rows(input_tiles: Mapping[Fraction, np.ndarray], styled: Path, out: Path) -> Path | None:
+    """Write the rows [input | styled] of the frames shown at the times ``input_tiles`` holds, their styled
+    tiles decoded from ``styled``, as one PNG at ``out``; None (and nothing written) when none decodes."""
+    import numpy as np
 
-    ``segments`` and ``styled`` give, by batch position, the input segment and the styled segment;
-    only the positions :func:`sampled_batches` names are read. Frames are paired by timestamp.
-    """
-    picks = sampled_batches(batches, samples)
-    with av.open(str(styled[next(iter(picks))])) as container:
-        stream = container.streams.video[0]
-        width, height = stream.codec_context.width, stream.codec_context.height
-    tile = (TILE_WIDTH, max(2, round(TILE_WIDTH * height / width / 2) * 2))
-    rows = []
-    for position, offsets in picks.items():
-        batch = batches[position]
-        planned = frame_times(segments[position], batch.start_time, batch.end_time)
-        times = {planned[offset] for offset in offsets}
-        with ThreadPoolExecutor(2) as pool:  # FFmpeg decodes without the GIL: both files at once
-            inputs, outputs = pool.map(lambda path: _frames_at(Path(path), times, tile), (segments[position], styled[position]))
-        rows += [np.hstack((inputs[t], outputs[t])) for t in sorted(times) if t in inputs and t in outputs]
-    if not rows:
+    if not input_tiles:
+        return None
+    height, width = next(iter(input_tiles.values())).shape[:2]
+    outputs = frames_at(styled, set(input_tiles), (width, height))
+    rows = [np.hstack((input_tiles[t], outputs[t])) for t in sorted(input_tiles) if t in outputs]
+    return _write_png(np.vstack(rows), out) if rows else None
+
+
+def write_preview(rows: Sequence[Path], out: str | os.PathLike[str]) -> Path:
+    """Stack the row images of the sampled batches, in order, into the preview at ``out``."""
+    if len(rows) == 1:  # one batch holds every sampled frame: its rows are the preview
+        with atomic_path(Path(out)) as tmp:
+            shutil.copyfile(rows[0], tmp)
+        return Path(out)
+    import numpy as np
+
+    images = []
+    for path in rows:
+        with av.open(str(path)) as container:
+            images.append(next(container.decode(video=0)).to_ndarray(format="rgb24"))
+    if not images:
         raise PipelineError("no frame sampled for the preview decodes")
-    image = np.vstack(rows)
-    out = Path(out)
+    return _write_png(np.vstack(images), Path(out))
+
+
+def _write_png(image: np.ndarray, out: Path) -> Path:
     with atomic_path(out) as tmp, av.open(str(tmp), "w", format="image2") as container:
         stream = container.add_stream("png")
         stream.options = {"compression_level": str(PNG_COMPRESSION)}

@@ -256,11 +256,11 @@ def _message(job_id: str = "job-1", attempt: int = 1) -> BatchMessage:
 def test_message_round_trip():
     message = _message()
     assert BatchMessage.from_json(message.to_json()) == message
-    with_keyframes = replace(message, keyframes=(0, 19))
-    assert BatchMessage.from_json(with_keyframes.to_json()) == with_keyframes
-    for keyframes in ([20], [-1], ["3"], [1.0]):
-        with pytest.raises(MessageError, match="keyframes outside its 20 frames"):
-            BatchMessage.from_json(json.dumps({**json.loads(message.to_json()), "keyframes": keyframes}))
+    with_samples = replace(message, preview_frames=(0, 19))
+    assert BatchMessage.from_json(with_samples.to_json()) == with_samples
+    for offsets in ([20], [-1], ["3"], [1.0]):
+        with pytest.raises(MessageError, match="preview frames outside its 20 frames"):
+            BatchMessage.from_json(json.dumps({**json.loads(message.to_json()), "preview_frames": offsets}))
     result = BatchResult(job_id="j", batch=3, attempt=2, succeeded=True, styled="s.mp4", worker="w:1", model_loads=1, delivery=2)
     assert BatchResult.from_json(result.to_json()) == result
 

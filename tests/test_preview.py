@@ -4,11 +4,12 @@ from __future__ import annotations
 
 import pytest
 
-from media import frames_at, make_clip, preview_tiles
+from media import frames_at as decoded_in_order, make_clip, preview_tiles
 from shared.containers import output_container
+from shared.errors import PipelineError
 from shared.plan import plan_batches
-from shared.preview import sample_indices, write_preview
-from shared.probe import probe
+from shared.preview import draw_rows, frames_at, preview_offsets, rows_name, sample_indices, sampled_batches, tile_size, write_preview
+from shared.probe import frame_times, probe
 from shared.split import split_video
 
 X264 = ["-c:v", "libx264", "-pix_fmt", "yuv420p"]
@@ -26,10 +27,24 @@ def test_preview_tiles_are_the_sampled_frames(name, tmp_path):
     batches = plan_batches(info, 30)
     segments = split_video(info, batches, tmp_path / "segments", output_container(info)).segments
     samples = 7
-    # The segments stand in for the styled ones too: keyframes only where the source has them.
-    preview = write_preview(batches, segments, segments, tmp_path / "preview.png", samples=samples)
+    size = tile_size(info.width, info.height)
+    rows = []
+    for position in sampled_batches(batches, samples):
+        batch, segment = batches[position], segments[position]
+        planned = frame_times(segment, batch.start_time, batch.end_time)
+        tiles = frames_at(segment, {planned[offset] for offset in preview_offsets(batch, info.frame_count, samples)}, size)
+        # The segment stands in for the styled one too: keyframes only where the source has them.
+        rows.append(draw_rows(tiles, segment, tmp_path / rows_name(segment.name)))
+    preview = write_preview(rows, tmp_path / "preview.png")
     indices = sample_indices(info.frame_count, samples)
     tiles = preview_tiles(preview, len(indices))
-    height, width = tiles[0][0].shape[:2]
-    for row, ((left, right), expected) in enumerate(zip(tiles, frames_at(source, indices, width, height), strict=True)):
+    assert tiles[0][0].shape[:2] == size[::-1]
+    for row, ((left, right), expected) in enumerate(zip(tiles, decoded_in_order(source, indices, *size), strict=True)):
         assert (left == expected).all() and (right == expected).all(), f"row {row}: not frame {indices[row]}"
+
+
+def test_no_rows_no_preview(tmp_path):
+    assert draw_rows({}, tmp_path / "styled.mp4", tmp_path / "rows.png") is None and not (tmp_path / "rows.png").exists()
+    with pytest.raises(PipelineError, match="no frame sampled for the preview decodes"):
+        write_preview([], tmp_path / "preview.png")
+    assert not (tmp_path / "preview.png").exists()

@@ -3,11 +3,14 @@
 from __future__ import annotations
 
 import json
+import os
+import shutil
 import subprocess
 import sys
 from dataclasses import replace
 from pathlib import Path
 
+import av
 import pytest
 
 from gpu_job.batch_work import PROGRESS_INTERVAL_S, _Progress
@@ -19,6 +22,7 @@ from shared.config import Settings
 from shared.messages import BatchMessage, BatchResult, ModelSpec
 from shared.containers import output_container
 from shared.plan import plan_batches
+from shared.preview import rows_name, tile_size
 from shared.probe import probe
 from shared.split import split_video
 from shared.storage import JobLayout, close_job, upload_file
@@ -68,6 +72,7 @@ def test_stdio_worker_styles_many_batches_with_one_model_load(segments, tmp_path
     batches, sources = segments
     messages = _messages(batches, sources, tmp_path, "random")
     messages.append(replace(messages[0], model="identity", styled=str(tmp_path / "identity.mp4")))
+    messages[1] = replace(messages[1], preview_frames=(0, batches[1].frame_count - 1))
     lines = "".join(message.to_json() + "\n" for message in messages) + "not json\n"
     command = worker_command(WorkerOptions(threads=1), stdio=True, preload=ModelSpec("random"))
     done = subprocess.run(command, input=lines, capture_output=True, text=True, timeout=120)
@@ -85,6 +90,12 @@ def test_stdio_worker_styles_many_batches_with_one_model_load(segments, tmp_path
     assert frames == {b.index: b.frame_count for b in batches} | {0: batches[0].frame_count * 2}
     for batch, result in zip(batches, results):
         assert len(frame_timestamps(Path(result.styled))) == batch.frame_count
+    rows = [Path(rows_name(result.styled)) for result in results]
+    assert [path.exists() for path in rows] == [False, True, False, False, False], "preview rows only where the message asks"
+    with av.open(results[1].styled) as styled, av.open(str(rows[1])) as image:
+        tile = tile_size(styled.streams.video[0].width, styled.streams.video[0].height)
+        frame = next(image.decode(video=0))
+    assert (frame.width, frame.height) == (2 * tile[0], 2 * tile[1]), "two rows of two tiles"
     assert events[-1] == {"event": "error", "error": "batch message is not JSON (Expecting value: line 1 column 1 (char 0))"}
 
 
@@ -180,3 +191,19 @@ def test_queue_worker_reports_a_missing_segment_as_final_and_poisons_malformed_m
     poisoned = clients[settings.poison_queue].receive_messages()
     assert [m.content for m in poisoned] == ["{\"job_id\": 1}"]
     assert clients[settings.batch_queue].get_queue_properties().approximate_message_count == 0
+
+
+def test_workers_send_no_openvino_telemetry(tmp_path):
+    """Unless a user opted out, importing OpenVINO records usage under ~/intel and sends it to Google Analytics;
+    a worker never does."""
+    home = tmp_path / "home"
+    home.mkdir()
+    env = {name: value for name, value in os.environ.items() if name != "CI"} | {
+        "HOME": str(home), "XDG_CACHE_HOME": str(Settings.from_env().model_cache_dir.parents[1])}
+    subprocess.run([sys.executable, "-c", "import openvino"], env=env, check=True, timeout=60)
+    assert (home / "intel").is_dir(), "OpenVINO alone records its telemetry here"
+    shutil.rmtree(home / "intel")
+    command = worker_command(WorkerOptions(threads=1), stdio=True, preload=ModelSpec("random"))
+    done = subprocess.run(command, input="", capture_output=True, text=True, env=env, timeout=120)
+    assert done.returncode == 0 and json.loads(done.stdout.splitlines()[0])["model_loads"] == 1, done.stderr
+    assert not (home / "intel").exists()
