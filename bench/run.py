@@ -1,8 +1,9 @@
 """Benchmarks of the local pipeline, side by side in one run. Prints Markdown; results go in bench/RESULTS.md.
 
-    .venv/bin/python bench/run.py [--model random] [--skip-memory] [--rounds 3]
+    .venv/bin/python bench/run.py [--model random] [--skip-memory] [--rounds 5]
 
-1. Cost per batch: a 20 s 256x144 clip (500 frames) as 20 batches of 25 against 1 batch of 500.
+1. Cost per batch: a 20 s 256x144 clip (500 frames) as 20 batches of 25 against 1 batch of 500, in
+   ``--rounds`` interleaved rounds, medians.
 2. A one-frame video: wall time, and where it goes (interpreter, imports, worker start, stages).
 3. ``stylize run`` against the bare model loop (bench/bare_loop.py: same decoder, styler, engine streams and threads),
    both timed as whole commands, on a 6 s clip at 256x144 and at 640x360, with the default encoder
@@ -59,6 +60,13 @@ def spread(values: list[float]) -> str:
     return f"median of {len(values)}, range {min(values):.2f}-{max(values):.2f} s"
 
 
+def rounds(top: list[float], bottom: list[float], digits: int = 3) -> str:
+    """Each round's ratio, and their median: the rounds are paired (interleaved), so this one is spared the
+    slow spells that can put the two medians above in different rounds."""
+    ratios = [t / b for t, b in zip(top, bottom, strict=True)]
+    return f"rounds: {', '.join(f'x{r:.{digits}f}' for r in ratios)}; median round x{median(ratios):.{digits}f}"
+
+
 def peak_rss_mib(command: list[str]) -> float:
     """Largest RSS of any process the command ran (it runs in a fresh child, so earlier runs do not count)."""
     probe = (
@@ -74,7 +82,7 @@ def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--model", default="random", help="any --model value (default: random TransformerNet, the cost of a real style)")
     parser.add_argument("--skip-memory", action="store_true")
-    parser.add_argument("--rounds", type=int, default=3, help="interleaved rounds of the 6 s comparisons (medians reported)")
+    parser.add_argument("--rounds", type=int, default=5, help="interleaved rounds of each comparison (medians reported)")
     args = parser.parse_args()
     threads = os.cpu_count() or 1
     rows: list[tuple[str, str, str]] = []
@@ -82,12 +90,17 @@ def main() -> None:
         work = Path(scratch)
 
         clip20 = make_clip(work / "clip20.mp4", "256x144", 20)
-        one_s, one_report = stylize(clip20, work / "one.mp4", args.model, 500)
-        many_s, many_report = stylize(clip20, work / "many.mp4", args.model, 25)
-        rows.append(("20 s 256x144 (500 frames), 1 batch of 500", f"{one_s:.1f} s", ""))
+        whole: list[float] = []
+        batched: list[float] = []
+        for _ in range(args.rounds):  # interleaved, as below
+            whole.append(stylize(clip20, work / "one.mp4", args.model, 500)[0])
+            many_s, many_report = stylize(clip20, work / "many.mp4", args.model, 25)
+            batched.append(many_s)
+        one_s, many_s = median(whole), median(batched)
+        rows.append(("20 s 256x144 (500 frames), 1 batch of 500", f"{one_s:.1f} s", spread(whole)))
         rows.append(("same clip, 20 batches of 25", f"{many_s:.1f} s",
-                     f"x{many_s / one_s:.3f}; {(many_s - one_s) / 19:.3f} s per extra batch; model loads "
-                     f"{[w['model_loads'] for w in many_report['worker_stats']]}"))
+                     f"{spread(batched)}; **x{many_s / one_s:.3f}** ({rounds(batched, whole)}); "
+                     f"{(many_s - one_s) / 19:.3f} s per extra batch; model loads {[w['model_loads'] for w in many_report['worker_stats']]}"))
 
         single = make_clip(work / "single.mp4", "256x144", 1, frames=1)
         start_s, _ = timed([PYTHON, "-c", "pass"])
@@ -120,15 +133,14 @@ def main() -> None:
             rows.append((f"6 s {size}: bare model loop (whole command)", f"{bare:.2f} s",
                          f"{spread(runs['bare'])}; styling alone {median(bare_styling):.2f} s ({frames / median(bare_styling):.1f} frames/s)"))
             rows.append((f"6 s {size}: stylize run, 1 worker", f"{ours:.2f} s",
-                         f"{spread(runs['ours'])}; **x{ours / bare:.3f}** of the bare loop (rounds: "
-                         f"{', '.join(f'x{o / b:.3f}' for o, b in zip(runs['ours'], runs['bare']))})"))
+                         f"{spread(runs['ours'])}; **x{ours / bare:.3f}** of the bare loop ({rounds(runs['ours'], runs['bare'])})"))
             rows.append((f"6 s {size}: stylize run, 1 worker, former encoder default (medium, CRF 18)", f"{former:.2f} s",
                          f"{spread(runs['former'])}; x{former / bare:.3f} of the bare loop"))
             if runs["reference"]:
                 reference = median(runs["reference"])
                 rows.append(("6 s 256x144: 2019 reference method (JPEG per frame, eager fp32)", f"{reference:.2f} s",
-                             f"{spread(runs['reference'])}; **ours is x{reference / ours:.2f} faster** (rounds: "
-                             f"{', '.join(f'x{r / o:.2f}' for r, o in zip(runs['reference'], runs['ours']))})"))
+                             f"{spread(runs['reference'])}; **ours is x{reference / ours:.2f} faster** "
+                             f"({rounds(runs['reference'], runs['ours'], 2)})"))
 
         if not args.skip_memory:
             for seconds in (10, 60):
