@@ -122,14 +122,15 @@ def stitch_job(request: dict, limits: Settings = settings) -> dict:
     with scratch("stitch-", needed, names["video"]) as folder:
         styled = [download_file(service, limits.work_container, blob, folder / "styled" / Path(blob).name) for blob in request["styled"]]
         tracks = download_file(service, limits.work_container, plan["tracks_blob"], folder / Path(plan["tracks_blob"]).name) if plan["tracks_blob"] else None
-        video = stitch(styled, tracks, folder / f"output{plan['output_suffix']}")
+        video = folder / f"output{plan['output_suffix']}"
+        shown = stitch(styled, tracks, video)
 
         def segment(position: int) -> Path:
             blob = layout.segment(batches[position])
             local = folder / "segments" / posixpath.basename(blob)
             return local if local.exists() else download_file(service, limits.work_container, blob, local)
 
-        skipped = skipped_frames(batches, styled, segment)
+        skipped = skipped_frames(batches, shown, segment)
         preview = write_preview(_preview_rows(service, limits, [request["styled"][position] for position in sampled_batches(batches)],
                                               folder / "rows"), folder / "preview.png")
         done_by = {int(index): facts for index, facts in request["done_by"].items()}

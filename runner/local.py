@@ -154,8 +154,8 @@ def run(request: RunRequest, settings: Settings, launcher: Launcher = launch_wor
         with report.stage("score"), tqdm(total=info.frame_count, unit="frame", desc="styling", disable=None) as bar:
             report.worker_stats, report.model["styler"] = style_batches(pool, messages, report.batches, bar)
         with report.stage("stitch"):
-            skipped = skipped_frames(batches, styled, parts.segments.__getitem__)
-            stitch(styled, parts.tracks, request.output)
+            shown = stitch(styled, parts.tracks, request.output)
+            skipped = skipped_frames(batches, shown, parts.segments.__getitem__)
         with report.stage("preview"):
             rows = [Path(rows_name(str(styled[position]))) for position in sampled_batches(batches)]
             write_preview([path for path in rows if path.exists()], request.preview_path)

@@ -29,14 +29,20 @@ def _timed_packets(path: Path, targets: Callable[[object], dict]) -> Iterator[tu
             yield float(when * packet.time_base), packet, by_index[packet.stream.index]
 
 
-def _check_segments(segments: Sequence[Path]) -> None:
-    """Stream copy keeps one set of codec headers, so every segment must share them."""
-    headers = set()
-    for path in segments:
-        with av.open(str(path)) as container:
-            headers.add(bytes(container.streams.video[0].codec_context.extradata or b""))
-    if len(headers) > 1:
-        raise PipelineError("styled segments were encoded with different settings; cannot join them by stream copy")
+def _segment_packets(path: Path, target, headers: bytes, shown: list[Fraction]) -> Iterator[tuple[float, object, object]]:
+    """The video packets of one styled segment, as :func:`_timed_packets` gives them, recording in ``shown``
+    the times its frames are shown. Stream copy keeps one set of codec headers: the segment must have ``headers``."""
+    def video(container) -> dict:
+        stream = container.streams.video[0]
+        if bytes(stream.codec_context.extradata or b"") != headers:
+            raise PipelineError("styled segments were encoded with different settings; cannot join them by stream copy")
+        return {stream: target}
+
+    for item in _timed_packets(path, video):
+        packet = item[1]
+        if packet.pts is not None and not packet.is_discard:
+            shown.append(packet.pts * packet.time_base)
+        yield item
 
 
 def stitch(
@@ -44,18 +50,19 @@ def stitch(
     tracks: str | os.PathLike[str] | None,
     output: str | os.PathLike[str],
     rotation: int = 0,
-) -> Path:
-    """Join ``segments`` (in order) and every stream of ``tracks`` into ``output``, atomically.
+) -> list[list[Fraction]]:
+    """Join ``segments`` (in order) and every stream of ``tracks`` into ``output``, atomically; returns the
+    times (seconds) each segment's frames are shown, for :func:`skipped_frames`.
 
     ``tracks`` is the file :func:`shared.split.split_video` set aside, in the output's container.
     Packets are merged by decode time, so the output is interleaved as a player expects and no
-    muxer buffer grows with the video's length.
+    muxer buffer grows with the video's length. Each segment is opened once.
     """
     segments = [Path(p) for p in segments]
     output = Path(output)
     if not segments:
         raise PipelineError("nothing to stitch: no segments")
-    _check_segments(segments)
+    shown: list[list[Fraction]] = [[] for _ in segments]
     muxer = muxer_for(output)
     options = {"movflags": "+faststart"} if muxer in ISO_MUXERS else {}
     with contextlib.ExitStack() as stack:
@@ -64,25 +71,27 @@ def stitch(
         container, (video_out, *track_outs) = stack.enter_context(copy_muxer(output, [video_template, *track_templates], muxer, options))
         if rotation:
             video_out.set_display_rotation(rotation)
-        videos = (item for path in segments for item in _timed_packets(path, lambda c: {c.streams.video[0]: video_out}))
+        headers = bytes(video_template.codec_context.extradata or b"")
+        videos = (item for path, times in zip(segments, shown) for item in _segment_packets(path, video_out, headers, times))
         others = _timed_packets(Path(tracks), lambda c: dict(zip(c.streams, track_outs))) if tracks else iter(())
         for _, packet, target in heapq.merge(videos, others, key=lambda item: item[0]):
             packet.stream = target
             container.mux(packet)
-    return output
+    return shown
 
 
-def skipped_frames(batches: Sequence[Batch], styled: Sequence[Path], segment: Callable[[int], Path]) -> list[Fraction]:
+def skipped_frames(batches: Sequence[Batch], shown: Sequence[Sequence[Fraction]], segment: Callable[[int], Path]) -> list[Fraction]:
     """Times of the input frames that have no styled frame: damaged ones FFmpeg could not decode.
 
-    Only a batch with fewer styled frames than planned needs its input segment (``segment(position)``),
-    so the cloud path downloads nothing for an undamaged video.
+    ``shown``: the times of each batch's styled frames (what :func:`stitch` returns). Only a batch with
+    fewer than planned needs its input segment (``segment(position)``), so the cloud path downloads
+    nothing for an undamaged video.
     """
     skipped: list[Fraction] = []
-    for position, (batch, path) in enumerate(zip(batches, styled, strict=True)):
-        shown = frame_times(path, batch.start_time, batch.end_time)
-        if len(shown) < batch.frame_count:
-            skipped += sorted(set(frame_times(segment(position), batch.start_time, batch.end_time)) - set(shown))
+    for position, (batch, times) in enumerate(zip(batches, shown, strict=True)):
+        styled = {t for t in times if t >= batch.start_time and (batch.end_time is None or t < batch.end_time)}
+        if len(styled) < batch.frame_count:
+            skipped += sorted(set(frame_times(segment(position), batch.start_time, batch.end_time)) - styled)
     return skipped
 
 
