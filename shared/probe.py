@@ -269,15 +269,15 @@ def _describe(path, fmt, codec, width, height, time_base, packets, rotation, **d
     )
 
 
+def shown_at(packet: av.Packet) -> Fraction | None:
+    """When the frame a video packet holds is shown (seconds); None for a packet that shows no frame."""
+    if packet.size == 0 or packet.pts is None or packet.is_discard:
+        return None
+    return packet.pts * packet.time_base
+
+
 def frame_times(path: str | os.PathLike[str], start: Fraction, end: Fraction | None) -> list[Fraction]:
     """Times (seconds), in display order, of the frames of the first video stream of ``path`` shown at ``start <= t < end``, from packets alone."""
-    times = []
     with av.open(str(path)) as container:
-        stream = container.streams.video[0]
-        for packet in container.demux(stream):
-            if packet.size == 0 or packet.pts is None or packet.is_discard:
-                continue
-            shown_at = packet.pts * stream.time_base
-            if shown_at >= start and (end is None or shown_at < end):
-                times.append(shown_at)
-    return sorted(times)
+        shown = (shown_at(packet) for packet in container.demux(container.streams.video[0]))
+        return sorted(t for t in shown if t is not None and t >= start and (end is None or t < end))

@@ -13,7 +13,7 @@ import av
 
 from shared.errors import PipelineError
 from shared.plan import Batch
-from shared.probe import frame_times
+from shared.probe import frame_times, shown_at
 from shared.split import ISO_MUXERS, copy_muxer, muxer_for
 
 
@@ -39,9 +39,8 @@ def _segment_packets(path: Path, target, headers: bytes, shown: list[Fraction]) 
         return {stream: target}
 
     for item in _timed_packets(path, video):
-        packet = item[1]
-        if packet.pts is not None and not packet.is_discard:
-            shown.append(packet.pts * packet.time_base)
+        if (when := shown_at(item[1])) is not None:
+            shown.append(when)
         yield item
 
 
