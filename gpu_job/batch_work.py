@@ -19,7 +19,7 @@ from dataclasses import replace
 from functools import cached_property
 from pathlib import Path
 
-from gpu_job.worker import Worker
+from gpu_job.worker import Feed, FeedItem, StyleJob, Worker
 from shared.atomic import atomic_path
 from shared.config import Settings
 from shared.messages import BatchMessage, BatchResult, ModelSpec
@@ -67,11 +67,26 @@ class BatchWork:
     def ready(self) -> dict:
         return {"model_loads": self.worker.models.loads}
 
-    def local(self, message: BatchMessage, emit: Callable[[dict], None]) -> BatchResult:
-        progress = _Progress(lambda frames: emit({"event": "frames", "batch": message.batch.index, "frames": frames}))
-        result = self.worker.style(message, Path(message.segment), Path(message.styled), on_frames=progress.add)
-        progress.flush()
-        return result
+    def serve(self, feed: Feed) -> None:
+        """Style the feed's batches, the next taken while the last is finishing (:meth:`Worker.style_all`)."""
+        items: dict[StyleJob, tuple[FeedItem, _Progress]] = {}
+
+        def next_job(wait: bool) -> StyleJob | None:
+            item = feed.next(wait)
+            if item is None:
+                return None
+            message = item.message
+            progress = _Progress(lambda frames: item.emit({"event": "frames", "batch": message.batch.index, "frames": frames}))
+            job = StyleJob(message, Path(message.segment), Path(message.styled), on_frames=progress.add)
+            items[job] = (item, progress)
+            return job
+
+        def answer(job: StyleJob, result: BatchResult) -> None:
+            item, progress = items.pop(job)
+            progress.flush()
+            item.emit({"event": "result", **result.to_dict()})
+
+        self.worker.style_all(next_job, answer)
 
     def closed(self, message: BatchMessage) -> bool:
         from shared.storage import job_closed

@@ -1,9 +1,10 @@
-"""Score one batch: decode its segment, style its frames, encode the styled segment.
+"""Score batches: decode each segment, style its frames, encode the styled segment.
 
 Three stages run at once, linked by small bounded queues: a decoder thread, the model on the
 calling thread (every stream of its engine busy), and an encoder thread. Frames live only in
 memory, a few at a time, whatever the segment's length. The inference engines and FFmpeg release
-the GIL while they work, so the stages overlap.
+the GIL while they work, so the stages overlap. Consecutive segments flow through the model as one
+stream (:func:`score_segments`), so a batch's start and end cost the model no idle time.
 
 Colours follow the source (its matrix, range, primaries and transfer, see gpu_job/colour.py).
 A packet FFmpeg cannot decode is skipped, as the ffmpeg command line skips it: its frame is left
@@ -15,7 +16,7 @@ from __future__ import annotations
 import itertools
 import queue
 import threading
-from collections.abc import Callable, Collection, Iterator
+from collections.abc import Callable, Collection, Iterable, Iterator
 from dataclasses import dataclass, field
 from fractions import Fraction
 from pathlib import Path
@@ -26,8 +27,8 @@ from av.video.frame import PictureType
 from av.video.reformatter import VideoReformatter
 
 from gpu_job.colour import from_rgb, tag_encoder, to_rgb
-from gpu_job.styler import FrameStyler, paired
-from shared.atomic import atomic_path
+from gpu_job.styler import T, FrameStyler, paired
+from shared.atomic import AtomicFile
 from shared.colour import ColourPlan, plan_colour
 from shared.config import Settings
 from shared.decode import tolerant_frames
@@ -160,67 +161,156 @@ class _Encoder(threading.Thread):
         return container, stream
 
 
-def score_segment(
-    src: Path,
-    dst: Path,
-    styler: FrameStyler,
-    *,
-    start: Fraction,
-    end: Fraction | None,
-    expected_frames: int,
-    batch_size: int = 4,
-    encoder: EncoderSettings = EncoderSettings(),
-    on_frames: Callable[[int], None] | None = None,
-    preview_frames: Collection[int] = (),
-) -> ScoreResult:
-    """Style the frames of ``src`` shown at ``start <= t < end`` (seconds) into ``dst`` (atomically).
+class Segment:
+    """One segment being scored: opened (its decoder and encoder threads started), fed its styled frames in
+    order, then finished (checked, its file committed) or failed (its file discarded).
 
-    ``preview_frames``: offsets among those frames that start a GOP of the styled segment, and whose
-    input tiles the result holds.
+    The model's thread calls :meth:`groups` and :meth:`deliver`; another thread may call :meth:`finish`,
+    which waits until every group read has been delivered.
     """
-    decoded: queue.Queue = queue.Queue(maxsize=2 * batch_size)
-    stop = threading.Event()
-    with av.open(str(src)) as source:
-        stream = source.streams.video[0]
-        timing = (stream.time_base, stream.guessed_rate or stream.average_rate or 25)
-        plan = plan_colour(stream_colour(stream.codec_context), stream.codec_context.height, encoder.keep_10bit)
-    planned = frame_times(src, start, end)
-    if len(planned) != expected_frames:
-        raise InvalidInputError(f"{src.name}: holds {len(planned)} frames in its range, the plan says {expected_frames}")
-    with atomic_path(dst) as tmp:
-        sampled = frozenset(planned[offset] for offset in preview_frames)
-        writer = _Encoder(tmp, timing, encoder, plan, on_frames, sampled)
-        seen = _Decoded(shown=set(), errors=[], tile_times=sampled)
-        reader = threading.Thread(target=_decode, args=(src, start, end, plan, decoded, stop, seen), daemon=True)
-        reader.start()
-        writer.start()
+
+    def __init__(self, src: Path, dst: Path, *, start: Fraction, end: Fraction | None, expected_frames: int, batch_size: int = 4,
+                 encoder: EncoderSettings = EncoderSettings(), on_frames: Callable[[int], None] | None = None,
+                 preview_frames: Collection[int] = ()) -> None:
+        """``preview_frames``: offsets among the frames shown at ``start <= t < end`` (seconds) that start a GOP of
+        the styled segment, and whose input tiles the result holds."""
+        with av.open(str(src)) as source:
+            stream = source.streams.video[0]
+            timing = (stream.time_base, stream.guessed_rate or stream.average_rate or 25)
+            plan = plan_colour(stream_colour(stream.codec_context), stream.codec_context.height, encoder.keep_10bit)
+        self._planned = frame_times(src, start, end)
+        if len(self._planned) != expected_frames:
+            raise InvalidInputError(f"{src.name}: holds {len(self._planned)} frames in its range, the plan says {expected_frames}")
+        self._src, self._batch_size = src, batch_size
+        self._file = AtomicFile(dst)
+        sampled = frozenset(self._planned[offset] for offset in preview_frames)
+        self._writer = _Encoder(self._file.tmp, timing, encoder, plan, on_frames, sampled)
+        self._seen = _Decoded(shown=set(), errors=[], tile_times=sampled)
+        self._decoded: queue.Queue = queue.Queue(maxsize=2 * batch_size)
+        self._stop = threading.Event()
+        self._reader = threading.Thread(target=_decode, args=(src, start, end, plan, self._decoded, self._stop, self._seen), daemon=True)
+        self._reader.start()
+        self._writer.start()
+        self._read = self._delivered = 0
+        self._input_done = False
+        self.styled = threading.Event()
+        """Set once every group read has been delivered, or the model failed."""
+        self._error: BaseException | None = None
+
+    def groups(self) -> Iterator[tuple[list, int, np.ndarray]]:
+        """(timestamps, rotation, stacked frames) of each group of decoded frames, in order; ends early once the segment failed."""
+        frames = _items(self._decoded)
         try:
-            _style(_items(decoded), styler, batch_size, writer)
+            while self._error is None and not self._writer.error and (group := list(itertools.islice(frames, self._batch_size))):
+                self._read += 1
+                yield [pts for pts, _, _ in group], group[0][1], np.stack([rgb for _, _, rgb in group])
+        except Exception as exc:  # this segment fails; the stream goes on with the next
+            self._error = exc
         finally:
-            stop.set()
-            writer.inbox.put(_DONE)
-            writer.join()
-            _drain(decoded)
-            reader.join()
-        if writer.error:
-            raise writer.error
-        skipped = _check_decoded(src, seen, planned, writer.written)
-    return ScoreResult(frames=writer.written, skipped=skipped, input_tiles=seen.tiles)
+            self._input_done = True
+            self._check_styled()
+
+    def deliver(self, pts_list: list, rotation: int, styled: np.ndarray) -> None:
+        self._writer.inbox.put((pts_list, rotation, styled))
+        self._delivered += 1
+        self._check_styled()
+
+    def abort(self, error: BaseException) -> None:
+        """The model failed: unless every frame is styled already, no more come."""
+        if not self.styled.is_set():
+            self._error = self._error or error
+            self.styled.set()
+
+    def _check_styled(self) -> None:
+        if self._input_done and self._delivered == self._read:
+            self.styled.set()
+
+    def finish(self) -> ScoreResult:
+        """Once every frame read is styled: close the encoder and check what was decoded; commit the styled segment,
+        or discard it and raise the segment's error."""
+        self.styled.wait()
+        self._stop.set()
+        self._writer.inbox.put(_DONE)
+        self._writer.join()
+        _drain(self._decoded)
+        self._reader.join()
+        try:
+            if self._error:
+                raise self._error
+            if self._writer.error:
+                raise self._writer.error
+            skipped = _check_decoded(self._src, self._seen, self._planned, self._writer.written)
+        except BaseException:
+            self._file.discard()
+            raise
+        self._file.commit()
+        return ScoreResult(frames=self._writer.written, skipped=skipped, input_tiles=self._seen.tiles)
 
 
-def _style(frames: Iterator, styler: FrameStyler, batch_size: int, writer: _Encoder) -> None:
-    """Style decoded (pts, rotation, rgb) frames in batches of ``batch_size`` and hand them to ``writer``, in order."""
-    def batches() -> Iterator[tuple[list, int, np.ndarray]]:
-        """(timestamps, rotation, stacked frames) of each batch."""
-        while not writer.error and (group := list(itertools.islice(frames, batch_size))):
-            yield [pts for pts, _, _ in group], group[0][1], np.stack([rgb for _, _, rgb in group])
+SegmentOutcome = ScoreResult | Exception
+"""A segment's outcome: what was styled, or why it failed."""
 
-    styled_batches = paired(batches(), lambda batch: batch[2], styler.stream)
+
+def score_segments(requests: Iterable[T], open_segment: Callable[[T], Segment], styler: FrameStyler,
+                   on_done: Callable[[T, SegmentOutcome], None]) -> None:
+    """Score the segment of each request through one stream of ``styler``; ``on_done`` gets each outcome, in order.
+
+    The engine's streams stay busy across segments: the next request is opened (its decoder started) and its
+    frames styled while the last frames of the one before are still in the model, and a thread finishes each
+    segment (the encoder's flush, the checks, the commit) while the next is styled. A segment that fails
+    fails alone, except when the model itself fails, which fails every segment not yet styled. ``requests``
+    is read one ahead of the segments finished: it should end rather than wait for a request. ``on_done`` runs
+    on another thread and must not raise. Returns once every outcome has been given.
+    """
+    finishing: queue.Queue = queue.Queue()
+    unstyled: list[Segment] = []
+
+    def finish_in_order() -> None:
+        while (item := finishing.get()) is not _DONE:
+            request, segment = item
+            outcome = segment
+            if isinstance(segment, Segment):
+                try:
+                    outcome = segment.finish()
+                except Exception as exc:
+                    outcome = exc
+            on_done(request, outcome)
+
+    def groups() -> Iterator[tuple[Segment, list, int, np.ndarray]]:
+        for request in requests:
+            try:
+                segment = open_segment(request)
+            except Exception as exc:
+                finishing.put((request, exc))
+                continue
+            finishing.put((request, segment))
+            unstyled[:] = [*(s for s in unstyled if not s.styled.is_set()), segment]
+            for pts_list, rotation, frames in segment.groups():
+                yield segment, pts_list, rotation, frames
+
+    finisher = threading.Thread(target=finish_in_order, daemon=True)
+    finisher.start()
+    styled = paired(groups(), lambda group: group[3], styler.stream)
     try:
-        for (pts_list, rotation, _), styled in styled_batches:
-            writer.inbox.put((pts_list, rotation, styled))
+        for (segment, pts_list, rotation, _), frames in styled:
+            segment.deliver(pts_list, rotation, frames)
+    except Exception as exc:  # the model failed: no segment still in it gets its frames
+        for segment in unstyled:
+            segment.abort(exc)
     finally:
-        styled_batches.close()
+        styled.close()
+        finishing.put(_DONE)
+        finisher.join()
+
+
+def score_segment(src: Path, dst: Path, styler: FrameStyler, **options) -> ScoreResult:
+    """Style one segment (``options``: :class:`Segment`'s) into ``dst``, atomically; raises what failed it."""
+    outcomes: list[SegmentOutcome] = []
+    score_segments([dst], lambda _: Segment(src, dst, **options), styler, lambda _, outcome: outcomes.append(outcome))
+    (outcome,) = outcomes
+    if isinstance(outcome, Exception):
+        raise outcome
+    return outcome
 
 
 def _check_decoded(src: Path, decoded: _Decoded, planned: list[Fraction], written: int) -> int:

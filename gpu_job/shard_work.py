@@ -19,13 +19,12 @@ import os
 import posixpath
 import socket
 import tempfile
-from collections.abc import Callable
 from dataclasses import replace
 from functools import cached_property
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from gpu_job.worker import one_line
+from gpu_job.worker import Feed, one_line
 from shared.config import Settings
 from shared.errors import InvalidInputError
 from shared.many_models.manifest import MANIFEST_NAME
@@ -63,8 +62,9 @@ class ShardWork:
     def ready(self) -> dict:
         return {}
 
-    def local(self, spec: ShardSpec, emit: Callable[[dict], None]) -> ShardResult:
-        return self._score(spec)
+    def serve(self, feed: Feed) -> None:
+        while (item := feed.next()) is not None:
+            item.emit({"event": "result", **self._score(item.message).to_dict()})
 
     def _score(self, spec: ShardSpec) -> ShardResult:
         from shared.many_models.scoring import score_shard

@@ -3,27 +3,34 @@
 One worker serves a whole run and does one kind of work (:mod:`shared.work`): video batches, with
 a :class:`Worker` that styles them (:class:`gpu_job.batch_work.BatchWork`), or model shards
 (:class:`gpu_job.shard_work.ShardWork`). A local run feeds it messages as JSON lines on standard
-input (:func:`serve_stdio`); on Azure it drains its queue (:mod:`gpu_job.queue_worker`). Either
-way an item is one call of its handler, and its outcome a result.
+input (:func:`serve_stdio`), and may send the next before the last is answered: a batch worker
+then styles consecutive batches as one stream through the model. On Azure it drains its queue
+(:mod:`gpu_job.queue_worker`), one message at a time. Either way each item's outcome is a result.
 """
 
 from __future__ import annotations
 
 import json
 import os
+import queue
 import socket
 import sys
+import threading
 import time
 from collections import OrderedDict
-from dataclasses import replace
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import Protocol, TextIO
+from typing import TYPE_CHECKING, Any, Protocol, TextIO
 
 from gpu_job.command import WorkerOptions
 from shared.errors import InvalidInputError
 from shared.messages import BatchMessage, BatchResult, MessageError, ModelSpec
 from shared.work import WorkKind
+
+if TYPE_CHECKING:
+    from gpu_job.scorer import Segment, SegmentOutcome
+    from gpu_job.styler import FrameStyler
 
 AUTO_BATCH = {"cpu": 1, "cuda": 8}
 MODEL_CACHE_SIZE = 4
@@ -73,6 +80,24 @@ def resolve_device(choice: str) -> str:
     return "cpu"
 
 
+@dataclass(eq=False)
+class StyleJob:
+    """One batch to style from ``segment`` into ``styled``, with ``spec`` (default: the message's, whose style
+    picture is then a local path); ``on_frames`` hears of frames as they are encoded."""
+
+    message: BatchMessage
+    segment: Path
+    styled: Path
+    delivery: int = 1
+    on_frames: Callable[[int], None] | None = None
+    spec: ModelSpec | None = None
+    began: float = field(default_factory=time.perf_counter)
+
+    @property
+    def model_spec(self) -> ModelSpec:
+        return self.spec or self.message.model_spec
+
+
 class Worker:
     def __init__(self, options: WorkerOptions, cache_dir: Path) -> None:
         from gpu_job.models import load_styler
@@ -88,29 +113,119 @@ class Worker:
 
     def style(self, message: BatchMessage, segment: Path, styled: Path, delivery: int = 1,
               on_frames: Callable[[int], None] | None = None, spec: ModelSpec | None = None) -> BatchResult:
-        """Style one batch from ``segment`` into ``styled``, and the rows of the preview it holds beside it (when the
-        message names any), with ``spec`` (default: the message's, whose style picture is then a local path);
-        every failure becomes a result, never an exception."""
-        from gpu_job.scorer import score_segment
+        """Style one batch (see :class:`StyleJob`); every failure becomes a result, never an exception."""
+        jobs = iter([StyleJob(message, segment, styled, delivery, on_frames, spec)])
+        results: list[BatchResult] = []
+        self.style_all(lambda wait: next(jobs, None), lambda job, result: results.append(result))
+        (result,) = results
+        return result
+
+    def style_all(self, next_job: Callable[[bool], StyleJob | None], on_result: Callable[[StyleJob, BatchResult], None]) -> None:
+        """Style jobs until ``next_job(True)`` gives None; ``on_result`` gets each result, in the jobs' order, from
+        another thread.
+
+        Consecutive jobs with one model go through it as one stream (:func:`gpu_job.scorer.score_segments`): a
+        batch's start and end overlap its neighbours'. ``next_job(False)`` gives a job only if one is there already;
+        the stream ends when none is, and the next job starts another.
+
+        Each styled segment gets the rows of the preview it holds beside it, when its message names any.
+        Every failure becomes a result, never an exception.
+        """
+        from gpu_job.scorer import score_segments
+
+        job = next_job(True)
+        while job is not None:
+            try:
+                styler = self.models.get(job.model_spec)
+            except Exception as exc:  # each job with this model reports it
+                on_result(job, self._result(job, exc, None))
+                job = next_job(True)
+                continue
+            held: list[StyleJob] = []
+
+            def same_model(first: StyleJob) -> Iterator[StyleJob]:
+                current: StyleJob | None = first
+                while current is not None:
+                    if current.model_spec != first.model_spec:
+                        held.append(current)
+                        return
+                    yield current
+                    current = next_job(False)
+
+            score_segments(same_model(job), self._open, styler, lambda done, outcome: on_result(done, self._result(done, outcome, styler)))
+            job = held[0] if held else next_job(True)
+
+    def _open(self, job: StyleJob) -> Segment:
+        from gpu_job.scorer import Segment
+
+        job.began = time.perf_counter()
+        if not job.segment.is_file():
+            raise InvalidInputError(f"{job.segment}: no such segment")
+        batch = job.message.batch
+        return Segment(job.segment, job.styled, start=batch.start_time, end=batch.end_time, expected_frames=batch.frame_count,
+                       batch_size=self.batch_size, encoder=replace(self.encoder, keep_10bit=job.message.keep_10bit),
+                       on_frames=job.on_frames, preview_frames=job.message.preview_frames)
+
+    def _result(self, job: StyleJob, outcome: SegmentOutcome | Exception, styler: FrameStyler | None) -> BatchResult:
+        """The job's result from its segment's outcome (a ScoreResult or an exception), once its preview rows are drawn."""
         from shared.preview import draw_rows, rows_name
 
-        began = time.perf_counter()
-        facts = dict(job_id=message.job_id, batch=message.batch.index, attempt=message.attempt, worker=self.name, delivery=delivery)
+        message = job.message
+        facts = dict(job_id=message.job_id, batch=message.batch.index, attempt=message.attempt, worker=self.name, delivery=job.delivery,
+                     model_loads=self.models.loads)
         try:
-            if not segment.is_file():
-                raise InvalidInputError(f"{segment}: no such segment")
-            styler = self.models.get(spec or message.model_spec)
-            scored = score_segment(
-                segment, styled, styler, start=message.batch.start_time, end=message.batch.end_time,
-                expected_frames=message.batch.frame_count, batch_size=self.batch_size, on_frames=on_frames,
-                encoder=replace(self.encoder, keep_10bit=message.keep_10bit), preview_frames=message.preview_frames,
-            )
-            draw_rows(scored.input_tiles, styled, Path(rows_name(str(styled))))
+            if isinstance(outcome, Exception):
+                raise outcome
+            draw_rows(outcome.input_tiles, job.styled, Path(rows_name(str(job.styled))))
         except Exception as exc:  # reported to whoever sent the batch, which decides about retrying
             return BatchResult(**facts, succeeded=False, error=one_line(exc), retryable=not isinstance(exc, InvalidInputError),
-                               seconds=round(time.perf_counter() - began, 4), model_loads=self.models.loads)
-        return BatchResult(**facts, succeeded=True, styled=message.styled, frames=scored.frames, styler=styler.describe(),
-                           seconds=round(time.perf_counter() - began, 4), model_loads=self.models.loads)
+                               seconds=round(time.perf_counter() - job.began, 4))
+        return BatchResult(**facts, succeeded=True, styled=message.styled, frames=outcome.frames, styler=styler.describe(),
+                           seconds=round(time.perf_counter() - job.began, 4))
+
+
+@dataclass(frozen=True)
+class FeedItem:
+    """A message read from standard input, numbered from 0 in the order read; ``emit`` sends an event about it."""
+
+    number: int
+    message: Any
+    emit: Callable[[dict], None]
+
+
+class Feed:
+    """The messages of a stdio worker's input, read by a thread so that a worker busy with one sees whether the next has come."""
+
+    def __init__(self, source: TextIO, kind: WorkKind, emit: Callable[[dict], None]) -> None:
+        self._items: queue.Queue[FeedItem | None] = queue.Queue()
+        self._ended = False
+        self._source, self._kind, self._emit = source, kind, emit
+        threading.Thread(target=self._read, daemon=True).start()
+
+    def _read(self) -> None:
+        number = 0
+        for line in self._source:
+            if not line.strip():
+                continue
+            try:
+                message = self._kind.parse(line)
+            except MessageError as exc:
+                self._emit({"event": "error", "error": str(exc)})
+                continue
+            self._items.put(FeedItem(number, message, lambda event, n=number: self._emit({**event, "item": n})))
+            number += 1
+        self._items.put(None)
+
+    def next(self, wait: bool = True) -> FeedItem | None:
+        """The next message; None once the input has closed, or (``wait`` False) when none has come yet."""
+        if self._ended:
+            return None
+        try:
+            item = self._items.get(block=wait)
+        except queue.Empty:
+            return None
+        self._ended = item is None
+        return item
 
 
 class WorkHandler(Protocol):
@@ -122,8 +237,9 @@ class WorkHandler(Protocol):
     def ready(self) -> dict:
         """Facts to announce once the worker is ready."""
 
-    def local(self, message, emit: Callable[[dict], None]):
-        """Do an item whose paths are on this machine; ``emit`` sends progress events. Every failure becomes a result."""
+    def serve(self, feed: Feed) -> None:
+        """Do the items of ``feed`` (their paths are on this machine) until it ends, each answered with a ``result``
+        event, in the order read; every failure becomes a result."""
 
     def queued(self, message, delivery: int):
         """Do an item from the queue (its files are blobs); ``delivery`` counts the message's deliveries."""
@@ -138,13 +254,19 @@ class WorkHandler(Protocol):
 def serve_stdio(handler: WorkHandler, source: TextIO, sink: TextIO, preload: ModelSpec | None = None) -> None:
     """Do the messages read as JSON lines from ``source`` until it closes.
 
-    Writes JSON lines to ``sink``: ``ready`` once, progress events (``frames`` for batches), one
-    ``result`` per message, and ``error`` for a line that is not a message of the handler's kind or
-    a model that failed to preload (``preload``: batches only, a model to load before the first one).
+    Writes JSON lines to ``sink``: ``ready`` once, then for each message its progress events (``frames`` for
+    batches) and one ``result``, each with ``item``, the message's number in the order read (from 0); results
+    come in that order, but a message's events may come before the previous one's result. ``error`` answers a
+    line that is not a message of the handler's kind, or a model that failed to preload (``preload``: batches
+    only, a model to load before the first one).
     """
+    lock = threading.Lock()
+
     def emit(event: dict) -> None:
-        sink.write(json.dumps(event, separators=(",", ":")) + "\n")
-        sink.flush()
+        line = json.dumps(event, separators=(",", ":")) + "\n"
+        with lock:
+            sink.write(line)
+            sink.flush()
 
     if preload:
         try:
@@ -152,12 +274,4 @@ def serve_stdio(handler: WorkHandler, source: TextIO, sink: TextIO, preload: Mod
         except Exception as exc:  # the items that need it report the same error
             emit({"event": "error", "error": one_line(exc)})
     emit({"event": "ready", "worker": handler.name, **handler.ready()})
-    for line in source:
-        if not line.strip():
-            continue
-        try:
-            message = handler.kind.parse(line)
-        except MessageError as exc:
-            emit({"event": "error", "error": str(exc)})
-            continue
-        emit({"event": "result", **handler.local(message, emit).to_dict()})
+    handler.serve(Feed(source, handler.kind, emit))

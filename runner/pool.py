@@ -3,6 +3,10 @@
 The same pool serves every kind of work (:mod:`shared.work`): ``stylize run`` feeds it video
 batches, ``score-models run`` model shards. A worker is ``python -m gpu_job worker --stdio``, the
 same program an Azure ML node runs; one that dies is replaced, and only its item is retried.
+
+A worker gets its next item before it has answered the last (while more items wait than there are
+workers), so a batch worker never waits for the pipe between two batches, and streams them through
+its model back to back.
 """
 
 from __future__ import annotations
@@ -21,6 +25,8 @@ from shared.messages import MessageError
 from shared.work import BATCHES, M, R, WorkKind
 
 STOP_GRACE_S = 10
+ITEMS_PER_WORKER = 2
+"""Items a worker holds at once: the one it works on and the next."""
 
 Launcher = Callable[[list[str]], subprocess.Popen]
 
@@ -30,42 +36,48 @@ def launch_worker(command: list[str]) -> subprocess.Popen:
 
 
 class WorkerProcess(Generic[M, R]):
-    """One ``python -m gpu_job worker --stdio``: send it an item, read its events until the item's result."""
+    """One ``python -m gpu_job worker --stdio``: send it items, read their events and results (numbered by the worker
+    in the order sent)."""
 
     def __init__(self, launcher: Launcher, command: list[str], kind: WorkKind[M, R]) -> None:
         self.kind = kind
         self.process = launcher(command)
         self.name = f"pid {self.process.pid}"
+        self.sent = 0
         self._stderr: deque[str] = deque(maxlen=20)
         self._drain = threading.Thread(target=lambda: self._stderr.extend(self.process.stderr), daemon=True)
         self._drain.start()
 
-    def run(self, message: M, on_event: Callable[[dict], None]) -> R:
-        """The item's result; a worker that dies on the way yields a failed, retryable result."""
+    def send(self, message: M) -> int:
+        """Send an item; returns its number. A worker that died is noticed by :meth:`next_result`."""
+        number, self.sent = self.sent, self.sent + 1
         try:
             self.process.stdin.write(message.to_json() + "\n")
             self.process.stdin.flush()
         except (BrokenPipeError, OSError):
-            return self._died(message)
+            pass
+        return number
+
+    def next_result(self, on_event: Callable[[int, dict], None]) -> tuple[int, dict] | None:
+        """The next result, as (item number, its fields); None once the worker has exited. Other events about an item go
+        to ``on_event`` with its number."""
         for line in self.process.stdout:
             event = _parse_event(line)
-            kind = event.get("event")
+            kind = event.pop("event", None)
             if kind == "ready":
                 self.name = event["worker"]
-            elif kind == "result":
-                try:
-                    return self.kind.result({name: value for name, value in event.items() if name != "event"})
-                except MessageError as exc:
-                    return self.kind.failed(message, str(exc), True)
-            elif kind:
-                on_event(event)
-        return self._died(message)
+            elif kind == "result" and isinstance(event.get("item"), int):
+                return event.pop("item"), event
+            elif kind and isinstance(event.get("item"), int):
+                on_event(event["item"], {"event": kind, **event})
+        return None
 
-    def _died(self, message: M) -> R:
+    def exit_reason(self) -> str:
+        """Why it exited, once it has: its exit code and the last line it wrote to stderr."""
         code = self.process.wait()
         self._drain.join(timeout=5)
         last = next((line.strip() for line in reversed(self._stderr) if line.strip()), "")
-        return self.kind.failed(message, f"worker {self.name} exited with code {code}" + (f": {last}" if last else ""), True)
+        return f"worker {self.name} exited with code {code}" + (f": {last}" if last else "")
 
     @property
     def alive(self) -> bool:
@@ -101,6 +113,13 @@ class Outcome(Generic[R]):
     seconds: float
     final: bool
     """No other attempt follows: it succeeded, its error will repeat, or it was the last attempt allowed."""
+
+
+@dataclass(frozen=True)
+class _Sent:
+    index: int
+    number: int
+    at: float
 
 
 class WorkerPool(Generic[M, R]):
@@ -139,12 +158,17 @@ class WorkerPool(Generic[M, R]):
         ``on_outcome`` hears of every attempt, one at a time; an error it raises (a :class:`shared.errors.PipelineError`
         to fail the run with a reason) stops the pool, its workers killed, and is raised here.
         ``on_event`` gets each item's progress events.
+
+        A worker that dies holding two items is charged for the older only, the one it was working on; the other goes
+        back uncharged. Both are then retried alone (no item is sent behind them), so a batch that kills its worker
+        every time uses up its own attempts, not its neighbour's.
         """
         pending: queue.Queue[int | None] = queue.Queue()
         for index in range(len(messages)):
             pending.put(index)
         self._remaining = len(messages)
         self._attempts = [0] * len(messages)
+        self._alone: set[int] = set()
         threads = [threading.Thread(target=self._serve, args=(slot, messages, pending, on_outcome, on_event), daemon=True)
                    for slot in range(len(self.slots))]
         for thread in threads:
@@ -156,27 +180,95 @@ class WorkerPool(Generic[M, R]):
 
     def _serve(self, slot: int, messages: Sequence[M], pending: queue.Queue, on_outcome, on_event) -> None:
         """Feed one worker items until none is left, then release it."""
-        while (index := pending.get()) is not None:
-            if not self.slots[slot].alive:
-                self.slots[slot] = WorkerProcess(self.launcher, self.command, self.kind)
-            self._attempts[index] += 1
-            attempt = self._attempts[index]
-            began = time.perf_counter()
-            result = self.slots[slot].run(replace(messages[index], attempt=attempt), lambda event: on_event(index, event))
+        held: deque[_Sent] = deque()
+        answered_at = 0.0
+        while True:
+            if not held:
+                index = pending.get()
+                if index is None:
+                    break
+                self._send(slot, messages, index, held)
+            with self.lock:
+                alone = any(sent.index in self._alone for sent in held)
+            if len(held) < ITEMS_PER_WORKER and not alone:
+                self._send_another(slot, messages, pending, held)
+            process = self.slots[slot]
+            answer = process.next_result(lambda number, event: self._event(held, number, event, on_event))
             if self.failure:
                 return
+            if answer is None:
+                sent, result = self._died(process, messages, held, pending)
+            else:
+                number, fields = answer
+                sent = next((sent for sent in held if sent.number == number), None)
+                if sent is None:
+                    continue
+                held.remove(sent)
+                with self.lock:
+                    self._alone.discard(sent.index)
+                result = self._result(replace(messages[sent.index], attempt=self._attempts[sent.index]), fields)
+            now = time.perf_counter()
+            seconds, answered_at = now - max(sent.at, answered_at), now
+            attempt = self._attempts[sent.index]
             final = result.succeeded or not result.retryable or attempt >= self.max_attempts
             try:
                 with self.outcome_lock:
-                    on_outcome(Outcome(index, attempt, result, time.perf_counter() - began, final))
+                    on_outcome(Outcome(sent.index, attempt, result, seconds, final))
             except Exception as error:  # noqa: BLE001 - whatever it is, the other threads must not wait for this item
                 self._fail(error, pending)
                 return
             if final:
                 self._finished(pending)
             else:
-                pending.put(index)
+                pending.put(sent.index)
         self.slots[slot].release()
+
+    def _send(self, slot: int, messages: Sequence[M], index: int, held: deque[_Sent]) -> None:
+        if not self.slots[slot].alive:
+            self.slots[slot] = WorkerProcess(self.launcher, self.command, self.kind)
+        self._attempts[index] += 1
+        number = self.slots[slot].send(replace(messages[index], attempt=self._attempts[index]))
+        held.append(_Sent(index, number, time.perf_counter()))
+
+    def _send_another(self, slot: int, messages: Sequence[M], pending: queue.Queue, held: deque[_Sent]) -> None:
+        """Send a busy worker the next waiting item, while more wait than there are workers to take them."""
+        if pending.qsize() < len(self.slots):
+            return
+        try:
+            index = pending.get_nowait()
+        except queue.Empty:
+            return
+        with self.lock:
+            alone = index in self._alone
+        if index is None or alone:  # None: the run failed; an item retried alone waits for an idle worker
+            pending.put(index)
+        else:
+            self._send(slot, messages, index, held)
+
+    @staticmethod
+    def _event(held: deque[_Sent], number: int, event: dict, on_event: Callable[[int, dict], None]) -> None:
+        index = next((sent.index for sent in held if sent.number == number), None)
+        if index is not None:
+            on_event(index, event)
+
+    def _result(self, message: M, fields: dict) -> R:
+        try:
+            return self.kind.result(fields)
+        except MessageError as exc:
+            return self.kind.failed(message, str(exc), True)
+
+    def _died(self, process: WorkerProcess[M, R], messages: Sequence[M], held: deque[_Sent], pending: queue.Queue) -> tuple[_Sent, R]:
+        """The worker exited holding ``held``: the oldest, which it was working on, fails (retryable); the others go back
+        uncharged. All are retried alone."""
+        reason = process.exit_reason()
+        oldest = held.popleft()
+        with self.lock:
+            self._alone.update(sent.index for sent in (oldest, *held))
+        for sent in held:
+            self._attempts[sent.index] -= 1
+            pending.put(sent.index)
+        held.clear()
+        return oldest, self.kind.failed(replace(messages[oldest.index], attempt=self._attempts[oldest.index]), reason, True)
 
     def _finished(self, pending: queue.Queue) -> None:
         with self.lock:

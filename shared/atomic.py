@@ -19,25 +19,43 @@ def _process_umask() -> int:
 UMASK = _process_umask()
 
 
-@contextlib.contextmanager
-def atomic_path(final: str | os.PathLike[str]) -> Iterator[Path]:
-    """Yield a temporary path beside ``final``; rename it over ``final`` only if the block succeeds.
+class AtomicFile:
+    """A temporary path beside ``final``, renamed over it by :meth:`commit` or removed by :meth:`discard`.
 
+    For a file whose writing spans threads or calls; a block that writes one uses :func:`atomic_path`.
     The temporary name keeps the final suffix so that muxers choosing a format by extension
     still pick the right one. The file gets the permissions a plain ``open`` would give it (the
     temporary file is private, 0600, until then).
     """
-    final = Path(final)
-    final.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp_name = tempfile.mkstemp(prefix=f".{final.stem}.", suffix=f".part{final.suffix}", dir=final.parent)
-    os.close(fd)
-    tmp = Path(tmp_name)
+
+    def __init__(self, final: str | os.PathLike[str]) -> None:
+        self.final = Path(final)
+        self.final.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp_name = tempfile.mkstemp(prefix=f".{self.final.stem}.", suffix=f".part{self.final.suffix}", dir=self.final.parent)
+        os.close(fd)
+        self.tmp = Path(tmp_name)
+
+    def commit(self) -> None:
+        try:
+            os.chmod(self.tmp, 0o666 & ~UMASK)
+            os.replace(self.tmp, self.final)
+        finally:
+            self.discard()
+
+    def discard(self) -> None:
+        self.tmp.unlink(missing_ok=True)
+
+
+@contextlib.contextmanager
+def atomic_path(final: str | os.PathLike[str]) -> Iterator[Path]:
+    """Yield a temporary path beside ``final``; rename it over ``final`` only if the block succeeds."""
+    file = AtomicFile(final)
     try:
-        yield tmp
-        os.chmod(tmp, 0o666 & ~UMASK)
-        os.replace(tmp, final)
-    finally:
-        tmp.unlink(missing_ok=True)
+        yield file.tmp
+    except BaseException:
+        file.discard()
+        raise
+    file.commit()
 
 
 def write_bytes_atomic(final: str | os.PathLike[str], data: bytes) -> None:

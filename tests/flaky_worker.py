@@ -1,5 +1,5 @@
 """A stand-in for ``python -m gpu_job worker --stdio`` that injects faults: it relays every item to a
-real worker, except the chosen item, for which it fails (or dies) the first ``times`` times.
+real worker one at a time, except the chosen item, for which it fails (or dies) the first ``times`` times.
 
     python flaky_worker.py MODE ITEM TIMES STATE_FILE -- REAL WORKER COMMAND...
 
@@ -16,24 +16,28 @@ from pathlib import Path
 
 mode, item, times, state = sys.argv[1], sys.argv[2], int(sys.argv[3]), Path(sys.argv[4])
 real = subprocess.Popen(sys.argv[sys.argv.index("--") + 1:], stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True, bufsize=1)
-for line in sys.stdin:
+for number, line in enumerate(sys.stdin):  # the items it is sent, numbered as a worker numbers them
     message = json.loads(line)
     injected = state.read_text().count("x") if state.exists() else 0
     if str(message["batch"]["index"] if "batch" in message else message["shard_id"]) == item and injected < times:
         state.write_text("x" * (injected + 1))
-        if mode == "crash":
+        if mode == "crash":  # as one process would: the real worker goes first, so the crash is the last word on stderr
+            real.kill()
+            real.wait()
             print("worker: simulated crash", file=sys.stderr, flush=True)
             os._exit(3)
-        result = {"event": "result", "job_id": message["job_id"], "batch": int(item), "attempt": message["attempt"], "succeeded": False,
-                  "error": "injected fault", "retryable": mode != "fatal", "worker": "flaky"}
+        result = {"event": "result", "item": number, "job_id": message["job_id"], "batch": int(item), "attempt": message["attempt"],
+                  "succeeded": False, "error": "injected fault", "retryable": mode != "fatal", "worker": "flaky"}
         print(json.dumps(result), flush=True)
         continue
     real.stdin.write(line)
     real.stdin.flush()
     for out in real.stdout:
-        sys.stdout.write(out)
-        sys.stdout.flush()
-        if json.loads(out).get("event") == "result":
+        event = json.loads(out)
+        if "item" in event:
+            event["item"] = number
+        print(json.dumps(event), flush=True)
+        if event.get("event") == "result":
             break
 real.stdin.close()
 sys.exit(real.wait())

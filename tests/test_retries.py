@@ -11,10 +11,14 @@ import pytest
 
 from media import frame_timestamps, make_clip
 from runner.local import RunRequest, launch_worker, run
+from runner.pool import WorkerPool
 from shared.config import Settings
 from shared.errors import BatchFailedError, InvalidInputError
+from shared.messages import BatchMessage
+from shared.plan import Batch
 
 FLAKY = str(Path(__file__).with_name("flaky_worker.py"))
+HOLDING = str(Path(__file__).with_name("holding_worker.py"))
 
 
 def _flaky(mode: str, batch: int, times: int, state: Path):
@@ -47,12 +51,46 @@ def test_failed_batch_is_retried_alone(clip, tmp_path):
 def test_worker_dying_mid_batch_is_replaced_and_only_its_batch_retried(clip, tmp_path):
     state = tmp_path / "faults"
     request = RunRequest(input=clip, output=tmp_path / "out.mp4", model="identity", batch_frames=10, workers=2)
-    report = run(request, Settings(max_attempts=2), launcher=_flaky("crash", 2, 1, state))
-    assert [b.attempts for b in report.batches] == [1, 1, 2, 1, 1]
+    launched = []
+    flaky = _flaky("crash", 2, 1, state)
+    report = run(request, Settings(max_attempts=2), launcher=lambda command: launched.append(command) or flaky(command))
+    assert [b.attempts for b in report.batches] == [1, 1, 2, 1, 1], "only its batch is charged, not the one sent behind it"
     assert report.batches[2].errors[0].endswith("exited with code 3: worker: simulated crash")
     assert frame_timestamps(request.output) == frame_timestamps(clip)
-    assert sum(w["batches"] for w in report.worker_stats) == 5 and len(report.worker_stats) == 3, "the dead worker was replaced"
+    assert len(launched) == 3, "the dead worker was replaced"
+    assert sum(w["batches"] for w in report.worker_stats) == 5
     assert all(w["model_loads"] == 1 for w in report.worker_stats)
+
+
+def test_a_batch_that_kills_its_worker_is_retried_alone_and_costs_its_neighbour_no_attempt(clip, tmp_path):
+    """One worker holds two batches at a time; when it dies, only the one it was working on is charged."""
+    state = tmp_path / "faults"
+    request = RunRequest(input=clip, output=tmp_path / "out.mp4", model="identity", batch_frames=10, workers=1)
+    report = run(request, Settings(max_attempts=3), launcher=_flaky("crash", 2, 2, state))
+    assert _injected(state) == 2
+    assert [b.attempts for b in report.batches] == [1, 1, 3, 1, 1]
+    assert frame_timestamps(request.output) == frame_timestamps(clip)
+
+
+def _batch_messages(count: int) -> list[BatchMessage]:
+    batches = [Batch(index=i, first_frame=i, frame_count=1, start_pts=i, end_pts=i + 1, time_base="1/25", first_gop=i, last_gop=i)
+               for i in range(count)]
+    return [BatchMessage(job_id="job", batch=b, attempt=1, model="identity", segment=f"{b.name}.mp4", styled=f"styled/{b.name}.mp4")
+            for b in batches]
+
+
+@pytest.mark.parametrize("workers", [1, 2])
+def test_a_busy_worker_is_sent_its_next_item_while_more_wait_than_there_are_workers(workers):
+    outcomes = []
+    with WorkerPool(max_attempts=1) as pool:
+        pool.start([sys.executable, HOLDING], workers)
+        pool.run(_batch_messages(6), outcomes.append)
+    assert sorted(o.index for o in outcomes) == list(range(6)) and all(o.result.succeeded for o in outcomes)
+    held = [o.result.worker for o in sorted(outcomes, key=lambda o: o.index)]
+    if workers == 1:
+        assert held == ["holding 2"] * 5 + ["holding 1"], "the next item was always there before the last was answered"
+    else:
+        assert held[0] == "holding 2" and held[-1] == "holding 1", "ahead while 2 or more wait, never the last one"
 
 
 def test_batch_failing_every_attempt_fails_the_run_without_output(clip, tmp_path):

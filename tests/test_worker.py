@@ -7,15 +7,17 @@ import os
 import shutil
 import subprocess
 import sys
+from collections import deque
 from dataclasses import replace
 from pathlib import Path
 
 import av
+import numpy as np
 import pytest
 
 from gpu_job.batch_work import PROGRESS_INTERVAL_S, _Progress
 from gpu_job.command import WorkerOptions, worker_command
-from gpu_job.worker import ModelCache
+from gpu_job.worker import ModelCache, StyleJob, Worker
 from isolated import run_module_without
 from media import frame_timestamps, make_clip
 from shared.config import Settings
@@ -96,7 +98,89 @@ def test_stdio_worker_styles_many_batches_with_one_model_load(segments, tmp_path
         tile = tile_size(styled.streams.video[0].width, styled.streams.video[0].height)
         frame = next(image.decode(video=0))
     assert (frame.width, frame.height) == (2 * tile[0], 2 * tile[1]), "two rows of two tiles"
-    assert events[-1] == {"event": "error", "error": "batch message is not JSON (Expecting value: line 1 column 1 (char 0))"}
+    assert [e for e in events if e["event"] == "error"] == [
+        {"event": "error", "error": "batch message is not JSON (Expecting value: line 1 column 1 (char 0))"}], "a line that is no message gets no number"
+    assert [e["item"] for e in events if e["event"] == "result"] == [0, 1, 2, 3, 4], "results in the order read, numbered"
+    assert {e["item"] for e in events if e["event"] == "frames" and e["batch"] == 1} == {1}, "events name their item"
+
+
+class _CountingNetwork:
+    """Inverts frames, reading two batches ahead as the engines do; counts its streams and fails at batch ``fail_at``."""
+
+    def __init__(self, fail_at: int | None = None) -> None:
+        self.streams, self.batches, self.fail_at = 0, 0, fail_at
+
+    def __call__(self, batches):
+        self.streams += 1
+        ahead = deque()
+        for frames in batches:
+            self.batches += 1
+            if self.batches == self.fail_at:
+                raise RuntimeError("engine failed")
+            ahead.append(frames)
+            if len(ahead) > 2:
+                yield 255.0 - ahead.popleft()
+        while ahead:
+            yield 255.0 - ahead.popleft()
+
+
+def _style_all(worker, jobs) -> list:
+    """Every job offered at once; the results, in the order given."""
+    waiting, results = deque(jobs), []
+    worker.style_all(lambda wait: waiting.popleft() if waiting else None, lambda job, result: results.append((job, result)))
+    assert [job for job, _ in results] == list(jobs), "results in the order of the jobs"
+    return [result for _, result in results]
+
+
+def _worker_with(network) -> Worker:
+    from gpu_job.styler import FrameStyler
+
+    worker = Worker(WorkerOptions(threads=1), Settings().model_cache_dir)
+    worker.models = ModelCache(lambda spec: FrameStyler(network, {"model": spec.model}))
+    return worker
+
+
+def _jobs(messages) -> list[StyleJob]:
+    return [StyleJob(m, Path(m.segment), Path(m.styled)) for m in messages]
+
+
+def test_batches_offered_together_stream_through_the_model_once_and_a_bad_one_fails_alone(segments, tmp_path):
+    batches, sources = segments
+    messages = _messages(batches, sources, tmp_path, "inverse")
+    messages[1] = replace(messages[1], segment=str(tmp_path / "missing.mp4"))
+    messages[2] = replace(messages[2], batch=replace(batches[2], frame_count=batches[2].frame_count + 1))
+    network = _CountingNetwork()
+    results = _style_all(_worker_with(network), _jobs(messages))
+    assert [r.succeeded for r in results] == [True, False, False, True]
+    assert results[1].error.endswith("missing.mp4: no such segment") and not results[1].retryable
+    assert "the plan says" in results[2].error and not Path(messages[2].styled).exists()
+    assert network.streams == 1, "one stream through the model for every batch offered together"
+    for index in (0, 3):
+        with av.open(sources[index]) as source, av.open(messages[index].styled) as styled:
+            first_in, first_out = next(source.decode(video=0)).to_ndarray(format="rgb24"), next(styled.decode(video=0)).to_ndarray(format="rgb24")
+        assert np.median(abs(first_out.astype(int) + first_in.astype(int) - 255)) < 6, "the styled frame is the inverted input"
+        assert len(frame_timestamps(Path(messages[index].styled))) == batches[index].frame_count
+
+
+def test_a_model_failing_mid_stream_fails_only_the_batch_in_it_and_the_next_stream_goes_on(segments, tmp_path):
+    batches, sources = segments
+    messages = _messages(batches, sources, tmp_path, "inverse")
+    network = _CountingNetwork(fail_at=batches[0].frame_count + 3)
+    results = _style_all(_worker_with(network), _jobs(messages))
+    assert [r.succeeded for r in results] == [True, False, True, True], "the first batch was styled whole before the failure"
+    assert results[1].error == "engine failed" and results[1].retryable
+    assert not Path(messages[1].styled).exists(), "no styled segment written in part"
+    assert network.streams == 2, "the batches not yet opened go through a new stream"
+
+
+def test_a_batch_for_another_model_starts_another_stream(segments, tmp_path):
+    batches, sources = segments
+    messages = _messages(batches, sources, tmp_path, "inverse")
+    messages[2:] = [replace(m, model="inverse-too") for m in messages[2:]]
+    network = _CountingNetwork()
+    worker = _worker_with(network)
+    assert all(r.succeeded for r in _style_all(worker, _jobs(messages)))
+    assert network.streams == 2 and worker.models.loads == 2
 
 
 def test_a_local_worker_starts_without_the_azure_sdk(segments, tmp_path):
