@@ -1,9 +1,10 @@
-"""Video batches as the worker's work: style a segment with a warm :class:`gpu_job.worker.Worker`.
+"""Video batches as the worker's work: style segments with a warm :class:`gpu_job.worker.Worker`.
 
 Locally a batch's segment and styled output are files; from the batch queue they are blobs in the
-work container: the segment is downloaded, styled into a scratch folder, and the styled segment
-uploaded with the preview rows the worker drew beside it (a styled segment already there, written
-by a worker that died before reporting, is reused).
+work container: the segment is downloaded to a scratch folder (while the batch before it is styled),
+styled there, and the styled segment uploaded with the preview rows the worker drew beside it (a
+styled segment already there, written by a worker that died before reporting, is reused). Either
+way consecutive batches stream through the model (:meth:`gpu_job.worker.Worker.style_all`).
 Only the queue paths import the storage clients (the Azure SDK takes 0.3 s to import), so a local
 worker starts without them.
 """
@@ -18,13 +19,17 @@ from collections.abc import Callable
 from dataclasses import replace
 from functools import cached_property
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-from gpu_job.worker import Feed, FeedItem, StyleJob, Worker
+from gpu_job.worker import Feed, FeedItem, StyleJob, Worker, one_line
 from shared.atomic import atomic_path
 from shared.config import Settings
 from shared.messages import BatchMessage, BatchResult, ModelSpec
 from shared.preview import rows_name
 from shared.work import BATCHES
+
+if TYPE_CHECKING:
+    from gpu_job.queue_worker import QueueFeed, QueueItem
 
 
 PROGRESS_INTERVAL_S = 0.2
@@ -51,9 +56,13 @@ class _Progress:
 class BatchWork:
     kind = BATCHES
 
+    queue_ahead = True
+    """From the queue, the next batch is taken and fetched while the last is styled (they stream through the model)."""
+
     def __init__(self, worker: Worker, settings: Settings) -> None:
         self.worker, self.settings = worker, settings
         self.name = worker.name
+        self._scratch: dict[StyleJob, tempfile.TemporaryDirectory] = {}
 
     @cached_property
     def blobs(self):
@@ -96,35 +105,69 @@ class BatchWork:
     def failure(self, message: BatchMessage, error: str, delivery: int) -> BatchResult:
         return replace(self.kind.failed(message, error, False), worker=self.name, delivery=delivery)
 
-    def queued(self, message: BatchMessage, delivery: int) -> BatchResult:
+    def fetch(self, message: BatchMessage, delivery: int) -> tuple[StyleJob | None, BatchResult | None]:
+        """The batch's job, its segment downloaded to a scratch folder, and its style picture; or its result when there
+        is nothing to style (a styled segment already there, written by a worker that died before reporting, or a
+        blob that is gone). Runs while the batch before it is being styled."""
         from azure.core.exceptions import ResourceNotFoundError
 
-        from shared.storage import download_file, upload_file
+        from shared.storage import download_file
 
-        container = self.settings.work_container
-        if self.blobs.get_blob_client(container, message.styled).exists():
-            return BatchResult(job_id=message.job_id, batch=message.batch.index, attempt=message.attempt, succeeded=True,
-                               styled=message.styled, frames=message.batch.frame_count, worker=self.name,
-                               model_loads=self.worker.models.loads, delivery=delivery)
-        with tempfile.TemporaryDirectory(prefix="batch-") as scratch:
-            segment = Path(scratch) / posixpath.basename(message.segment)
+        if self.blobs.get_blob_client(self.settings.work_container, message.styled).exists():
+            return None, BatchResult(job_id=message.job_id, batch=message.batch.index, attempt=message.attempt, succeeded=True,
+                                     styled=message.styled, frames=message.batch.frame_count, worker=self.name,
+                                     model_loads=self.worker.models.loads, delivery=delivery)
+        scratch = tempfile.TemporaryDirectory(prefix="batch-")
+        try:
+            segment = Path(scratch.name) / posixpath.basename(message.segment)
             try:
-                download_file(self.blobs, container, message.segment, segment)
+                download_file(self.blobs, self.settings.work_container, message.segment, segment)
             except ResourceNotFoundError:
-                return self.failure(message, f"segment {message.segment} is gone (the job expired or was removed)", delivery)
+                scratch.cleanup()
+                return None, self.failure(message, f"segment {message.segment} is gone (the job expired or was removed)", delivery)
             try:
                 spec = self._model_spec(message)
             except ResourceNotFoundError:
-                return self.failure(message, f"style image {message.style_image} is not in the {self.settings.styles_container} container",
-                                    delivery)
-            styled = Path(scratch) / posixpath.basename(message.styled)
-            result = self.worker.style(message, segment, styled, delivery=delivery, spec=spec)
-            if result.succeeded:  # the rows first: a styled segment found in place is whole, rows and all
-                rows = Path(rows_name(str(styled)))
-                if rows.exists():
-                    upload_file(self.blobs, container, rows_name(message.styled), rows, {"job_id": message.job_id})
-                upload_file(self.blobs, container, message.styled, styled, {"job_id": message.job_id})
-        return result
+                scratch.cleanup()
+                return None, self.failure(
+                    message, f"style image {message.style_image} is not in the {self.settings.styles_container} container", delivery)
+        except BaseException:
+            scratch.cleanup()
+            raise
+        job = StyleJob(message, segment, Path(scratch.name) / posixpath.basename(message.styled), delivery, spec=spec)
+        self._scratch[job] = scratch
+        return job, None
+
+    def serve_queue(self, feed: QueueFeed) -> None:
+        """Style the queue's batches as one stream (:meth:`Worker.style_all`); upload each styled segment, with the
+        preview rows drawn beside it first (a styled segment found in place is then whole, rows and all), and answer."""
+        from shared.storage import upload_file
+
+        items: dict[StyleJob, QueueItem] = {}
+
+        def next_job(wait: bool) -> StyleJob | None:
+            item = feed.next(wait)
+            if item is None:
+                return None
+            items[item.work] = item
+            return item.work
+
+        def answer(job: StyleJob, result: BatchResult) -> None:
+            item, scratch, container = items.pop(job), self._scratch.pop(job), self.settings.work_container
+            try:
+                if result.succeeded:
+                    rows = Path(rows_name(str(job.styled)))
+                    if rows.exists():
+                        upload_file(self.blobs, container, rows_name(job.message.styled), rows, {"job_id": job.message.job_id})
+                    upload_file(self.blobs, container, job.message.styled, job.styled, {"job_id": job.message.job_id})
+            except Exception as exc:  # noqa: BLE001 - storage refused: another delivery does the batch again
+                item.leave(one_line(exc))
+            else:
+                item.answer(result)
+            finally:
+                scratch.cleanup()
+
+        self.worker.style_all(next_job, answer)
 
     def _model_spec(self, message: BatchMessage) -> ModelSpec:
         """The message's model, with its style picture (a blob in the styles container) fetched to a local file.

@@ -1,19 +1,25 @@
 """Queue mode: drain a work queue until idle, each item done once, none lost.
 
 The same loop serves every kind of work (video batches, model shards; :mod:`shared.work`): a worker
-takes one message at a time and keeps it invisible while its handler works (renewing the
-visibility timeout), posts the item's result on the kind's results queue, and only then deletes the
-message. If the worker dies, the message reappears after its visibility timeout and another worker
-does the item. A message delivered more than ``max_deliveries`` times (its workers died each time)
-goes to the poison queue and its item is reported failed for good, so the orchestration learns why.
-An item whose job or run has ended (its ``closed`` marker) is dropped.
+takes a message and keeps it invisible while its handler works (renewing the visibility timeout),
+posts the item's result on the kind's results queue, and only then deletes the message. If the
+worker dies, the message reappears after its visibility timeout and another worker does the item.
+A message delivered more than ``max_deliveries`` times (its workers died each time) goes to the
+poison queue and its item is reported failed for good, so the orchestration learns why. An item
+whose job or run has ended (its ``closed`` marker) is dropped.
+
+A handler that streams its items (batches: ``queue_ahead``) gets the next one taken, and what it
+needs fetched (the segment downloaded), while it works on the last; it then holds two messages.
 """
 
 from __future__ import annotations
 
 import logging
+import queue
 import threading
 import time
+from collections.abc import Callable
+from typing import Any
 
 from azure.core.exceptions import HttpResponseError, ResourceNotFoundError
 
@@ -24,6 +30,8 @@ from shared.storage import queue_client
 
 log = logging.getLogger("gpu_job.queue")
 POLL_MIN_S, POLL_MAX_S = 0.5, 5.0
+ITEMS_AHEAD = 1
+"""Messages a streaming handler's worker takes beyond the one it works on."""
 
 
 class VisibilityKeeper(threading.Thread):
@@ -56,6 +64,131 @@ class VisibilityKeeper(threading.Thread):
         return self.pop_receipt
 
 
+class QueueItem:
+    """A message taken from the work queue, held invisible until :meth:`answer` (or :meth:`leave`); ``work`` is
+    what the handler fetched for it."""
+
+    def __init__(self, worker: QueueWorker, queued, message, keeper: VisibilityKeeper) -> None:
+        self._worker, self._queued, self._keeper = worker, queued, keeper
+        self.message, self.delivery = message, queued.dequeue_count
+        self.work: Any = None
+        self.on_settled: Callable[[QueueItem], None] = lambda item: None
+
+    def answer(self, result) -> None:
+        """Post the result, then delete the message; if storage refuses, the message reappears and is done again."""
+        try:
+            self._worker.results.send_message(result.to_json())
+        except Exception as exc:  # noqa: BLE001 - storage unreachable and the like
+            self.leave(one_line(exc))
+            return
+        self._worker.delete(self._queued.id, self._keeper.stop())
+        self.on_settled(self)
+
+    def leave(self, why: str) -> None:
+        """Let the message reappear for another delivery, without a result."""
+        log.error("message %s left for another delivery: %s", self._queued.id, why)
+        self._keeper.stop()
+        self.on_settled(self)
+
+
+class QueueFeed:
+    """The work queue's items, as a handler takes them; ends once none has come for ``idle_s`` seconds.
+
+    With ``ahead``, a thread takes the next item, and has the handler fetch it, while the handler works on the
+    last: the worker then holds two messages. A worker that dies holding two uses up a delivery of both, so
+    nothing is taken behind a message delivered before (one whose worker may have died of it), and it is
+    left alone to use up its own deliveries (and the worker takes nothing ahead where a message may be delivered
+    only once: ``max_deliveries`` 1). Without ``ahead``, an item is taken and fetched when asked for.
+    Either way, an item with nothing to do (its result known from the fetch) is answered there and never offered.
+    """
+
+    def __init__(self, worker: QueueWorker, idle_s: float, ahead: bool) -> None:
+        self._worker, self._idle_s = worker, idle_s
+        self.handled = 0
+        self._ready: queue.Queue[QueueItem] = queue.Queue()
+        self._held: list[QueueItem] = []
+        """Taken and not yet settled: ready, or with the handler."""
+        self._changed = threading.Condition()
+        self._stop = threading.Event()
+        self._taker: threading.Thread | None = None
+        if ahead:
+            self._taker = threading.Thread(target=self._take_ahead, daemon=True)
+            self._taker.start()
+
+    def next(self, wait: bool = True) -> QueueItem | None:
+        """The next item; None once the queue has been idle for ``idle_s``, or (``wait`` False) when none is ready."""
+        if self._taker is None:
+            deadline = time.monotonic() + self._idle_s
+            return self._take(lambda: time.monotonic() >= deadline) if wait else None
+        try:
+            return self._ready.get(timeout=self._idle_s) if wait else self._ready.get_nowait()
+        except queue.Empty:
+            if not wait:
+                return None
+        with self._changed:
+            self._stop.set()
+            self._changed.notify_all()
+        self._taker.join()
+        try:
+            return self._ready.get_nowait()
+        except queue.Empty:
+            return None
+
+    def _take_ahead(self) -> None:
+        while True:
+            with self._changed:
+                self._changed.wait_for(lambda: self._stop.is_set() or (
+                    len(self._held) < ITEMS_AHEAD + 1 and all(item.delivery == 1 for item in self._held)))
+                if self._stop.is_set():
+                    return
+            item = self._take(self._stop.is_set)
+            if item is None:
+                return
+            with self._changed:
+                self._held.append(item)
+            item.on_settled = self._settled
+            self._ready.put(item)
+
+    def _settled(self, item: QueueItem) -> None:
+        with self._changed:
+            self._held.remove(item)
+            self._changed.notify_all()
+
+    def _take(self, give_up: Callable[[], bool]) -> QueueItem | None:
+        """Take messages until one has work to do (fetched); None once ``give_up()`` says so while the queue is empty."""
+        pause = POLL_MIN_S
+        while True:
+            try:
+                item = self._worker.take()
+            except Exception as exc:  # noqa: BLE001 - storage unreachable and the like: try again after a pause
+                log.error("could not take a message: %s", one_line(exc))
+                item = None
+            if isinstance(item, QueueItem):
+                self.handled += 1
+                if self._fetch(item):
+                    return item
+                pause = POLL_MIN_S
+            elif item is True:
+                self.handled += 1
+                pause = POLL_MIN_S
+            elif give_up() or self._stop.wait(pause):
+                return None
+            else:
+                pause = min(2 * pause, POLL_MAX_S)
+
+    def _fetch(self, item: QueueItem) -> bool:
+        """Have the handler fetch the item; False when that settled it."""
+        try:
+            item.work, result = self._worker.handler.fetch(item.message, item.delivery)
+        except Exception as exc:  # noqa: BLE001 - storage refused: another delivery may do better
+            item.leave(one_line(exc))
+            return False
+        if result is not None:
+            item.answer(result)
+            return False
+        return True
+
+
 class QueueWorker:
     def __init__(self, handler: WorkHandler, settings: Settings) -> None:
         self.handler, self.settings = handler, settings
@@ -66,33 +199,25 @@ class QueueWorker:
         self.poison = queue_client(settings, poison)
 
     def serve(self, idle_s: float) -> int:
-        """Take items until none has come for ``idle_s`` seconds; returns how many messages were handled."""
-        handled, idle_since, pause = 0, time.monotonic(), POLL_MIN_S
-        while True:
-            queued = self.work.receive_message(visibility_timeout=self.settings.visibility_timeout_s)
-            if queued is None:
-                if time.monotonic() - idle_since >= idle_s:
-                    log.info("idle for %.0f s after %d %s messages; stopping", idle_s, handled, self.handler.kind.name)
-                    return handled
-                time.sleep(pause)
-                pause = min(2 * pause, POLL_MAX_S)
-                continue
-            try:
-                self.handle(queued)
-            except Exception as exc:  # storage unreachable and the like: the message reappears and is done again
-                log.error("message %s left for another delivery: %s", queued.id, one_line(exc))
-            handled += 1
-            idle_since, pause = time.monotonic(), POLL_MIN_S
+        """Do items until none has come for ``idle_s`` seconds; returns how many messages were handled."""
+        feed = QueueFeed(self, idle_s, self.handler.queue_ahead and self.settings.max_deliveries > 1)
+        self.handler.serve_queue(feed)
+        log.info("idle for %.0f s after %d %s messages; stopping", idle_s, feed.handled, self.handler.kind.name)
+        return feed.handled
 
-    def handle(self, queued):
-        """Do one queue message; returns the result posted (None when none was)."""
+    def take(self) -> QueueItem | bool | None:
+        """Receive a message: None when the queue is empty; True when it was settled here (malformed, delivered too
+        often, or of a job that has ended); else the item to do, held invisible."""
+        queued = self.work.receive_message(visibility_timeout=self.settings.visibility_timeout_s)
+        if queued is None:
+            return None
         kind = self.handler.kind
         try:
             message = kind.parse(queued.content)
         except MessageError as exc:
             log.error("malformed %s message %s moved to %s: %s", kind.name, queued.id, self.poison_name, exc)
             self._to_poison(queued)
-            return None
+            return True
         label = kind.label(message)
         if queued.dequeue_count > self.settings.max_deliveries:
             result = self.handler.failure(
@@ -101,27 +226,21 @@ class QueueWorker:
                 queued.dequeue_count)
             self.results.send_message(result.to_json())
             self._to_poison(queued)
-            return result
+            return True
         if self.handler.closed(message):
             log.info("%s attempt %d belongs to a job that has ended; dropped", label, message.attempt)
             self.work.delete_message(queued.id, queued.pop_receipt)
-            return None
+            return True
         keeper = VisibilityKeeper(self.work, queued, self.settings.visibility_timeout_s)
         keeper.start()
-        try:
-            log.info("working on %s attempt %d (delivery %d)", label, message.attempt, queued.dequeue_count)
-            result = self.handler.queued(message, queued.dequeue_count)
-            self.results.send_message(result.to_json())
-        finally:
-            pop_receipt = keeper.stop()
-        self._delete(queued.id, pop_receipt)
-        return result
+        log.info("taken: %s attempt %d (delivery %d)", label, message.attempt, queued.dequeue_count)
+        return QueueItem(self, queued, message, keeper)
 
     def _to_poison(self, queued) -> None:
         self.poison.send_message(queued.content)
-        self._delete(queued.id, queued.pop_receipt)
+        self.delete(queued.id, queued.pop_receipt)
 
-    def _delete(self, message_id: str, pop_receipt: str) -> None:
+    def delete(self, message_id: str, pop_receipt: str) -> None:
         try:
             self.work.delete_message(message_id, pop_receipt)
         except (ResourceNotFoundError, HttpResponseError) as exc:

@@ -33,10 +33,14 @@ from shared.work import SHARDS
 
 if TYPE_CHECKING:
     from gpu_job.blob_cache import BlobCache
+    from gpu_job.queue_worker import QueueFeed
 
 
 class ShardWork:
     kind = SHARDS
+    queue_ahead = False
+    """From the queue, a shard is taken when the last is done: nothing streams across shards, and a shard held
+    ahead would wait while another worker could score it."""
 
     def __init__(self, settings: Settings) -> None:
         self.settings = settings
@@ -65,6 +69,14 @@ class ShardWork:
     def serve(self, feed: Feed) -> None:
         while (item := feed.next()) is not None:
             item.emit({"event": "result", **self._score(item.message).to_dict()})
+
+    def fetch(self, spec: ShardSpec, delivery: int) -> tuple[ShardSpec, None]:
+        """Nothing: :meth:`queued` fetches what a shard needs when its turn comes."""
+        return spec, None
+
+    def serve_queue(self, feed: QueueFeed) -> None:
+        while (item := feed.next()) is not None:
+            item.answer(self.queued(item.message, item.delivery))
 
     def _score(self, spec: ShardSpec) -> ShardResult:
         from shared.many_models.scoring import score_shard

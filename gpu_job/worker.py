@@ -5,7 +5,8 @@ a :class:`Worker` that styles them (:class:`gpu_job.batch_work.BatchWork`), or m
 (:class:`gpu_job.shard_work.ShardWork`). A local run feeds it messages as JSON lines on standard
 input (:func:`serve_stdio`), and may send the next before the last is answered: a batch worker
 then styles consecutive batches as one stream through the model. On Azure it drains its queue
-(:mod:`gpu_job.queue_worker`), one message at a time. Either way each item's outcome is a result.
+(:mod:`gpu_job.queue_worker`), taking the next batch while it styles the last, to the same effect.
+Either way each item's outcome is a result.
 """
 
 from __future__ import annotations
@@ -241,8 +242,15 @@ class WorkHandler(Protocol):
         """Do the items of ``feed`` (their paths are on this machine) until it ends, each answered with a ``result``
         event, in the order read; every failure becomes a result."""
 
-    def queued(self, message, delivery: int):
-        """Do an item from the queue (its files are blobs); ``delivery`` counts the message's deliveries."""
+    queue_ahead: bool
+    """From the queue, take the next item (and fetch it) while working on the last."""
+
+    def fetch(self, message, delivery: int) -> tuple[Any, Any]:
+        """For an item from the queue (its files are blobs; ``delivery`` counts the message's deliveries): what its
+        work needs, fetched, as (work, None); or (None, its result) when there is nothing to do."""
+
+    def serve_queue(self, feed) -> None:
+        """Do the items of a :class:`gpu_job.queue_worker.QueueFeed` until it ends, answering each."""
 
     def closed(self, message) -> bool:
         """Whether the item's job or run has ended, so the item is dropped."""

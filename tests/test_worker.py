@@ -7,6 +7,7 @@ import os
 import shutil
 import subprocess
 import sys
+import time
 from collections import deque
 from dataclasses import replace
 from pathlib import Path
@@ -107,8 +108,8 @@ def test_stdio_worker_styles_many_batches_with_one_model_load(segments, tmp_path
 class _CountingNetwork:
     """Inverts frames, reading two batches ahead as the engines do; counts its streams and fails at batch ``fail_at``."""
 
-    def __init__(self, fail_at: int | None = None) -> None:
-        self.streams, self.batches, self.fail_at = 0, 0, fail_at
+    def __init__(self, fail_at: int | None = None, seconds_per_batch: float = 0.0) -> None:
+        self.streams, self.batches, self.fail_at, self.seconds_per_batch = 0, 0, fail_at, seconds_per_batch
 
     def __call__(self, batches):
         self.streams += 1
@@ -118,6 +119,7 @@ class _CountingNetwork:
             if self.batches == self.fail_at:
                 raise RuntimeError("engine failed")
             ahead.append(frames)
+            time.sleep(self.seconds_per_batch)
             if len(ahead) > 2:
                 yield 255.0 - ahead.popleft()
         while ahead:
@@ -223,15 +225,23 @@ def _results(clients, settings) -> list[BatchResult]:
     return [BatchResult.from_json(m.content) for m in clients[settings.result_queue].receive_messages(messages_per_page=32)]
 
 
-def test_queue_worker_does_each_batch_once_and_deletes_it_after_reporting(queues, segments):
+def _enqueue(queues, segments, job_id: str, model: str, count: int | None = None) -> JobLayout:
+    """The first ``count`` batches' segments uploaded and their messages queued; the job's layout."""
     settings, service, clients = queues
     batches, sources = segments
-    layout = JobLayout("job-q")
-    for batch, source in zip(batches, sources):
+    layout = JobLayout(job_id)
+    for batch, source in list(zip(batches, sources))[:count]:
         upload_file(service, settings.work_container, layout.segment(batch), source)
-        message = BatchMessage(job_id="job-q", batch=batch, attempt=1, model="identity", segment=layout.segment(batch),
+        message = BatchMessage(job_id=job_id, batch=batch, attempt=1, model=model, segment=layout.segment(batch),
                                styled=layout.styled(f"{batch.name}.a1.mp4"))
         clients[settings.batch_queue].send_message(message.to_json())
+    return layout
+
+
+def test_queue_worker_does_each_batch_once_and_deletes_it_after_reporting(queues, segments):
+    settings, service, clients = queues
+    batches, _ = segments
+    layout = _enqueue(queues, segments, "job-q", "identity")
     worker = _queue_worker(settings)
     assert worker.serve(idle_s=1) == len(batches)
     results = _results(clients, settings)
@@ -240,6 +250,43 @@ def test_queue_worker_does_each_batch_once_and_deletes_it_after_reporting(queues
     assert clients[settings.batch_queue].get_queue_properties().approximate_message_count == 0
     for batch in batches:
         assert service.get_blob_client(settings.work_container, layout.styled(f"{batch.name}.a1.mp4")).exists()
+
+
+def test_queue_worker_takes_the_next_batch_while_styling_and_streams_them_through_the_model(queues, segments):
+    from gpu_job.batch_work import BatchWork
+    from gpu_job.queue_worker import QueueWorker
+
+    settings, service, clients = queues
+    batches, _ = segments
+    layout = _enqueue(queues, segments, "job-stream", "inverse")
+    network = _CountingNetwork(seconds_per_batch=0.05)  # long enough for the next batch to be taken and downloaded
+    worker = QueueWorker(BatchWork(_worker_with(network), settings), settings)
+    assert worker.serve(idle_s=1) == len(batches)
+    results = _results(clients, settings)
+    assert sorted(r.batch for r in results) == [b.index for b in batches] and all(r.succeeded for r in results)
+    assert network.streams == 1, "each batch was there before the one ahead of it left the model"
+    assert clients[settings.batch_queue].get_queue_properties().approximate_message_count == 0
+    for batch in batches:
+        blob = service.get_blob_client(settings.work_container, layout.styled(f"{batch.name}.a1.mp4"))
+        assert blob.get_blob_properties().metadata == {"job_id": "job-stream"}
+
+
+def test_queue_worker_takes_nothing_behind_a_redelivered_batch(queues, segments):
+    """A batch delivered before may have killed its worker: it is styled alone, so that if it kills this one too,
+    no other batch's message loses a delivery."""
+    from gpu_job.batch_work import BatchWork
+    from gpu_job.queue_worker import QueueWorker
+
+    settings, _, clients = queues
+    _enqueue(queues, segments, "job-again", "inverse", count=2)
+    batch_queue = clients[settings.batch_queue]
+    for taken in list(batch_queue.receive_messages(max_messages=2, visibility_timeout=30)):  # a worker that died holding both
+        batch_queue.update_message(taken, visibility_timeout=0)
+    network = _CountingNetwork(seconds_per_batch=0.05)
+    assert QueueWorker(BatchWork(_worker_with(network), settings), settings).serve(idle_s=1) == 2
+    results = _results(clients, settings)
+    assert sorted((r.batch, r.delivery, r.succeeded) for r in results) == [(0, 2, True), (1, 2, True)]
+    assert network.streams == 2, "the second was taken only once the first was answered"
 
 
 def test_queue_worker_reuses_a_styled_segment_and_drops_closed_jobs(queues, segments):
