@@ -114,6 +114,9 @@ class _Encoder(threading.Thread):
         self._tmp, self._settings, self._plan, self._on_frames = tmp, settings, plan, on_frames
         self._time_base, self._rate = timing
         self._key_times = key_times
+        self.closed = threading.Event()
+        self.after: threading.Event | None = None
+        """Set by :meth:`Segment.follow`: opens its encoder only once this is set (the segment before has closed its own)."""
 
     def run(self) -> None:
         try:
@@ -122,6 +125,8 @@ class _Encoder(threading.Thread):
             self.error = exc
             while self.inbox.get() is not _DONE:
                 pass
+        finally:
+            self.closed.set()
 
     def _encode(self) -> None:
         container = stream = None
@@ -129,6 +134,8 @@ class _Encoder(threading.Thread):
         try:
             for pts_list, rotation, frames in _items(self.inbox):
                 if container is None:
+                    if self.after is not None:
+                        self.after.wait()
                     container, stream = self._open(frames.shape[2], frames.shape[1], rotation)
                 for pts, rgb in zip(pts_list, frames):
                     frame = from_rgb(rgb, self._plan, reformatter)
@@ -210,6 +217,12 @@ class Segment:
             self._input_done = True
             self._check_styled()
 
+    def follow(self, previous: Segment) -> None:
+        """Open this segment's encoder only once ``previous`` has closed its own: two never hold their frame
+        buffers at once, so a worker's memory is that of one segment (its first frames wait in the encoder's
+        inbox meanwhile, for the few milliseconds of the flush)."""
+        self._writer.after = previous._writer.closed
+
     def deliver(self, pts_list: list, rotation: int, styled: np.ndarray) -> None:
         self._writer.inbox.put((pts_list, rotation, styled))
         self._delivered += 1
@@ -219,18 +232,22 @@ class Segment:
         """The model failed: unless every frame is styled already, no more come."""
         if not self.styled.is_set():
             self._error = self._error or error
-            self.styled.set()
+            self._end()
 
     def _check_styled(self) -> None:
-        if self._input_done and self._delivered == self._read:
-            self.styled.set()
+        if self._input_done and self._delivered == self._read and not self.styled.is_set():
+            self._end()
+
+    def _end(self) -> None:
+        """No more frames for the encoder: it flushes and closes now, whoever finishes the segment and whenever."""
+        self._writer.inbox.put(_DONE)
+        self.styled.set()
 
     def finish(self) -> ScoreResult:
-        """Once every frame read is styled: close the encoder and check what was decoded; commit the styled segment,
+        """Once every frame read is styled: wait for the encoder and check what was decoded; commit the styled segment,
         or discard it and raise the segment's error."""
         self.styled.wait()
         self._stop.set()
-        self._writer.inbox.put(_DONE)
         self._writer.join()
         _drain(self._decoded)
         self._reader.join()
@@ -277,12 +294,16 @@ def score_segments(requests: Iterable[T], open_segment: Callable[[T], Segment], 
             on_done(request, outcome)
 
     def groups() -> Iterator[tuple[Segment, list, int, np.ndarray]]:
+        last = None
         for request in requests:
             try:
                 segment = open_segment(request)
             except Exception as exc:
                 finishing.put((request, exc))
                 continue
+            if last is not None:
+                segment.follow(last)
+            last = segment
             finishing.put((request, segment))
             unstyled[:] = [*(s for s in unstyled if not s.styled.is_set()), segment]
             for pts_list, rotation, frames in segment.groups():
@@ -294,9 +315,14 @@ def score_segments(requests: Iterable[T], open_segment: Callable[[T], Segment], 
     try:
         for (segment, pts_list, rotation, _), frames in styled:
             segment.deliver(pts_list, rotation, frames)
-    except Exception as exc:  # the model failed: no segment still in it gets its frames
+    except BaseException as exc:  # the model failed (or we are interrupted): no segment still in it gets its frames
         for segment in unstyled:
             segment.abort(exc)
+        if not isinstance(exc, Exception):
+            raise
+    else:  # every segment is styled, unless the model gave back fewer batches than it took
+        for segment in unstyled:
+            segment.abort(RuntimeError(f"{styler.describe().get('model', 'the model')} returned fewer batches than it was given"))
     finally:
         styled.close()
         finishing.put(_DONE)

@@ -7,6 +7,7 @@ import os
 import shutil
 import subprocess
 import sys
+import threading
 import time
 from collections import deque
 from dataclasses import replace
@@ -173,6 +174,19 @@ def test_a_model_failing_mid_stream_fails_only_the_batch_in_it_and_the_next_stre
     assert results[1].error == "engine failed" and results[1].retryable
     assert not Path(messages[1].styled).exists(), "no styled segment written in part"
     assert network.streams == 2, "the batches not yet opened go through a new stream"
+
+
+def test_a_model_that_gives_back_fewer_batches_than_it_took_fails_the_batch_instead_of_hanging(segments, tmp_path):
+    batches, sources = segments
+    messages = _messages(batches[:2], sources, tmp_path, "short")
+    results: list = []
+    worker = _worker_with(lambda frames: (255.0 - batch for batch in list(frames)[:-1]))
+    thread = threading.Thread(target=lambda: results.extend(_style_all(worker, _jobs(messages))), daemon=True)
+    thread.start()
+    thread.join(timeout=60)
+    assert not thread.is_alive(), "the worker waits for frames that never come"
+    assert [r.succeeded for r in results] == [True, False]
+    assert results[1].error == "short returned fewer batches than it was given" and not Path(messages[1].styled).exists()
 
 
 def test_a_batch_for_another_model_starts_another_stream(segments, tmp_path):
