@@ -105,7 +105,8 @@ class WorkerProcess(Generic[M, R]):
 
 @dataclass(frozen=True)
 class Outcome(Generic[R]):
-    """One attempt at one item: its position in the list, its attempt number, result and duration."""
+    """One attempt at one item: its position in the list, its attempt number, result and duration (from when its worker
+    was free to start it: sent it, or done with the item before)."""
 
     index: int
     attempt: int
