@@ -15,7 +15,6 @@ needs fetched (the segment downloaded), while it works on the last; it then hold
 from __future__ import annotations
 
 import logging
-import queue
 import threading
 import time
 from collections.abc import Callable
@@ -23,7 +22,7 @@ from typing import Any
 
 from azure.core.exceptions import AzureError, HttpResponseError, ResourceNotFoundError
 
-from gpu_job.worker import WorkHandler, one_line
+from gpu_job.worker import Handoff, WorkHandler, one_line
 from shared.config import Settings
 from shared.messages import MessageError
 from shared.storage import queue_client
@@ -115,12 +114,11 @@ class QueueFeed:
     def __init__(self, worker: QueueWorker, idle_s: float, ahead: bool) -> None:
         self._worker, self._idle_s = worker, idle_s
         self.handled = 0
-        self._ready: queue.Queue[QueueItem | None] = queue.Queue()
+        self._ready: Handoff[QueueItem] = Handoff()
         self._held: list[QueueItem] = []
         """Taken and not yet settled: ready, or with the handler."""
         self._changed = threading.Condition()
         self._idle_since = time.monotonic()
-        self._ended = False
         self._taker: threading.Thread | None = None
         if ahead:
             self._taker = threading.Thread(target=self._take_ahead, daemon=True)
@@ -128,17 +126,10 @@ class QueueFeed:
 
     def next(self, wait: bool = True) -> QueueItem | None:
         """The next item; None once the feed has ended, or (``wait`` False) when none is ready."""
-        if self._ended:
-            return None
         if self._taker is None:
             self._idle_since = time.monotonic()
             return self._take(self._idle) if wait else None
-        try:
-            item = self._ready.get(block=wait)
-        except queue.Empty:
-            return None
-        self._ended = item is None
-        return item
+        return self._ready.next(wait)
 
     def _take_ahead(self) -> None:
         try:
@@ -152,7 +143,7 @@ class QueueFeed:
                 with self._changed:
                     self._changed.wait_for(lambda: len(self._held) <= ITEMS_AHEAD and all(held.delivery == 1 for held in self._held))
         finally:
-            self._ready.put(None)
+            self._ready.end()
 
     def _idle(self) -> bool:
         """The worker holds no item, and has taken none for ``idle_s`` seconds."""

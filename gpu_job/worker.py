@@ -22,7 +22,7 @@ from collections import OrderedDict
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Protocol, TextIO
+from typing import TYPE_CHECKING, Any, Generic, Protocol, TextIO, TypeVar
 
 from gpu_job.command import WorkerOptions
 from shared.errors import InvalidInputError
@@ -33,6 +33,7 @@ if TYPE_CHECKING:
     from gpu_job.scorer import Segment, SegmentOutcome
     from gpu_job.styler import FrameStyler
 
+T = TypeVar("T")
 AUTO_BATCH = {"cpu": 1, "cuda": 8}
 MODEL_CACHE_SIZE = 4
 
@@ -194,12 +195,37 @@ class FeedItem:
     emit: Callable[[dict], None]
 
 
+class Handoff(Generic[T]):
+    """Items passed from the thread that takes them to the worker that does them, until :meth:`end`; from there on,
+    :meth:`next` gives None for good. Both feeds (stdio and queue) hand their items over through one."""
+
+    def __init__(self) -> None:
+        self._items: queue.Queue[T | None] = queue.Queue()
+        self._ended = False
+
+    def put(self, item: T) -> None:
+        self._items.put(item)
+
+    def end(self) -> None:
+        self._items.put(None)
+
+    def next(self, wait: bool = True) -> T | None:
+        """The next item; None at the end, or (``wait`` False) when none is there yet."""
+        if self._ended:
+            return None
+        try:
+            item = self._items.get(block=wait)
+        except queue.Empty:
+            return None
+        self._ended = item is None
+        return item
+
+
 class Feed:
     """The messages of a stdio worker's input, read by a thread so that a worker busy with one sees whether the next has come."""
 
     def __init__(self, source: TextIO, kind: WorkKind, emit: Callable[[dict], None]) -> None:
-        self._items: queue.Queue[FeedItem | None] = queue.Queue()
-        self._ended = False
+        self._items: Handoff[FeedItem] = Handoff()
         self._source, self._kind, self._emit = source, kind, emit
         threading.Thread(target=self._read, daemon=True).start()
 
@@ -215,18 +241,11 @@ class Feed:
                     continue
                 self._items.put(FeedItem(number, message, lambda event, n=number: self._emit({**event, "item": n})))
         finally:  # input closed, or unreadable: the worker ends once it has answered what it took
-            self._items.put(None)
+            self._items.end()
 
     def next(self, wait: bool = True) -> FeedItem | None:
         """The next message; None once the input has closed, or (``wait`` False) when none has come yet."""
-        if self._ended:
-            return None
-        try:
-            item = self._items.get(block=wait)
-        except queue.Empty:
-            return None
-        self._ended = item is None
-        return item
+        return self._items.next(wait)
 
 
 class WorkHandler(Protocol):
