@@ -276,8 +276,13 @@ def shown_at(packet: av.Packet) -> Fraction | None:
     return packet.pts * packet.time_base
 
 
+def in_span(t: Fraction, start: Fraction, end: Fraction | None) -> bool:
+    """Whether a frame shown at ``t`` belongs to the span ``start <= t < end`` (a batch's; ``end`` None: to the end)."""
+    return t >= start and (end is None or t < end)
+
+
 def frame_times(path: str | os.PathLike[str], start: Fraction, end: Fraction | None) -> list[Fraction]:
     """Times (seconds), in display order, of the frames of the first video stream of ``path`` shown at ``start <= t < end``, from packets alone."""
     with av.open(str(path)) as container:
         shown = (shown_at(packet) for packet in container.demux(container.streams.video[0]))
-        return sorted(t for t in shown if t is not None and t >= start and (end is None or t < end))
+        return sorted(t for t in shown if t is not None and in_span(t, start, end))

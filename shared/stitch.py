@@ -13,7 +13,7 @@ import av
 
 from shared.errors import PipelineError
 from shared.plan import Batch
-from shared.probe import frame_times, shown_at
+from shared.probe import frame_times, in_span, shown_at
 from shared.split import ISO_MUXERS, copy_muxer, muxer_for
 
 
@@ -88,7 +88,7 @@ def skipped_frames(batches: Sequence[Batch], shown: Sequence[Sequence[Fraction]]
     """
     skipped: list[Fraction] = []
     for position, (batch, times) in enumerate(zip(batches, shown, strict=True)):
-        styled = {t for t in times if t >= batch.start_time and (batch.end_time is None or t < batch.end_time)}
+        styled = {t for t in times if in_span(t, batch.start_time, batch.end_time)}
         if len(styled) < batch.frame_count:
             skipped += sorted(set(frame_times(segment(position), batch.start_time, batch.end_time)) - styled)
     return skipped
