@@ -103,7 +103,7 @@ def enqueue_batches(request: dict, limits: Settings = settings) -> int:
         batch = Batch.from_dict(item["batch"])
         message = BatchMessage(
             job_id=job["job_id"], batch=batch, attempt=item["attempt"], model=job["style"],
-            segment=layout.segment(batch), styled=layout.styled(styled_name(batch, item["attempt"])),
+            segment=layout.segment(batch), styled=layout.styled(styled_name(batch.index, item["attempt"])),
             precision=limits.precision, style_image=job.get("style_image"),
             preview_frames=preview_offsets(batch, request["frames"]),
         )
@@ -117,10 +117,12 @@ def stitch_job(request: dict, limits: Settings = settings) -> dict:
     service = blob_service(limits)
     names = output_names(job["input_blob"], job["style"], plan["output_suffix"])
     batches = [Batch.from_dict(item) for item in plan["batches"]]
-    stitched = [*request["styled"], *([plan["tracks_blob"]] if plan["tracks_blob"] else [])]
+    attempts = {int(index): count for index, count in request["attempts"].items()}
+    styled_blobs = [layout.styled(styled_name(batch.index, attempts[batch.index])) for batch in batches]
+    stitched = [*styled_blobs, *([plan["tracks_blob"]] if plan["tracks_blob"] else [])]
     needed = 2 * _blob_bytes(service, limits.work_container, stitched)
     with scratch("stitch-", needed, names["video"]) as folder:
-        styled = [download_file(service, limits.work_container, blob, folder / "styled" / Path(blob).name) for blob in request["styled"]]
+        styled = [download_file(service, limits.work_container, blob, folder / "styled" / Path(blob).name) for blob in styled_blobs]
         tracks = download_file(service, limits.work_container, plan["tracks_blob"], folder / Path(plan["tracks_blob"]).name) if plan["tracks_blob"] else None
         video = folder / f"output{plan['output_suffix']}"
         shown = stitch(styled, tracks, video)
@@ -131,7 +133,7 @@ def stitch_job(request: dict, limits: Settings = settings) -> dict:
             return local if local.exists() else download_file(service, limits.work_container, blob, local)
 
         skipped = skipped_frames(batches, shown, segment)
-        preview = write_preview(_preview_rows(service, limits, [request["styled"][position] for position in sampled_batches(batches)],
+        preview = write_preview(_preview_rows(service, limits, [styled_blobs[position] for position in sampled_batches(batches)],
                                               folder / "rows"), folder / "preview.png")
         done_by = {int(index): facts for index, facts in request["done_by"].items()}
         styler = next((facts["styler"] for facts in done_by.values() if facts.get("styler")), {})
@@ -142,7 +144,6 @@ def stitch_job(request: dict, limits: Settings = settings) -> dict:
                            frames=plan["frames"] - len(skipped), status="succeeded",
                            notes=plan["notes"] + ([skipped_note(skipped, plan["frames"])] if skipped else []),
                            skipped_frames=[round(float(t), 6) for t in skipped])
-        attempts = {int(index): count for index, count in request["attempts"].items()}
         report.batches = [BatchRecord(b["index"], b["first_frame"], b["frame_count"], seconds=done_by[b["index"]]["seconds"],
                                       attempts=attempts[b["index"]], worker=done_by[b["index"]]["worker"]) for b in plan["batches"]]
         report.worker_stats = worker_stats(done_by.values())

@@ -10,7 +10,9 @@ import azure.functions as func
 
 from function_app.orchestrator import RESULT_EVENT
 from shared.config import Settings
-from shared.messages import BatchResult, MessageError
+from shared.messages import BatchResult, MessageError, styled_name
+from shared.names import check_job_id
+from shared.storage import JobLayout
 
 bp = df.Blueprint()
 settings = Settings.from_env()
@@ -35,8 +37,15 @@ async def deliver(client: df.DurableOrchestrationClient, instance_id: str, event
 
 
 async def deliver_result(body: str, client: df.DurableOrchestrationClient) -> BatchResult | None:
-    """A batch result from the results queue to its job's orchestration (a malformed one raises, see :func:`deliver`)."""
+    """A batch result from the results queue to its job's orchestration (a malformed one raises, see :func:`deliver`).
+
+    A result is outside input too: its job id must be a video job's, and a styled segment it names must be the one
+    its job's layout gives for its batch and attempt (the stitch derives the names again, and takes none from it)."""
     result = BatchResult.from_json(body)
+    check_job_id(result.job_id)
+    expected = JobLayout(result.job_id).styled(styled_name(result.batch, result.attempt))
+    if result.styled is not None and result.styled != expected:
+        raise MessageError(f"the result of batch {result.batch} attempt {result.attempt} names a styled segment that is not its own")
     what = f"the result of batch {result.batch} attempt {result.attempt}"
     return result if await deliver(client, result.job_id, RESULT_EVENT, result.to_dict(), what) else None
 

@@ -18,6 +18,8 @@ from datetime import timedelta
 
 import azure.durable_functions as df
 
+from shared.errors import public
+
 
 class WorkersUnavailable(Exception):
     """Workers could not be started (the compute service refused or failed): the job cannot progress."""
@@ -133,12 +135,12 @@ def collect(context: df.DurableOrchestrationContext, work: Work, progress: Progr
                 done[key] = result
                 context.set_custom_status(work.status(done, errors, progress.workers))
                 continue
-            last_error[key] = f"{work.name(key)} attempt {result.attempt} failed: {result.error}"
+            last_error[key] = public(f"{work.name(key)} attempt {result.attempt} failed: {result.error}")
             errors.append(last_error[key])
             if not result.retryable:
                 if work.give_up is None:
                     _cancel(deadline, check)
-                    raise ItemFailed(f"{work.name(key)} failed: {result.error}")
+                    raise ItemFailed(public(f"{work.name(key)} failed: {result.error}"))
                 done[key] = result
                 context.set_custom_status(work.status(done, errors, progress.workers))
                 continue
@@ -172,6 +174,7 @@ def _cancel(*timers) -> None:
 
 
 def reason(exc: Exception) -> str:
-    """The activity's own message: the Durable SDK wraps it as 'Reason \\n Details'."""
+    """The activity's own message, fit to show (:func:`shared.errors.public`): the Durable SDK wraps it as
+    'Reason \\n Details'."""
     text = str(exc).strip()
-    return text.split("\n")[0].strip() or type(exc).__name__
+    return public(text.split("\n")[0].strip()) or type(exc).__name__

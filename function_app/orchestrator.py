@@ -63,8 +63,7 @@ def stylize_orchestrator(context: df.DurableOrchestrationContext):
     context.set_custom_status(_status("stitching", plan, len(done), frames_done))
     done_by = {index: {"worker": result.worker, "model_loads": result.model_loads, "seconds": result.seconds, "styler": result.styler}
                for index, result in done.items()}
-    request = {"job": job, "plan": plan, "styled": [done[index].styled for index in sorted(done)], "attempts": progress.attempts,
-               "errors": errors, "done_by": done_by}
+    request = {"job": job, "plan": plan, "attempts": progress.attempts, "errors": errors, "done_by": done_by}
     try:
         outputs = yield context.call_activity("stitch_job", request)
     except Exception as exc:

@@ -5,22 +5,40 @@ Clients and the work-container layout are in :mod:`shared.storage`, shared with 
 
 from __future__ import annotations
 
+import hashlib
 import json
-import posixpath
 
 import azure.functions as func
 
+from gpu_job.styles import STYLE_NAME_MAX_CHARS
 from shared.config import Settings
+from shared.errors import public
+from shared.names import UPLOAD_NAME_MAX_CHARS, UnsafeNameError, check_blob_name
 from shared.storage import blob_service
 
 
 def output_names(input_blob: str, style: str, suffix: str = ".mp4") -> dict[str, str]:
-    """Output blob names for an input: ``holiday/trip.mp4`` styled ``candy`` -> ``holiday/trip.candy.mp4`` and friends.
+    """Output blob names for an input: ``holiday/trip.mov`` styled ``candy`` -> ``holiday/trip.mov.candy.mp4`` and friends.
 
-    ``suffix`` is the container :func:`shared.containers.output_container` picked for the input's tracks.
+    The input's whole name is kept, so distinct inputs (``clip.mp4``, ``clip.mkv``) never write the same outputs; the
+    upload trigger bounds it and the style (:data:`shared.names.UPLOAD_NAME_MAX_CHARS`,
+    :data:`gpu_job.styles.STYLE_NAME_MAX_CHARS`), so every name stays under Azure's bound. ``suffix`` is the
+    container :func:`shared.containers.output_container` picked for the input's tracks.
     """
-    stem = posixpath.splitext(input_blob)[0]
-    return {"video": f"{stem}.{style}{suffix}", "preview": f"{stem}.{style}.preview.png", "report": f"{stem}.{style}.report.json"}
+    base = f"{input_blob}.{style}"
+    return {"video": f"{base}{suffix}", "preview": f"{base}.preview.png", "report": f"{base}.report.json"}
+
+
+def error_report_name(input_blob: str, style: str) -> str:
+    """Where an upload's error report goes: beside its outputs (``<name>.<style>.error.json``); for a name or style
+    that is not safe to build a blob name from, ``refused/<hash of the name>.error.json``."""
+    try:
+        check_blob_name(input_blob, "upload name", UPLOAD_NAME_MAX_CHARS)
+        if len(style) > STYLE_NAME_MAX_CHARS or not style.isprintable():
+            raise UnsafeNameError("unsafe style")
+    except UnsafeNameError:
+        return f"refused/{hashlib.sha256(input_blob.encode('utf-8', 'surrogatepass')).hexdigest()[:32]}.error.json"
+    return f"{input_blob}.{style}.error.json"
 
 
 def blob_trigger_source(settings: Settings) -> func.BlobSource:
@@ -30,7 +48,7 @@ def blob_trigger_source(settings: Settings) -> func.BlobSource:
 
 def write_error_report(settings: Settings, input_blob: str, style: str, error: str, job_id: str | None = None) -> str:
     """A JSON error report where the output would have been (``<stem>.<style>.error.json``); never touches the input."""
-    name = output_names(input_blob, style)["report"].replace(".report.json", ".error.json")
-    body = json.dumps({"input": input_blob, "style": style, "status": "failed", "error": error, "job_id": job_id}, indent=2)
+    name = error_report_name(input_blob, style)
+    body = json.dumps({"input": input_blob, "style": style, "status": "failed", "error": public(error), "job_id": job_id}, indent=2)
     blob_service(settings).get_blob_client(settings.output_container, name).upload_blob(body.encode(), overwrite=True)
     return name

@@ -16,6 +16,7 @@ from function_app.storage import blob_trigger_source, write_error_report
 from gpu_job.styles import ARBITRARY, STYLE_IMAGE_MAX_BYTES, check_style_image, is_known_style
 from shared.config import Settings
 from shared.errors import InvalidInputError
+from shared.names import UPLOAD_NAME_MAX_CHARS, UnsafeNameError, check_blob_name, shown
 from shared.storage import blob_service
 
 bp = df.Blueprint()
@@ -52,6 +53,10 @@ def style_for(blob_name: str, metadata: dict[str, str], default: str) -> str:
 
 def check_upload(blob_name: str, size: int, style: str, limits: Settings) -> str | None:
     """The reason to refuse an upload before any work, or None."""
+    try:
+        check_blob_name(blob_name, "upload name", UPLOAD_NAME_MAX_CHARS)
+    except UnsafeNameError as exc:
+        return str(exc)
     extension = posixpath.splitext(blob_name)[1].lower()
     if extension not in limits.allowed_extensions:
         return f"{blob_name}: extension {extension or '(none)'} is not accepted (use {', '.join(limits.allowed_extensions)})"
@@ -60,7 +65,7 @@ def check_upload(blob_name: str, size: int, style: str, limits: Settings) -> str
     if size > limits.max_upload_bytes:
         return f"{blob_name}: {size} bytes is over the limit of {limits.max_upload_bytes}"
     if not is_known_style(style):
-        return f"{blob_name}: unknown style {style!r} (`stylize styles` lists the names)"
+        return f"{blob_name}: unknown style {shown(style)} (`stylize styles` lists the names)"
     return None
 
 
@@ -69,7 +74,11 @@ def check_style_image_blob(style: str, style_image: str | None, limits: Settings
     if style_image is None:
         return f"style {ARBITRARY!r} needs metadata {STYLE_IMAGE_METADATA_KEY}=<picture in container {limits.styles_container}>" if style == ARBITRARY else None
     if style != ARBITRARY:
-        return f"metadata {STYLE_IMAGE_METADATA_KEY} goes with style {ARBITRARY!r}, not {style!r}"
+        return f"metadata {STYLE_IMAGE_METADATA_KEY} goes with style {ARBITRARY!r}, not {shown(style)}"
+    try:
+        check_blob_name(style_image, f"metadata {STYLE_IMAGE_METADATA_KEY}")
+    except UnsafeNameError as exc:
+        return str(exc)
     picture = blob_service(limits).get_blob_client(limits.styles_container, style_image)
     try:
         size = picture.get_blob_properties().size

@@ -24,7 +24,9 @@ from typing import TYPE_CHECKING
 from gpu_job.worker import Feed, FeedItem, StyleJob, Worker, one_line
 from shared.atomic import atomic_path
 from shared.config import Settings
-from shared.messages import BatchMessage, BatchResult, ModelSpec
+from gpu_job.styles import ARBITRARY, is_known_style
+from shared.messages import BatchMessage, BatchResult, MessageError, ModelSpec, styled_name
+from shared.names import LOCAL_JOB_ID, check_blob_name, check_job_id, shown
 from shared.preview import rows_name
 from shared.work import BATCHES
 
@@ -32,6 +34,7 @@ if TYPE_CHECKING:
     from gpu_job.queue_worker import QueueFeed, QueueItem
 
 
+PRECISIONS = ("auto", "fp32")
 PROGRESS_INTERVAL_S = 0.2
 """Frames events go out at most this often: one per frame would cost the model's cores a pipe write and a parse each."""
 
@@ -97,6 +100,25 @@ class BatchWork:
 
         self.worker.style_all(next_job, answer)
 
+    def check_queued(self, message: BatchMessage) -> BatchMessage:
+        """The message, if it may be acted on from the queue: a video job's id, a model by name, a style picture in
+        the styles container, and exactly the segment and styled names its job's layout gives (:func:`queued_names`);
+        else :class:`MessageError`. A message is never trusted with a path or a blob of its choosing."""
+        check_job_id(message.job_id)
+        if message.job_id == LOCAL_JOB_ID:
+            raise MessageError("batch message names the local runner's job")
+        if (message.segment, message.styled) != queued_names(message):
+            raise MessageError(f"batch message for {message.batch.name} names blobs that are not its job's")
+        if not is_known_style(message.model):
+            raise MessageError(f"batch message names model {shown(message.model)}, which is no style name")
+        if message.precision not in PRECISIONS:
+            raise MessageError(f"batch message names precision {shown(message.precision)}")
+        if (message.model == ARBITRARY) != (message.style_image is not None):
+            raise MessageError(f"batch message gives a style picture with model {shown(message.model)}, or none with {ARBITRARY!r}")
+        if message.style_image is not None:
+            check_blob_name(message.style_image, "style picture")
+        return message
+
     def closed(self, message: BatchMessage) -> bool:
         from shared.storage import job_closed
 
@@ -113,18 +135,19 @@ class BatchWork:
 
         from shared.storage import download_file
 
-        if self.blobs.get_blob_client(self.settings.work_container, message.styled).exists():
+        segment_blob, styled_blob = queued_names(message)
+        if self.blobs.get_blob_client(self.settings.work_container, styled_blob).exists():
             return None, BatchResult(job_id=message.job_id, batch=message.batch.index, attempt=message.attempt, succeeded=True,
-                                     styled=message.styled, frames=message.batch.frame_count, worker=self.name,
+                                     styled=styled_blob, frames=message.batch.frame_count, worker=self.name,
                                      model_loads=self.worker.models.loads, delivery=delivery)
         scratch = tempfile.TemporaryDirectory(prefix="batch-")
         try:
-            segment = Path(scratch.name) / posixpath.basename(message.segment)
+            segment = Path(scratch.name) / posixpath.basename(segment_blob)
             try:
-                download_file(self.blobs, self.settings.work_container, message.segment, segment)
+                download_file(self.blobs, self.settings.work_container, segment_blob, segment)
             except ResourceNotFoundError:
                 scratch.cleanup()
-                return None, self.failure(message, f"segment {message.segment} is gone (the job expired or was removed)", delivery)
+                return None, self.failure(message, f"segment of {message.batch.name} is gone (the job expired or was removed)", delivery)
             try:
                 spec = self._model_spec(message)
             except ResourceNotFoundError:
@@ -134,7 +157,7 @@ class BatchWork:
         except BaseException:
             scratch.cleanup()
             raise
-        job = StyleJob(message, segment, Path(scratch.name) / posixpath.basename(message.styled), delivery, spec=spec)
+        job = StyleJob(message, segment, Path(scratch.name) / posixpath.basename(styled_blob), delivery, spec=spec)
         self._scratch[job] = scratch
         return job, None
 
@@ -154,12 +177,13 @@ class BatchWork:
 
         def answer(job: StyleJob, result: BatchResult) -> None:
             item, scratch, container = items.pop(job), self._scratch.pop(job), self.settings.work_container
+            styled_blob = queued_names(job.message)[1]
             try:
                 if result.succeeded:
                     rows = Path(rows_name(str(job.styled)))
                     if rows.exists():
-                        upload_file(self.blobs, container, rows_name(job.message.styled), rows, {"job_id": job.message.job_id})
-                    upload_file(self.blobs, container, job.message.styled, job.styled, {"job_id": job.message.job_id})
+                        upload_file(self.blobs, container, rows_name(styled_blob), rows, {"job_id": job.message.job_id})
+                    upload_file(self.blobs, container, styled_blob, job.styled, {"job_id": job.message.job_id})
             except Exception as exc:  # noqa: BLE001 - storage refused: another delivery does the batch again
                 item.leave(one_line(exc))
             else:
@@ -173,7 +197,8 @@ class BatchWork:
         """The message's model, with its style picture (a blob in the styles container) fetched to a local file.
 
         The file is named after the blob's name and ETag, so every batch of a job shares one cache entry
-        (one model load), and a replaced picture is a new one.
+        (one model load), and a replaced picture is a new one. It is kept beside the model cache, not in it, under
+        one fixed suffix: whatever its blob is called, no picture can pass for a checkpoint.
         """
         from shared.storage import download_file
 
@@ -183,8 +208,24 @@ class BatchWork:
         blob = self.blobs.get_blob_client(self.settings.styles_container, spec.style_image)
         etag = blob.get_blob_properties().etag
         key = hashlib.sha256(f"{spec.style_image}\n{etag}".encode()).hexdigest()[:32]
-        local = self.settings.model_cache_dir / "style-images" / f"{key}{posixpath.splitext(spec.style_image)[1]}"
+        local = style_picture_cache(self.settings) / f"{key}{STYLE_PICTURE_SUFFIX}"
         if not local.exists():
             with atomic_path(local) as partial:
                 download_file(self.blobs, self.settings.styles_container, spec.style_image, partial)
         return replace(spec, style_image=str(local))
+
+
+STYLE_PICTURE_SUFFIX = ".picture"
+
+
+def style_picture_cache(settings: Settings) -> Path:
+    """Where a queue worker keeps the style pictures it fetched: beside the model cache, never inside it."""
+    return settings.model_cache_dir.parent / "style-pictures"
+
+
+def queued_names(message: BatchMessage) -> tuple[str, str]:
+    """The work container's blobs of a queued batch, from its job's layout: (segment, styled segment)."""
+    from shared.storage import JobLayout
+
+    layout = JobLayout(message.job_id)
+    return layout.segment(message.batch), layout.styled(styled_name(message.batch.index, message.attempt))

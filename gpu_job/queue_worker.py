@@ -14,6 +14,8 @@ needs fetched (the segment downloaded), while it works on the last; it then hold
 
 from __future__ import annotations
 
+import base64
+import binascii
 import logging
 import threading
 import time
@@ -24,7 +26,6 @@ from azure.core.exceptions import AzureError, HttpResponseError, ResourceNotFoun
 
 from gpu_job.worker import Handoff, WorkHandler, one_line
 from shared.config import Settings
-from shared.messages import MessageError
 from shared.storage import queue_client
 
 log = logging.getLogger("gpu_job.queue")
@@ -195,7 +196,8 @@ class QueueWorker:
     def __init__(self, handler: WorkHandler, settings: Settings) -> None:
         self.handler, self.settings = handler, settings
         work, results, poison = handler.kind.queues(settings)
-        self.work = queue_client(settings, work)
+        self.work = queue_client(settings, work, decode=False)
+        """Read undecoded: a body that is not Base64 must be poisoned here, not fail every receive."""
         self.results = queue_client(settings, results)
         self.poison_name = poison
         self.poison = queue_client(settings, poison)
@@ -215,18 +217,21 @@ class QueueWorker:
             return None
         kind = self.handler.kind
         try:
-            message = kind.parse(queued.content)
-        except MessageError as exc:
-            log.error("malformed %s message %s moved to %s: %s", kind.name, queued.id, self.poison_name, exc)
+            message = self.handler.check_queued(kind.parse(_decoded(queued.content)))
+            label = kind.label(message)
+        except Exception as exc:  # noqa: BLE001 - whatever is wrong with a message, it will be wrong again: never retried
+            log.error("malformed %s message %s moved to %s: %s", kind.name, queued.id, self.poison_name, one_line(exc))
             self._to_poison(queued)
             return True
-        label = kind.label(message)
         if queued.dequeue_count > self.settings.max_deliveries:
             result = self.handler.failure(
                 message, (f"{label} attempt {message.attempt} was delivered {queued.dequeue_count - 1} times and its worker "
                           f"stopped each time (killed, out of memory or pre-empted); moved to {self.poison_name}"),
                 queued.dequeue_count)
-            self.results.send_message(result.to_json())
+            try:
+                self.results.send_message(result.to_json())
+            except Exception as exc:  # noqa: BLE001 - the item's deadline reports it instead; the message must not come back
+                log.error("could not report %s as failed (%s); its orchestration's deadline will", label, one_line(exc))
             self._to_poison(queued)
             return True
         if self.handler.closed(message):
@@ -239,7 +244,8 @@ class QueueWorker:
         return QueueItem(self, queued, message, keeper)
 
     def _to_poison(self, queued) -> None:
-        self.poison.send_message(queued.content)
+        """Keep the message's body, as it was sent, in the poison queue; then delete it here."""
+        self.poison.send_message(_decoded(queued.content, strict=False))
         self.delete(queued.id, queued.pop_receipt)
 
     def delete(self, message_id: str, pop_receipt: str) -> None:
@@ -247,3 +253,14 @@ class QueueWorker:
             self.work.delete_message(message_id, pop_receipt)
         except (ResourceNotFoundError, HttpResponseError) as exc:
             log.warning("message %s was taken over by another worker before it could be deleted (%s)", message_id, one_line(exc))
+
+
+def _decoded(content: str, strict: bool = True) -> str:
+    """A message's text, sent Base64-encoded (the Functions convention); not strict: the body as it came when it is not
+    Base64 text."""
+    try:
+        return base64.b64decode(content, validate=True).decode("utf-8")
+    except (binascii.Error, ValueError, UnicodeDecodeError):
+        if strict:
+            raise ValueError("the body is not Base64-encoded UTF-8 text") from None
+        return content

@@ -28,7 +28,9 @@ from gpu_job.worker import Feed, one_line
 from shared.config import Settings
 from shared.errors import InvalidInputError
 from shared.many_models.manifest import MANIFEST_NAME
-from shared.many_models.shards import ShardResult, ShardSpec
+from shared.many_models.shards import QUEUED_MODELS_MAX, ShardResult, ShardSpec, shard_id
+from shared.messages import MessageError
+from shared.names import check_run_id, shown
 from shared.work import SHARDS
 
 if TYPE_CHECKING:
@@ -85,6 +87,23 @@ class ShardWork:
             return score_shard(spec)
         except Exception as exc:  # reported to whoever sent the shard, which decides about retrying
             return ShardResult.all_failed(spec, one_line(exc), retryable=not isinstance(exc, InvalidInputError), worker=self.name)
+
+    def check_queued(self, spec: ShardSpec) -> ShardSpec:
+        """The shard, if it may be acted on from the queue: a run's id, the id its window and keys give, at most
+        :data:`QUEUED_MODELS_MAX` models, the configured readings and models, and its run's shards folder; else
+        :class:`MessageError`. A message is never trusted with a path or a blob of its choosing."""
+        from shared.many_models.run_state import SHARDS_DIR
+        from shared.storage import run_prefix
+
+        check_run_id(spec.run_id)
+        if spec.run_id != spec.window.run_id or spec.shard_id != shard_id(spec.window, spec.keys):
+            raise MessageError(f"shard {shown(spec.shard_id)} does not match its window and models")
+        if len(spec.keys) > QUEUED_MODELS_MAX:
+            raise MessageError(f"shard {spec.shard_id} holds {len(spec.keys)} models (at most {QUEUED_MODELS_MAX} from the queue)")
+        expected = ("", self.settings.sensor_data_blob, run_prefix(spec.run_id) + SHARDS_DIR)
+        if (spec.models_dir, spec.data, spec.out_dir) != expected:
+            raise MessageError(f"shard {spec.shard_id} names folders or readings that are not its run's")
+        return spec
 
     def closed(self, spec: ShardSpec) -> bool:
         from shared.storage import CLOSED_MARKER, run_prefix

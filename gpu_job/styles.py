@@ -6,6 +6,7 @@ No torch and no inference engine here: the Function app checks uploads against t
 from __future__ import annotations
 
 import io
+import math
 
 from shared.errors import InvalidInputError
 
@@ -45,10 +46,15 @@ ARBITRARY = "arbitrary"
 BUILTIN_MODELS = ("identity", "random")
 BLEND_SEPARATOR = "+"
 STYLE_IMAGE_MAX_BYTES = 32 * 1024**2
+STYLE_NAME_MAX_CHARS = 100
+"""A style's name, a blend's included: it becomes part of the output's name, which Azure bounds."""
 
 
 def parse_blend(spec: str) -> dict[str, float] | None:
-    """``starry`` or ``starry+ember`` or ``starry:0.7+ember:0.3`` -> normalised weights; None if not built-in style names."""
+    """``starry`` or ``starry+ember`` or ``starry:0.7+ember:0.3`` -> normalised weights (each in 0..1, summing to 1);
+    None if not built-in style names with finite positive weights, or longer than :data:`STYLE_NAME_MAX_CHARS`."""
+    if len(spec) > STYLE_NAME_MAX_CHARS:
+        return None
     weights: dict[str, float] = {}
     for part in spec.split(BLEND_SEPARATOR):
         name, _, weight = part.strip().partition(":")
@@ -58,10 +64,12 @@ def parse_blend(spec: str) -> dict[str, float] | None:
             value = float(weight) if weight else 1.0
         except ValueError:
             return None
-        if not value > 0:
+        if not (value > 0 and math.isfinite(value)):
             return None
         weights[name] = weights.get(name, 0.0) + value
     total = sum(weights.values())
+    if not math.isfinite(total):
+        return None
     return {name: value / total for name, value in weights.items()}
 
 

@@ -26,7 +26,7 @@ from typing import TYPE_CHECKING, Any, Generic, Protocol, TextIO, TypeVar
 
 from gpu_job.command import WorkerOptions
 from shared.errors import InvalidInputError
-from shared.messages import BatchMessage, BatchResult, MessageError, ModelSpec
+from shared.messages import BatchMessage, BatchResult, ModelSpec
 from shared.work import WorkKind
 
 if TYPE_CHECKING:
@@ -236,8 +236,8 @@ class Feed:
             for number, line in enumerate(line for line in self._source if line.strip()):
                 try:
                     message = self._kind.parse(line)
-                except MessageError as exc:
-                    self._emit({"event": "error", "item": number, "error": str(exc)})
+                except Exception as exc:  # noqa: BLE001 - any line that is not a message is answered, and the next one read
+                    self._emit({"event": "error", "item": number, "error": one_line(exc)})
                     continue
                 self._items.put(FeedItem(number, message, lambda event, n=number: self._emit({**event, "item": n})))
         finally:  # input closed, or unreadable: the worker ends once it has answered what it took
@@ -270,6 +270,10 @@ class WorkHandler(Protocol):
 
     def serve_queue(self, feed) -> None:
         """Do the items of a :class:`gpu_job.queue_worker.QueueFeed` until it ends, answering each."""
+
+    def check_queued(self, message):
+        """The message, if it may be acted on from the queue (its names are those its job's layout gives, its model a
+        name); else raises :class:`shared.messages.MessageError`."""
 
     def closed(self, message) -> bool:
         """Whether the item's job or run has ended, so the item is dropped."""

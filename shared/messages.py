@@ -9,14 +9,33 @@ from __future__ import annotations
 import json
 from dataclasses import asdict, dataclass, fields
 
-from shared.errors import PipelineError
-from shared.plan import Batch
+from shared.errors import InvalidInputError
+from shared.names import check_plain_id
+from shared.plan import Batch, batch_name
 
 MESSAGE_VERSION = 2
+TEXT_MAX_CHARS = 2048
+"""A free-text field of a message or result (a path in a local run, an error): longer is malformed."""
+ERROR_MAX_CHARS = 500
+"""An error a result carries is cut to this length, so that every result fits in one queue message."""
 
 
-class MessageError(PipelineError):
-    """A message that cannot be acted on: bad JSON, missing or mistyped fields."""
+class MessageError(InvalidInputError):
+    """A message that cannot be acted on: bad JSON, missing or mistyped fields, or names that are not its own.
+    Retrying it will not help."""
+
+
+def parsed(what: str, parse, error: type[MessageError] | None = None):
+    """``parse()``, with any failure of a malformed message turned into a one-line :class:`MessageError` (or
+    ``error``): a message is outside input, and no mistake in it may surface as a Python error, a repr, or a retry."""
+    try:
+        return parse()
+    except MessageError:
+        raise
+    except (ValueError, TypeError, KeyError, AttributeError, ArithmeticError, RecursionError, InvalidInputError) as exc:
+        text = str(exc).strip().splitlines()
+        reason = text[0][:200] if text and not isinstance(exc, KeyError) else type(exc).__name__
+        raise (error or MessageError)(f"malformed {what}: {reason}") from None
 
 
 def _load_object(text: str | bytes, what: str) -> dict:
@@ -34,7 +53,8 @@ def _require(data: dict, types: dict[str, type | tuple], what: str) -> None:
     if missing:
         raise MessageError(f"{what} lacks {', '.join(missing)}")
     wrong = [name for name, kind in types.items()
-             if not isinstance(data[name], kind) or (isinstance(data[name], bool) and kind is int)]
+             if not isinstance(data[name], kind) or (isinstance(data[name], bool) and kind in (int, (int, float)))
+             or (isinstance(data[name], str) and len(data[name]) > TEXT_MAX_CHARS)]
     if wrong:
         raise MessageError(f"{what} has mistyped {', '.join(wrong)}")
 
@@ -85,21 +105,29 @@ class BatchMessage:
 
     @classmethod
     def from_json(cls, text: str | bytes) -> BatchMessage:
+        return parsed("batch message", lambda: cls._from_json(text))
+
+    @classmethod
+    def _from_json(cls, text: str | bytes) -> BatchMessage:
         data = _load_object(text, "batch message")
         if data.get("version", MESSAGE_VERSION) != MESSAGE_VERSION:
-            raise MessageError(f"batch message version {data.get('version')!r} is not supported")
+            raise MessageError("batch message version is not supported")
         _require(data, {"job_id": str, "batch": dict, "attempt": int, "model": str, "segment": str, "styled": str}, "batch message")
-        _require(data["batch"], {name: object for name in Batch.__dataclass_fields__}, "batch message")
         optional = {"precision": (str,), "style_image": (str, type(None)), "style_strength": (int, float), "keep_10bit": (bool,),
                     "preview_frames": (list,)}
         _require({name: data[name] for name in optional if name in data}, {name: kinds for name, kinds in optional.items() if name in data},
                  "batch message")
-        if data["attempt"] < 1 or not data["job_id"]:
-            raise MessageError("batch message has an empty job_id or an attempt below 1")
+        check_plain_id(data["job_id"], "job id")
+        if data["attempt"] < 1:
+            raise MessageError("batch message has an attempt below 1")
+        strength = data.get("style_strength", 1.0)
+        if not 0.0 <= strength <= 1.0:
+            raise MessageError("batch message has a style_strength outside 0..1")
         batch = Batch.from_dict(data["batch"])
         options = {name: data[name] for name in optional if name in data}
         options["preview_frames"] = tuple(options.get("preview_frames", ()))
-        if not all(type(offset) is int and 0 <= offset < batch.frame_count for offset in options["preview_frames"]):
+        if len(options["preview_frames"]) > batch.frame_count or not all(
+                type(offset) is int and 0 <= offset < batch.frame_count for offset in options["preview_frames"]):
             raise MessageError(f"batch message has preview frames outside its {batch.frame_count} frames")
         return cls(job_id=data["job_id"], batch=batch, attempt=data["attempt"], model=data["model"], segment=data["segment"],
                    styled=data["styled"], **options)
@@ -130,6 +158,10 @@ class BatchResult:
     delivery: int = 1
     styler: dict | None = None
 
+    def __post_init__(self) -> None:
+        if self.error is not None and len(self.error) > ERROR_MAX_CHARS:
+            object.__setattr__(self, "error", self.error[: ERROR_MAX_CHARS - 3] + "...")
+
     def to_dict(self) -> dict:
         return asdict(self)
 
@@ -138,9 +170,24 @@ class BatchResult:
 
     @classmethod
     def from_dict(cls, data: dict) -> BatchResult:
+        return parsed("batch result", lambda: cls._from_dict(data))
+
+    @classmethod
+    def _from_dict(cls, data: dict) -> BatchResult:
+        if not isinstance(data, dict):
+            raise MessageError("batch result is not a JSON object")
         _require(data, {"job_id": str, "batch": int, "attempt": int, "succeeded": bool}, "batch result")
+        optional = {"styled": (str, type(None)), "error": (str, type(None)), "retryable": bool, "frames": int, "seconds": (int, float),
+                    "worker": str, "model_loads": int, "delivery": int, "styler": (dict, type(None))}
+        present = {name: kinds for name, kinds in optional.items() if name in data}
+        _require({name: data[name] for name in present}, present, "batch result")
+        check_plain_id(data["job_id"], "job id")
+        if data["batch"] < 0 or data["attempt"] < 1:
+            raise MessageError("batch result has a negative batch or an attempt below 1")
         if data["succeeded"] and not isinstance(data.get("styled"), str):
             raise MessageError("batch result says succeeded but names no styled segment")
+        if len(json.dumps(data.get("styler"))) > TEXT_MAX_CHARS:
+            raise MessageError("batch result has an oversized styler")
         return cls(**{field.name: data[field.name] for field in fields(cls) if field.name in data})
 
     @classmethod
@@ -148,5 +195,6 @@ class BatchResult:
         return cls.from_dict(_load_object(text, "batch result"))
 
 
-def styled_name(batch: Batch, attempt: int) -> str:
-    return f"{batch.name}.a{attempt}.mp4"
+def styled_name(index: int, attempt: int) -> str:
+    """The styled segment's file name of a batch's attempt: each attempt writes its own."""
+    return f"{batch_name(index)}.a{attempt}.mp4"

@@ -29,6 +29,8 @@ RUN_ID = re.compile(r"(?:\d{8}T\d{6}|begin)--(?:\d{8}T\d{6}|end)")
 """What :attr:`shared.many_models.schema.Window.run_id` makes."""
 SHARD_ID = re.compile(r"shard-[0-9a-f]{16}")
 """What :func:`shared.many_models.shards.shard_id` makes."""
+PLAIN_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9_-]{0,63}")
+"""Any id a name is built from, where its exact maker is not known (a local run's)."""
 PLAIN_FILE_NAME = re.compile(r"[A-Za-z0-9_][A-Za-z0-9._-]*")
 
 
@@ -73,6 +75,10 @@ def _check_id(value: object, pattern: re.Pattern, what: str, *also: str) -> str:
     if not isinstance(value, str) or not (pattern.fullmatch(value) or value in also):
         raise UnsafeNameError(f"{what} {shown(value)} is not of the form {pattern.pattern}")
     return value
+
+
+def check_plain_id(value: object, what: str) -> str:
+    return _check_id(value, PLAIN_ID, what)
 
 
 def check_job_id(job_id: object) -> str:

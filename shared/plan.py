@@ -9,12 +9,20 @@ the keyframe spacing, and no frame is ever dropped or scored twice.
 from __future__ import annotations
 
 import math
+import re
 from dataclasses import asdict, dataclass
 from fractions import Fraction
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:  # probing needs PyAV, which a shard worker (that reads batch messages' types only) does not have
     from shared.probe import VideoInfo
+
+def batch_name(index: int) -> str:
+    return f"batch-{index:05d}"
+
+
+TIME_BASE = re.compile(r"[0-9]{1,12}(?:/[1-9][0-9]{0,11})?")
+"""A time base as str(Fraction) writes it: "1/30000", or "1" for a whole number."""
 
 
 @dataclass(frozen=True)
@@ -40,13 +48,30 @@ class Batch:
 
     @property
     def name(self) -> str:
-        return f"batch-{self.index:05d}"
+        return batch_name(self.index)
 
     def to_dict(self) -> dict:
         return asdict(self)
 
     @classmethod
     def from_dict(cls, data: dict) -> Batch:
+        """A batch from its JSON object, every field checked (it may come from a queue message): raises ValueError
+        with a one-line reason."""
+        if not isinstance(data, dict):
+            raise ValueError("batch is not a JSON object")
+        missing = [name for name in cls.__dataclass_fields__ if name not in data]
+        if missing:
+            raise ValueError(f"batch lacks {', '.join(missing)}")
+        counts = {"index": 0, "first_frame": 0, "frame_count": 1, "first_gop": 0, "last_gop": 0}
+        wrong = [name for name, least in counts.items() if type(data[name]) is not int or data[name] < least]
+        wrong += [name for name in ("start_pts", "end_pts") if type(data[name]) is not int and not (name == "end_pts" and data[name] is None)]
+        if wrong:
+            raise ValueError(f"batch has mistyped or out-of-range {', '.join(wrong)}")
+        if data["last_gop"] < data["first_gop"] or (data["end_pts"] is not None and data["end_pts"] <= data["start_pts"]):
+            raise ValueError("batch has an empty GOP or timestamp range")
+        time_base = data["time_base"]
+        if not isinstance(time_base, str) or not TIME_BASE.fullmatch(time_base) or int(time_base.partition("/")[0]) == 0:
+            raise ValueError("batch time_base is not a positive fraction like 1/30000")
         return cls(**{name: data[name] for name in cls.__dataclass_fields__})
 
 

@@ -50,10 +50,11 @@ def blob_service(settings: Settings) -> BlobServiceClient:
     return BlobServiceClient(os.environ[f"{name}__blobServiceUri"], credential=_credential(name))
 
 
-def queue_client(settings: Settings, queue: str) -> QueueClient:
-    """A queue with Base64 text encoding: the encoding the Functions queue trigger expects by default."""
+def queue_client(settings: Settings, queue: str, decode: bool = True) -> QueueClient:
+    """A queue with Base64 text encoding: the encoding the Functions queue trigger expects by default. Without
+    ``decode``, received messages' bodies come as sent (for a reader that must survive a body that is not Base64)."""
     name = settings.storage_connection
-    codec = dict(message_encode_policy=TextBase64EncodePolicy(), message_decode_policy=TextBase64DecodePolicy())
+    codec = dict(message_encode_policy=TextBase64EncodePolicy(), message_decode_policy=TextBase64DecodePolicy() if decode else None)
     if os.environ.get(name):
         return QueueClient.from_connection_string(os.environ[name], queue, **codec)
     url = f"{os.environ[f'{name}__queueServiceUri'].rstrip('/')}/{queue}"

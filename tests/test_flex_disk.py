@@ -60,13 +60,17 @@ def test_split_and_stitch_refuse_a_video_the_disk_cannot_hold(service, tmp_path,
 
     # The segments stand in for styled ones. With the instance's disk no bigger than the input,
     # stitching them (they and their output: twice their size) is refused before any download.
-    request = {"job": job, "plan": plan, "styled": sorted(s for s in segments if "/segments/" in s),
-               "attempts": {str(b["index"]): 1 for b in plan["batches"]}, "errors": []}
+    for name in segments:
+        if "/segments/" in name:
+            styled = name.replace("/segments/", "/styled/").rsplit(".", 1)[0] + ".a1.mp4"
+            source = service.get_blob_client(LIMITS.work_container, name).download_blob().readall()
+            service.get_blob_client(LIMITS.work_container, styled).upload_blob(source, overwrite=True)
+    request = {"job": job, "plan": plan, "attempts": {str(b["index"]): 1 for b in plan["batches"]}, "errors": []}
     monkeypatch.setattr(activities, "INSTANCE_DISK_BYTES", clip.stat().st_size)
-    with pytest.raises(InvalidInputError, match=r"^clip\.identity\.mp4: needs \d+ MB of scratch disk"):
+    with pytest.raises(InvalidInputError, match=r"^clip\.mp4\.identity\.mp4: needs \d+ MB of scratch disk"):
         activities.stitch_job(request, LIMITS)
     outputs = service.get_container_client(LIMITS.output_container)
-    assert not outputs.exists() or not list(outputs.list_blobs(name_starts_with="clip.identity"))
+    assert not outputs.exists() or not list(outputs.list_blobs(name_starts_with="clip.mp4.identity"))
     assert _scratch_folders(tmp_path) == []
 
 

@@ -120,9 +120,9 @@ def test_end_to_end_on_azurite_with_warm_workers_is_frame_exact(storage, tmp_pat
     host = Host(client, instance_id, queues)
     host.until_done()
 
-    video = _output(service, "trips/clip.identity.mp4", tmp_path)
-    preview = _output(service, "trips/clip.identity.preview.png", tmp_path)
-    report = json.loads(_output(service, "trips/clip.identity.report.json", tmp_path).read_text())
+    video = _output(service, "trips/clip.mp4.identity.mp4", tmp_path)
+    preview = _output(service, "trips/clip.mp4.identity.preview.png", tmp_path)
+    report = json.loads(_output(service, "trips/clip.mp4.identity.report.json", tmp_path).read_text())
     assert frame_timestamps(video) == frame_timestamps(clip)
     worst, compared = min_psnr(video, clip)
     assert compared == 100 and worst >= 35
@@ -143,7 +143,7 @@ def test_end_to_end_on_azurite_with_warm_workers_is_frame_exact(storage, tmp_pat
     status = json.loads(response.get_body())
     assert response.status_code == 200
     assert status["stage"] == "done" and status["runtime_status"] == "Completed"
-    assert status["output"]["video"] == "trips/clip.identity.mp4" and status["frames_done"] == 100
+    assert status["output"]["video"] == "trips/clip.mp4.identity.mp4" and status["frames_done"] == 100
     assert service.get_blob_client(LIMITS.input_container, "trips/clip.mp4").download_blob().readall() == clip.read_bytes()
     assert service.get_blob_client(LIMITS.work_container, f"jobs/{instance_id}/closed").exists()
 
@@ -175,12 +175,12 @@ def test_worker_killed_mid_batch_its_message_reappears_and_the_video_is_complete
 
     assert killed, "no worker was killed"
     assert run(client.get_status(instance_id)).runtime_status.value == "Completed"
-    video = _output(service, "kill/clip.random.mp4", tmp_path)
+    video = _output(service, "kill/clip.mp4.random.mp4", tmp_path)
     assert frame_timestamps(video) == frame_timestamps(clip), "every frame once, none twice, none missing"
     first = next(r for r in host.delivered if r.succeeded and r.batch == 0)
     assert first.delivery == 2 and first.attempt == 1, "the killed worker's batch was redelivered, not resubmitted"
     assert len({r.worker for r in host.delivered}) == 1 and str(killed[0]) not in first.worker
-    report = json.loads(_output(service, "kill/clip.random.report.json", tmp_path).read_text())
+    report = json.loads(_output(service, "kill/clip.mp4.random.report.json", tmp_path).read_text())
     assert [b["attempts"] for b in report["batches"]] == [1, 1, 1]
 
 
@@ -197,9 +197,9 @@ def test_batch_that_keeps_killing_its_workers_is_poisoned_and_fails_the_job(stor
     error = status.custom_status["error"]
     assert error.startswith("batch 0 failed: batch-00000 attempt 1 was delivered 1 times") and "batches-poison" in error
     assert len(queues[limits.poison_queue].peek_messages()) == 1
-    report = json.loads(service.get_blob_client(LIMITS.output_container, "poison/clip.random.error.json").download_blob().readall())
+    report = json.loads(service.get_blob_client(LIMITS.output_container, "poison/clip.mp4.random.error.json").download_blob().readall())
     assert report["error"] == error
-    assert not service.get_blob_client(LIMITS.output_container, "poison/clip.random.mp4").exists()
+    assert not service.get_blob_client(LIMITS.output_container, "poison/clip.mp4.random.mp4").exists()
 
 
 def test_corrupt_video_fails_its_job_only_with_a_report(storage, tmp_path):
@@ -211,7 +211,7 @@ def test_corrupt_video_fails_its_job_only_with_a_report(storage, tmp_path):
     status = run(client.get_status(instance_id))
     assert status.runtime_status.value == "Failed"
     assert status.custom_status["stage"] == "failed" and "not a readable video file" in status.custom_status["error"]
-    report = json.loads(service.get_blob_client(LIMITS.output_container, "broken.identity.error.json").download_blob().readall())
+    report = json.loads(service.get_blob_client(LIMITS.output_container, "broken.mp4.identity.error.json").download_blob().readall())
     assert "not a readable video file" in report["error"]
     assert service.get_blob_client(LIMITS.input_container, "broken.mp4").download_blob().readall() == junk
     assert not LocalWorkers.processes, "no worker is started for a video that cannot be split"
@@ -225,7 +225,7 @@ def test_refused_upload_starts_nothing(storage):
     assert run(start_job(_upload(service, "notes.txt", b"hello"), client, LIMITS)) is None
     assert run(start_job(_upload(service, "clip.mp4", b"x", style="picasso"), client, LIMITS)) is None
     assert client.started == []
-    report = json.loads(service.get_blob_client(LIMITS.output_container, "notes.identity.error.json").download_blob().readall())
+    report = json.loads(service.get_blob_client(LIMITS.output_container, "notes.txt.identity.error.json").download_blob().readall())
     assert "extension .txt is not accepted" in report["error"]
 
 
@@ -242,7 +242,7 @@ def test_malformed_results_raise_so_they_go_to_poison(body, reason):
 
 
 def test_result_for_unknown_job_raises():
-    result = BatchResult(job_id="ghost", batch=0, attempt=1, succeeded=False, error="x")
+    result = BatchResult(job_id="stylize-" + "0" * 32, batch=0, attempt=1, succeeded=False, error="x")
     with pytest.raises(MessageError, match="unknown job"):
         run(deliver_result(result.to_json(), ReplayClient()))
 
@@ -374,7 +374,7 @@ def test_cloud_run_keeps_every_track_and_lists_damaged_frames(storage, tmp_path)
     instance_id = run(start_job(blob, client, LIMITS))
     Host(client, instance_id, queues).until_done()
 
-    names = ["web/clip.identity.mkv", "web/clip.identity.report.json"]
+    names = ["web/clip.mkv.identity.mkv", "web/clip.mkv.identity.report.json"]
     video, report_path = (tmp_path / Path(name).name for name in names)
     for name, path in zip(names, (video, report_path)):
         path.write_bytes(service.get_blob_client(LIMITS.output_container, name).download_blob().readall())
@@ -398,7 +398,7 @@ def test_cloud_refuses_an_unreadable_codec_with_a_report_and_keeps_the_input(sto
     instance_id = run(start_job(blob, client, LIMITS))
     Host(client, instance_id, queues).until_done()
     assert run(client.get_status(instance_id)).runtime_status.value == "Failed"
-    report = json.loads(service.get_blob_client(LIMITS.output_container, "odd.identity.error.json").download_blob().readall())
+    report = json.loads(service.get_blob_client(LIMITS.output_container, "odd.mkv.identity.error.json").download_blob().readall())
     assert "uses a codec the bundled FFmpeg cannot decode" in report["error"] and len(report["error"].splitlines()) == 1
     assert service.get_blob_client(LIMITS.input_container, "odd.mkv").download_blob().readall() == unknown
 

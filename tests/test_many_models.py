@@ -240,7 +240,7 @@ def test_shard_messages_round_trip_and_bad_ones_are_refused():
 
     good = shards[0].to_dict()
     for broken, message in [({**good, "keys": []}, "keys"), ({**good, "keys": [[1, 2]]}, "keys"),
-                            ({**good, "format": 99}, "format"), ({**good, "window": {"start": 5}}, "ISO 8601 text"), ({**good, "shard_id": "../x"}, "plain name"),
+                            ({**good, "format": 99}, "format"), ({**good, "window": {"start": 5}}, "ISO 8601 text"), ({**good, "shard_id": "../x"}, "shard id '../x' is not"),
                             ({k: v for k, v in good.items() if k != "data"}, "lacks data"), ([], "not a JSON object")]:
         with pytest.raises(ShardMessageError, match=message):
             ShardSpec.from_dict(broken)

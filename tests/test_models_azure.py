@@ -252,6 +252,6 @@ def test_malformed_shard_results_raise_so_they_go_to_poison(body, reason):
 
 
 def test_shard_result_for_an_unknown_run_raises():
-    result = ShardResult(run_id="20180829T010000--20180829T020000", shard_id="shard-0", models=[])
+    result = ShardResult(run_id="20180829T010000--20180829T020000", shard_id="shard-0123456789abcdef", models=[])
     with pytest.raises(MessageError, match="unknown job score-models-20180829T010000--20180829T020000"):
         run(deliver_shard_result(result.to_json(), ReplayClient()))

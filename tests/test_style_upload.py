@@ -59,10 +59,10 @@ def test_upload_naming_a_picture_starts_a_job_that_carries_it(service):
 
 
 @pytest.mark.parametrize("metadata, error_blob, reason", [
-    ({"style_image": "nowhere.jpg"}, "clip.arbitrary.error.json", "style image nowhere.jpg: no such blob in container styles"),
-    ({"style_image": "notes.jpg"}, "clip.arbitrary.error.json", "style image notes.jpg: not a picture Pillow can read"),
-    ({"style": "arbitrary"}, "clip.arbitrary.error.json", "style 'arbitrary' needs metadata style_image="),
-    ({"style": "starry", "style_image": "paintings/monet.png"}, "clip.starry.error.json", "goes with style 'arbitrary'"),
+    ({"style_image": "nowhere.jpg"}, "clip.mp4.arbitrary.error.json", "style image nowhere.jpg: no such blob in container styles"),
+    ({"style_image": "notes.jpg"}, "clip.mp4.arbitrary.error.json", "style image notes.jpg: not a picture Pillow can read"),
+    ({"style": "arbitrary"}, "clip.mp4.arbitrary.error.json", "style 'arbitrary' needs metadata style_image="),
+    ({"style": "starry", "style_image": "paintings/monet.png"}, "clip.mp4.starry.error.json", "goes with style 'arbitrary'"),
 ])
 def test_bad_style_picture_refuses_the_upload_with_a_report(metadata, error_blob, reason, service):
     service.get_blob_client(LIMITS.styles_container, "notes.jpg").upload_blob(b"plain text, not a picture", overwrite=True)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import shutil
@@ -227,6 +228,11 @@ def queues(on_azurite):
     return settings, service, clients
 
 
+def _job(name: str) -> str:
+    """A video job's id, as the upload trigger makes one."""
+    return "stylize-" + hashlib.sha256(name.encode()).hexdigest()[:32]
+
+
 def _queue_worker(settings: Settings):
     from gpu_job.batch_work import BatchWork
     from gpu_job.queue_worker import QueueWorker
@@ -255,7 +261,7 @@ def _enqueue(queues, segments, job_id: str, model: str, count: int | None = None
 def test_queue_worker_does_each_batch_once_and_deletes_it_after_reporting(queues, segments):
     settings, service, clients = queues
     batches, _ = segments
-    layout = _enqueue(queues, segments, "job-q", "identity")
+    layout = _enqueue(queues, segments, _job("job-q"), "identity")
     worker = _queue_worker(settings)
     assert worker.serve(idle_s=1) == len(batches)
     results = _results(clients, settings)
@@ -272,7 +278,7 @@ def test_queue_worker_takes_the_next_batch_while_styling_and_streams_them_throug
 
     settings, service, clients = queues
     batches, _ = segments
-    layout = _enqueue(queues, segments, "job-stream", "inverse")
+    layout = _enqueue(queues, segments, _job("job-stream"), "random")
     network = _CountingNetwork(seconds_per_batch=0.05)  # long enough for the next batch to be taken and downloaded
     worker = QueueWorker(BatchWork(_worker_with(network), settings), settings)
     assert worker.serve(idle_s=1) == len(batches)
@@ -282,7 +288,7 @@ def test_queue_worker_takes_the_next_batch_while_styling_and_streams_them_throug
     assert clients[settings.batch_queue].get_queue_properties().approximate_message_count == 0
     for batch in batches:
         blob = service.get_blob_client(settings.work_container, layout.styled(f"{batch.name}.a1.mp4"))
-        assert blob.get_blob_properties().metadata == {"job_id": "job-stream"}
+        assert blob.get_blob_properties().metadata == {"job_id": _job("job-stream")}
 
 
 def test_queue_worker_takes_nothing_behind_a_redelivered_batch(queues, segments):
@@ -292,7 +298,7 @@ def test_queue_worker_takes_nothing_behind_a_redelivered_batch(queues, segments)
     from gpu_job.queue_worker import QueueWorker
 
     settings, _, clients = queues
-    _enqueue(queues, segments, "job-again", "inverse", count=2)
+    _enqueue(queues, segments, _job("job-again"), "random", count=2)
     batch_queue = clients[settings.batch_queue]
     for taken in list(batch_queue.receive_messages(max_messages=2, visibility_timeout=30)):  # a worker that died holding both
         batch_queue.update_message(taken, visibility_timeout=0)
@@ -306,10 +312,10 @@ def test_queue_worker_takes_nothing_behind_a_redelivered_batch(queues, segments)
 def test_queue_worker_reuses_a_styled_segment_and_drops_closed_jobs(queues, segments):
     settings, service, clients = queues
     batches, sources = segments
-    done, closed = JobLayout("job-done"), JobLayout("job-closed")
+    done, closed = JobLayout(_job("job-done")), JobLayout(_job("job-closed"))
     styled = done.styled("batch-00000.a1.mp4")
     upload_file(service, settings.work_container, styled, sources[0])
-    close_job(service, settings, "job-closed")
+    close_job(service, settings, _job("job-closed"))
     for layout in (done, closed):
         message = BatchMessage(job_id=layout.job_id, batch=batches[0], attempt=1, model="random", segment=layout.segment(batches[0]),
                                styled=layout.styled("batch-00000.a1.mp4"))
@@ -317,7 +323,7 @@ def test_queue_worker_reuses_a_styled_segment_and_drops_closed_jobs(queues, segm
     worker = _queue_worker(settings)
     worker.serve(idle_s=1)
     results = _results(clients, settings)
-    assert [(r.job_id, r.succeeded, r.styled) for r in results] == [("job-done", True, styled)], "a closed job gets no result"
+    assert [(r.job_id, r.succeeded, r.styled) for r in results] == [(_job("job-done"), True, styled)], "a closed job gets no result"
     assert worker.handler.worker.models.loads == 0, "a batch whose styled segment exists is not styled again"
     assert clients[settings.batch_queue].get_queue_properties().approximate_message_count == 0
 
@@ -325,14 +331,15 @@ def test_queue_worker_reuses_a_styled_segment_and_drops_closed_jobs(queues, segm
 def test_queue_worker_reports_a_missing_segment_as_final_and_poisons_malformed_messages(queues, segments):
     settings, _, clients = queues
     batches, _ = segments
-    gone = BatchMessage(job_id="job-gone", batch=batches[1], attempt=2, model="identity", segment="jobs/job-gone/segments/x.mp4",
-                        styled="jobs/job-gone/styled/x.a2.mp4")
+    layout = JobLayout(_job("job-gone"))
+    gone = BatchMessage(job_id=layout.job_id, batch=batches[1], attempt=2, model="identity", segment=layout.segment(batches[1]),
+                        styled=layout.styled("batch-00001.a2.mp4"))
     clients[settings.batch_queue].send_message(gone.to_json())
     clients[settings.batch_queue].send_message("{\"job_id\": 1}")
     _queue_worker(settings).serve(idle_s=1)
     result, = _results(clients, settings)
     assert (result.succeeded, result.retryable, result.batch, result.attempt) == (False, False, 1, 2)
-    assert result.error == "segment jobs/job-gone/segments/x.mp4 is gone (the job expired or was removed)"
+    assert result.error == "segment of batch-00001 is gone (the job expired or was removed)"
     poisoned = clients[settings.poison_queue].receive_messages()
     assert [m.content for m in poisoned] == ["{\"job_id\": 1}"]
     assert clients[settings.batch_queue].get_queue_properties().approximate_message_count == 0

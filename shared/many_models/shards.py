@@ -14,12 +14,19 @@ from dataclasses import asdict, dataclass, field
 
 from shared.errors import InvalidInputError
 from shared.many_models.schema import ModelKey, Window, key_id
-from shared.messages import MessageError
+from shared.messages import MessageError, parsed
+from shared.names import check_run_id, check_shard_id
 
 SHARD_FORMAT = 1
 MODEL_STATUSES = ("ok", "failed", "no_data")
 REASON_CHARS = 300
-"""A model's failure reason is cut to this length: a shard's result must fit in one queue message."""
+"""A model's failure reason is cut to this length."""
+QUEUED_MODELS_MAX = 100
+"""Models in a shard that travels through the queue: its result must fit in one queue message."""
+KEY_VALUES_MAX, KEY_JSON_MAX = 8, 320
+"""A model key's values, and its length as JSON text: a key is outside input (the readings' columns)."""
+MESSAGE_TEXT_MAX = 48 * 1024
+"""A queue message holds 64 KiB; the Functions convention encodes it in Base64 (4 characters per 3 bytes)."""
 
 
 class ShardMessageError(MessageError, InvalidInputError):
@@ -49,6 +56,8 @@ def _require(data: object, what: str, fields: dict[str, type | tuple[type, ...]]
 def _keys(raw: list, what: str) -> tuple[ModelKey, ...]:
     if not raw or not all(isinstance(key, list) and key and all(isinstance(v, str) for v in key) for key in raw):
         raise ShardMessageError(f"{what}: keys must be a non-empty list of lists of strings")
+    if any(len(key) > KEY_VALUES_MAX or len(json.dumps(key)) > KEY_JSON_MAX for key in raw):
+        raise ShardMessageError(f"{what}: a key has more than {KEY_VALUES_MAX} values or is over {KEY_JSON_MAX} characters as JSON")
     return tuple(tuple(key) for key in raw)
 
 
@@ -87,12 +96,15 @@ class ShardSpec:
 
     @classmethod
     def from_dict(cls, data: object) -> ShardSpec:
+        return parsed("shard", lambda: cls._from_dict(data), ShardMessageError)
+
+    @classmethod
+    def _from_dict(cls, data: object) -> ShardSpec:
         data = _require(data, "shard", {"format": int, "run_id": str, "shard_id": str, "keys": list,
                                         "models_dir": str, "data": str, "window": dict, "out_dir": str})
         if data["format"] != SHARD_FORMAT:
             raise ShardMessageError(f"shard format {data['format']} is not {SHARD_FORMAT}")
-        if not data["shard_id"].replace("-", "").isalnum():
-            raise ShardMessageError(f"shard id {data['shard_id']!r} is not a plain name")
+        check_shard_id(data["shard_id"])
         try:
             window = Window.from_dict(data["window"])
         except InvalidInputError as exc:
@@ -177,7 +189,20 @@ class ShardResult:
         return data
 
     def to_json(self) -> str:
-        return json.dumps(self.to_dict(), separators=(",", ":"))
+        """The result as one queue message's text: where the models' reasons would make it too long, they are cut
+        shorter, and at the last dropped (each failed model then gives the shard's first reason's start)."""
+        text = json.dumps(self.to_dict(), separators=(",", ":"))
+        for limit in (100, 40, 0):
+            if len(text.encode()) <= MESSAGE_TEXT_MAX:
+                break
+            data = self.to_dict()
+            for model in data["models"]:
+                if model["reason"] is not None:
+                    model["reason"] = model["reason"][:limit] or None
+            if data["error"] is not None:
+                data["error"] = data["error"][:REASON_CHARS]
+            text = json.dumps(data, separators=(",", ":"))
+        return text
 
     @classmethod
     def from_json(cls, text: str | bytes) -> ShardResult:
@@ -185,6 +210,10 @@ class ShardResult:
 
     @classmethod
     def from_dict(cls, data: object) -> ShardResult:
+        return parsed("shard result", lambda: cls._from_dict(data), ShardMessageError)
+
+    @classmethod
+    def _from_dict(cls, data: object) -> ShardResult:
         data = _require(data, "shard result", {"format": int, "run_id": str, "shard_id": str, "models": list,
                                                "rows": int, "timings": dict, "worker": str})
         if data["format"] != SHARD_FORMAT:
@@ -194,6 +223,11 @@ class ShardResult:
                  if name in data and (not isinstance(data[name], kinds) or (kinds is int and isinstance(data[name], bool)))]
         if wrong:
             raise ShardMessageError(f"shard result has mistyped {', '.join(wrong)}")
+        check_run_id(data["run_id"])
+        check_shard_id(data["shard_id"])
+        attempt = data.get("attempt", 1)
+        if attempt < 1 or data.get("predictions") not in (None, f"{data['shard_id']}.a{attempt}.csv"):
+            raise ShardMessageError("shard result names predictions that are not its attempt's")
         return cls(run_id=data["run_id"], shard_id=data["shard_id"],
                    models=[ModelResult.from_dict(model) for model in data["models"]], rows=data["rows"],
                    timings={str(k): float(v) for k, v in data["timings"].items()}, worker=data["worker"],
