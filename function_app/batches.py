@@ -10,7 +10,7 @@ import azure.functions as func
 
 from function_app.orchestrator import RESULT_EVENT
 from shared.config import Settings
-from shared.messages import BatchResult, MessageError, styled_name
+from shared.messages import BatchResult, MessageError, parsed, styled_name
 from shared.names import check_job_id
 from shared.storage import JobLayout
 
@@ -42,7 +42,7 @@ async def deliver_result(body: str, client: df.DurableOrchestrationClient) -> Ba
     A result is outside input too: its job id must be a video job's, and a styled segment it names must be the one
     its job's layout gives for its batch and attempt (the stitch derives the names again, and takes none from it)."""
     result = BatchResult.from_json(body)
-    check_job_id(result.job_id)
+    parsed("batch result", lambda: check_job_id(result.job_id))
     expected = JobLayout(result.job_id).styled(styled_name(result.batch, result.attempt))
     if result.styled is not None and result.styled != expected:
         raise MessageError(f"the result of batch {result.batch} attempt {result.attempt} names a styled segment that is not its own")

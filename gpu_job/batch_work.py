@@ -26,7 +26,7 @@ from shared.atomic import atomic_path
 from shared.config import Settings
 from gpu_job.styles import ARBITRARY, is_known_style
 from shared.messages import BatchMessage, BatchResult, MessageError, ModelSpec, styled_name
-from shared.names import LOCAL_JOB_ID, check_blob_name, check_job_id, shown
+from shared.names import check_blob_name, check_job_id, shown
 from shared.preview import rows_name
 from shared.work import BATCHES
 
@@ -105,8 +105,6 @@ class BatchWork:
         the styles container, and exactly the segment and styled names its job's layout gives (:func:`queued_names`);
         else :class:`MessageError`. A message is never trusted with a path or a blob of its choosing."""
         check_job_id(message.job_id)
-        if message.job_id == LOCAL_JOB_ID:
-            raise MessageError("batch message names the local runner's job")
         if (message.segment, message.styled) != queued_names(message):
             raise MessageError(f"batch message for {message.batch.name} names blobs that are not its job's")
         if not is_known_style(message.model):

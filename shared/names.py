@@ -23,8 +23,8 @@ UPLOAD_NAME_MAX_CHARS = 400
 bound however long the style is, and a name this long is already no one's real file."""
 FILE_NAME_MAX_CHARS = 128
 JOB_ID = re.compile(r"stylize-[0-9a-f]{32}")
-"""What :func:`function_app.upload.instance_id_for` makes; ``local`` is the local runner's one job."""
-LOCAL_JOB_ID = "local"
+"""What :func:`function_app.upload.instance_id_for` makes: a video job that came through the queue (the local
+runner's one job, ``local``, never does)."""
 RUN_ID = re.compile(r"(?:\d{8}T\d{6}|begin)--(?:\d{8}T\d{6}|end)")
 """What :attr:`shared.many_models.schema.Window.run_id` makes."""
 SHARD_ID = re.compile(r"shard-[0-9a-f]{16}")
@@ -71,8 +71,8 @@ def check_file_name(name: object, what: str, suffixes: tuple[str, ...] = ()) -> 
     return name
 
 
-def _check_id(value: object, pattern: re.Pattern, what: str, *also: str) -> str:
-    if not isinstance(value, str) or not (pattern.fullmatch(value) or value in also):
+def _check_id(value: object, pattern: re.Pattern, what: str) -> str:
+    if not isinstance(value, str) or not pattern.fullmatch(value):
         raise UnsafeNameError(f"{what} {shown(value)} is not of the form {pattern.pattern}")
     return value
 
@@ -82,7 +82,7 @@ def check_plain_id(value: object, what: str) -> str:
 
 
 def check_job_id(job_id: object) -> str:
-    return _check_id(job_id, JOB_ID, "job id", LOCAL_JOB_ID)
+    return _check_id(job_id, JOB_ID, "job id")
 
 
 def check_run_id(run_id: object) -> str:

@@ -48,10 +48,10 @@ def test_file_names_that_are_not_plain_are_refused(name):
 
 
 def test_ids_by_their_exact_patterns():
-    assert check_job_id("stylize-" + "0" * 32) and check_job_id("local")
+    assert check_job_id("stylize-" + "0" * 32)
     assert check_run_id("20240101T000000--20240101T010000") and check_run_id("begin--end")
     assert check_shard_id("shard-0123456789abcdef")
-    for bad in ("stylize-../../x", "stylize-" + "0" * 31, "STYLIZE-" + "0" * 32, 7, None):
+    for bad in ("local", "stylize-../../x", "stylize-" + "0" * 31, "STYLIZE-" + "0" * 32, 7, None):
         with pytest.raises(UnsafeNameError):
             check_job_id(bad)
     with pytest.raises(UnsafeNameError):
