@@ -15,6 +15,7 @@ import json
 import os
 import subprocess
 import sys
+from dataclasses import replace
 from pathlib import Path
 from types import SimpleNamespace
 
@@ -29,8 +30,11 @@ from gpu_job.styles import is_known_style
 from media import make_clip
 from shared.config import Settings
 from shared.containers import output_container
+from shared.many_models.manifest import Manifest
+from shared.many_models.run_state import SHARDS_DIR
 from shared.many_models.schema import Window
-from shared.many_models.shards import KEY_JSON_MAX, KEY_VALUES_MAX, QUEUED_MODELS_MAX, REASON_CHARS, ModelResult, ShardResult
+from shared.many_models.shards import (KEY_JSON_MAX, KEY_VALUES_MAX, QUEUED_MODELS_MAX, REASON_CHARS, ModelResult, ShardMessageError,
+                                       ShardResult, plan_shards)
 from shared.messages import BatchMessage, BatchResult, MessageError
 from shared.plan import plan_batches
 from shared.probe import probe
@@ -60,11 +64,11 @@ def queues(on_azurite):
     return settings, service, clients
 
 
-def _serve(settings: Settings, tmp_path: Path, timeout: float = 60) -> subprocess.CompletedProcess:
+def _serve(settings: Settings, tmp_path: Path, timeout: float = 60, work: str = "batches") -> subprocess.CompletedProcess:
     """A real queue worker process, until the queue has been idle for a second (or ``timeout``: a message that keeps
     coming back never lets it go idle)."""
     env = {**os.environ, **settings.to_env(), "STYLIZE_MODEL_CACHE_DIR": str(tmp_path / "cache" / "models")}
-    command = [sys.executable, "-m", "gpu_job", "worker", "--idle-seconds", "1", "--threads", "1"]
+    command = [sys.executable, "-m", "gpu_job", "worker", "--work", work, "--idle-seconds", "1", "--threads", "1"]
     try:
         return subprocess.run(command, env=env, capture_output=True, text=True, timeout=timeout)
     except subprocess.TimeoutExpired as exc:
@@ -186,6 +190,41 @@ def test_a_stdio_line_that_is_not_a_message_gets_an_error_and_the_next_is_answer
     assert [(e["item"], "\n" in e["error"], "Fraction(" in e["error"]) for e in errors] == [(0, False, False)], done.stdout
     assert kept in errors[0]["error"] or "malformed" in errors[0]["error"]
     assert [(r["item"], r["succeeded"]) for r in results] == [(1, True)], done.stderr[-2000:]
+
+
+def test_a_shard_message_naming_other_folders_or_ids_is_poisoned_and_writes_nothing(on_azurite, generated, tmp_path):
+    settings = Settings(visibility_timeout_s=3, max_deliveries=2)
+    service, clients = on_azurite(settings, (settings.sensor_data_container, settings.models_container, settings.work_container),
+                                  (settings.shard_queue, settings.shard_result_queue, settings.shard_poison_queue))
+    service.get_blob_client(settings.sensor_data_container, settings.sensor_data_blob).upload_blob(
+        (generated / "sensor_data.csv").read_bytes(), overwrite=True)
+    for path in (generated / "models").iterdir():
+        service.get_blob_client(settings.models_container, path.name).upload_blob(path.read_bytes(), overwrite=True)
+    window = Window.parse("2018-08-29T01:00:00", "2018-08-29T02:00:00")
+    keys = [entry.key for entry in Manifest.load(generated / "models").models.values()][:3]
+    good, = plan_shards(window.run_id, keys, 4, models_dir="", data=settings.sensor_data_blob, window=window,
+                        out_dir=run_prefix(window.run_id) + SHARDS_DIR)
+    other = Window.parse("2018-08-29T02:00:00", "2018-08-29T03:00:00")
+    forged = [replace(good, out_dir=JobLayout(_job("b")).root + "/styled"), replace(good, models_dir="../videos-in"),
+              replace(good, data="../videos-in/private.csv"), replace(good, shard_id="shard-0000000000000000"),
+              replace(good, run_id=other.run_id), replace(good, out_dir=run_prefix(other.run_id) + SHARDS_DIR)]
+    for spec in [*forged, good]:
+        clients[settings.shard_queue].send_message(spec.to_json())
+    _serve(settings, tmp_path, work="shards")
+    results = [ShardResult.from_json(text) for text in _contents(clients[settings.shard_result_queue])]
+    assert [(r.shard_id, r.succeeded) for r in results] == [(good.shard_id, True)]
+    assert sorted(_contents(clients[settings.shard_poison_queue])) == sorted(spec.to_json() for spec in forged)
+    written = [blob.name for blob in service.get_container_client(settings.work_container).list_blobs()]
+    assert written == [f"{good.out_dir}/{good.predictions_name}"]
+
+
+def test_a_shard_result_naming_other_predictions_is_refused():
+    window = Window.parse("2018-08-29T01:00:00", "2018-08-29T02:00:00")
+    result = ShardResult(run_id=window.run_id, shard_id="shard-0123456789abcdef", models=[], predictions="../../jobs/x/closed")
+    with pytest.raises(ShardMessageError, match="predictions"):
+        ShardResult.from_json(result.to_json())
+    with pytest.raises(ShardMessageError, match="run id"):
+        ShardResult.from_json(json.dumps({**result.to_dict(), "predictions": None, "run_id": "../x"}))
 
 
 def test_a_result_naming_a_styled_segment_that_is_not_its_own_is_refused():
