@@ -98,7 +98,9 @@ def test_a_message_naming_another_jobs_blobs_is_poisoned_and_writes_nothing(queu
         clients[settings.batch_queue].send_message(message.to_json())
     _serve(settings, tmp_path)
     work = service.get_container_client(settings.work_container)
-    assert [blob.name for blob in work.list_blobs()] == [mine.segment(batches[0])], "nothing written, no job or run closed"
+    assert [blob.name for blob in work.list_blobs(name_starts_with=mine.root)] == [mine.segment(batches[0])], "nothing written"
+    assert list(work.list_blobs(name_starts_with=theirs.root)) == [], "no other job's blob written, no job closed"
+    assert not work.get_blob_client(run_prefix("20240101T000000--20240101T010000") + "closed").exists(), "no run closed"
     assert _contents(clients[settings.result_queue]) == [], "a forged message answers no job"
     assert sorted(_contents(clients[settings.poison_queue])) == sorted(message.to_json() for message in forged)
 
@@ -204,7 +206,7 @@ def test_a_shard_message_naming_other_folders_or_ids_is_poisoned_and_writes_noth
     keys = [entry.key for entry in Manifest.load(generated / "models").models.values()][:3]
     good, = plan_shards(window.run_id, keys, 4, models_dir="", data=settings.sensor_data_blob, window=window,
                         out_dir=run_prefix(window.run_id) + SHARDS_DIR)
-    other = Window.parse("2018-08-29T02:00:00", "2018-08-29T03:00:00")
+    other = Window.parse("2031-01-01T00:00:00", "2031-01-01T01:00:00")
     forged = [replace(good, out_dir=JobLayout(_job("b")).root + "/styled"), replace(good, models_dir="../videos-in"),
               replace(good, data="../videos-in/private.csv"), replace(good, shard_id="shard-0000000000000000"),
               replace(good, run_id=other.run_id), replace(good, out_dir=run_prefix(other.run_id) + SHARDS_DIR)]
@@ -214,8 +216,10 @@ def test_a_shard_message_naming_other_folders_or_ids_is_poisoned_and_writes_noth
     results = [ShardResult.from_json(text) for text in _contents(clients[settings.shard_result_queue])]
     assert [(r.shard_id, r.succeeded) for r in results] == [(good.shard_id, True)]
     assert sorted(_contents(clients[settings.shard_poison_queue])) == sorted(spec.to_json() for spec in forged)
-    written = [blob.name for blob in service.get_container_client(settings.work_container).list_blobs()]
-    assert written == [f"{good.out_dir}/{good.predictions_name}"]
+    work = service.get_container_client(settings.work_container)
+    for prefix in (JobLayout(_job("b")).root, run_prefix(other.run_id)):
+        assert list(work.list_blobs(name_starts_with=prefix)) == [], prefix
+    assert [blob.name for blob in work.list_blobs(name_starts_with=good.out_dir)] == [f"{good.out_dir}/{good.predictions_name}"]
 
 
 def test_a_shard_result_naming_other_predictions_is_refused():
