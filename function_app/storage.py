@@ -10,7 +10,7 @@ import json
 
 import azure.functions as func
 
-from gpu_job.styles import STYLE_NAME_MAX_CHARS
+from gpu_job.styles import is_known_style
 from shared.config import Settings
 from shared.errors import public
 from shared.names import UPLOAD_NAME_MAX_CHARS, UnsafeNameError, check_blob_name
@@ -30,14 +30,18 @@ def output_names(input_blob: str, style: str, suffix: str = ".mp4") -> dict[str,
 
 
 def error_report_name(input_blob: str, style: str) -> str:
-    """Where an upload's error report goes: beside its outputs (``<name>.<style>.error.json``); for a name or style
-    that is not safe to build a blob name from, ``refused/<hash of the name>.error.json``."""
+    """Where an upload's error report goes: beside its outputs (``<name>.<style>.error.json``) when the name is a safe
+    upload name and the style a known one; else ``refused/<hash of both>.error.json``, so that neither can steer the
+    report into another folder or container."""
     try:
         check_blob_name(input_blob, "upload name", UPLOAD_NAME_MAX_CHARS)
-        if len(style) > STYLE_NAME_MAX_CHARS or not style.isprintable():
-            raise UnsafeNameError("unsafe style")
     except UnsafeNameError:
-        return f"refused/{hashlib.sha256(input_blob.encode('utf-8', 'surrogatepass')).hexdigest()[:32]}.error.json"
+        known = False
+    else:
+        known = is_known_style(style)
+    if not known:
+        digest = hashlib.sha256(f"{input_blob}\n{style}".encode("utf-8", "surrogatepass")).hexdigest()[:32]
+        return f"refused/{digest}.error.json"
     return f"{input_blob}.{style}.error.json"
 
 

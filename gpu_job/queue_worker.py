@@ -30,6 +30,8 @@ from shared.storage import queue_client
 
 log = logging.getLogger("gpu_job.queue")
 POLL_MIN_S, POLL_MAX_S = 0.5, 5.0
+POISON_TEXT_MAX = 48 * 1024
+"""The most of a message's text the poison queue takes whole: 64 KiB once Base64-encoded."""
 ITEMS_AHEAD = 1
 """Messages a streaming handler's worker takes beyond the one it works on."""
 
@@ -244,8 +246,16 @@ class QueueWorker:
         return QueueItem(self, queued, message, keeper)
 
     def _to_poison(self, queued) -> None:
-        """Keep the message's body, as it was sent, in the poison queue; then delete it here."""
-        self.poison.send_message(_decoded(queued.content, strict=False))
+        """Keep the message's body, as it was sent, in the poison queue (its start, where the whole would not fit one
+        message once encoded again); then delete it here, even if the poison queue refused it: a message that cannot
+        be acted on must not come back."""
+        body = _decoded(queued.content, strict=False)
+        if len(body.encode("utf-8", "surrogatepass")) > POISON_TEXT_MAX:
+            body = f"{body[:1000]}... (message {queued.id}: {len(body)} characters, cut)"
+        try:
+            self.poison.send_message(body)
+        except Exception as exc:  # noqa: BLE001 - storage refused: the message is dropped, and said so in the log
+            log.error("could not keep message %s in %s (%s); dropped", queued.id, self.poison_name, one_line(exc))
         self.delete(queued.id, queued.pop_receipt)
 
     def delete(self, message_id: str, pop_receipt: str) -> None:

@@ -233,8 +233,10 @@ class Feed:
         """Every line but blank ones, numbered in order; one that is not a message is answered at once, with an
         ``error`` event for its number."""
         try:
-            for number, line in enumerate(line for line in self._source if line.strip()):
+            for number, line in enumerate(line for line in self._lines() if line is None or line.strip()):
                 try:
+                    if line is None:
+                        raise ValueError("the line is not UTF-8 text")
                     message = self._kind.parse(line)
                 except Exception as exc:  # noqa: BLE001 - any line that is not a message is answered, and the next one read
                     self._emit({"event": "error", "item": number, "error": one_line(exc)})
@@ -242,6 +244,19 @@ class Feed:
                 self._items.put(FeedItem(number, message, lambda event, n=number: self._emit({**event, "item": n})))
         finally:  # input closed, or unreadable: the worker ends once it has answered what it took
             self._items.end()
+
+    def _lines(self) -> Iterator[str | None]:
+        """The input's lines, each decoded alone (None for one that is not UTF-8), so that one bad line is answered
+        instead of ending the input."""
+        raw = getattr(self._source, "buffer", None)
+        if raw is None:
+            yield from self._source
+            return
+        for line in raw:
+            try:
+                yield line.decode("utf-8")
+            except UnicodeDecodeError:
+                yield None
 
     def next(self, wait: bool = True) -> FeedItem | None:
         """The next message; None once the input has closed, or (``wait`` False) when none has come yet."""

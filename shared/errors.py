@@ -2,7 +2,7 @@
 
 import re
 
-_LOCAL_PATH = re.compile(r"(?<![\w.:/~-])/(?:[^\s'\"`:,;()\[\]<>/]+/)+([^\s'\"`:,;()\[\]<>/]*)")
+_LOCAL_PATH = re.compile(r"(?<![\w./~-])/(?:[^\s'\"`:,;()\[\]<>/]+/)+([^\s'\"`:,;()\[\]<>/]*)")
 
 
 class PipelineError(Exception):

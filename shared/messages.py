@@ -192,7 +192,7 @@ class BatchResult:
 
     @classmethod
     def from_json(cls, text: str | bytes) -> BatchResult:
-        return cls.from_dict(_load_object(text, "batch result"))
+        return parsed("batch result", lambda: cls._from_dict(_load_object(text, "batch result")))
 
 
 def styled_name(index: int, attempt: int) -> str:

@@ -25,7 +25,7 @@ FILE_NAME_MAX_CHARS = 128
 JOB_ID = re.compile(r"stylize-[0-9a-f]{32}")
 """What :func:`function_app.upload.instance_id_for` makes: a video job that came through the queue (the local
 runner's one job, ``local``, never does)."""
-RUN_ID = re.compile(r"(?:\d{8}T\d{6}|begin)--(?:\d{8}T\d{6}|end)")
+RUN_ID = re.compile(r"(?:[0-9]{8}T[0-9]{6}|begin)--(?:[0-9]{8}T[0-9]{6}|end)")
 """What :attr:`shared.many_models.schema.Window.run_id` makes."""
 SHARD_ID = re.compile(r"shard-[0-9a-f]{16}")
 """What :func:`shared.many_models.shards.shard_id` makes."""

@@ -34,8 +34,10 @@ from shared.many_models.manifest import Manifest
 from shared.many_models.run_state import SHARDS_DIR
 from shared.many_models.schema import Window
 from shared.many_models.shards import (KEY_JSON_MAX, KEY_VALUES_MAX, QUEUED_MODELS_MAX, REASON_CHARS, ModelResult, ShardMessageError,
-                                       ShardResult, plan_shards)
+                                       ShardResult, ShardSpec, plan_shards)
+from shared.errors import InvalidInputError
 from shared.messages import BatchMessage, BatchResult, MessageError
+from shared.names import check_run_id
 from shared.plan import plan_batches
 from shared.probe import probe
 from shared.split import split_video
@@ -168,6 +170,48 @@ def test_a_body_that_is_not_base64_is_poisoned_not_received_forever(queues, tmp_
     assert _contents(clients[settings.poison_queue]) == ["%%% not base64 %%%"], "kept as it came"
 
 
+def test_a_stdio_line_that_is_not_utf8_gets_an_error_and_the_next_is_answered(segments, tmp_path):
+    batches, sources = segments
+    good = BatchMessage(job_id="local", batch=batches[0], attempt=1, model="identity", segment=str(sources[0]),
+                        styled=str(tmp_path / "styled.mp4"))
+    command = [sys.executable, "-m", "gpu_job", "worker", "--stdio", "--threads", "1"]
+    done = subprocess.run(command, input=b'{"job_id": "\xff\xfe"}\n' + good.to_json().encode() + b"\n", capture_output=True, timeout=120)
+    events = [json.loads(text) for text in done.stdout.decode().splitlines()]
+    assert [(e["event"], e.get("item")) for e in events if e["event"] in ("error", "result")] == [("error", 0), ("result", 1)]
+    assert b"Traceback" not in done.stderr
+
+
+@pytest.mark.parametrize("parse", [BatchMessage.from_json, BatchResult.from_json, ShardSpec.from_json, ShardResult.from_json])
+def test_deeply_nested_json_is_a_one_line_message_error(parse):
+    with pytest.raises(MessageError) as caught:
+        parse("[" * 200_000)
+    assert "\n" not in str(caught.value) and len(str(caught.value)) < 300
+
+
+def test_a_key_over_the_bounds_refuses_the_run_when_planned_not_shard_by_shard():
+    window = Window.parse("2024-01-01T00:00:00", "2024-01-01T01:00:00")
+    with pytest.raises(InvalidInputError, match="key"):
+        plan_shards(window.run_id, [tuple(str(i) for i in range(KEY_VALUES_MAX + 1))], 4, models_dir="", data="", window=window, out_dir="")
+    with pytest.raises(InvalidInputError):
+        check_run_id("\u0662\u0660\u0662\u0664\u0660\u0661\u0660\u0661T\u0660\u0660\u0660\u0660\u0660\u0660--end")
+
+
+def test_a_poisoned_message_too_large_to_keep_whole_is_kept_cut_and_never_comes_back(queues):
+    from azure.storage.queue import QueueClient
+
+    from gpu_job.batch_work import BatchWork
+    from gpu_job.queue_worker import QueueWorker
+
+    settings, _, clients = queues
+    body = base64.b64encode(bytes([0xff, 0xfe]) * (24 * 1024)).decode()  # Base64, but not of UTF-8 text: 65,536 characters
+    QueueClient.from_connection_string(os.environ[settings.storage_connection], settings.batch_queue).send_message(body)
+    worker = QueueWorker(BatchWork(SimpleNamespace(name="test"), settings), settings)
+    assert worker.take() is True
+    assert _contents(clients[settings.batch_queue]) == []
+    kept, = _contents(clients[settings.poison_queue])
+    assert kept.startswith(body[:1000]) and kept.endswith("characters, cut)")
+
+
 @pytest.mark.parametrize("line, kept", [
     ('{"batch": {"frame_count": "6"}, "preview_frames": [0]}', "malformed"),
     ("TIME_BASE", "time_base"),
@@ -264,6 +308,8 @@ def test_upload_names_and_styles_are_bounded_and_outputs_distinct():
     refused = error_report_name("a" * 5000 + ".mp4", "starry")
     assert refused.startswith("refused/") and len(refused) < 100
     assert error_report_name("clip.mkv", "starry") == "clip.mkv.starry.error.json"
+    steered = error_report_name("clip.mp4", "x/../../../stylize-work/jobs/stylize-" + "0" * 32 + "/closed")
+    assert steered.startswith("refused/") and "/" not in steered[len("refused/"):], "an unknown style cannot steer the report"
 
 
 def test_errors_shown_to_callers_carry_no_local_paths():

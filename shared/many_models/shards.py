@@ -92,7 +92,7 @@ class ShardSpec:
 
     @classmethod
     def from_json(cls, text: str | bytes) -> ShardSpec:
-        return cls.from_dict(_load(text, "shard"))
+        return parsed("shard", lambda: cls._from_dict(_load(text, "shard")), ShardMessageError)
 
     @classmethod
     def from_dict(cls, data: object) -> ShardSpec:
@@ -129,6 +129,7 @@ def plan_shards(run_id: str, keys: list[ModelKey], models_per_shard: int, *, mod
         raise InvalidInputError("models per shard must be at least 1")
     if not keys:
         return []
+    _keys([list(key) for key in keys], "model keys")  # refused here, before the run, not shard by shard
     count = -(-len(keys) // models_per_shard)
     bounds = [len(keys) * i // count for i in range(count + 1)]
     groups = [tuple(keys[bounds[i] : bounds[i + 1]]) for i in range(count)]
@@ -190,7 +191,7 @@ class ShardResult:
 
     def to_json(self) -> str:
         """The result as one queue message's text: where the models' reasons would make it too long, they are cut
-        shorter, and at the last dropped (each failed model then gives the shard's first reason's start)."""
+        shorter, and at the last dropped (the shard's own ``error``, cut to :data:`REASON_CHARS`, stays)."""
         text = json.dumps(self.to_dict(), separators=(",", ":"))
         for limit in (100, 40, 0):
             if len(text.encode()) <= MESSAGE_TEXT_MAX:
@@ -206,7 +207,7 @@ class ShardResult:
 
     @classmethod
     def from_json(cls, text: str | bytes) -> ShardResult:
-        return cls.from_dict(_load(text, "shard result"))
+        return parsed("shard result", lambda: cls._from_dict(_load(text, "shard result")), ShardMessageError)
 
     @classmethod
     def from_dict(cls, data: object) -> ShardResult:
