@@ -9,14 +9,14 @@ import asyncio
 import io
 import json
 from dataclasses import replace
-from datetime import datetime, timezone
+from datetime import datetime, timedelta, timezone
 from pathlib import Path
 
 import azure.functions as func
 import pandas as pd
 import pytest
 from azure.functions.timer import TimerRequest
-from azure.storage.blob import BlobLeaseClient
+from azure.storage.blob import BlobLeaseClient, BlobServiceClient, ContainerSasPermissions, generate_container_sas
 
 import durable_replay
 from durable_replay import ReplayClient
@@ -26,9 +26,11 @@ from function_app.activities import ACTIVITIES as VIDEO_ACTIVITIES
 from function_app.batches import job_status
 from function_app.compute import LocalWorkers
 from function_app.many_models import ACTIVITIES, deliver_shard_result, on_models_schedule, on_shard_result, start_model_run
+from gpu_job.blob_cache import BlobCache
 from gpu_job.shard_work import ShardWork
 from shared.config import Settings
-from shared.many_models.manifest import Manifest
+from shared.errors import InvalidInputError
+from shared.many_models.manifest import Manifest, ModelEntry
 from shared.many_models.schema import Window
 from shared.many_models.shards import ShardMessageError, ShardResult, plan_shards
 from shared.messages import MessageError
@@ -240,6 +242,55 @@ def test_the_worker_keeps_what_it_downloaded_until_the_blob_changes(storage, gen
     service.get_blob_client(LIMITS.sensor_data_container, LIMITS.sensor_data_blob).delete_blob()
     gone = work.queued(second, 1)
     assert (gone.succeeded, gone.retryable) == (False, False) and "readings sensor-data/sensor_data.csv are gone" in gone.error
+
+
+CLIMBING_NAME = "a////////../../../../outside/evil.py"
+"""Issue 20's file name, climbing from the cache's models folder (``<root>/models/<hash>/``) to the test's own folder."""
+
+
+def _bearer_like(service: BlobServiceClient) -> BlobServiceClient:
+    """The models container through a SAS, like a worker's managed identity a credential that signs no blob path: the
+    storage client then sends a name with ``..`` parts (which it normalises away) and storage answers."""
+    sas = generate_container_sas(service.account_name, LIMITS.models_container, account_key=service.credential.account_key,
+                                 permission=ContainerSasPermissions(read=True, write=True), expiry=datetime.now(timezone.utc) + timedelta(hours=1))
+    return BlobServiceClient(service.url, credential=sas)
+
+
+def _files_outside(root: Path, cache: Path) -> list[Path]:
+    return [path for path in root.rglob("*") if path.is_file() and cache not in path.parents]
+
+
+def test_a_manifest_file_name_that_climbs_out_of_the_cache_writes_nothing_outside_it(storage, generated, tmp_path):
+    """A manifest naming a model file ``a////////../../../../outside/evil.py`` (the blob exists: the storage client
+    reads it from the models container) is refused before anything is downloaded, and no file lands outside the cache."""
+    service = _bearer_like(storage[0])
+    manifest = json.loads((generated / "models" / "manifest.json").read_text())
+    manifest["models"]["1/1"]["file"] = CLIMBING_NAME
+    models = service.get_container_client(LIMITS.models_container)
+    models.upload_blob(CLIMBING_NAME, b"import os  # planted\n", overwrite=True)
+    models.upload_blob("manifest.json", json.dumps(manifest).encode(), overwrite=True)
+    cache = BlobCache(service, tmp_path / "cache")
+    shard = _plan(generated, HOUR)[0]
+    assert ("1", "1") in shard.keys
+    with pytest.raises(InvalidInputError, match=r"models/manifest\.json: model '1/1': file .* is not a plain file name"):
+        cache.models(LIMITS.models_container, "", shard)
+    assert _files_outside(tmp_path, tmp_path / "cache") == []
+    assert not (tmp_path / "outside").exists()
+
+
+def test_the_cache_checks_a_model_file_name_again_itself(storage, generated, tmp_path, monkeypatch):
+    """Even with a manifest that skipped the parser's checks, the cache derives the local path from a checked plain
+    name: the climbing name is refused and nothing is written outside the cache."""
+    service = _bearer_like(storage[0])
+    service.get_container_client(LIMITS.models_container).upload_blob(CLIMBING_NAME, b"planted", overwrite=True)
+    cache = BlobCache(service, tmp_path / "cache")
+    manifest = Manifest.load(generated / "models")
+    entry = manifest.models["1/1"]
+    manifest.models["1/1"] = ModelEntry(**{**entry.__dict__, "file": CLIMBING_NAME})
+    monkeypatch.setattr(cache, "manifest", lambda container, prefix: (tmp_path / "cache" / "models" / "m", manifest))
+    with pytest.raises(InvalidInputError, match="is not a plain file name"):
+        cache.models(LIMITS.models_container, "", _plan(generated, HOUR)[0])
+    assert _files_outside(tmp_path, tmp_path / "cache") == []
 
 
 @pytest.mark.parametrize("body,reason", [
