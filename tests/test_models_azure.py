@@ -148,20 +148,20 @@ def _post(client: ReplayClient, body) -> func.HttpResponse:
 def test_http_backfill_starts_a_window_and_a_second_pass_skips_what_is_done(storage, generated):
     service, queues = storage
     client = ReplayClient()
-    window = Window.parse("2018-08-29T01:30:00", "2018-08-29T02:30:00")
-    response = _post(client, {"start": "2018-08-29T01:30:00Z", "end": "2018-08-29T02:30:00Z"})
+    window = Window.parse("2018-08-29T01:00:00", "2018-08-29T03:00:00")
+    response = _post(client, {"start": "2018-08-29T01:00:00Z", "end": "2018-08-29T03:00:00Z"})
     answer = json.loads(response.get_body())
     instance_id = f"score-models-{window.run_id}"
     assert response.status_code == 202 and answer["id"] == instance_id and answer["started"] is True
     assert answer["status"] == response.headers["Location"] == f"http://localhost:7071/api/jobs/{instance_id}"
-    again = _post(client, {"start": "2018-08-29T01:30:00", "end": "2018-08-29T02:30:00"})
+    again = _post(client, {"start": "2018-08-29T01:00:00", "end": "2018-08-29T03:00:00"})
     assert again.status_code == 200 and json.loads(again.get_body())["started"] is False, "a running window is not started twice"
     assert len(client.started) == 1
     _host(client, instance_id, queues).until_done()
     first_predictions, first = _outputs(service, window.run_id)
     assert _rows(first_predictions) == _rows(_readings(generated, window)) and first["models_succeeded"] == 15
 
-    rerun = _post(client, {"start": "2018-08-29T01:30:00", "end": "2018-08-29T02:30:00"})
+    rerun = _post(client, {"start": "2018-08-29T01:00:00", "end": "2018-08-29T03:00:00"})
     assert rerun.status_code == 202, "a window whose run ended is run again (a backfill after a partial run)"
     host = _host(client, instance_id, queues)
     host.until_done()
@@ -171,10 +171,47 @@ def test_http_backfill_starts_a_window_and_a_second_pass_skips_what_is_done(stor
     assert _status(client, instance_id)["status"] == "succeeded"
 
     for body, reason in [({"start": "yesterday", "end": "2018-08-29T02:00:00"}, "start 'yesterday' is not an ISO 8601 time"),
-                         ({"start": "2018-08-29T02:00:00"}, "the body must be a JSON object"),
+                         ({"start": "2018-08-29T02:00:00"}, "end is required"),
                          ({"start": "2018-08-29T02:00:00", "end": "2018-08-29T01:00:00"}, "is not before its end")]:
         refused = _post(client, body)
         assert refused.status_code == 400 and reason in json.loads(refused.get_body())["error"]
+    assert len(client.started) == 2
+
+
+@pytest.mark.parametrize("body, reason", [
+    ({"start": "", "end": ""}, "start is required"),  # issue 20: ran an open window
+    ({"start": "2018-08-29T01:00:00", "end": ""}, "end is required"),
+    ({"start": "2018-08-29T01:00:00", "end": None}, "end is required"),
+    ({"start": "0001-01-01T00:00:00", "end": "9999-12-31T00:00:00"}, "is before 1970-01-01"),  # issue 20: year 1 to 9999
+    ({"start": "2018-08-29T00:00:00", "end": "9999-12-31T00:00:00"}, "at most 24 at once"),
+    ({"start": "0001-01-01T00:00:00+01:00", "end": "2018-08-29T02:00:00"}, "is not a time UTC can hold"),
+    ({"start": "2018-08-29T01:00:01", "end": "2018-08-29T02:00:01"}, "is not on a boundary of the schedule's 3600 s periods"),
+    ({"start": "2018-08-29T01:00:00.5", "end": "2018-08-29T02:00:00"}, "is not on a boundary"),
+    ({"start": "2018-08-29T01:00:00", "end": "2018-08-29T02:00:00+00:30"}, "is not on a boundary"),
+    (["2018-08-29T01:00:00", "2018-08-29T02:00:00"], "the body must be a JSON object"),
+])
+def test_a_backfill_window_needs_both_ends_on_the_schedule_and_a_bounded_span(body, reason):
+    """Issue 20: empty and unbounded windows were run, and each one-second shift started a full run of its own. A
+    backfill runs windows a scheduler would: both ends on the schedule's period boundaries, at most
+    STYLIZE_MODELS_BACKFILL_MAX_WINDOWS periods; anything else is a one-line 400 and starts nothing."""
+    client = ReplayClient()
+    refused = _post(client, body)
+    error = json.loads(refused.get_body())["error"]
+    assert (refused.status_code, client.started) == (400, []) and reason in error, error
+    assert "\n" not in error and len(error) < 300 and "Error(" not in error
+
+
+def test_a_backfill_is_refused_with_429_while_the_most_runs_are_running(monkeypatch):
+    monkeypatch.setattr(many_models, "settings", replace(many_models.settings, models_max_running=2))
+    client = ReplayClient()
+    client.replays["stylize-" + "0" * 32] = durable_replay.Replay(lambda context: None, {}, "stylize-" + "0" * 32)  # a video: not counted
+    hours = [{"start": f"2018-08-29T0{hour}:00:00", "end": f"2018-08-29T0{hour + 1}:00:00"} for hour in range(3)]
+    assert [_post(client, hour).status_code for hour in hours[:2]] == [202, 202]
+    refused = _post(client, hours[2])
+    assert refused.status_code == 429 and refused.headers["Retry-After"]
+    error = json.loads(refused.get_body())["error"]
+    assert "2 many-models runs are running" in error and "\n" not in error
+    assert _post(client, hours[0]).status_code == 200, "a window whose run is running is answered as before, not refused"
     assert len(client.started) == 2
 
 
