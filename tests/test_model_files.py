@@ -42,14 +42,14 @@ def test_a_valid_manifest_parses():
     ({"file": "sub/m.npz"}, "is not a plain file name"),
     ({"file": "/etc/m.npz"}, "is not a plain file name"),
     ({"file": "m.py"}, "does not end in .npz"),
-    ({"file": 7}, "file is not a str"),
+    ({"file": 7}, "file must be a text"),
     ({"sha256": "not-a-digest"}, "is not 64 lowercase hex digits"),
     ({"sha256": "9B" * 32}, "is not 64 lowercase hex digits"),
-    ({"key": "1/1"}, "key is not a list"),
+    ({"key": "1/1"}, "key must be a list"),
     ({"key": [1, 1]}, "key must be a list of texts"),
     ({"version": "v" * 10_000}, "version must be a text of 1 to"),
-    ({"training_rows": "many"}, "training_rows is not a int"),
-    ({"training_rows": True}, "training_rows is not a int"),
+    ({"training_rows": "many"}, "training_rows must be a whole number"),
+    ({"training_rows": True}, "training_rows must be a whole number"),
     ({"training_window": {"start": 0}}, "training_window must be"),
     ({"extra": 1}, "must have exactly the fields"),
 ])
@@ -164,6 +164,9 @@ def test_a_file_larger_than_the_bound_is_refused_unread(tmp_path, monkeypatch):
     ("scaler.scale_", lambda n: np.ones(3), "scaler.scale_ has shape (3,)"),
     ("scaler.mean_", lambda n: np.array([np.nan]), "not finite"),
     ("svm._sparse", lambda n: True, "svm._sparse"),
+    ("svm.support_vectors_", lambda n: 7, "svm.support_vectors_ is not a table"),
+    ("svm.dual_coef_", lambda n: 0.5, "svm.dual_coef_ is not an array"),
+    ("scaler.n_features_in_", lambda n: 2, "disagree on the number of features"),
 ])
 def test_fitted_attributes_that_do_not_fit_together_are_refused(tmp_path, attribute, value, reason):
     pipeline = _fitted()

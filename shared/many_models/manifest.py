@@ -28,8 +28,8 @@ MODEL_FILE_SUFFIX = ".npz"
 TEXT_MAX_CHARS = 256
 """A key value, version or scikit-learn version longer than this is no one's real value."""
 _SHA256 = re.compile(r"[0-9a-f]{64}")
-_ENTRY_FIELDS = {"key": list, "file": str, "sha256": str, "version": str, "sklearn_version": str, "training_window": dict,
-                 "training_rows": int}
+_ENTRY_FIELDS = {"key": (list, "a list"), "file": (str, "a text"), "sha256": (str, "a text"), "version": (str, "a text"),
+                 "sklearn_version": (str, "a text"), "training_window": (dict, "an object"), "training_rows": (int, "a whole number")}
 
 
 @dataclass(frozen=True)
@@ -49,9 +49,9 @@ class ModelEntry:
         if not isinstance(data, dict) or set(data) != set(_ENTRY_FIELDS):
             fields = sorted(map(str, data)) if isinstance(data, dict) else type(data).__name__
             raise InvalidInputError(f"{what}: an entry must have exactly the fields {', '.join(_ENTRY_FIELDS)}, not {shown(fields)}")
-        for name, kind in _ENTRY_FIELDS.items():
+        for name, (kind, kind_name) in _ENTRY_FIELDS.items():
             if not isinstance(data[name], kind) or isinstance(data[name], bool):
-                raise InvalidInputError(f"{what}: {name} is not a {kind.__name__}")
+                raise InvalidInputError(f"{what}: {name} must be {kind_name}")
         key = data["key"]
         if not key or not all(isinstance(value, str) and 0 < len(value) <= TEXT_MAX_CHARS for value in key):
             raise InvalidInputError(f"{what}: key must be a list of texts of 1 to {TEXT_MAX_CHARS} characters")

@@ -171,10 +171,11 @@ def _check_fitted(scaler: StandardScaler, svm: OneClassSVM) -> None:
         raise ValueError(f"svm kernel {svm.kernel!r} is not one of {', '.join(sorted(KERNELS))}")
     if svm._sparse is not False:
         raise ValueError("svm._sparse is set: a model file holds a dense model")
-    features = scaler.n_features_in_
-    vectors = svm.support_vectors_
-    if features < 1 or svm.n_features_in_ != features or vectors.ndim != 2:
-        raise ValueError(f"scaler and svm disagree on the features ({features}, {svm.n_features_in_}, support vectors {vectors.shape})")
+    features, vectors = scaler.n_features_in_, svm.support_vectors_
+    if not isinstance(vectors, np.ndarray) or vectors.ndim != 2:
+        raise ValueError("svm.support_vectors_ is not a table of support vectors")
+    if not isinstance(features, int) or features < 1 or svm.n_features_in_ != features:
+        raise ValueError(f"scaler and svm disagree on the number of features ({features!r}, {svm.n_features_in_!r})")
     count = len(vectors)
     expected = {
         "scaler.mean_": ((features,), np.float64), "scaler.var_": ((features,), np.float64), "scaler.scale_": ((features,), np.float64),
@@ -187,6 +188,8 @@ def _check_fitted(scaler: StandardScaler, svm: OneClassSVM) -> None:
     for name, (shape, dtype) in expected.items():
         step, attribute = name.split(".")
         array = getattr(steps[step], attribute)
+        if not isinstance(array, np.ndarray):
+            raise ValueError(f"{name} is not an array")
         if array.shape != shape:
             raise ValueError(f"{name} has shape {array.shape}, not {shape}")
         if array.dtype != dtype:
