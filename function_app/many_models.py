@@ -90,7 +90,7 @@ def _json_response(body: dict, status_code: int, headers: dict | None = None) ->
 async def running_runs(client: df.DurableOrchestrationClient) -> set[str]:
     """The ids of the many-models orchestrations running or about to (not the videos')."""
     statuses = await client.get_status_by(runtime_status=list(ACTIVE), instance_id_prefix=INSTANCE_PREFIX)
-    return {status.instance_id for status in statuses if status.instance_id.startswith(INSTANCE_PREFIX)}
+    return {status.instance_id for status in statuses}
 
 
 @bp.route(route="models/runs", methods=["POST"])

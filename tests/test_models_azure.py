@@ -188,6 +188,7 @@ def test_http_backfill_starts_a_window_and_a_second_pass_skips_what_is_done(stor
     ({"start": "2018-08-29T01:00:01", "end": "2018-08-29T02:00:01"}, "is not on a boundary of the schedule's 3600 s periods"),
     ({"start": "2018-08-29T01:00:00.5", "end": "2018-08-29T02:00:00"}, "is not on a boundary"),
     ({"start": "2018-08-29T01:00:00", "end": "2018-08-29T02:00:00+00:30"}, "is not on a boundary"),
+    ({"start": "9999-12-31T00:00:00", "end": "9999-12-31T23:59:59"}, "the one before it is 9999-12-31T23:00:00"),
     (["2018-08-29T01:00:00", "2018-08-29T02:00:00"], "the body must be a JSON object"),
 ])
 def test_a_backfill_window_needs_both_ends_on_the_schedule_and_a_bounded_span(body, reason):

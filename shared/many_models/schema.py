@@ -120,7 +120,7 @@ class Window:
             offset = (moment - EPOCH) % period
             if offset:
                 raise InvalidInputError(f"{name} {moment.isoformat()} is not on a boundary of the schedule's {period_s} s periods "
-                                        f"(e.g. {(moment - offset).isoformat()} or {(moment - offset + period).isoformat()})")
+                                        f"(the one before it is {(moment - offset).isoformat()})")
         periods = (window.end - window.start) // period
         if periods > max_periods:
             raise InvalidInputError(f"the window spans {periods} periods of {period_s} s; a backfill runs at most {max_periods} at once")
