@@ -53,8 +53,8 @@ class ModelEntry:
             if not isinstance(data[name], kind) or isinstance(data[name], bool):
                 raise InvalidInputError(f"{what}: {name} must be {kind_name}")
         key = data["key"]
-        if not key or not all(isinstance(value, str) and 0 < len(value) <= TEXT_MAX_CHARS for value in key):
-            raise InvalidInputError(f"{what}: key must be a list of texts of 1 to {TEXT_MAX_CHARS} characters")
+        if not key or not all(isinstance(value, str) and len(value) <= TEXT_MAX_CHARS for value in key):
+            raise InvalidInputError(f"{what}: key must be a list of texts of at most {TEXT_MAX_CHARS} characters")
         check_file_name(data["file"], f"{what}: file", (MODEL_FILE_SUFFIX,))
         if not _SHA256.fullmatch(data["sha256"]):
             raise InvalidInputError(f"{what}: sha256 {shown(data['sha256'])} is not 64 lowercase hex digits")
