@@ -7,6 +7,7 @@ and starts its first worker with the answer while its own imports are still to c
 
 from __future__ import annotations
 
+import hashlib
 import tempfile
 from pathlib import Path
 
@@ -49,8 +50,6 @@ def resolve_model(spec: str, cache_dir: Path, url: str = WEIGHTS_ARCHIVE_URL) ->
 
 
 def _sha256(path: Path) -> str | None:
-    import hashlib
-
     try:
         return hashlib.sha256(path.read_bytes()).hexdigest()
     except FileNotFoundError:
@@ -72,7 +71,6 @@ def _published_checkpoint(style: str, cache_dir: Path, url: str) -> Path:
 def _fetch_pretrained(cache_dir: Path, url: str, wanted: str) -> None:
     """Download the archive and cache each checkpoint in it that matches its pin (checked before it is moved into the
     cache); ``wanted`` must be one of them."""
-    import hashlib
     import shutil
     import urllib.request  # with http.client and ssl, 25-30 ms of every start that fetches nothing
 
