@@ -47,6 +47,8 @@ ERROR_NAME = "error.json"
 QUEUED_MODELS_PER_SHARD = 100
 """A shard's result travels in one queue message (64 KiB): a hundred models' results fit with room to spare."""
 HEADER_BYTES = 64 * 1024
+RETRY_AFTER_S = 60
+"""What a backfill refused for too many running runs is told to wait: runs take minutes."""
 
 
 def utc_now() -> datetime:
@@ -85,18 +87,30 @@ def _json_response(body: dict, status_code: int, headers: dict | None = None) ->
     return func.HttpResponse(json.dumps(body), status_code=status_code, mimetype="application/json", headers=headers)
 
 
+async def running_runs(client: df.DurableOrchestrationClient) -> set[str]:
+    """The ids of the many-models orchestrations running or about to (not the videos')."""
+    statuses = await client.get_status_by(runtime_status=list(ACTIVE), instance_id_prefix=INSTANCE_PREFIX)
+    return {status.instance_id for status in statuses}
+
+
 @bp.route(route="models/runs", methods=["POST"])
 @bp.durable_client_input(client_name="client")
 async def start_model_run(req: func.HttpRequest, client: df.DurableOrchestrationClient) -> func.HttpResponse:
-    """Backfill: ``{"start": T, "end": T}`` (ISO 8601, UTC). A window whose run has ended is run again: only its failed or
-    missing models are scored. Answers 202 with the orchestration id and its status URL (200 if it is already running)."""
+    """Backfill: ``{"start": T, "end": T}`` (ISO 8601, UTC), both on boundaries of the schedule's periods, at most
+    ``STYLIZE_MODELS_BACKFILL_MAX_WINDOWS`` of them (else 400). A window whose run has ended is run again: only its
+    failed or missing models are scored. Answers 202 with the orchestration id and its status URL, 200 if it is
+    already running, 429 while ``STYLIZE_MODELS_MAX_RUNNING`` many-models runs are running."""
     try:
         body = req.get_json()
-        if not isinstance(body, dict) or not all(isinstance(body.get(name), str) for name in ("start", "end")):
+        if not isinstance(body, dict):
             raise InvalidInputError('the body must be a JSON object {"start": ISO 8601 time, "end": ISO 8601 time}')
-        window = Window.parse(body["start"], body["end"], names=("start", "end"))
+        window = Window.backfill(body.get("start"), body.get("end"), settings.models_window_s, settings.models_backfill_max_windows)
     except (ValueError, InvalidInputError) as exc:
         return _json_response({"error": str(exc).splitlines()[0]}, 400)
+    running = await running_runs(client)
+    if instance_id_for(window.run_id) not in running and len(running) >= settings.models_max_running:
+        return _json_response({"error": f"{len(running)} many-models runs are running, the most at once: try again when one has ended"},
+                              429, {"Retry-After": str(RETRY_AFTER_S)})
     instance_id, started = await start_run(client, window, again=True)
     url = urlsplit(req.url)
     status_url = f"{url.scheme}://{url.netloc}{url.path.rsplit('/models/runs', 1)[0]}/jobs/{quote(instance_id)}"

@@ -1,5 +1,9 @@
 """Local copies of the blobs a shard worker reads from the queue path: one download per blob version (ETag)
-or per model file content (sha256), so a warm worker reads a window's data once however many shards it scores."""
+or per model file content (sha256), so a warm worker reads a window's data once however many shards it scores.
+
+Every local path is derived here: the readings' from a hash of their name and version, a models folder's from a
+hash of its blob prefix, a model file's from its manifest name only once :func:`shared.names.check_file_name` has
+passed it (one plain ``.npz`` name, so the file lands in its folder and nowhere else)."""
 
 from __future__ import annotations
 
@@ -11,9 +15,11 @@ from azure.core import MatchConditions
 from azure.core.exceptions import ResourceNotFoundError
 
 from shared.atomic import atomic_path
-from shared.many_models.manifest import MANIFEST_NAME, Manifest
+from shared.errors import InvalidInputError
+from shared.many_models.manifest import MANIFEST_MAX_BYTES, MANIFEST_NAME, MODEL_FILE_MAX_BYTES, MODEL_FILE_SUFFIX, Manifest, ModelEntry
 from shared.many_models.schema import key_id
 from shared.many_models.shards import ShardSpec
+from shared.names import check_file_name
 
 
 class BlobCache:
@@ -28,12 +34,16 @@ class BlobCache:
     def _etag(self, container: str, blob: str) -> str:
         return self.service.get_blob_client(container, blob).get_blob_properties().etag
 
-    def _download(self, container: str, blob: str, local: Path, etag: str | None = None) -> None:
-        """Write the blob to ``local`` atomically; with ``etag``, only that version (a blob replaced meanwhile fails)."""
+    def _download(self, container: str, blob: str, local: Path, etag: str | None = None, max_bytes: int | None = None) -> None:
+        """Write the blob to ``local`` atomically; with ``etag``, only that version (a blob replaced meanwhile fails);
+        with ``max_bytes``, a larger blob is refused from the size its first response states, before the rest is read."""
         client = self.service.get_blob_client(container, blob)
         condition = {"etag": etag, "match_condition": MatchConditions.IfNotModified} if etag else {}
+        stream = client.download_blob(max_concurrency=4, **condition)
+        if max_bytes is not None and stream.size > max_bytes:
+            raise InvalidInputError(f"{container}/{blob} is {stream.size} bytes, more than the {max_bytes} it may be")
         with atomic_path(local) as tmp, tmp.open("wb") as out:
-            client.download_blob(max_concurrency=4, **condition).readinto(out)
+            stream.readinto(out)
         self.downloads += 1
 
     def readings(self, container: str, blob: str) -> Path:
@@ -47,22 +57,35 @@ class BlobCache:
             self._download(container, blob, local, etag)
         return local
 
-    def models(self, container: str, prefix: str, spec: ShardSpec) -> Path:
-        """A local models folder with the current manifest and the shard's model files."""
+    def manifest(self, container: str, prefix: str) -> tuple[Path, Manifest]:
+        """The local models folder of ``prefix`` and its current manifest (checked as it is parsed)."""
         folder = self.root / "models" / hashlib.sha256(f"{container}/{prefix}".encode()).hexdigest()[:24]
         blob = posixpath.join(prefix, MANIFEST_NAME)
         etag = self._etag(container, blob)
         if self._manifests.get(folder, ("", None))[0] != etag:
-            self._download(container, blob, folder / MANIFEST_NAME, etag)
-            self._manifests[folder] = (etag, Manifest.load(folder))
-        entries = self._manifests[folder][1].models
+            self._download(container, blob, folder / MANIFEST_NAME, etag, MANIFEST_MAX_BYTES)
+            manifest = Manifest.parse((folder / MANIFEST_NAME).read_bytes(), f"{container}/{blob}")
+            self._manifests[folder] = (etag, manifest)
+        return folder, self._manifests[folder][1]
+
+    def models(self, container: str, prefix: str, spec: ShardSpec) -> Path:
+        """A local models folder with the current manifest and the shard's model files."""
+        folder, manifest = self.manifest(container, prefix)
         for key in spec.keys:
-            entry = entries.get(key_id(key))
-            if entry is None or self._model_sha256.get(folder / entry.file) == entry.sha256:
+            entry = manifest.models.get(key_id(key))
+            if entry is None:
+                continue
+            local = folder / _local_name(entry)
+            if self._model_sha256.get(local) == entry.sha256:
                 continue
             try:
-                self._download(container, posixpath.join(prefix, entry.file), folder / entry.file)
+                self._download(container, posixpath.join(prefix, local.name), local, max_bytes=MODEL_FILE_MAX_BYTES)
             except ResourceNotFoundError:  # scoring reports the model's file missing
                 continue
-            self._model_sha256[folder / entry.file] = entry.sha256
+            self._model_sha256[local] = entry.sha256
         return folder
+
+
+def _local_name(entry: ModelEntry) -> str:
+    """The entry's file name, checked here again (whatever made the entry): one plain ``.npz`` name, no folder."""
+    return check_file_name(entry.file, f"model {key_id(entry.key)}: file", (MODEL_FILE_SUFFIX,))

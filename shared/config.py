@@ -80,6 +80,11 @@ class Settings:
     """A run with failed models is ``partial`` up to this fraction of all models, ``failed`` past it (0: any failure fails it)."""
     models_window_s: int = 3600
     """Length of a scheduled run's window: a firing at time T scores [T' - this, T'), T' being T rounded down to a multiple of it."""
+    models_backfill_max_windows: int = 24
+    """A backfill's window spans at most this many scheduled windows (a day at the hourly default): a run over a longer
+    one reads and scores that much more at once, and a year is no one's backfill."""
+    models_max_running: int = 3
+    """Most many-models runs at once (the scheduled one included); a backfill asking for another is refused (429) until one ends."""
     sensor_data_container: str = "sensor-data"
     """Where the readings are (``sensor_data_blob`` in it), in the reference schema."""
     sensor_data_blob: str = "sensor_data.csv"

@@ -157,6 +157,10 @@ class ReplayClient:
                                           createdTime=replay.history[0]["Timestamp"], lastUpdatedTime=replay.clock.isoformat(),
                                               customStatus=replay.custom_status, output=replay.state.get("output"))
 
+    async def get_status_by(self, created_time_from=None, created_time_to=None, runtime_status=None, instance_id_prefix=None):
+        statuses = [await self.get_status(instance_id) for instance_id in self.replays if instance_id.startswith(instance_id_prefix or "")]
+        return [status for status in statuses if runtime_status is None or status.runtime_status in runtime_status]
+
     async def raise_event(self, instance_id: str, event_name: str, event_data) -> None:
         self.replays[instance_id].raise_event(event_name, event_data)
 

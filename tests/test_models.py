@@ -3,6 +3,7 @@ from __future__ import annotations
 import hashlib
 import http.server
 import io
+import re
 import subprocess
 import sys
 import threading
@@ -14,6 +15,7 @@ import pytest
 import torch
 
 from gpu_job.models import TransformerWeights, load_styler, load_transformer, random_transformer, transformer_styler
+from gpu_job import resolve
 from gpu_job.resolve import ModelUnavailableError, resolve_model
 from gpu_job.styles import PRETRAINED_STYLES
 from shared.errors import PipelineError
@@ -87,20 +89,27 @@ def test_bad_checkpoints_give_one_line_errors(tmp_path):
 
 
 @pytest.fixture()
-def weights_server(tmp_path):
-    """A loopback HTTP server publishing an archive laid out like the published saved_models.zip."""
-    buffer = io.BytesIO()
-    with zipfile.ZipFile(buffer, "w") as archive:
-        for seed, style in enumerate(PRETRAINED_STYLES):
-            data = io.BytesIO()
-            torch.save(random_transformer(seed=seed).state_dict(), data)
-            archive.writestr(f"saved_models/{style}.pth", data.getvalue())
-    payload = buffer.getvalue()
+def weights_server():
+    """A loopback HTTP server publishing an archive laid out like the published saved_models.zip (random networks);
+    yields its URL, each checkpoint's sha256, the requests it answered, and a way to change what it serves."""
+    def archive(seed_offset: int = 0) -> tuple[bytes, dict[str, str]]:
+        buffer, digests = io.BytesIO(), {}
+        with zipfile.ZipFile(buffer, "w") as bundle:
+            for seed, style in enumerate(PRETRAINED_STYLES):
+                data = io.BytesIO()
+                torch.save(random_transformer(seed=seed + seed_offset).state_dict(), data)
+                bundle.writestr(f"saved_models/{style}.pth", data.getvalue())
+                digests[style] = hashlib.sha256(data.getvalue()).hexdigest()
+        return buffer.getvalue(), digests
+
+    served = {}
+    served["payload"], digests = archive()
     hits = []
 
     class Handler(http.server.BaseHTTPRequestHandler):
         def do_GET(self):
             hits.append(self.path)
+            payload = served["payload"]
             self.send_response(200)
             self.send_header("Content-Length", str(len(payload)))
             self.end_headers()
@@ -109,30 +118,74 @@ def weights_server(tmp_path):
         def log_message(self, *args):
             pass
 
+    def serve_other() -> None:
+        served["payload"] = archive(seed_offset=10)[0]
+
     server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
     threading.Thread(target=server.serve_forever, daemon=True).start()
-    yield f"http://127.0.0.1:{server.server_port}/saved_models.zip", hashlib.sha256(payload).hexdigest(), hits
+    yield f"http://127.0.0.1:{server.server_port}/saved_models.zip", digests, hits, serve_other
     server.shutdown()
 
 
-def test_named_style_is_fetched_verified_and_cached(weights_server, tmp_path):
-    url, digest, hits = weights_server
-    path = resolve_model("mosaic", tmp_path, archive_sha256=digest, url=url)
+def _pin(monkeypatch, pins: dict) -> None:
+    monkeypatch.setattr(resolve, "PUBLISHED_CHECKPOINT_SHA256", pins, raising=False)
+
+
+def _sha256(path) -> str:
+    return hashlib.sha256(Path(path).read_bytes()).hexdigest()
+
+
+def test_named_style_is_fetched_verified_and_cached(weights_server, tmp_path, monkeypatch):
+    url, digests, hits, _ = weights_server
+    _pin(monkeypatch, digests)
+    path = resolve_model("mosaic", tmp_path, url=url)
     assert Path(path).name == "mosaic.pth" and len(hits) == 1
     assert sorted(p.name for p in tmp_path.glob("*.pth")) == sorted(f"{s}.pth" for s in PRETRAINED_STYLES)
     expected = random_transformer(seed=PRETRAINED_STYLES.index("mosaic"))
     assert all(torch.equal(a, b) for a, b in zip(load_transformer(path).state_dict().values(), expected.state_dict().values()))
-    resolve_model("candy", tmp_path, archive_sha256=digest, url=url)
+    resolve_model("candy", tmp_path, url=url)
     assert len(hits) == 1, "a cached style must not be downloaded again"
 
 
-def test_archive_with_wrong_checksum_is_refused_and_nothing_cached(weights_server, tmp_path):
-    url, _, _ = weights_server
+def test_a_published_style_that_does_not_match_its_pin_is_refused_and_nothing_cached(weights_server, tmp_path):
+    """Issue 20: a published checkpoint was accepted whatever its content. Against the real pins, the server's
+    (random) checkpoints are refused, and nothing reaches the cache."""
+    url, _, hits, _ = weights_server
+    with pytest.raises(PipelineError, match=r"style 'candy' .* has sha256 [0-9a-f]{64}, not its pinned [0-9a-f]{64}; refusing it"):
+        resolve_model("candy", tmp_path, url=url)
+    assert len(hits) == 1 and not list(tmp_path.glob("**/*.pth"))
+
+
+def test_a_cached_checkpoint_that_changed_is_fetched_again_and_a_changed_download_refused(weights_server, tmp_path, monkeypatch):
+    url, digests, hits, serve_other = weights_server
+    _pin(monkeypatch, digests)
+    cached = Path(resolve_model("candy", tmp_path, url=url))
+    data = cached.read_bytes()
+    cached.write_bytes(data[:-1] + bytes([data[-1] ^ 1]))
+    assert resolve_model("candy", tmp_path, url=url) == str(cached) and len(hits) == 2, "a cached file off its pin is fetched again"
+    assert _sha256(cached) == digests["candy"]
+    cached.write_bytes(b"tampered")
+    serve_other()
     with pytest.raises(PipelineError, match="refusing it"):
-        resolve_model("candy", tmp_path, archive_sha256="0" * 64, url=url)
-    assert not list(tmp_path.glob("*.pth"))
+        resolve_model("candy", tmp_path, url=url)
+    assert cached.read_bytes() == b"tampered" and len(hits) == 3, "refused, and the download did not replace it"
+
+
+def test_an_unpinned_style_is_not_downloaded(weights_server, tmp_path, monkeypatch):
+    url, digests, hits, _ = weights_server
+    _pin(monkeypatch, {**digests, "udnie": None})
+    with pytest.raises(ModelUnavailableError, match=r"style 'udnie' has no pinned sha256 .* --model /path/to/udnie\.pth"):
+        resolve_model("udnie", tmp_path, url=url)
+    assert hits == [] and not list(tmp_path.glob("*.pth"))
+
+
+def test_every_published_style_has_a_sha256_pin_or_none():
+    pins = resolve.PUBLISHED_CHECKPOINT_SHA256
+    assert set(pins) == set(PRETRAINED_STYLES)
+    assert all(pin is None or re.fullmatch(r"[0-9a-f]{64}", pin) for pin in pins.values())
 
 
 def test_offline_style_says_how_to_pass_a_checkpoint(tmp_path):
-    with pytest.raises(ModelUnavailableError, match=r"--model /path/to/udnie\.pth"):
+    with pytest.raises(ModelUnavailableError, match=r"--model /path/to/udnie\.pth") as refused:
         resolve_model("udnie", tmp_path, url="http://127.0.0.1:9/saved_models.zip")
+    assert str(tmp_path) not in str(refused.value), "no local path in an error a caller may see"

@@ -9,14 +9,14 @@ import asyncio
 import io
 import json
 from dataclasses import replace
-from datetime import datetime, timezone
+from datetime import datetime, timedelta, timezone
 from pathlib import Path
 
 import azure.functions as func
 import pandas as pd
 import pytest
 from azure.functions.timer import TimerRequest
-from azure.storage.blob import BlobLeaseClient
+from azure.storage.blob import BlobLeaseClient, BlobServiceClient, ContainerSasPermissions, generate_container_sas
 
 import durable_replay
 from durable_replay import ReplayClient
@@ -26,9 +26,11 @@ from function_app.activities import ACTIVITIES as VIDEO_ACTIVITIES
 from function_app.batches import job_status
 from function_app.compute import LocalWorkers
 from function_app.many_models import ACTIVITIES, deliver_shard_result, on_models_schedule, on_shard_result, start_model_run
+from gpu_job.blob_cache import BlobCache
 from gpu_job.shard_work import ShardWork
 from shared.config import Settings
-from shared.many_models.manifest import Manifest
+from shared.errors import InvalidInputError
+from shared.many_models.manifest import Manifest, ModelEntry
 from shared.many_models.schema import Window
 from shared.many_models.shards import ShardMessageError, ShardResult, plan_shards
 from shared.messages import MessageError
@@ -146,20 +148,20 @@ def _post(client: ReplayClient, body) -> func.HttpResponse:
 def test_http_backfill_starts_a_window_and_a_second_pass_skips_what_is_done(storage, generated):
     service, queues = storage
     client = ReplayClient()
-    window = Window.parse("2018-08-29T01:30:00", "2018-08-29T02:30:00")
-    response = _post(client, {"start": "2018-08-29T01:30:00Z", "end": "2018-08-29T02:30:00Z"})
+    window = Window.parse("2018-08-29T01:00:00", "2018-08-29T03:00:00")
+    response = _post(client, {"start": "2018-08-29T01:00:00Z", "end": "2018-08-29T03:00:00Z"})
     answer = json.loads(response.get_body())
     instance_id = f"score-models-{window.run_id}"
     assert response.status_code == 202 and answer["id"] == instance_id and answer["started"] is True
     assert answer["status"] == response.headers["Location"] == f"http://localhost:7071/api/jobs/{instance_id}"
-    again = _post(client, {"start": "2018-08-29T01:30:00", "end": "2018-08-29T02:30:00"})
+    again = _post(client, {"start": "2018-08-29T01:00:00", "end": "2018-08-29T03:00:00"})
     assert again.status_code == 200 and json.loads(again.get_body())["started"] is False, "a running window is not started twice"
     assert len(client.started) == 1
     _host(client, instance_id, queues).until_done()
     first_predictions, first = _outputs(service, window.run_id)
     assert _rows(first_predictions) == _rows(_readings(generated, window)) and first["models_succeeded"] == 15
 
-    rerun = _post(client, {"start": "2018-08-29T01:30:00", "end": "2018-08-29T02:30:00"})
+    rerun = _post(client, {"start": "2018-08-29T01:00:00", "end": "2018-08-29T03:00:00"})
     assert rerun.status_code == 202, "a window whose run ended is run again (a backfill after a partial run)"
     host = _host(client, instance_id, queues)
     host.until_done()
@@ -169,10 +171,48 @@ def test_http_backfill_starts_a_window_and_a_second_pass_skips_what_is_done(stor
     assert _status(client, instance_id)["status"] == "succeeded"
 
     for body, reason in [({"start": "yesterday", "end": "2018-08-29T02:00:00"}, "start 'yesterday' is not an ISO 8601 time"),
-                         ({"start": "2018-08-29T02:00:00"}, "the body must be a JSON object"),
+                         ({"start": "2018-08-29T02:00:00"}, "end is required"),
                          ({"start": "2018-08-29T02:00:00", "end": "2018-08-29T01:00:00"}, "is not before its end")]:
         refused = _post(client, body)
         assert refused.status_code == 400 and reason in json.loads(refused.get_body())["error"]
+    assert len(client.started) == 2
+
+
+@pytest.mark.parametrize("body, reason", [
+    ({"start": "", "end": ""}, "start is required"),  # issue 20: ran an open window
+    ({"start": "2018-08-29T01:00:00", "end": ""}, "end is required"),
+    ({"start": "2018-08-29T01:00:00", "end": None}, "end is required"),
+    ({"start": "0001-01-01T00:00:00", "end": "9999-12-31T00:00:00"}, "is before 1970-01-01"),  # issue 20: year 1 to 9999
+    ({"start": "2018-08-29T00:00:00", "end": "9999-12-31T00:00:00"}, "at most 24 at once"),
+    ({"start": "0001-01-01T00:00:00+01:00", "end": "2018-08-29T02:00:00"}, "is not a time UTC can hold"),
+    ({"start": "2018-08-29T01:00:01", "end": "2018-08-29T02:00:01"}, "is not on a boundary of the schedule's 3600 s periods"),
+    ({"start": "2018-08-29T01:00:00.5", "end": "2018-08-29T02:00:00"}, "is not on a boundary"),
+    ({"start": "2018-08-29T01:00:00", "end": "2018-08-29T02:00:00+00:30"}, "is not on a boundary"),
+    ({"start": "9999-12-31T00:00:00", "end": "9999-12-31T23:59:59"}, "the one before it is 9999-12-31T23:00:00"),
+    (["2018-08-29T01:00:00", "2018-08-29T02:00:00"], "the body must be a JSON object"),
+])
+def test_a_backfill_window_needs_both_ends_on_the_schedule_and_a_bounded_span(body, reason):
+    """Issue 20: empty and unbounded windows were run, and each one-second shift started a full run of its own. A
+    backfill runs windows a scheduler would: both ends on the schedule's period boundaries, at most
+    STYLIZE_MODELS_BACKFILL_MAX_WINDOWS periods; anything else is a one-line 400 and starts nothing."""
+    client = ReplayClient()
+    refused = _post(client, body)
+    error = json.loads(refused.get_body())["error"]
+    assert (refused.status_code, client.started) == (400, []) and reason in error, error
+    assert "\n" not in error and len(error) < 300 and "Error(" not in error
+
+
+def test_a_backfill_is_refused_with_429_while_the_most_runs_are_running(monkeypatch):
+    monkeypatch.setattr(many_models, "settings", replace(many_models.settings, models_max_running=2))
+    client = ReplayClient()
+    client.replays["stylize-" + "0" * 32] = durable_replay.Replay(lambda context: None, {}, "stylize-" + "0" * 32)  # a video: not counted
+    hours = [{"start": f"2018-08-29T0{hour}:00:00", "end": f"2018-08-29T0{hour + 1}:00:00"} for hour in range(3)]
+    assert [_post(client, hour).status_code for hour in hours[:2]] == [202, 202]
+    refused = _post(client, hours[2])
+    assert refused.status_code == 429 and refused.headers["Retry-After"]
+    error = json.loads(refused.get_body())["error"]
+    assert "2 many-models runs are running" in error and "\n" not in error
+    assert _post(client, hours[0]).status_code == 200, "a window whose run is running is answered as before, not refused"
     assert len(client.started) == 2
 
 
@@ -240,6 +280,55 @@ def test_the_worker_keeps_what_it_downloaded_until_the_blob_changes(storage, gen
     service.get_blob_client(LIMITS.sensor_data_container, LIMITS.sensor_data_blob).delete_blob()
     gone = work.queued(second, 1)
     assert (gone.succeeded, gone.retryable) == (False, False) and "readings sensor-data/sensor_data.csv are gone" in gone.error
+
+
+CLIMBING_NAME = "a////////../../../../outside/evil.py"
+"""Issue 20's file name, climbing from the cache's models folder (``<root>/models/<hash>/``) to the test's own folder."""
+
+
+def _bearer_like(service: BlobServiceClient) -> BlobServiceClient:
+    """The models container through a SAS, like a worker's managed identity a credential that signs no blob path: the
+    storage client then sends a name with ``..`` parts (which it normalises away) and storage answers."""
+    sas = generate_container_sas(service.account_name, LIMITS.models_container, account_key=service.credential.account_key,
+                                 permission=ContainerSasPermissions(read=True, write=True), expiry=datetime.now(timezone.utc) + timedelta(hours=1))
+    return BlobServiceClient(service.url, credential=sas)
+
+
+def _files_outside(root: Path, cache: Path) -> list[Path]:
+    return [path for path in root.rglob("*") if path.is_file() and cache not in path.parents]
+
+
+def test_a_manifest_file_name_that_climbs_out_of_the_cache_writes_nothing_outside_it(storage, generated, tmp_path):
+    """A manifest naming a model file ``a////////../../../../outside/evil.py`` (the blob exists: the storage client
+    reads it from the models container) is refused before anything is downloaded, and no file lands outside the cache."""
+    service = _bearer_like(storage[0])
+    manifest = json.loads((generated / "models" / "manifest.json").read_text())
+    manifest["models"]["1/1"]["file"] = CLIMBING_NAME
+    models = service.get_container_client(LIMITS.models_container)
+    models.upload_blob(CLIMBING_NAME, b"import os  # planted\n", overwrite=True)
+    models.upload_blob("manifest.json", json.dumps(manifest).encode(), overwrite=True)
+    cache = BlobCache(service, tmp_path / "cache")
+    shard = _plan(generated, HOUR)[0]
+    assert ("1", "1") in shard.keys
+    with pytest.raises(InvalidInputError, match=r"models/manifest\.json: model '1/1': file .* is not a plain file name"):
+        cache.models(LIMITS.models_container, "", shard)
+    assert _files_outside(tmp_path, tmp_path / "cache") == []
+    assert not (tmp_path / "outside").exists()
+
+
+def test_the_cache_checks_a_model_file_name_again_itself(storage, generated, tmp_path, monkeypatch):
+    """Even with a manifest that skipped the parser's checks, the cache derives the local path from a checked plain
+    name: the climbing name is refused and nothing is written outside the cache."""
+    service = _bearer_like(storage[0])
+    service.get_container_client(LIMITS.models_container).upload_blob(CLIMBING_NAME, b"planted", overwrite=True)
+    cache = BlobCache(service, tmp_path / "cache")
+    manifest = Manifest.load(generated / "models")
+    entry = manifest.models["1/1"]
+    manifest.models["1/1"] = ModelEntry(**{**entry.__dict__, "file": CLIMBING_NAME})
+    monkeypatch.setattr(cache, "manifest", lambda container, prefix: (tmp_path / "cache" / "models" / "m", manifest))
+    with pytest.raises(InvalidInputError, match="is not a plain file name"):
+        cache.models(LIMITS.models_container, "", _plan(generated, HOUR)[0])
+    assert _files_outside(tmp_path, tmp_path / "cache") == []
 
 
 @pytest.mark.parametrize("body,reason", [

@@ -9,6 +9,7 @@ from datetime import datetime, timedelta, timezone
 from urllib.parse import quote
 
 from shared.errors import InvalidInputError
+from shared.names import shown
 
 TS_COLUMN = "TS"
 VALUE_COLUMN = "Value"
@@ -17,6 +18,9 @@ PREDICTION_COLUMN = "Prediction"
 """1 marks an anomaly: the model's decision function is <= 0 (libsvm's rule)."""
 SCORE_COLUMN = "Score"
 """Minus the decision function: 0 or more is an anomaly, the higher the further out."""
+
+EPOCH = datetime(1970, 1, 1)
+"""Scheduled windows are aligned on multiples of their length since this moment (UTC)."""
 
 ModelKey = tuple[str, ...]
 """The values of the key columns of one series, as text (``("1", "4")``): one model per key."""
@@ -72,9 +76,12 @@ def _parse_time(text: str, what: str) -> datetime:
     try:
         moment = datetime.fromisoformat(text.strip())
     except ValueError:
-        raise InvalidInputError(f"{what} {text!r} is not an ISO 8601 time (e.g. 2018-08-29T00:00:00)") from None
+        raise InvalidInputError(f"{what} {shown(text)} is not an ISO 8601 time (e.g. 2018-08-29T00:00:00)") from None
     if moment.tzinfo is not None:
-        moment = moment.astimezone(timezone.utc).replace(tzinfo=None)
+        try:
+            moment = moment.astimezone(timezone.utc).replace(tzinfo=None)
+        except OverflowError:
+            raise InvalidInputError(f"{what} {shown(text)} is not a time UTC can hold") from None
     return moment
 
 
@@ -98,6 +105,28 @@ class Window:
         )
 
     @classmethod
+    def backfill(cls, start: object, end: object, period_s: int, max_periods: int) -> Window:
+        """The window a backfill asks for, as a scheduler runs them: both ends given, each on a boundary of the
+        schedule's period (a multiple of ``period_s`` since 1970-01-01 UTC, as :meth:`ending_at` aligns them), at most
+        ``max_periods`` periods long. A window shifted by a second is refused rather than run as one more full run."""
+        for name, text in (("start", start), ("end", end)):
+            if not isinstance(text, str) or not text.strip():
+                raise InvalidInputError(f"{name} is required: an ISO 8601 time on a boundary of the schedule's {period_s} s periods")
+        window = cls.parse(start, end, names=("start", "end"))
+        period = timedelta(seconds=period_s)
+        for name, moment in (("start", window.start), ("end", window.end)):
+            if moment < EPOCH:
+                raise InvalidInputError(f"{name} {moment.isoformat()} is before 1970-01-01")
+            offset = (moment - EPOCH) % period
+            if offset:
+                raise InvalidInputError(f"{name} {moment.isoformat()} is not on a boundary of the schedule's {period_s} s periods "
+                                        f"(the one before it is {(moment - offset).isoformat()})")
+        periods = (window.end - window.start) // period
+        if periods > max_periods:
+            raise InvalidInputError(f"the window spans {periods} periods of {period_s} s; a backfill runs at most {max_periods} at once")
+        return window
+
+    @classmethod
     def ending_at(cls, moment: datetime, seconds: int) -> Window:
         """The last whole window of ``seconds`` before ``moment``, windows aligned on multiples of ``seconds`` since
         1970-01-01 UTC: firings anywhere in the same period (repeated, late, overlapping) get the same window."""
@@ -105,8 +134,8 @@ class Window:
             raise InvalidInputError(f"a window must last at least one second, not {seconds}")
         if moment.tzinfo is not None:
             moment = moment.astimezone(timezone.utc).replace(tzinfo=None)
-        elapsed = int((moment - datetime(1970, 1, 1)).total_seconds())
-        end = datetime(1970, 1, 1) + timedelta(seconds=elapsed - elapsed % seconds)
+        elapsed = int((moment - EPOCH).total_seconds())
+        end = EPOCH + timedelta(seconds=elapsed - elapsed % seconds)
         return cls(end - timedelta(seconds=seconds), end)
 
     @property
