@@ -33,7 +33,7 @@ from shared.many_models.manifest import MANIFEST_NAME, Manifest
 from shared.many_models.run import finish_run, plan_pass
 from shared.many_models.run_state import PREDICTIONS_NAME, REPORT_NAME, SHARDS_DIR, RunState, write_text
 from shared.many_models.schema import Window, check_first_line
-from shared.many_models.shards import ShardResult, ShardSpec
+from shared.many_models.shards import QUEUED_MODELS_MAX, ShardResult, ShardSpec
 from shared.storage import CLOSED_MARKER, BlobStore, blob_service, queue_client, run_prefix
 
 bp = df.Blueprint()
@@ -44,8 +44,6 @@ SHARD_RESULT_EVENT = "shard_result"
 INSTANCE_PREFIX = "score-models-"
 PREDICTIONS_FOLDER = "predictions"
 ERROR_NAME = "error.json"
-QUEUED_MODELS_PER_SHARD = 100
-"""A shard's result travels in one queue message (64 KiB): a hundred models' results fit with room to spare."""
 HEADER_BYTES = 64 * 1024
 RETRY_AFTER_S = 60
 """What a backfill refused for too many running runs is told to wait: runs take minutes."""
@@ -209,8 +207,8 @@ def _manifest(service, limits: Settings) -> Manifest:
 
 def plan_model_run(run: dict, limits: Settings = settings) -> dict:
     """Check the manifest and the readings' header, begin a pass over the window, shard the models it has left."""
-    if limits.models_per_shard > QUEUED_MODELS_PER_SHARD:
-        raise InvalidInputError(f"STYLIZE_MODELS_PER_SHARD={limits.models_per_shard}: at most {QUEUED_MODELS_PER_SHARD} in Azure "
+    if limits.models_per_shard > QUEUED_MODELS_MAX:
+        raise InvalidInputError(f"STYLIZE_MODELS_PER_SHARD={limits.models_per_shard}: at most {QUEUED_MODELS_MAX} in Azure "
                                 "(a shard's result must fit in one queue message)")
     service = blob_service(limits)
     window = Window.from_dict(run["window"])

@@ -142,7 +142,7 @@ class Window:
     def run_id(self) -> str:
         """Stable name of the run over this window: the same window always gives the same id."""
         def part(moment: datetime | None, open_name: str) -> str:
-            return moment.strftime("%Y%m%dT%H%M%S") if moment else open_name
+            return f"{moment.year:04d}{moment.strftime('%m%dT%H%M%S')}" if moment else open_name
 
         return f"{part(self.start, 'begin')}--{part(self.end, 'end')}"
 
@@ -153,5 +153,5 @@ class Window:
     def from_dict(cls, data: dict) -> Window:
         bounds = (data.get("start"), data.get("end"))
         if not all(bound is None or isinstance(bound, str) for bound in bounds):
-            raise InvalidInputError(f"window {data!r}: start and end must be ISO 8601 text or null")
+            raise InvalidInputError("a window's start and end must be ISO 8601 text or null")
         return cls.parse(*bounds)
