@@ -22,6 +22,10 @@ PNG_DEMUXER = "png_pipe"
 """Preview rows: one PNG each."""
 NO_CODEC = "none"
 """A codec allowlist that admits no decoder, so that opening a file decodes nothing."""
+HEADER_PROBE_BYTES, HEADER_PROBE_US = 64 * 1024, 1_000_000
+"""How far FFmpeg reads packets for what the headers do not say (MPEG-TS gives the size in the first keyframe's
+parameter sets), when it cannot decode: with no decoder it would otherwise hold up to 5 MB or 5 s of packets
+(280,000 packets of a tiny-frame file, 200 MB)."""
 
 
 def open_input(path: str | os.PathLike[str], demuxers: str, *, max_pixels: int = 0, header_only: bool = False,
@@ -34,7 +38,7 @@ def open_input(path: str | os.PathLike[str], demuxers: str, *, max_pixels: int =
     """
     container_options = {"format_whitelist": demuxers, "protocol_whitelist": "file"}
     if header_only:
-        container_options["codec_whitelist"] = NO_CODEC
+        container_options.update(codec_whitelist=NO_CODEC, probesize=str(HEADER_PROBE_BYTES), analyzeduration=str(HEADER_PROBE_US))
     options = {"max_pixels": str(max_pixels)} if max_pixels else {}
     return av.open(os.fspath(path), container_options=container_options, options=options, **kwargs)
 
