@@ -107,19 +107,22 @@ def check_style_image(data: bytes, name: str, max_megapixels: float | None = Non
         raise InvalidInputError(f"style image {name}: {len(data)} bytes is over the limit of {STYLE_IMAGE_MAX_BYTES}")
     limit = Settings.from_env().max_style_megapixels if max_megapixels is None else max_megapixels
     try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("error", Image.DecompressionBombWarning)
+        with warnings.catch_warnings(record=True) as warned:
+            warnings.simplefilter("always", Image.DecompressionBombWarning)
             image = Image.open(io.BytesIO(data), formats=STYLE_IMAGE_FORMATS)
-            width, height = image.size
-            if width * height > limit * 1e6:
-                raise InvalidInputError(f"style image {name}: {width}x{height} is over the limit of {limit:g} megapixels")
-            if min(width, height) < 16:
-                raise InvalidInputError(f"style image {name}: {width}x{height} is too small (at least 16 pixels a side)")
-            image.load()
+        width, height = image.size
+        if width * height > limit * 1e6:
+            raise InvalidInputError(f"style image {name}: {width}x{height} is over the limit of {limit:g} megapixels")
+        if min(width, height) < 16:
+            raise InvalidInputError(f"style image {name}: {width}x{height} is too small (at least 16 pixels a side)")
+        bomb = next((str(warning.message) for warning in warned if issubclass(warning.category, Image.DecompressionBombWarning)), None)
+        if bomb:
+            raise InvalidInputError(f"style image {name}: too large to decode ({bomb})")
+        image.load()
     except UnidentifiedImageError:
         raise InvalidInputError(f"style image {name}: not a picture Pillow can read in the formats accepted "
                                 f"({', '.join(STYLE_IMAGE_FORMATS)})") from None
-    except (Image.DecompressionBombError, Image.DecompressionBombWarning) as exc:
+    except Image.DecompressionBombError as exc:
         raise InvalidInputError(f"style image {name}: too large to decode ({str(exc).splitlines()[0]})") from None
     except (OSError, ValueError) as exc:
         raise InvalidInputError(f"style image {name}: not a picture Pillow can read ({str(exc).splitlines()[0]})") from None
