@@ -125,11 +125,21 @@ def _check_file(path: Path) -> None:
 
 def _open(path: Path, limits: Settings, header_only: bool = False) -> av.container.InputContainer:
     try:
-        return open_input(path, UPLOAD_DEMUXERS, max_pixels=limits.max_width * limits.max_height, header_only=header_only,
+        return open_input(path, UPLOAD_DEMUXERS, max_pixels=max_decoded_pixels(limits), header_only=header_only,
                           metadata_errors="ignore")
     except (av.FFmpegError, UnicodeDecodeError) as exc:
         reason = NOT_ACCEPTED if getattr(exc, "errno", None) == errno.EINVAL else _reason(exc)
         raise InvalidInputError(f"{path}: not a readable video file ({reason})") from None
+
+
+CODED_MARGIN = 128
+"""Decoders allocate a frame at its coded size: the shown size rounded up to whole macroblocks, coding tree units or
+superblocks (up to 128 pixels), and its rows to the stride alignment."""
+
+
+def max_decoded_pixels(limits: Settings) -> int:
+    """The most pixels a decoder may allocate a frame of, for frames within ``limits``."""
+    return (limits.max_width + CODED_MARGIN) * (limits.max_height + CODED_MARGIN)
 
 
 NOT_ACCEPTED = "not in a container accepted here: MP4/MOV, Matroska/WebM, AVI or MPEG-TS"
@@ -293,7 +303,7 @@ def _first_frame_rotation(path: Path, index: int, limits: Settings) -> int:
     try:
         with _open(path, limits) as container:
             stream = container.streams[index]
-            stream.codec_context.options = {"max_pixels": str(limits.max_width * limits.max_height)}
+            stream.codec_context.options = {"max_pixels": str(max_decoded_pixels(limits))}
             for frame in container.decode(stream):
                 return int(frame.rotation) % 360
     except av.FFmpegError as exc:

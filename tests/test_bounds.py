@@ -103,6 +103,22 @@ def test_a_huge_frame_is_refused_from_the_headers_without_decoding(container, hu
     assert result["added_mb"] < PROBE_MEMORY_MB, "refused before FFmpeg decoded the frame"
 
 
+@pytest.mark.parametrize("codec, suffix", [("libx264", ".mkv"), ("libx264", ".ts"), ("mpeg2video", ".mkv"), ("libx265", ".mkv"),
+                                           ("libvpx-vp9", ".mkv"), ("libsvtav1", ".mkv"), ("mjpeg", ".mkv")])
+def test_a_video_exactly_at_the_size_limit_decodes(codec, suffix, tmp_path):
+    """Decoders are bounded too (the bitstream may say a size the headers do not), with room for the coded size
+    (macroblocks, superblocks, stride alignment) of a frame within the limits: 130x74 is coded as 144x80 or 192x128."""
+    from shared.probe import probe
+
+    clip = tmp_path / f"edge{suffix}"
+    ffmpeg("-f", "lavfi", "-i", "testsrc2=size=130x74:rate=25", "-frames:v", "3", "-pix_fmt", "yuv420p", "-c:v", codec,
+           *(["-x265-params", "log-level=error"] if codec == "libx265" else []), str(clip))
+    info = probe(clip, Settings(max_width=130, max_height=74))
+    assert (info.width, info.height, info.frame_count) == (130, 74, 3)
+    with pytest.raises(InvalidInputError, match=r"resolution 130x74 over the limit of 130x73$"):
+        probe(clip, Settings(max_width=130, max_height=73))
+
+
 def test_packet_reading_stops_at_the_frame_limit(many_frames):
     result = _probed(many_frames, max_frames="1000")
     assert result["error"] == "many.mkv: more than the limit of 1000 frames"
