@@ -31,6 +31,11 @@ COPIED_KINDS = ("audio", "subtitle", "video")
 VOP_START = b"\x00\x00\x01\xb6"
 PACKED_CHECK = 64
 """Packets searched for a packed B-frame (two MPEG-4 pictures in one packet); encoders pack from the first GOP."""
+CODED_MARGIN = 128
+"""Decoders allocate a frame at its coded size: the shown size rounded up to whole macroblocks, coding tree units or
+superblocks (up to 128 pixels), and its rows to the stride alignment."""
+NOT_ACCEPTED = "not in a container accepted here: MP4/MOV, Matroska/WebM, AVI or MPEG-TS"
+"""What FFmpeg's "Invalid argument" on opening means under the demuxer allowlist: it found another format."""
 
 
 @dataclass(frozen=True)
@@ -132,21 +137,12 @@ def _open(path: Path, limits: Settings, header_only: bool = False) -> av.contain
         raise InvalidInputError(f"{path}: not a readable video file ({reason})") from None
 
 
-CODED_MARGIN = 128
-"""Decoders allocate a frame at its coded size: the shown size rounded up to whole macroblocks, coding tree units or
-superblocks (up to 128 pixels), and its rows to the stride alignment."""
-
-
 def max_decoded_pixels(limits: Settings) -> int:
     """The most pixels a decoder may allocate a frame of, for frames within ``limits``."""
     return (limits.max_width + CODED_MARGIN) * (limits.max_height + CODED_MARGIN)
 
 
-NOT_ACCEPTED = "not in a container accepted here: MP4/MOV, Matroska/WebM, AVI or MPEG-TS"
-"""What FFmpeg's "Invalid argument" on opening means under the demuxer allowlist: it found another format."""
-
-
-def check_before_reading(path: Path, limits: Settings) -> None:
+def _check_headers(path: Path, limits: Settings) -> None:
     """Refuse, from headers alone, attachments, a size or an indexed frame count over ``limits``."""
     attached = attachment_bytes(path)
     if attached > limits.max_attachment_bytes:
@@ -156,7 +152,7 @@ def check_before_reading(path: Path, limits: Settings) -> None:
         stream = styled_stream(container)
         if stream is None or stream.codec_context is None:
             return  # refused with its reason once opened for probing
-        check_size(path, stream.codec_context.width, stream.codec_context.height, limits)
+        _check_size(path, stream.codec_context.width, stream.codec_context.height, limits)
         indexed = _indexed_frames(container, stream)
         if indexed > limits.max_frames:
             raise InvalidInputError(f"{path.name}: {indexed} frames over the limit of {limits.max_frames}")
@@ -167,7 +163,8 @@ def _indexed_frames(container, stream) -> int:
     return stream.frames if container.format.name != "avi" else 0
 
 
-def check_size(path: Path, width: int, height: int, limits: Settings) -> None:
+def _check_size(path: Path, width: int, height: int, limits: Settings) -> None:
+    """Refuse frames wider or taller than ``limits`` (as coded: rotation does not count)."""
     if width > limits.max_width or height > limits.max_height:
         raise InvalidInputError(f"{path.name}: resolution {width}x{height} over the limit of {limits.max_width}x{limits.max_height}")
 
@@ -191,7 +188,7 @@ def probe(path: str | os.PathLike[str], limits: Settings = Settings()) -> VideoI
     """Describe ``path`` or raise :class:`InvalidInputError` with a one-line reason; over ``limits``, before the work they bound."""
     path = Path(path)
     _check_file(path)
-    check_before_reading(path, limits)
+    _check_headers(path, limits)
     with _open(path, limits) as container:
         stream = styled_stream(container)
         if stream is None:
@@ -201,7 +198,7 @@ def probe(path: str | os.PathLike[str], limits: Settings = Settings()) -> VideoI
             raise InvalidInputError(f"{path}: video stream {stream.index} uses a codec the bundled FFmpeg cannot decode")
         if stream.time_base is None:
             raise InvalidInputError(f"{path}: video stream has no timing information")
-        check_size(path, stream.codec_context.width, stream.codec_context.height, limits)  # what decoding the first frames said
+        _check_size(path, stream.codec_context.width, stream.codec_context.height, limits)  # what decoding the first frames said
         tracks, ignored = _other_streams(path, container, stream)
         audio = [container.streams[t.index] for t in tracks if t.kind == "audio"]
         packets, empty, trimmed = _read_packets(path, container, stream, audio, limits)
