@@ -1,10 +1,12 @@
-"""How many bytes of attachments a Matroska file holds, from element headers alone.
+"""How many bytes of attachments a file holds (Matroska attachments, MP4/MOV cover art), from headers alone.
 
-FFmpeg's Matroska demuxer reads every attachment into memory while it opens the file (and copies it
-more than once), whether or not anyone wants it: a 120 MB font costs 861 MB. Attachments sit in one
-``Attachments`` element of the segment, found by walking the segment's top-level elements up to the
-first cluster and by following its ``SeekHead`` entries, as the demuxer does. Only element headers
-and seek entries are read here, a few bytes each.
+FFmpeg reads every attachment into memory while it opens the file, whether or not anyone wants it:
+the Matroska demuxer copies it more than once (a 120 MB font costs 861 MB), the MOV demuxer reads cover
+art into a packet (a 45 MB cover: 98-141 MB). In Matroska, attachments sit in one ``Attachments``
+element of the segment, found by walking the segment's top-level elements up to the first cluster and
+by following its ``SeekHead`` entries, as the demuxer does; in MP4 and QuickTime, cover art is the
+``covr`` item of the ``moov/udta/meta/ilst`` (or ``moov/meta/ilst``) metadata. Only element and box headers and seek entries
+are read here, a few bytes each.
 """
 
 from __future__ import annotations
@@ -23,17 +25,23 @@ CLUSTER = 0x1F43B675
 MAX_ELEMENTS = 4096
 """Top-level elements and seek entries looked at, at most (a hostile file may list any number)."""
 MAX_SEEK_ENTRY_BYTES = 64
+ISO_TOP_LEVEL = {b"ftyp", b"moov", b"mdat", b"free", b"skip", b"wide", b"pnot", b"uuid"}
+"""Box types an MP4 or QuickTime file may start with."""
+COVER_PATHS = ((b"moov", b"udta", b"meta", b"ilst", b"covr"), (b"moov", b"meta", b"ilst", b"covr"))
+"""Where cover art is (each box inside the one before): iTunes-style metadata in MP4, QuickTime's own in MOV."""
 
 
 def attachment_bytes(path: str | os.PathLike[str]) -> int:
-    """Bytes in the attachments of the Matroska (or WebM) file at ``path``; 0 for any other file.
-
-    An ``Attachments`` element of unknown size counts as reaching the end of the file.
-    """
+    """Bytes in the attachments of the Matroska (or WebM) file, or the cover art of the MP4 or QuickTime file, at
+    ``path``; 0 for any other file. An ``Attachments`` element of unknown size counts as reaching the end of the file."""
     with open(path, "rb") as file:
-        if file.read(4) != EBML_MAGIC:
-            return 0
         end = file.seek(0, os.SEEK_END)
+        file.seek(0)
+        magic = file.read(8)
+        if magic[4:8] in ISO_TOP_LEVEL:
+            return _cover_art(file, 0, end, ())
+        if magic[:4] != EBML_MAGIC:
+            return 0
         position = 0
         while (element := _header(file, position, end)) is not None:
             element_id, data, size = element
@@ -131,3 +139,32 @@ def _vint_length(data: bytes, at: int, longest: int) -> int | None:
         return None
     length = 8 - data[at].bit_length() + 1
     return length if length <= longest and at + length <= len(data) else None
+
+
+def _cover_art(file: BinaryIO, start: int, end: int, path: tuple[bytes, ...]) -> int:
+    """Bytes in the ``covr`` boxes below the boxes between ``start`` and ``end``, which sit at ``path`` in the file."""
+    total, position, looked_at = 0, start, 0
+    while position + 8 <= end and looked_at < MAX_ELEMENTS:
+        file.seek(position)
+        head = file.read(16)
+        size, kind = int.from_bytes(head[:4], "big"), head[4:8]
+        header = 16 if size == 1 else 8
+        size = int.from_bytes(head[8:16], "big") if size == 1 else end - position if size == 0 else size
+        if size < header:
+            break
+        inside = (*path, kind)
+        if inside in COVER_PATHS:
+            total += min(size, end - position) - header
+        elif any(inside == cover[: len(inside)] for cover in COVER_PATHS):
+            data = position + header
+            if kind == b"meta" and _is_full_box(file, data):
+                data += 4
+            total += _cover_art(file, data, min(position + size, end), inside)
+        position, looked_at = position + size, looked_at + 1
+    return total
+
+
+def _is_full_box(file: BinaryIO, data: int) -> bool:
+    """Whether a ``meta`` box starts with version and flags (MP4) rather than with its first child (QuickTime)."""
+    file.seek(data)
+    return file.read(4) == bytes(4)

@@ -168,7 +168,42 @@ def test_attachments_after_the_clusters_are_found_through_the_seek_head(cluster_
     assert attachment_bytes(path) == len(attachments) - 12
 
 
-def test_files_that_are_not_matroska_hold_no_attachments(huge_frames, tmp_path):
+def _noise_png(path: Path, size: tuple[int, int]) -> Path:
+    import numpy as np
+
+    Image.fromarray(np.random.default_rng(0).integers(0, 255, (size[1], size[0], 3), dtype=np.uint8)).save(path, compress_level=0)
+    return path
+
+
+def test_cover_art_over_the_limit_is_refused_before_ffmpeg_reads_it(tmp_path):
+    from shared.probe import probe
+
+    clip = make_clip(tmp_path / "clip.mp4", seconds=1, audio=False)
+    cover = _noise_png(tmp_path / "cover.png", (1000, 700))
+    song = tmp_path / "covered.mp4"
+    ffmpeg("-i", str(clip), "-i", str(cover), "-map", "0", "-map", "1", "-c", "copy", "-disposition:v:1", "attached_pic", str(song))
+    with pytest.raises(InvalidInputError) as refused:
+        probe(song, Settings(max_attachment_bytes=10**6))
+    assert str(refused.value) == f"covered.mp4: attachments of {cover.stat().st_size / 1e6:.1f} MB over the limit of 1.0 MB"
+    assert probe(song).ignored == ["stream 1 (cover image)"]
+
+
+def _box(kind: bytes, payload: bytes) -> bytes:
+    return (8 + len(payload)).to_bytes(4, "big") + kind + payload
+
+
+def test_quicktime_cover_art_is_found_in_its_own_metadata(tmp_path):
+    """QuickTime keeps metadata in moov/meta, whose children start at once (MP4's meta starts with version and flags)."""
+    from shared.attachments import attachment_bytes
+
+    ilst = _box(b"ilst", _box(b"covr", _box(b"data", bytes(8) + bytes(3000))))
+    movie = _box(b"moov", _box(b"mvhd", bytes(100)) + _box(b"meta", _box(b"hdlr", bytes(25)) + ilst))
+    path = tmp_path / "covered.mov"
+    path.write_bytes(_box(b"ftyp", b"qt  " + bytes(4)) + _box(b"mdat", bytes(500)) + movie)
+    assert attachment_bytes(path) == 8 + 8 + 3000
+
+
+def test_files_without_attachments_hold_none(huge_frames, tmp_path):
     from shared.attachments import attachment_bytes
 
     assert attachment_bytes(huge_frames["mp4"]) == 0 and attachment_bytes(huge_frames["mkv"]) == 0
