@@ -9,6 +9,7 @@ peak memory the call added (``ru_maxrss``) and its one-line error.
 
 from __future__ import annotations
 
+import io
 import json
 import os
 import subprocess
@@ -29,10 +30,18 @@ from test_style_upload import one_colour_png
 PROBE_MEMORY_MB = 25
 """Peak memory a refused probe may add: a probe of a small clip adds about 12 MB; decoding one 8000x8000
 H.264 frame adds 104-158 MB, reading 200,000 packets about 60 MB, a 50 MB attachment 345 MB."""
+
+
+def _png_bytes() -> bytes:
+    buffer = io.BytesIO()
+    Image.new("RGB", (64, 48), (200, 80, 20)).save(buffer, format="PNG")
+    return buffer.getvalue()
+
+
 HOSTILE_BODIES = {
-    "concat-script": lambda folder: b"ffconcat version 1.0\nfile other.mp4\n",
-    "png-image": lambda folder: _png_bytes(),
-    "hls-playlist": lambda folder: b"#EXTM3U\n#EXT-X-TARGETDURATION:2\n#EXTINF:2,\nother.mp4\n#EXT-X-ENDLIST\n",
+    "concat-script": b"ffconcat version 1.0\nfile other.mp4\n",
+    "png-image": _png_bytes(),
+    "hls-playlist": b"#EXTM3U\n#EXT-X-TARGETDURATION:2\n#EXTINF:2,\nother.mp4\n#EXT-X-ENDLIST\n",
 }
 
 
@@ -90,7 +99,7 @@ def many_frames(tmp_path_factory) -> Path:
 def _attached(folder: Path, megabytes: int) -> Path:
     font = folder / f"font{megabytes}.ttf"
     font.write_bytes(bytes(megabytes * 10**6))
-    clip = make_clip(folder / "clip.mp4", seconds=1, audio=False) if not (folder / "clip.mp4").exists() else folder / "clip.mp4"
+    clip = make_clip(folder / f"clip{megabytes}.mp4", seconds=1, audio=False)
     out = folder / f"attached{megabytes}.mkv"
     ffmpeg("-i", str(clip), "-c", "copy", "-attach", str(font), "-metadata:s:t", "mimetype=application/x-truetype-font", str(out))
     return out
@@ -101,6 +110,19 @@ def test_a_huge_frame_is_refused_from_the_headers_without_decoding(container, hu
     result = _probed(huge_frames[container])
     assert result["error"] == f"huge.{container}: resolution 8000x8000 over the limit of 3840x2160"
     assert result["added_mb"] < PROBE_MEMORY_MB, "refused before FFmpeg decoded the frame"
+
+
+def test_a_bitstream_larger_than_its_header_says_is_not_decoded(huge_frames, tmp_path):
+    """The Matroska header says 64x48, the H.264 parameter sets 8000x8000: the decoders FFmpeg opens are bounded too."""
+    liar = tmp_path / "liar.mkv"
+    ffmpeg("-i", str(huge_frames["mp4"]), "-c", "copy", str(liar))
+    data = liar.read_bytes()
+    width, height = b"\xb0\x82" + (8000).to_bytes(2, "big"), b"\xba\x82" + (8000).to_bytes(2, "big")  # PixelWidth, PixelHeight
+    assert data.count(width) == data.count(height) == 1
+    liar.write_bytes(data.replace(width, b"\xb0\x82\x00\x40").replace(height, b"\xba\x82\x00\x30"))
+    result = _probed(liar)
+    assert result["error"] == "liar.mkv: resolution 8000x8000 over the limit of 3840x2160"
+    assert result["added_mb"] < 2 * PROBE_MEMORY_MB, "the decoder's tables for the parameter sets (28 MB), but no frame (158 MB)"
 
 
 @pytest.mark.parametrize("codec, suffix", [("libx264", ".mkv"), ("libx264", ".ts"), ("mpeg2video", ".mkv"), ("libx265", ".mkv"),
@@ -242,20 +264,12 @@ def test_stylize_run_refuses_attachments_over_the_limit_in_one_line(tmp_path, st
     assert not (tmp_path / "styled.mkv").exists()
 
 
-def _png_bytes(size: tuple[int, int] = (64, 48)) -> bytes:
-    from io import BytesIO
-
-    buffer = BytesIO()
-    Image.new("RGB", size, (200, 80, 20)).save(buffer, format="PNG")
-    return buffer.getvalue()
-
-
 @pytest.mark.parametrize("body", list(HOSTILE_BODIES))
 def test_an_upload_that_is_not_a_video_container_is_refused_not_followed(body, tmp_path, stylize_bin):
     """FFmpeg picks the demuxer by content: a concat script named clip.mp4 opened the video beside it."""
     make_clip(tmp_path / "other.mp4", seconds=1, audio=False)
     clip = tmp_path / "clip.mp4"
-    clip.write_bytes(HOSTILE_BODIES[body](tmp_path))
+    clip.write_bytes(HOSTILE_BODIES[body])
     result = _stylize(stylize_bin, clip, tmp_path / "out" / "styled.mp4")
     _refused_in_one_line(result, "not a readable video file")
     assert not (tmp_path / "out").exists()
@@ -280,7 +294,7 @@ def test_segments_and_preview_rows_are_read_only_in_the_formats_written(tmp_path
 
     make_clip(tmp_path / "other.mp4", seconds=1, audio=False)
     script = tmp_path / "batch-00000.mp4"
-    script.write_bytes(HOSTILE_BODIES["concat-script"](tmp_path))
+    script.write_bytes(HOSTILE_BODIES["concat-script"])
     with pytest.raises(av.FFmpegError):
         frame_times(script, Fraction(0), None)
     with pytest.raises(av.FFmpegError):
