@@ -32,9 +32,10 @@ def open_input(path: str | os.PathLike[str], demuxers: str, *, max_pixels: int =
                **kwargs) -> av.container.InputContainer:
     """Open the local file ``path`` for reading with one of ``demuxers`` (FFmpeg names, comma-separated), or raise.
 
-    ``max_pixels`` bounds the frames any decoder of the file may allocate (the bitstream may say a larger size
-    than the container's header). ``header_only``: what the headers and parsers say, nothing decoded (FFmpeg
-    otherwise decodes a few frames while opening, to learn the pixel format).
+    ``max_pixels`` bounds the frames the decoders FFmpeg opens while opening the file may allocate (the bitstream
+    may say a larger size than the container's header); a stream's own ``codec_context.options`` bound it when it is
+    decoded. ``header_only``: what the headers and parsers say, nothing decoded (FFmpeg otherwise decodes a few
+    frames while opening, to learn the pixel format).
     """
     container_options = {"format_whitelist": demuxers, "protocol_whitelist": "file"}
     if header_only:
