@@ -23,7 +23,7 @@ from shared.errors import InvalidInputError
 from shared.messages import BatchMessage, styled_name
 from shared.plan import Batch, plan_batches
 from shared.preview import preview_offsets, rows_name, sampled_batches, write_preview
-from shared.probe import VideoInfo, probe
+from shared.probe import probe
 from shared.report import BatchRecord, RunReport, worker_stats
 from shared.split import split_video
 from shared.stitch import skipped_frames, skipped_note, stitch
@@ -62,19 +62,6 @@ def _blob_bytes(service: BlobServiceClient, container: str, blobs: list[str]) ->
     return sum(service.get_blob_client(container, blob).get_blob_properties().size for blob in blobs)
 
 
-def check_limits(info: VideoInfo, limits: Settings) -> None:
-    """Refuse videos over the configured limits before any GPU time is spent."""
-    problems = []
-    if info.duration_s > limits.max_duration_s:
-        problems.append(f"duration {info.duration_s:.1f} s over {limits.max_duration_s:.0f} s")
-    if info.width > limits.max_width or info.height > limits.max_height:
-        problems.append(f"resolution {info.width}x{info.height} over {limits.max_width}x{limits.max_height}")
-    if info.frame_count > limits.max_frames:
-        problems.append(f"{info.frame_count} frames over {limits.max_frames}")
-    if problems:
-        raise InvalidInputError(f"{Path(info.path).name}: {'; '.join(problems)}")
-
-
 def split_job(job: dict, limits: Settings = settings) -> dict:
     """Download the input, probe and check it, cut batch segments by stream copy, upload them and the audio."""
     service = blob_service(limits)
@@ -82,8 +69,7 @@ def split_job(job: dict, limits: Settings = settings) -> dict:
     needed = split_disk_bytes(_blob_bytes(service, limits.input_container, [job["input_blob"]]))
     with scratch("split-", needed, job["input_blob"]) as folder:
         local = download_file(service, limits.input_container, job["input_blob"], folder / f"input{Path(job['input_blob']).suffix}")
-        info = probe(local)
-        check_limits(info, limits)
+        info = probe(local, limits)  # refuses what is over the limits before reading what they bound
         container = output_container(info)
         batches = plan_batches(info, limits.batch_frames)
         parts = split_video(info, batches, folder / "segments", container)

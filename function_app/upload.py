@@ -84,7 +84,7 @@ def check_style_image_blob(style: str, style_image: str | None, limits: Settings
         size = picture.get_blob_properties().size
         if size > STYLE_IMAGE_MAX_BYTES:
             return f"style image {style_image}: {size} bytes is over the limit of {STYLE_IMAGE_MAX_BYTES}"
-        check_style_image(picture.download_blob().readall(), style_image)
+        check_style_image(picture.download_blob().readall(), style_image, limits.max_style_megapixels)
     except ResourceNotFoundError:
         return f"style image {style_image}: no such blob in container {limits.styles_container}"
     except InvalidInputError as exc:

@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import hashlib
 import os
-import io
 import importlib.resources
 import re
 import tempfile
@@ -253,14 +252,13 @@ STYLE_SIDE = 256
 
 def read_style_image(path: Path) -> np.ndarray:
     """The picture as an RGB uint8 array, or a one-line InvalidInputError."""
-    from PIL import Image, ImageOps
+    from PIL import ImageOps
 
     try:
         data = Path(path).read_bytes()
     except OSError as exc:
         raise InvalidInputError(f"style image {path}: {exc.strerror or exc}") from None
-    check_style_image(data, str(path))
-    with Image.open(io.BytesIO(data)) as image:
+    with check_style_image(data, str(path)) as image:
         return np.asarray(ImageOps.exif_transpose(image).convert("RGB"))
 
 

@@ -32,7 +32,7 @@ from gpu_job.styler import T, FrameStyler, paired
 from shared.atomic import AtomicFile
 from shared.colour import ColourPlan, plan_colour
 from shared.config import Settings
-from shared.decode import tolerant_frames
+from shared.decode import SEGMENT_DEMUXERS, open_input, tolerant_frames
 from shared.errors import InvalidInputError
 from shared.preview import tile, tile_size
 from shared.probe import frame_times, stream_colour
@@ -76,7 +76,7 @@ def _decode(path: Path, start: Fraction, end: Fraction | None, plan: ColourPlan,
             decoded: _Decoded) -> None:
     """Put (pts, rotation, rgb frame) for frames shown at start <= t < end (seconds), in display order; record them in ``decoded``."""
     try:
-        with av.open(str(path)) as container:
+        with open_input(path, SEGMENT_DEMUXERS) as container:
             stream = container.streams.video[0]
             stream.thread_type = "AUTO"
             for frame in tolerant_frames(container, stream, decoded.errors):
@@ -185,7 +185,7 @@ class Segment:
                  preview_frames: Collection[int] = ()) -> None:
         """``preview_frames``: offsets among the frames shown at ``start <= t < end`` (seconds) that start a GOP of
         the styled segment, and whose input tiles the result holds."""
-        with av.open(str(src)) as source:
+        with open_input(src, SEGMENT_DEMUXERS) as source:
             stream = source.streams.video[0]
             timing = (stream.time_base, stream.guessed_rate or stream.average_rate or 25)
             plan = plan_colour(stream_colour(stream.codec_context), stream.codec_context.height, encoder.keep_10bit)

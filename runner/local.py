@@ -130,7 +130,7 @@ def run(request: RunRequest, settings: Settings, launcher: Launcher = launch_wor
         from shared.split import split_video
         from shared.stitch import skipped_frames, skipped_note, stitch
 
-        info = probe(request.input)
+        info = probe(request.input, settings)  # refuses what is over the limits before reading what they bound
         request, container = check_request(request, info)
         notes = [*container.notes, *filter(None, [plan_colour(info.colour, info.height, request.keep_10bit).note()])]
         for note in notes:

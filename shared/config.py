@@ -39,6 +39,15 @@ class Settings:
     max_width: int = 3840
     max_height: int = 2160
     max_frames: int = 216_000
+    """Width, height and frame count are checked from the container's headers before anything is decoded, and
+    the probe stops reading packets as soon as the frame count or duration passes its limit."""
+    max_attachment_bytes: int = 32 * 1024**2
+    """Matroska attachments (fonts, mostly) and MP4/MOV cover art, measured from their headers: FFmpeg reads all of
+    them into memory (Matroska's several times over) when it opens the file, and none is carried to the output.
+    Holds a set of fonts."""
+    max_style_megapixels: float = 24.0
+    """Style pictures, by the size their header gives, before they are decoded (a 6000x4000 photo; the network
+    sees a 256x256 square of it)."""
     # Storage layout (one connection, named by the Functions binding setting prefix)
     storage_connection: str = "DataStorage"
     input_container: str = "videos-in"

@@ -20,7 +20,7 @@ from typing import TYPE_CHECKING
 import av
 
 from shared.atomic import atomic_path
-from shared.decode import tolerant_frames
+from shared.decode import PNG_DEMUXER, SEGMENT_DEMUXERS, open_input, tolerant_frames
 from shared.errors import PipelineError
 from shared.plan import Batch
 
@@ -74,14 +74,14 @@ def frames_at(path: Path, times: set[Fraction], size: tuple[int, int]) -> dict[F
     a seek land past a frame (an index without it, an open GOP), the file is decoded from its start.
     """
     found: dict[Fraction, np.ndarray] = {}
-    with av.open(str(path)) as container:
+    with open_input(path, SEGMENT_DEMUXERS) as container:
         stream = container.streams.video[0]
         for target in sorted(times):
             if target not in found:
                 container.seek(round(target / stream.time_base), stream=stream, backward=True)
                 _collect(tolerant_frames(container, stream), stream, times, size, found, until=target, from_keyframe=True)
     if len(found) < len(times):
-        with av.open(str(path)) as container:
+        with open_input(path, SEGMENT_DEMUXERS) as container:
             stream = container.streams.video[0]
             _collect(tolerant_frames(container, stream), stream, times, size, found, until=max(times), from_keyframe=False)
     return found
@@ -126,7 +126,7 @@ def write_preview(rows: Sequence[Path], out: str | os.PathLike[str]) -> Path:
 
     images = []
     for path in rows:
-        with av.open(str(path)) as container:
+        with open_input(path, PNG_DEMUXER, format=PNG_DEMUXER) as container:
             images.append(next(container.decode(video=0)).to_ndarray(format="rgb24"))
     if not images:
         raise PipelineError("no frame sampled for the preview decodes")

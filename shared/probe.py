@@ -3,10 +3,16 @@
 Probing reads packets only (no decoding, except one frame to prove the stream decodes and to
 read its rotation), so it costs a small fraction of a decode even for long videos. Whatever the
 bundled FFmpeg cannot read is refused here, with a one-line reason, before any work is done.
+
+The limits come first, each as soon as it can be known: attachments from their element headers before
+FFmpeg opens the file, width, height and the indexed frame count from the container's headers before
+anything is decoded, and frame count and duration while the packets are read, which stops as soon as
+either passes its limit.
 """
 
 from __future__ import annotations
 
+import errno
 import os
 from dataclasses import asdict, dataclass, field, replace
 from fractions import Fraction
@@ -14,7 +20,10 @@ from pathlib import Path
 
 import av
 
+from shared.attachments import attachment_bytes
 from shared.colour import RANGE_FULL, Colour
+from shared.config import Settings
+from shared.decode import SEGMENT_DEMUXERS, UPLOAD_DEMUXERS, open_input
 from shared.errors import InvalidInputError
 
 COPIED_KINDS = ("audio", "subtitle", "video")
@@ -22,6 +31,11 @@ COPIED_KINDS = ("audio", "subtitle", "video")
 VOP_START = b"\x00\x00\x01\xb6"
 PACKED_CHECK = 64
 """Packets searched for a packed B-frame (two MPEG-4 pictures in one packet); encoders pack from the first GOP."""
+CODED_MARGIN = 128
+"""Decoders allocate a frame at its coded size: the shown size rounded up to whole macroblocks, coding tree units or
+superblocks (up to 128 pixels), and its rows to the stride alignment."""
+NOT_ACCEPTED = "not in a container accepted here: MP4/MOV, Matroska/WebM, AVI or MPEG-TS"
+"""What FFmpeg's "Invalid argument" on opening means under the demuxer allowlist: it found another format."""
 
 
 @dataclass(frozen=True)
@@ -103,7 +117,7 @@ class VideoInfo:
         return data
 
 
-def _open(path: Path) -> av.container.InputContainer:
+def _check_file(path: Path) -> None:
     if not path.exists():
         raise InvalidInputError(f"{path}: no such file")
     if path.is_dir():
@@ -112,10 +126,47 @@ def _open(path: Path) -> av.container.InputContainer:
         raise InvalidInputError(f"{path}: not readable (permission denied)")
     if path.stat().st_size == 0:
         raise InvalidInputError(f"{path}: empty file (0 bytes)")
+
+
+def _open(path: Path, limits: Settings, header_only: bool = False) -> av.container.InputContainer:
     try:
-        return av.open(str(path), metadata_errors="ignore")
+        return open_input(path, UPLOAD_DEMUXERS, max_pixels=max_decoded_pixels(limits), header_only=header_only,
+                          metadata_errors="ignore")
     except (av.FFmpegError, UnicodeDecodeError) as exc:
-        raise InvalidInputError(f"{path}: not a readable video file ({_reason(exc)})") from None
+        reason = NOT_ACCEPTED if getattr(exc, "errno", None) == errno.EINVAL else _reason(exc)
+        raise InvalidInputError(f"{path}: not a readable video file ({reason})") from None
+
+
+def max_decoded_pixels(limits: Settings) -> int:
+    """The most pixels a decoder may allocate a frame of, for frames within ``limits``."""
+    return (limits.max_width + CODED_MARGIN) * (limits.max_height + CODED_MARGIN)
+
+
+def _check_headers(path: Path, limits: Settings) -> None:
+    """Refuse, from headers alone, attachments, a size or an indexed frame count over ``limits``."""
+    attached = attachment_bytes(path)
+    if attached > limits.max_attachment_bytes:
+        raise InvalidInputError(f"{path.name}: attachments of {attached / 1e6:.1f} MB over the limit of "
+                                f"{limits.max_attachment_bytes / 1e6:.1f} MB")
+    with _open(path, limits, header_only=True) as container:
+        stream = styled_stream(container)
+        if stream is None or stream.codec_context is None:
+            return  # refused with its reason once opened for probing
+        _check_size(path, stream.codec_context.width, stream.codec_context.height, limits)
+        indexed = _indexed_frames(container, stream)
+        if indexed > limits.max_frames:
+            raise InvalidInputError(f"{path.name}: {indexed} frames over the limit of {limits.max_frames}")
+
+
+def _indexed_frames(container, stream) -> int:
+    """The frame count the container's index gives (0: none). AVI's index lists dropped frames FFmpeg never returns."""
+    return stream.frames if container.format.name != "avi" else 0
+
+
+def _check_size(path: Path, width: int, height: int, limits: Settings) -> None:
+    """Refuse frames wider or taller than ``limits`` (as coded: rotation does not count)."""
+    if width > limits.max_width or height > limits.max_height:
+        raise InvalidInputError(f"{path.name}: resolution {width}x{height} over the limit of {limits.max_width}x{limits.max_height}")
 
 
 def _reason(exc: BaseException) -> str:
@@ -133,10 +184,12 @@ def styled_stream(container) -> av.video.stream.VideoStream | None:
     return next((s for s in container.streams.video if not s.disposition & av.stream.Disposition.attached_pic), None)
 
 
-def probe(path: str | os.PathLike[str]) -> VideoInfo:
-    """Describe ``path`` or raise :class:`InvalidInputError` with a one-line reason."""
+def probe(path: str | os.PathLike[str], limits: Settings = Settings()) -> VideoInfo:
+    """Describe ``path`` or raise :class:`InvalidInputError` with a one-line reason; over ``limits``, before the work they bound."""
     path = Path(path)
-    with _open(path) as container:
+    _check_file(path)
+    _check_headers(path, limits)
+    with _open(path, limits) as container:
         stream = styled_stream(container)
         if stream is None:
             kinds = sorted({s.type for s in container.streams} | ({"cover image"} if container.streams.video else set())) or ["no streams"]
@@ -145,20 +198,25 @@ def probe(path: str | os.PathLike[str]) -> VideoInfo:
             raise InvalidInputError(f"{path}: video stream {stream.index} uses a codec the bundled FFmpeg cannot decode")
         if stream.time_base is None:
             raise InvalidInputError(f"{path}: video stream has no timing information")
+        _check_size(path, stream.codec_context.width, stream.codec_context.height, limits)  # what decoding the first frames said
         tracks, ignored = _other_streams(path, container, stream)
-        packets, empty, trimmed = _read_packets(path, container, stream, [container.streams[t.index] for t in tracks if t.kind == "audio"])
+        audio = [container.streams[t.index] for t in tracks if t.kind == "audio"]
+        packets, empty, trimmed = _read_packets(path, container, stream, audio, limits)
         tracks = [replace(t, trimmed=t.index in trimmed) for t in tracks]
         if not any(not discard for *_, discard in packets):
             raise InvalidInputError(f"{path}: video stream has zero frames")
-        indexed = stream.frames if container.format.name != "avi" else 0  # AVI indexes dropped frames FFmpeg never returns
+        indexed = _indexed_frames(container, stream)
         if indexed and len(packets) + empty < indexed:
             raise InvalidInputError(f"{path}: truncated: index lists {indexed} frames but only {len(packets) + empty} are present")
-        rotation = _first_frame_rotation(path, stream.index)
+        rotation = _first_frame_rotation(path, stream.index, limits)
         ctx = stream.codec_context
-        return _describe(
+        info = _describe(
             path, container.format.name, codec_name(stream), ctx.width, ctx.height, stream.time_base, packets, rotation,
             video_index=stream.index, colour=stream_colour(ctx), tracks=tracks, ignored=ignored,
         )
+    if info.duration_s > limits.max_duration_s:  # with its last frame's duration, which reading the packets did not count
+        raise InvalidInputError(f"{path.name}: duration {info.duration_s:.1f} s over the limit of {limits.max_duration_s:.0f} s")
+    return info
 
 
 def _other_streams(path: Path, container, video) -> tuple[list[TrackInfo], list[str]]:
@@ -197,13 +255,16 @@ def stream_colour(ctx) -> Colour:
                   matrix=ctx.colorspace, bits=bits)
 
 
-def _read_packets(path: Path, container, stream, audio: list) -> tuple[list[tuple[int, int, bool, bool]], int, set[int]]:
+def _read_packets(path: Path, container, stream, audio: list, limits: Settings) -> tuple[list[tuple[int, int, bool, bool]], int, set[int]]:
     """(pts, duration, keyframe, hidden by an edit list) of every video packet, in decode order; how many
     packets were empty (AVI's dropped-frame markers: no frame, the previous one stays on screen); and
-    the indices of the ``audio`` streams whose packets say to skip samples."""
+    the indices of the ``audio`` streams whose packets say to skip samples. Stops, refusing the video, at
+    the first shown frame past ``limits.max_frames`` or ``limits.max_duration_s`` from the earliest one."""
     packets: list[tuple[int, int, bool, bool]] = []
-    empty = 0
+    empty = shown = 0
     trimmed: set[int] = set()
+    longest = int(limits.max_duration_s / stream.time_base)
+    earliest = latest = None
     try:
         for packet in container.demux([stream, *audio]):
             if packet.stream.index != stream.index:
@@ -220,16 +281,27 @@ def _read_packets(path: Path, container, stream, audio: list) -> tuple[list[tupl
                 raise InvalidInputError(f"{path}: MPEG-4 video with packed B-frames (DivX/Xvid style) has no usable timestamps; "
                                         "unpack it first: ffmpeg -i IN -c copy -bsf:v mpeg4_unpack_bframes OUT.avi")
             packets.append((pts, packet.duration or 0, bool(packet.is_keyframe), bool(packet.is_discard)))
+            if packet.is_discard:
+                continue
+            shown += 1
+            earliest, latest = (pts, pts) if earliest is None else (min(earliest, pts), max(latest, pts))
+            if shown > limits.max_frames:
+                raise InvalidInputError(f"{path.name}: more than the limit of {limits.max_frames} frames")
+            if latest - earliest > longest:
+                raise InvalidInputError(f"{path.name}: longer than the limit of {limits.max_duration_s:.0f} s")
     except av.FFmpegError as exc:
         raise InvalidInputError(f"{path}: damaged or truncated video ({_reason(exc)})") from None
     return packets, empty, trimmed
 
 
-def _first_frame_rotation(path: Path, index: int) -> int:
-    """Decode the first frame: proves the stream decodes, and gives the display rotation."""
+def _first_frame_rotation(path: Path, index: int, limits: Settings) -> int:
+    """Decode the first frame: proves the stream decodes, and gives the display rotation. A frame larger than
+    the limits allow (the bitstream may say a size the headers do not) is not decoded."""
     try:
-        with av.open(str(path), metadata_errors="ignore") as container:
-            for frame in container.decode(container.streams[index]):
+        with _open(path, limits) as container:
+            stream = container.streams[index]
+            stream.codec_context.options = {"max_pixels": str(max_decoded_pixels(limits))}
+            for frame in container.decode(stream):
                 return int(frame.rotation) % 360
     except av.FFmpegError as exc:
         raise InvalidInputError(f"{path}: video does not decode ({_reason(exc)})") from None
@@ -283,6 +355,6 @@ def in_span(t: Fraction, start: Fraction, end: Fraction | None) -> bool:
 
 def frame_times(path: str | os.PathLike[str], start: Fraction, end: Fraction | None) -> list[Fraction]:
     """Times (seconds), in display order, of the frames of the first video stream of ``path`` shown at ``start <= t < end``, from packets alone."""
-    with av.open(str(path)) as container:
+    with open_input(path, SEGMENT_DEMUXERS) as container:
         shown = (shown_at(packet) for packet in container.demux(container.streams.video[0]))
         return sorted(t for t in shown if t is not None and in_span(t, start, end))

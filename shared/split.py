@@ -19,6 +19,7 @@ import av
 
 from shared.atomic import atomic_path
 from shared.containers import MUXERS, ContainerChoice, segment_muxer
+from shared.decode import UPLOAD_DEMUXERS, open_input
 from shared.errors import InvalidInputError
 from shared.plan import Batch
 from shared.probe import VideoInfo
@@ -82,7 +83,7 @@ def split_video(info: VideoInfo, batches: list[Batch], out_dir: str | os.PathLik
     segment_format = segment_muxer(info.codec)
     tracks_path = out_dir / f"tracks{output.suffix}" if output.tracks else None
     try:
-        with av.open(info.path, metadata_errors="ignore") as source, contextlib.ExitStack() as stack:
+        with open_input(info.path, UPLOAD_DEMUXERS, metadata_errors="ignore") as source, contextlib.ExitStack() as stack:
             video = source.streams[info.video_index]
             others = [source.streams[track.index] for track in output.tracks]
             if tracks_path:

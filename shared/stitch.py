@@ -9,17 +9,17 @@ from collections.abc import Callable, Iterator, Sequence
 from fractions import Fraction
 from pathlib import Path
 
-import av
 
 from shared.errors import PipelineError
+from shared.decode import SEGMENT_DEMUXERS, TRACKS_DEMUXERS, open_input
 from shared.plan import Batch
 from shared.probe import frame_times, in_span, shown_at
 from shared.split import ISO_MUXERS, copy_muxer, muxer_for
 
 
-def _timed_packets(path: Path, targets: Callable[[object], dict]) -> Iterator[tuple[float, object, object]]:
+def _timed_packets(path: Path, targets: Callable[[object], dict], demuxers: str) -> Iterator[tuple[float, object, object]]:
     """(decode time in seconds, packet, output stream) for every packet of the streams ``targets(container)`` maps."""
-    with av.open(str(path), metadata_errors="ignore") as container:
+    with open_input(path, demuxers, metadata_errors="ignore") as container:
         mapping = targets(container)
         by_index = {source.index: target for source, target in mapping.items()}
         for packet in container.demux(list(mapping)):
@@ -38,7 +38,7 @@ def _segment_packets(path: Path, target, headers: bytes, shown: list[Fraction]) 
             raise PipelineError("styled segments were encoded with different settings; cannot join them by stream copy")
         return {stream: target}
 
-    for item in _timed_packets(path, video):
+    for item in _timed_packets(path, video, SEGMENT_DEMUXERS):
         if (when := shown_at(item[1])) is not None:
             shown.append(when)
         yield item
@@ -65,14 +65,14 @@ def stitch(
     muxer = muxer_for(output)
     options = {"movflags": "+faststart"} if muxer in ISO_MUXERS else {}
     with contextlib.ExitStack() as stack:
-        video_template = stack.enter_context(av.open(str(segments[0]))).streams.video[0]
-        track_templates = list(stack.enter_context(av.open(str(tracks), metadata_errors="ignore")).streams) if tracks else []
+        video_template = stack.enter_context(open_input(segments[0], SEGMENT_DEMUXERS)).streams.video[0]
+        track_templates = list(stack.enter_context(open_input(tracks, TRACKS_DEMUXERS, metadata_errors="ignore")).streams) if tracks else []
         container, (video_out, *track_outs) = stack.enter_context(copy_muxer(output, [video_template, *track_templates], muxer, options))
         if rotation:
             video_out.set_display_rotation(rotation)
         headers = bytes(video_template.codec_context.extradata or b"")
         videos = (item for path, times in zip(segments, shown) for item in _segment_packets(path, video_out, headers, times))
-        others = _timed_packets(Path(tracks), lambda c: dict(zip(c.streams, track_outs))) if tracks else iter(())
+        others = _timed_packets(Path(tracks), lambda c: dict(zip(c.streams, track_outs)), TRACKS_DEMUXERS) if tracks else iter(())
         for _, packet, target in heapq.merge(videos, others, key=lambda item: item[0]):
             packet.stream = target
             container.mux(packet)

@@ -158,7 +158,7 @@ def test_one_worker_starts_before_the_probe_and_more_once_the_plan_is_known(work
 
     events: list = []
     probe = shared.probe.probe
-    monkeypatch.setattr(shared.probe, "probe", lambda path: events.append("probe") or probe(path))
+    monkeypatch.setattr(shared.probe, "probe", lambda path, limits: events.append("probe") or probe(path, limits))
     request = RunRequest(input=clip, output=tmp_path / "out.mp4", model="identity", batch_frames=batch_frames, workers=workers)
     report = run(request, Settings(), launcher=_recording(events, []))
     started = min(workers, len(report.batches))

@@ -73,3 +73,37 @@ def test_bad_style_picture_refuses_the_upload_with_a_report(metadata, error_blob
     assert client.started == []
     assert reason in _error(service, error_blob)
     assert blob.download_blob().readall() == b"video bytes", "the input is never changed"
+
+
+def one_colour_png(side: int) -> bytes:
+    """A side x side one-colour PNG, under a megabyte compressed, made a row at a time (decoded: side*side*3 bytes)."""
+    import struct
+    import zlib
+
+    def chunk(kind: bytes, data: bytes) -> bytes:
+        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
+
+    packer = zlib.compressobj(9)
+    row = b"\x00" + b"\xc8\x50\x14" * side
+    pixels = b"".join(packer.compress(row) for _ in range(side)) + packer.flush()
+    return (b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", struct.pack(">IIBBBBB", side, side, 8, 2, 0, 0, 0)) + chunk(b"IDAT", pixels)
+            + chunk(b"IEND", b""))
+
+
+def _tiff() -> bytes:
+    buffer = io.BytesIO()
+    Image.new("RGB", (64, 48), (200, 80, 20)).save(buffer, format="TIFF")
+    return buffer.getvalue()
+
+
+@pytest.mark.parametrize("picture, make, reason", [
+    ("huge.png", lambda: one_colour_png(13000), "style image huge.png: 13000x13000 is over the limit of 24 megapixels"),
+    ("scan.tiff", _tiff, "style image scan.tiff: not a picture Pillow can read in the formats accepted (PNG, JPEG, WEBP)"),
+])
+def test_a_style_picture_over_the_limit_or_in_another_format_refuses_the_upload(picture, make, reason, service):
+    service.get_blob_client(LIMITS.styles_container, picture).upload_blob(make(), overwrite=True)
+    client = ReplayClient()
+    blob = _upload(service, "clip.mp4", {"style_image": picture})
+    assert asyncio.run(start_job(blob, client, LIMITS)) is None
+    assert client.started == []
+    assert _error(service, "clip.mp4.arbitrary.error.json") == reason
