@@ -90,10 +90,27 @@ def test_azure_yaml_points_at_what_exists():
     project = ROOT / service["project"]
     assert (project / "host.json").exists() and (project / "requirements.txt").exists()
     assert document["infra"] == {"provider": "bicep", "path": "bicep", "module": "main"}
-    hook_config = document["hooks"]["postdeploy"]
-    assert (ROOT / hook_config["run"]).exists() and (ROOT / hook_config["dir"] / "requirements.txt").exists()
     function_app = next(r for f in outlines().values() for r in f["resources"] if r["type"].startswith("Microsoft.Web/sites@"))
     assert "'azd-service-name': 'functions'" in _expr(function_app["body"]["tags"]), "azd finds the app by this tag"
+
+
+def azd_hook_script(project: Path, hook: dict) -> Path:
+    """The file azd runs for a hook: `run` joined to `dir` when `dir` is set (azure-dev
+    cli/azd/pkg/ext/models.go: `filepath.Join(cwd, run)`; the multi-language hooks doc: `run: main.py`
+    with `dir: hooks/preprovision`), else `run` from the project root."""
+    return project / hook.get("dir", ".") / hook["run"]
+
+
+def test_every_hook_resolves_as_azd_resolves_it():
+    document = yaml.safe_load((ROOT / "azure.yaml").read_text())
+    assert document["hooks"]
+    for name, hook in document["hooks"].items():
+        script = azd_hook_script(ROOT, hook).resolve()
+        assert script.is_file(), f"azd runs {script.relative_to(ROOT)} for {name}: no such file"
+        assert script.is_relative_to(ROOT / "deploy"), "hooks live in deploy/"
+        # The Python executor installs the requirements.txt of the hook's directory (`dir`, else the script's).
+        assert (script.parent / "requirements.txt").is_file() and (ROOT / hook.get("dir", script.parent)).resolve() == script.parent
+    assert not azd_hook_script(ROOT, {"run": "deploy/postdeploy.py", "dir": "deploy"}).exists(), "the check must be able to fail"
 
 
 # azd runs hooks written in Python from this release on; an older azd rejects the `.py` hook.
