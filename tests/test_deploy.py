@@ -344,7 +344,10 @@ def test_the_schedule_is_an_app_setting_the_timer_reads_hourly_by_default(app_fu
 # Who may touch what: every role assignment, evaluated from the parse tree of rbac.bicep and the
 # parameters main.bicep passes it.
 
-# Built-in roles rbac.bicep may grant, by the names Azure documents for them.
+# Built-in roles rbac.bicep may grant: each role definition's `name` (GUID) and `roleName` as Azure
+# documents them (MicrosoftDocs/azure-docs, articles/role-based-access-control/built-in-roles/: storage.md
+# for the Storage roles, containers.md for AcrPull, monitor.md for Monitoring Metrics Publisher,
+# ai-machine-learning.md for AzureML Data Scientist; checked 2026-12-04).
 ROLE_NAMES = {
     "b7e6dc6d-f1e8-4753-8033-0f276bb0955b": "Storage Blob Data Owner",
     "ba92f5b4-2d11-453d-a403-e96b0029c9fe": "Storage Blob Data Contributor",
@@ -514,6 +517,21 @@ def test_role_assignments_are_built_in_scoped_and_keyless():
         assert name not in ("Owner", "Contributor", "Storage Account Contributor"), guid
 
 
+def _squashed(name: str) -> str:
+    """A role name or a variable name, without case, spaces or punctuation: 'AzureML Data Scientist' -> 'azuremldatascientist'."""
+    return re.sub(r"[^a-z0-9]", "", name.lower())
+
+
+def test_every_role_guid_is_the_documented_built_in_role_its_name_says():
+    """A GUID copied under the wrong name grants another role than the one the template reads as."""
+    roles = outlines()["bicep/modules/rbac.bicep"]["variables"]["roles"]
+    assert roles and set(roles.values()) <= set(ROLE_NAMES), set(roles.values()) - set(ROLE_NAMES)
+    assert {key: _squashed(ROLE_NAMES[guid]) for key, guid in roles.items()} == {key: _squashed(key) for key in roles}
+    assert {g.role for g in grants()} == {ROLE_NAMES[guid] for guid in roles.values()}, "every role declared is granted"
+    swapped = {"storageQueueDataReader": roles["storageQueueDataContributor"]}
+    assert {_squashed(ROLE_NAMES[guid]) for guid in swapped.values()} != {_squashed(key) for key in swapped}, "the check must be able to fail"
+
+
 def test_workspace_identity_gets_no_role_on_its_own_storage():
     """Azure ML assigns them itself when it creates the workspace; assigning them again fails with RoleAssignmentExists."""
     workspace = _module("modules/ml-workspace.bicep")["symbol"]
@@ -577,18 +595,16 @@ def test_the_function_app_holds_the_documented_trigger_roles_and_no_more():
     defaults = Settings()
     granted = _granted(_function_identity())
     # Blob trigger: Storage Blob Data Owner on what it watches, Storage Queue Data Contributor for
-    # the poison queue it writes on the trigger's account. Queue trigger: Storage Queue Data Reader
-    # and Message Processor, and sending to its poison queue ("Azure Blob/Queue storage trigger",
-    # identity-based connections).
+    # the poison queue it writes on the trigger's account. Queue trigger: Storage Queue Data
+    # Contributor (it releases a message it failed on by updating its visibility, which Reader and
+    # Message Processor do not allow), and sending to its poison queue.
     assert {
         ("Storage Blob Data Owner", "containers", defaults.input_container),
         ("Storage Queue Data Contributor", "queues", "webjobs-blobtrigger-poison"),
-        ("Storage Queue Data Reader", "queues", defaults.result_queue),
-        ("Storage Queue Data Message Processor", "queues", defaults.result_queue),
+        ("Storage Queue Data Contributor", "queues", defaults.result_queue),
         ("Storage Queue Data Message Sender", "queues", f"{defaults.result_queue}-poison"),
         ("Storage Queue Data Message Sender", "queues", defaults.batch_queue),
-        ("Storage Queue Data Reader", "queues", defaults.shard_result_queue),
-        ("Storage Queue Data Message Processor", "queues", defaults.shard_result_queue),
+        ("Storage Queue Data Contributor", "queues", defaults.shard_result_queue),
         ("Storage Queue Data Message Sender", "queues", f"{defaults.shard_result_queue}-poison"),
         ("Storage Queue Data Message Sender", "queues", defaults.shard_queue),
         ("Storage Queue Data Reader", "queues", defaults.shard_queue),
@@ -606,6 +622,36 @@ def test_the_function_app_holds_the_documented_trigger_roles_and_no_more():
             ("Storage Blob Data Reader", "containers", defaults.sensor_data_container)} <= granted
     assert not {(role, target) for role, kind, target in granted
                 if target in (defaults.models_container, defaults.sensor_data_container) and role != "Storage Blob Data Reader"}
+
+
+# Data actions of the queue roles ("Azure built-in roles for Storage", the role definitions' dataActions,
+# without the common prefix Microsoft.Storage/storageAccounts/queueServices/queues/).
+QUEUE_DATA_ACTIONS = {
+    "Storage Queue Data Contributor": {"messages/delete", "messages/read", "messages/write", "messages/process/action"},
+    "Storage Queue Data Message Processor": {"messages/read", "messages/process/action"},
+    "Storage Queue Data Message Sender": {"messages/add/action"},
+    "Storage Queue Data Reader": {"messages/read"},
+}
+# Taking a message and deleting it (Get Messages, Delete Message: process/action), and changing a taken
+# message's visibility (Update Message: messages/write). The Functions queue trigger does the last to
+# release a message whose function failed; a worker does it to keep a message hidden while it works.
+TAKES_AND_RELEASES = {"messages/read", "messages/process/action", "messages/write"}
+
+
+def _queue_actions(principal: str, queue: str) -> set[str]:
+    return {action for role, kind, target in _granted(principal) if (kind, target) == ("queues", queue)
+            for action in QUEUE_DATA_ACTIONS[role]}
+
+
+def test_whoever_takes_a_queue_s_messages_can_release_them():
+    defaults = Settings()
+    takers = {(_function_identity(), defaults.result_queue), (_function_identity(), defaults.shard_result_queue),
+              (_compute_identity(), defaults.batch_queue), (_cpu_identity(), defaults.shard_queue)}
+    for principal, queue in takers:
+        assert TAKES_AND_RELEASES <= _queue_actions(principal, queue), f"{principal} on {queue}"
+    reader_and_processor = QUEUE_DATA_ACTIONS["Storage Queue Data Reader"] | QUEUE_DATA_ACTIONS["Storage Queue Data Message Processor"]
+    assert not TAKES_AND_RELEASES <= reader_and_processor, "the check must be able to fail"
+    assert set(QUEUE_DATA_ACTIONS) == {name for name in ROLE_NAMES.values() if name.startswith("Storage Queue")}
 
 
 def _security_paragraph() -> dict[str, list[str]]:
