@@ -52,9 +52,15 @@ param modelsSchedule string = '0 0 * * * *'
 @description('Length in seconds of the window a scheduled many-models run scores; match it to modelsSchedule.')
 param modelsWindowSeconds int = 3600
 
-@allowed([ 'candy', 'mosaic', 'rain_princess', 'udnie' ])
-@description('Style of uploads that name none (blob metadata "style" or a leading style folder wins).')
-param defaultStyle string = 'candy'
+// The 26 built-in styles (gpu_job/styles.py), which ship inside the wheel: a default that needs a
+// download (the pytorch/examples checkpoints) would fetch it from a third-party archive on every new node.
+@allowed([
+  'ochre', 'outline', 'charcoal', 'ribbons', 'crimson', 'fauve', 'cells', 'primary', 'watercolour'
+  'pebbles', 'sienna', 'sketch', 'pastel', 'harlequin', 'frost', 'lattice', 'impasto', 'weave', 'sepia'
+  'starry', 'ember', 'cutout', 'comic', 'noir', 'etching', 'tapestry'
+])
+@description('Style of uploads that name none (blob metadata "style" or a leading style folder wins); any built-in style.')
+param defaultStyle string = 'starry'
 
 @minValue(1)
 @description('Frames per batch: one queue message each.')

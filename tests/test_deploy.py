@@ -313,6 +313,33 @@ def test_app_settings_are_ones_the_app_reads():
         assert _main_value(stylize[setting]) == default, setting
 
 
+def _allowed(parameter: dict) -> list[str]:
+    [allowed] = [d for d in parameter["decorators"] if d.startswith("@allowed(")]
+    return re.findall(r"'([^']*)'", allowed)
+
+
+def test_every_default_style_bicep_allows_is_built_in_and_needs_no_download(tmp_path):
+    """A pretrained style would be fetched from a third-party archive on every new node; the built-in
+    styles ship inside the wheel. resolve_model with an empty cache and an address that cannot answer
+    fetches nothing for them."""
+    from gpu_job.resolve import resolve_model
+    from gpu_job.styles import BUILTIN_STYLE_INDEX
+
+    parameter = _main()["params"]["defaultStyle"]
+    allowed = _allowed(parameter)
+    assert parameter["default"] == Settings().default_style == "starry"
+    azd_value = json.loads((ROOT / "bicep" / "main.parameters.json").read_text())["parameters"]["defaultStyle"]["value"]
+    assert azd_value == "${STYLIZE_DEFAULT_STYLE=starry}", "azd passes this when the variable is unset"
+    assert set(allowed) == set(BUILTIN_STYLE_INDEX), "every built-in style, nothing else"
+    for name in allowed:
+        assert resolve_model(name, tmp_path / "cache", url="http://nothing.invalid/") == name
+    assert not (tmp_path / "cache").exists()
+    stylize = _module("modules/function-app.bicep")["body"]["params"]["stylizeSettings"]
+    assert _expr(stylize["STYLIZE_DEFAULT_STYLE"]) == "defaultStyle"
+    with pytest.raises(Exception):
+        resolve_model("candy", tmp_path / "cache", url="http://nothing.invalid/")  # the check must be able to fail
+
+
 def test_worker_settings_follow_the_cluster():
     stylize = _module("modules/function-app.bicep")["body"]["params"]["stylizeSettings"]
     assert _expr(stylize["STYLIZE_MAX_WORKERS"]) == "string(gpuMaxNodes)", "one worker job per node"
