@@ -225,6 +225,9 @@ module workspace 'modules/ml-workspace.bicep' = {
 module compute 'modules/ml-compute.bicep' = {
   name: 'ml-compute'
   scope: rg
+  // Azure ML grants the cluster's identity AcrPull on the registry itself when it creates the
+  // cluster; made after that, our grant fails with RoleAssignmentExists, made before, it is found.
+  dependsOn: [ rbac ]
   params: {
     workspaceName: workspace.outputs.name
     name: computeName
@@ -242,6 +245,9 @@ module compute 'modules/ml-compute.bicep' = {
 module cpuCompute 'modules/ml-compute.bicep' = {
   name: 'ml-cpu-compute'
   scope: rg
+  // Azure ML grants the cluster's identity AcrPull on the registry itself when it creates the
+  // cluster; made after that, our grant fails with RoleAssignmentExists, made before, it is found.
+  dependsOn: [ rbac ]
   params: {
     workspaceName: workspace.outputs.name
     name: cpuComputeName

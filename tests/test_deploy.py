@@ -570,6 +570,22 @@ def test_workspace_identity_gets_no_role_on_its_own_storage():
         "the clusters (snapshots, logs) and the deployer (code upload)"
 
 
+# What Azure ML grants a cluster's user-assigned identity itself when it creates the cluster: AcrPull
+# on the workspace's registry. Made second, our identical grant (another name, same principal, role
+# and scope) fails the deployment with RoleAssignmentExists; made first, Azure ML finds it in place.
+GRANTED_BY_AZURE_ML_TOO = {("AcrPull", "registries")}
+
+
+def test_clusters_wait_for_the_grants_azure_ml_would_also_make():
+    rbac = _module("modules/rbac.bicep")
+    for kind in ("gpu", "cpu"):
+        cluster = _cluster(kind)
+        identity = _symbol(cluster["body"]["params"]["identityId"])
+        assert GRANTED_BY_AZURE_ML_TOO <= {(role, scope) for role, scope, _ in _granted(identity)}
+        assert rbac["symbol"] in {_expr(d) for d in cluster["body"].get("dependsOn", [])}, f"the {kind} cluster must wait for its grants"
+        assert not [v for v in rbac["body"]["params"].values() if re.search(rf"\b{cluster['symbol']}\b", _expr(v))], "no cycle: the grants need nothing of the cluster"
+
+
 def test_no_azure_ml_identity_can_touch_the_functions_host_account():
     host = _host_account()
     assert host not in (_data_account(), _workspace_storage())
