@@ -22,7 +22,7 @@ import uuid
 from dataclasses import dataclass
 from typing import Protocol
 
-from azure.core.exceptions import HttpResponseError, ResourceExistsError
+from azure.core.exceptions import AzureError, HttpResponseError, ResourceExistsError
 
 from gpu_job.command import WorkerOptions, worker_command
 from shared.config import Settings
@@ -253,9 +253,9 @@ class _Lease:
         while not self._released.wait(every_s):
             try:
                 self.lease.renew()
-            except HttpResponseError as exc:
-                # Lost: the holder's write of the registry then fails with the lease's error.
-                log.warning("worker registry lease not renewed: %s", exc.reason or exc.status_code)
+            except AzureError as exc:
+                # Lost or unreachable: the holder's write of the registry then fails with the lease's error.
+                log.warning("worker registry lease not renewed: %s", type(exc).__name__)
                 return
 
     def __exit__(self, *exc_info) -> None:
