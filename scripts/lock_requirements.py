@@ -14,10 +14,10 @@ Usage: .venv/bin/python scripts/lock_requirements.py   (then run tests/test_pip_
 from __future__ import annotations
 
 import json
-import re
 import subprocess
 import sys
 import tempfile
+from collections.abc import Iterable
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -48,10 +48,29 @@ def resolve(pip: list[str], requirement_args: list[str], workdir: Path) -> dict[
     return {item["metadata"]["name"]: item["metadata"]["version"] for item in json.loads(report.read_text())["install"]}
 
 
+def requirement_lines(text: str) -> list[str]:
+    """The requirements of a requirements file's text, without comments, blank lines or options."""
+    return [line.strip() for line in text.splitlines() if line.strip() and not line.lstrip().startswith(("#", "-"))]
+
+
+def pins(lines: Iterable[str]) -> dict[str, str]:
+    """``name==version`` requirements: {canonical name: version}; a requirement that is not pinned fails."""
+    from packaging.requirements import Requirement
+    from packaging.utils import canonicalize_name
+
+    found = {}
+    for line in lines:
+        requirement = Requirement(line)
+        [specifier] = requirement.specifier or [None]
+        if specifier is None or specifier.operator != "==":
+            raise ValueError(f"{line}: not pinned")
+        found[canonicalize_name(requirement.name)] = specifier.version
+    return found
+
+
 def worker_pin(name: str) -> str:
-    """The GPU workers' ``name==version`` line."""
-    [line] = [line for line in WORKER_REQUIREMENTS.read_text().splitlines() if re.match(rf"{name}(\[.*\])?==", line)]
-    return line.strip()
+    """The GPU workers' ``name==version``."""
+    return f"{name}=={pins(requirement_lines(WORKER_REQUIREMENTS.read_text()))[name]}"
 
 
 def main() -> int:

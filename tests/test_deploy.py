@@ -22,6 +22,7 @@ import pytest
 import yaml
 from packaging.version import Version
 
+from requirements_lock import lock
 from shared.config import Settings
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -739,18 +740,8 @@ def test_environment_and_component_load_offline():
 
 
 def _pins(requirements: Path) -> dict[str, str]:
-    """``name==version`` lines of a requirements file: {canonical name: version}; anything else fails."""
-    from packaging.requirements import Requirement
-    from packaging.utils import canonicalize_name
-
-    pins = {}
-    for line in requirements.read_text().splitlines():
-        if line.strip() and not line.lstrip().startswith("#"):
-            requirement = Requirement(line)
-            [specifier] = requirement.specifier
-            assert specifier.operator == "==", f"{requirements.name}: {line} is not pinned"
-            pins[canonicalize_name(requirement.name)] = specifier.version
-    return pins
+    """A pinned requirements file: {canonical name: version} (scripts/lock_requirements.py's reading)."""
+    return lock.pins(lock.requirement_lines(requirements.read_text()))
 
 
 def test_the_function_app_deploys_a_lock_of_its_ranges_with_the_workers_av():

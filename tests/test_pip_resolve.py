@@ -6,11 +6,11 @@
   azure-ai-ml): every package resolves to exactly its pin, and nothing else is needed.
 - Each Azure ML environment's pip list, with the pip its image pins: exactly one ONNX Runtime
   distribution where the worker needs one, and a torch without the `weights_only` bypass.
+- The post-deploy hook's packages, with that old pip too (azd installs them with your Python's).
 """
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import re
 import subprocess
@@ -24,22 +24,13 @@ import yaml
 from packaging.requirements import Requirement
 from packaging.utils import canonicalize_name
 from packaging.version import Version
+from requirements_lock import lock
 
 ROOT = Path(__file__).resolve().parents[1]
 AML_DIR = ROOT / "gpu_job" / "azureml"
 REMOTE_BUILD_PIP = "24.0"  # the pip of the Functions Python 3.11 build image (issue 21), which Oryx does not upgrade
 ONNX_RUNTIMES = {"onnxruntime", "onnxruntime-gpu", "onnxruntime-directml", "onnxruntime-openvino", "onnxruntime-training"}
 TORCH_WITHOUT_WEIGHTS_ONLY_BYPASS = Version("2.6.0")  # CVE-2025-32434: torch.load(weights_only=True) bypassable up to 2.5.1
-
-
-def _load_lock_script():
-    spec = importlib.util.spec_from_file_location("lock_requirements", ROOT / "scripts" / "lock_requirements.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
-lock = _load_lock_script()
 
 
 @pytest.fixture(scope="module", autouse=True)
@@ -72,24 +63,16 @@ def _resolve(pip: list[str], requirement_args: list[str], workdir: Path) -> dict
     return {canonicalize_name(name): version for name, version in lock.resolve(pip, requirement_args, workdir).items()}
 
 
-def _pins(lines: list[str]) -> dict[str, str]:
-    pins = {}
-    for line in lines:
-        requirement = Requirement(line)
-        [specifier] = requirement.specifier
-        assert specifier.operator == "==", line
-        pins[canonicalize_name(requirement.name)] = specifier.version
-    return pins
-
-
-def _requirement_lines(text: str) -> list[str]:
-    return [line.strip() for line in text.splitlines() if line.strip() and not line.lstrip().startswith(("#", "-"))]
-
-
 def test_the_function_app_resolves_to_its_pins_with_the_remote_build_s_pip(pip_of, tmp_path):
     resolved = _resolve(pip_of(REMOTE_BUILD_PIP), ["-r", str(ROOT / "requirements.txt")], tmp_path)
-    pins = _pins(_requirement_lines((ROOT / "requirements.txt").read_text()))
+    pins = lock.pins(lock.requirement_lines((ROOT / "requirements.txt").read_text()))
     assert resolved == pins, "every package at its pin, and no package the lock leaves out"
+
+
+def test_the_deploy_hook_s_packages_resolve_with_an_old_pip(pip_of, tmp_path):
+    """azd installs deploy/requirements.txt into a virtual environment made with your Python, whose pip may be as old."""
+    resolved = _resolve(pip_of(REMOTE_BUILD_PIP), ["-r", str(ROOT / "deploy" / "requirements.txt")], tmp_path)
+    assert {"azure-ai-ml", "azure-identity", "azure-mgmt-eventgrid", "azure-mgmt-web"} <= set(resolved)
 
 
 def _environments() -> list[tuple[str, Path, Path]]:
@@ -110,7 +93,7 @@ def environment_pip_list(requirements: Path) -> list[str]:
     if requirements.suffix == ".yml":
         conda = yaml.safe_load(requirements.read_text())
         return [line for line in conda["dependencies"][-1]["pip"] if not line.startswith("-")]
-    return _requirement_lines(requirements.read_text())
+    return lock.requirement_lines(requirements.read_text())
 
 
 def _image_pip(pinned_in: Path) -> str:
@@ -125,7 +108,7 @@ def test_each_azure_ml_environment_resolves_with_its_image_s_pip(pip_of, tmp_pat
     listed = tmp_path / "requirements.txt"
     listed.write_text("\n".join(lines) + "\n")
     resolved = _resolve(pip, ["-r", str(listed)], tmp_path)
-    pins = _pins(lines)
+    pins = lock.pins(lines)
     assert {package: resolved.get(package) for package in pins} == pins, "every pin as written"
     runtimes = sorted(set(resolved) & ONNX_RUNTIMES)
     if "torch" in resolved:
