@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import threading
 import time
-from dataclasses import replace
 
 import pytest
 
@@ -81,6 +80,4 @@ def test_the_lease_is_released_when_starting_a_worker_fails(registry, monkeypatc
 
     with pytest.raises(RuntimeError, match="quota exceeded"):
         ensure_workers(SETTINGS, outstanding=1, backend=Failing(SETTINGS, []))
-    assert registry.get_blob_properties().lease.state == "available"
-    quick = replace(SETTINGS, max_workers=1)
-    assert ensure_workers(quick, outstanding=1, backend=type("Quick", (SlowWorkers,), {"start": lambda self: "w"})(quick, []))["started"] == ["w"]
+    assert registry.get_blob_properties().lease.state == "available", "the next caller need not wait for it to lapse"
