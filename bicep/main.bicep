@@ -52,9 +52,15 @@ param modelsSchedule string = '0 0 * * * *'
 @description('Length in seconds of the window a scheduled many-models run scores; match it to modelsSchedule.')
 param modelsWindowSeconds int = 3600
 
-@allowed([ 'candy', 'mosaic', 'rain_princess', 'udnie' ])
-@description('Style of uploads that name none (blob metadata "style" or a leading style folder wins).')
-param defaultStyle string = 'candy'
+// The 26 built-in styles (gpu_job/styles.py), which ship inside the wheel: a default that needs a
+// download (the pytorch/examples checkpoints) would fetch it from a third-party archive on every new node.
+@allowed([
+  'ochre', 'outline', 'charcoal', 'ribbons', 'crimson', 'fauve', 'cells', 'primary', 'watercolour'
+  'pebbles', 'sienna', 'sketch', 'pastel', 'harlequin', 'frost', 'lattice', 'impasto', 'weave', 'sepia'
+  'starry', 'ember', 'cutout', 'comic', 'noir', 'etching', 'tapestry'
+])
+@description('Style of uploads that name none (blob metadata "style" or a leading style folder wins); any built-in style.')
+param defaultStyle string = 'starry'
 
 @minValue(1)
 @description('Frames per batch: one queue message each.')
@@ -219,6 +225,9 @@ module workspace 'modules/ml-workspace.bicep' = {
 module compute 'modules/ml-compute.bicep' = {
   name: 'ml-compute'
   scope: rg
+  // Azure ML grants the cluster's identity AcrPull on the registry itself when it creates the
+  // cluster; made after that, our grant fails with RoleAssignmentExists, made before, it is found.
+  dependsOn: [ rbac ]
   params: {
     workspaceName: workspace.outputs.name
     name: computeName
@@ -236,6 +245,9 @@ module compute 'modules/ml-compute.bicep' = {
 module cpuCompute 'modules/ml-compute.bicep' = {
   name: 'ml-cpu-compute'
   scope: rg
+  // Azure ML grants the cluster's identity AcrPull on the registry itself when it creates the
+  // cluster; made after that, our grant fails with RoleAssignmentExists, made before, it is found.
+  dependsOn: [ rbac ]
   params: {
     workspaceName: workspace.outputs.name
     name: cpuComputeName

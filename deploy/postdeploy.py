@@ -32,8 +32,9 @@ UPLOAD_FUNCTION = "on_upload"
 BLOB_CREATED = "Microsoft.Storage.BlobCreated"
 IDENTITY_AUTH_MODE = "identity"
 KEY_WAIT_S = 300
-ML_ASSETS = (("environment.yml", "conda.yml", "component.yml"), ("environment-cpu.yml", "conda-cpu.yml", "component-shards.yml"))
-"""(environment, its conda file, the component that runs in it) in gpu_job/azureml/: the GPU worker, the CPU shard worker."""
+ML_ASSETS = (("environment.yml", "gpu-image", "component.yml"), ("environment-cpu.yml", "conda-cpu.yml", "component-shards.yml"))
+"""(environment, what defines its image: a conda file or a build folder, the component that runs in it) in
+gpu_job/azureml/: the GPU worker, the CPU shard worker."""
 
 
 class HookError(Exception):
@@ -100,9 +101,11 @@ def register_ml_assets(ml_client) -> list[str]:
     from azure.ai.ml import load_component, load_environment
 
     registered = []
-    for environment_file, conda_file, component_file in ML_ASSETS:
+    for environment_file, definition, component_file in ML_ASSETS:
         environment = load_environment(AML_DIR / environment_file)
-        environment.version = content_version([AML_DIR / environment_file, AML_DIR / conda_file])
+        image = AML_DIR / definition
+        image_files = sorted(path for path in image.rglob("*") if path.is_file()) if image.is_dir() else [image]
+        environment.version = content_version([AML_DIR / environment_file, *image_files])
         environment = _get_or_create(ml_client.environments, environment)
         component = load_component(AML_DIR / component_file)
         component.environment = f"azureml:{environment.name}:{environment.version}"

