@@ -15,7 +15,7 @@ from azure.core.exceptions import ResourceNotFoundError
 from azure.storage.blob import BlobServiceClient
 
 from function_app.compute import ensure_workers
-from function_app.storage import output_names, write_error_report
+from function_app.storage import output_names, read_style_picture, write_error_report
 from shared.colour import plan_colour
 from shared.config import Settings
 from shared.containers import output_container
@@ -63,10 +63,14 @@ def _blob_bytes(service: BlobServiceClient, container: str, blobs: list[str]) ->
 
 
 def split_job(job: dict, limits: Settings = settings) -> dict:
-    """Download the input, probe and check it, cut batch segments by stream copy, upload them and the audio."""
+    """Copy the checked style picture into the job's folder; download the input, probe and check it, cut batch segments
+    by stream copy, upload them and the audio."""
     service = blob_service(limits)
     layout = JobLayout(job["job_id"])
     needed = split_disk_bytes(_blob_bytes(service, limits.input_container, [job["input_blob"]]))
+    if job.get("style_image"):
+        service.get_blob_client(limits.work_container, layout.style_picture).upload_blob(
+            read_style_picture(limits, job["style_image"]), overwrite=True)
     with scratch("split-", needed, job["input_blob"]) as folder:
         local = download_file(service, limits.input_container, job["input_blob"], folder / f"input{Path(job['input_blob']).suffix}")
         info = probe(local, limits)  # refuses what is over the limits before reading what they bound

@@ -9,10 +9,12 @@ import hashlib
 import json
 
 import azure.functions as func
+from azure.core import MatchConditions
+from azure.core.exceptions import ResourceNotFoundError
 
-from gpu_job.styles import is_known_style
+from gpu_job.styles import STYLE_IMAGE_MAX_BYTES, check_style_image, is_known_style
 from shared.config import Settings
-from shared.errors import public
+from shared.errors import InvalidInputError, public
 from shared.names import UPLOAD_NAME_MAX_CHARS, UnsafeNameError, check_blob_name
 from shared.storage import blob_service
 
@@ -56,3 +58,20 @@ def write_error_report(settings: Settings, input_blob: str, style: str, error: s
     body = json.dumps({"input": input_blob, "style": style, "status": "failed", "error": public(error), "job_id": job_id}, indent=2)
     blob_service(settings).get_blob_client(settings.output_container, name).upload_blob(body.encode(), overwrite=True)
     return name
+
+
+def read_style_picture(settings: Settings, name: str) -> bytes:
+    """The upload's style picture (metadata ``style_image``: a blob in the styles container), checked: a plain name,
+    at most :data:`gpu_job.styles.STYLE_IMAGE_MAX_BYTES` by its properties before it is read, that version only, and an
+    accepted format within the megapixel bound by its header. Raises a one-line InvalidInputError."""
+    check_blob_name(name, "metadata style_image")
+    picture = blob_service(settings).get_blob_client(settings.styles_container, name)
+    try:
+        properties = picture.get_blob_properties()
+        if properties.size > STYLE_IMAGE_MAX_BYTES:
+            raise InvalidInputError(f"style image {name}: {properties.size} bytes is over the limit of {STYLE_IMAGE_MAX_BYTES}")
+        data = picture.download_blob(etag=properties.etag, match_condition=MatchConditions.IfNotModified).readall()
+    except ResourceNotFoundError:
+        raise InvalidInputError(f"style image {name}: no such blob in container {settings.styles_container}") from None
+    check_style_image(data, name, settings.max_style_megapixels)
+    return data

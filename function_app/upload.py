@@ -10,14 +10,11 @@ import azure.durable_functions as df
 import azurefunctions.extensions.bindings.blob as blob_binding
 from azure.storage.blob import BlobClient
 
-from azure.core.exceptions import ResourceNotFoundError
-
-from function_app.storage import blob_trigger_source, write_error_report
-from gpu_job.styles import ARBITRARY, STYLE_IMAGE_MAX_BYTES, check_style_image, is_known_style
+from function_app.storage import blob_trigger_source, read_style_picture, write_error_report
+from gpu_job.styles import ARBITRARY, is_known_style
 from shared.config import Settings
 from shared.errors import InvalidInputError
 from shared.names import UPLOAD_NAME_MAX_CHARS, UnsafeNameError, check_blob_name, shown
-from shared.storage import blob_service
 
 bp = df.Blueprint()
 settings = Settings.from_env()
@@ -76,17 +73,7 @@ def check_style_image_blob(style: str, style_image: str | None, limits: Settings
     if style != ARBITRARY:
         return f"metadata {STYLE_IMAGE_METADATA_KEY} goes with style {ARBITRARY!r}, not {shown(style)}"
     try:
-        check_blob_name(style_image, f"metadata {STYLE_IMAGE_METADATA_KEY}")
-    except UnsafeNameError as exc:
-        return str(exc)
-    picture = blob_service(limits).get_blob_client(limits.styles_container, style_image)
-    try:
-        size = picture.get_blob_properties().size
-        if size > STYLE_IMAGE_MAX_BYTES:
-            return f"style image {style_image}: {size} bytes is over the limit of {STYLE_IMAGE_MAX_BYTES}"
-        check_style_image(picture.download_blob().readall(), style_image, limits.max_style_megapixels)
-    except ResourceNotFoundError:
-        return f"style image {style_image}: no such blob in container {limits.styles_container}"
+        read_style_picture(limits, style_image)
     except InvalidInputError as exc:
         return str(exc)
     return None

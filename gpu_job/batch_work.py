@@ -24,7 +24,8 @@ from typing import TYPE_CHECKING
 from gpu_job.worker import Feed, FeedItem, StyleJob, Worker, one_line
 from shared.atomic import atomic_path
 from shared.config import Settings
-from gpu_job.styles import ARBITRARY, is_known_style
+from shared.errors import InvalidInputError
+from gpu_job.styles import ARBITRARY, STYLE_IMAGE_MAX_BYTES, is_known_style
 from shared.messages import BatchMessage, BatchResult, MessageError, ModelSpec, styled_name
 from shared.names import check_blob_name, check_job_id, shown
 from shared.preview import rows_name
@@ -150,8 +151,10 @@ class BatchWork:
                 spec = self._model_spec(message)
             except ResourceNotFoundError:
                 scratch.cleanup()
-                return None, self.failure(
-                    message, f"style image {message.style_image} is not in the {self.settings.styles_container} container", delivery)
+                return None, self.failure(message, "the job's style picture is gone (the job expired or was removed)", delivery)
+            except InvalidInputError as exc:
+                scratch.cleanup()
+                return None, self.failure(message, str(exc), delivery)
         except BaseException:
             scratch.cleanup()
             raise
@@ -192,24 +195,29 @@ class BatchWork:
         self.worker.style_all(next_job, answer)
 
     def _model_spec(self, message: BatchMessage) -> ModelSpec:
-        """The message's model, with its style picture (a blob in the styles container) fetched to a local file.
+        """The message's model, with its job's style picture (the copy the split checked and left in the job's folder,
+        :attr:`shared.storage.JobLayout.style_picture`) fetched to a local file.
 
-        The file is named after the blob's name and ETag, so every batch of a job shares one cache entry
-        (one model load), and a replaced picture is a new one. It is kept beside the model cache, not in it, under
-        one fixed suffix: whatever its blob is called, no picture can pass for a checkpoint.
+        The file is named after the job and the blob's ETag, so every batch of a job shares one cache entry (one
+        model load). It is kept beside the model cache, not in it, under one fixed suffix: no picture can pass for a
+        checkpoint. Its size is checked from the blob's properties before it is read, and only that version is read.
         """
-        from shared.storage import download_file
+        from azure.core import MatchConditions
+
+        from shared.storage import JobLayout
 
         spec = message.model_spec
         if spec.style_image is None:
             return spec
-        blob = self.blobs.get_blob_client(self.settings.styles_container, spec.style_image)
-        etag = blob.get_blob_properties().etag
-        key = hashlib.sha256(f"{spec.style_image}\n{etag}".encode()).hexdigest()[:32]
+        blob = self.blobs.get_blob_client(self.settings.work_container, JobLayout(message.job_id).style_picture)
+        properties = blob.get_blob_properties()
+        if properties.size > STYLE_IMAGE_MAX_BYTES:
+            raise InvalidInputError(f"style picture of {message.job_id}: {properties.size} bytes is over the limit of {STYLE_IMAGE_MAX_BYTES}")
+        key = hashlib.sha256(f"{message.job_id}\n{properties.etag}".encode()).hexdigest()[:32]
         local = style_picture_cache(self.settings) / f"{key}{STYLE_PICTURE_SUFFIX}"
         if not local.exists():
-            with atomic_path(local) as partial:
-                download_file(self.blobs, self.settings.styles_container, spec.style_image, partial)
+            with atomic_path(local) as partial, partial.open("wb") as out:
+                blob.download_blob(etag=properties.etag, match_condition=MatchConditions.IfNotModified).readinto(out)
         return replace(spec, style_image=str(local))
 
 

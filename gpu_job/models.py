@@ -30,7 +30,7 @@ from gpu_job.engines import (Engine, Inputs, check_precision, dynamic_height_wid
                              openvino_engine, torch_engine)
 from gpu_job.resolve import resolve_model
 from gpu_job.styler import FrameStyler, Network
-from gpu_job.styles import ARBITRARY, BUILTIN_STYLE_INDEX, BUILTIN_STYLES, check_style_image, parse_blend
+from gpu_job.styles import ARBITRARY, BUILTIN_STYLE_INDEX, BUILTIN_STYLES, STYLE_IMAGE_MAX_BYTES, check_style_image, parse_blend
 from shared.errors import InvalidInputError, PipelineError
 
 if TYPE_CHECKING:
@@ -255,7 +255,10 @@ def read_style_image(path: Path) -> np.ndarray:
     from PIL import ImageOps
 
     try:
-        data = Path(path).read_bytes()
+        with Path(path).open("rb") as file:
+            if os.fstat(file.fileno()).st_size > STYLE_IMAGE_MAX_BYTES:
+                raise InvalidInputError(f"style image {Path(path).name}: over the limit of {STYLE_IMAGE_MAX_BYTES} bytes")
+            data = file.read()
     except OSError as exc:
         raise InvalidInputError(f"style image {path}: {exc.strerror or exc}") from None
     with check_style_image(data, str(path)) as image:

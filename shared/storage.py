@@ -76,6 +76,12 @@ class JobLayout:
         """Written when the job ends (done or failed): workers then skip its leftover messages."""
         return f"{self.root}/{CLOSED_MARKER}"
 
+    @property
+    def style_picture(self) -> str:
+        """The job's style picture (model ``arbitrary``), copied here once checked: workers read this one, never a name
+        a message gives, and a picture replaced in the styles container later changes no running job."""
+        return f"{self.root}/style.picture"
+
     def segment(self, batch: Batch) -> str:
         from shared.split import SEGMENT_SUFFIX  # here: splitting needs PyAV, which a shard worker's image has not
 

@@ -615,8 +615,7 @@ def test_the_cluster_reaches_exactly_what_the_workers_use():
         ("Storage Queue Data Contributor", "queues", defaults.batch_queue),  # renewing a message's visibility is an update
         ("Storage Queue Data Message Sender", "queues", defaults.result_queue),
         ("Storage Queue Data Message Sender", "queues", f"{defaults.batch_queue}-poison"),
-        ("Storage Blob Data Contributor", "containers", defaults.work_container),
-        ("Storage Blob Data Reader", "containers", defaults.styles_container),
+        ("Storage Blob Data Contributor", "containers", defaults.work_container),  # segments and the job's checked style picture
         ("Storage Blob Data Contributor", "storageAccounts", _workspace_storage()),
         ("AcrPull", "registries", "workspace"),
     }

@@ -107,3 +107,26 @@ def test_a_style_picture_over_the_limit_or_in_another_format_refuses_the_upload(
     assert asyncio.run(start_job(blob, client, LIMITS)) is None
     assert client.started == []
     assert _error(service, "clip.mp4.arbitrary.error.json") == reason
+
+
+def test_the_split_binds_the_job_to_the_picture_it_checked(service, tmp_path):
+    """Workers read the job's own copy of its picture (they have no access to the styles container): the split copies
+    it once checked, and refuses a picture that was replaced by one over the limits after the upload was accepted."""
+    from function_app import activities
+    from media import make_clip
+    from shared.errors import InvalidInputError
+    from shared.storage import JobLayout
+
+    if not service.get_container_client(LIMITS.work_container).exists():
+        service.create_container(LIMITS.work_container)
+    clip = make_clip(tmp_path / "clip.mp4", seconds=1, size="96x64", audio=False)
+    service.get_blob_client(LIMITS.input_container, "trip.mp4").upload_blob(clip.read_bytes(), overwrite=True)
+    service.get_blob_client(LIMITS.styles_container, "paintings/monet.png").upload_blob(_png(), overwrite=True)
+    job = {"job_id": "stylize-" + "7" * 32, "input_blob": "trip.mp4", "style": "arbitrary", "style_image": "paintings/monet.png"}
+    activities.split_job(job, LIMITS)
+    copy = service.get_blob_client(LIMITS.work_container, JobLayout(job["job_id"]).style_picture)
+    assert copy.download_blob().readall() == _png()
+
+    service.get_blob_client(LIMITS.styles_container, "paintings/monet.png").upload_blob(one_colour_png(13000), overwrite=True)
+    with pytest.raises(InvalidInputError, match="over the limit of 24 megapixels"):
+        activities.split_job({**job, "job_id": "stylize-" + "8" * 32}, LIMITS)

@@ -123,18 +123,25 @@ def test_a_model_path_is_refused_without_reading_or_revealing_the_file(queues, s
     assert "cannot be read" not in done.stderr and "no such file" not in done.stderr.lower()
 
 
-def test_a_style_picture_is_cached_outside_the_model_cache_under_a_fixed_suffix(queues, segments, tmp_path):
+def test_a_worker_reads_only_its_jobs_checked_style_picture_and_caches_it_outside_the_model_cache(queues, segments, tmp_path):
     settings, service, clients = queues
     batches, sources = segments
     layout = JobLayout(_job("picture"))
     upload_file(service, settings.work_container, layout.segment(batches[0]), sources[0])
-    picture = io.BytesIO()
-    Image.new("RGB", (32, 32), (200, 30, 30)).save(picture, "PNG")
-    service.get_blob_client(settings.styles_container, "evil.pth").upload_blob(picture.getvalue(), overwrite=True)
+    pictures = {}
+    for name, colour in (("job", (200, 30, 30)), ("other", (30, 200, 30))):
+        data = io.BytesIO()
+        Image.new("RGB", (32, 32), colour).save(data, "PNG")
+        pictures[name] = data.getvalue()
+    service.get_blob_client(settings.work_container, layout.style_picture).upload_blob(pictures["job"], overwrite=True)
+    service.get_blob_client(settings.styles_container, "evil.pth").upload_blob(pictures["other"], overwrite=True)
     clients[settings.batch_queue].send_message(_message(layout, batches[0], model="arbitrary", style_image="evil.pth").to_json())
     _serve(settings, tmp_path, timeout=240)
+    result, = [BatchResult.from_json(text) for text in _contents(clients[settings.result_queue])]
+    assert result.succeeded, result.error
     cached = [path for path in (tmp_path / "cache").rglob("*") if path.is_file()]
-    assert cached and all(path.suffix == ".picture" and "models" not in path.parts for path in cached), cached
+    assert [path.read_bytes() for path in cached] == [pictures["job"]], "the job's own copy, never the blob the message names"
+    assert all(path.suffix == ".picture" and "models" not in path.parts for path in cached), cached
 
 
 @pytest.mark.parametrize("change", [

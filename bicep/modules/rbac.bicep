@@ -20,8 +20,8 @@
 //   (output container) are in containers it already writes.
 // - GPU cluster: taking batches and keeping them hidden while it works (renewing a message's
 //   visibility is an update, which Message Processor does not allow: Queue Data Contributor on the
-//   batch queue alone); sending results and poison batches; segments in and styled
-//   segments out (work container); styles (read); the environment image (registry); code
+//   batch queue alone); sending results and poison batches; segments and the job's checked style
+//   picture in, styled segments out (work container); the environment image (registry); code
 //   snapshots and job logs in the workspace's storage. Nothing on the Functions host's account.
 // - CPU cluster (shard workers), the same way: taking shards and keeping them hidden (Queue Data
 //   Contributor on the shard queue); sending shard results and poison shards; reading the readings
@@ -135,7 +135,6 @@ var containerGrants = [
   { container: workContainer, principal: functionPrincipalId, role: roles.storageBlobDataContributor }
   { container: stylesContainer, principal: functionPrincipalId, role: roles.storageBlobDataReader }
   { container: workContainer, principal: computePrincipalId, role: roles.storageBlobDataContributor }
-  { container: stylesContainer, principal: computePrincipalId, role: roles.storageBlobDataReader }
   { container: modelsContainer, principal: functionPrincipalId, role: roles.storageBlobDataReader }
   { container: sensorDataContainer, principal: functionPrincipalId, role: roles.storageBlobDataReader }
   { container: sensorDataContainer, principal: cpuPrincipalId, role: roles.storageBlobDataReader }
