@@ -136,6 +136,11 @@ def onnxruntime_engine(model: bytes | Path, device: str, precision_label: str, t
         options.intra_op_num_threads = threads
     providers = ["CUDAExecutionProvider", "CPUExecutionProvider"] if device == "cuda" else ["CPUExecutionProvider"]
     session = ort.InferenceSession(model if isinstance(model, bytes) else str(model), options, providers=providers)
+    if device == "cuda" and session.get_providers()[0] != "CUDAExecutionProvider":
+        # The provider is built in but could not load (CUDA or cuDNN libraries missing, an older driver): the
+        # session would run on the CPU, quietly, while the report says cuda.
+        raise InvalidInputError(f"--device cuda: ONNX Runtime {ort.__version__} could not load its CUDA provider "
+                                "(its CUDA and cuDNN libraries, or a driver new enough for them)")
     names = [node.name for node in session.get_inputs()]
 
     def run(*inputs: np.ndarray) -> np.ndarray:

@@ -64,11 +64,11 @@ Ghostscript), nor any of the other formats Pillow would try by content."""
 def parse_blend(spec: str) -> dict[str, float] | None:
     """``starry`` or ``starry+ember`` or ``starry:0.7+ember:0.3`` -> normalised weights (each in 0..1, summing to 1);
     None if not built-in style names with finite positive weights, or longer than :data:`STYLE_NAME_MAX_CHARS`."""
-    if len(spec) > STYLE_NAME_MAX_CHARS:
-        return None
+    if len(spec) > STYLE_NAME_MAX_CHARS or not spec.isprintable() or any(ch.isspace() for ch in spec):
+        return None  # the name is written into output names as given: one spelling per style
     weights: dict[str, float] = {}
     for part in spec.split(BLEND_SEPARATOR):
-        name, _, weight = part.strip().partition(":")
+        name, _, weight = part.partition(":")
         if name not in BUILTIN_STYLE_INDEX:
             return None
         try:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import warnings
 from pathlib import Path
 
 import numpy as np
@@ -22,15 +23,22 @@ def read_frame(source: Path) -> np.ndarray:
     import av
     from PIL import Image, UnidentifiedImageError
 
+    from gpu_job.styles import STYLE_IMAGE_FORMATS
+    from shared.decode import UPLOAD_DEMUXERS, open_input
+
     if not source.is_file():
         raise InvalidInputError(f"{source}: no such file")
     try:
-        with Image.open(source) as image:
-            return np.asarray(image.convert("RGB"))
+        with warnings.catch_warnings():
+            warnings.simplefilter("error", Image.DecompressionBombWarning)
+            with Image.open(source, formats=STYLE_IMAGE_FORMATS) as image:
+                return np.asarray(image.convert("RGB"))
     except UnidentifiedImageError:
         pass
+    except (Image.DecompressionBombWarning, Image.DecompressionBombError):
+        raise InvalidInputError(f"{source}: a picture too large to read") from None
     try:
-        with av.open(str(source)) as container:
+        with open_input(source, UPLOAD_DEMUXERS) as container:
             stream = container.streams.video[0]
             if container.duration:
                 container.seek(container.duration // 2)

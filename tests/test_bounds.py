@@ -371,3 +371,22 @@ def test_split_job_refuses_over_the_limits_before_splitting(on_azurite, many_fra
         activities.split_job({"job_id": job_id, "input_blob": "many.mkv", "style": "identity"}, limits)
     assert str(refused.value) == "input.mkv: more than the limit of 1000 frames"
     assert not list(service.get_container_client(limits.work_container).list_blobs(name_starts_with=f"jobs/{job_id}/"))
+
+
+def test_the_style_sheet_reads_only_accepted_pictures_and_containers(tmp_path):
+    """`stylize styles --sheet` reads a picture or a video the user names: by the same allowlists as everything else."""
+    from PIL import Image
+
+    from runner.sheet import read_frame
+
+    make_clip(tmp_path / "other.mp4", seconds=1, audio=False)
+    script = tmp_path / "frame.mp4"
+    script.write_bytes(HOSTILE_BODIES["concat-script"])
+    with pytest.raises(InvalidInputError, match="neither a picture nor a video"):
+        read_frame(script)
+    Image.new("RGB", (8, 8)).save(tmp_path / "frame.tiff")
+    with pytest.raises(InvalidInputError, match="neither a picture nor a video"):
+        read_frame(tmp_path / "frame.tiff")
+    Image.new("RGB", (8, 6)).save(tmp_path / "frame.png")
+    assert read_frame(tmp_path / "frame.png").shape == (6, 8, 3)
+    assert read_frame(tmp_path / "other.mp4").ndim == 3

@@ -76,3 +76,18 @@ def test_the_worker_refuses_to_start_in_one_line(tmp_path):
     assert run.returncode == 2, run.stderr[-2000:]
     lines = run.stderr.strip().splitlines()
     assert len(lines) == 1 and lines[0].startswith("error: --device cuda: ONNX Runtime"), run.stderr[-2000:]
+
+
+def test_cuda_refused_when_the_cuda_provider_is_built_in_but_cannot_load(monkeypatch):
+    """The provider list says what was compiled in; a session falls back to the CPU when CUDA's libraries cannot load.
+    Here (no GPU, the CPU ONNX Runtime) a session asked for CUDA really runs on the CPU: the engine must refuse it."""
+    import onnxruntime
+
+    from gpu_job.engines import onnxruntime_engine
+
+    monkeypatch.setattr(onnxruntime, "get_available_providers", lambda: PROVIDERS_OF_ONNXRUNTIME_GPU)
+    model = Path(onnxruntime.__file__).parent / "datasets" / "sigmoid.onnx"
+    with pytest.raises(InvalidInputError, match="could not load its CUDA provider") as refused:
+        onnxruntime_engine(model, "cuda", "fp32")
+    assert "\n" not in str(refused.value)
+    assert onnxruntime_engine(model, "cpu", "fp32").device == "cpu"

@@ -308,6 +308,7 @@ def test_upload_names_and_styles_are_bounded_and_outputs_distinct():
     assert check_upload("clip.mp4", 10, "+".join(["starry"] * 150), limits) is not None
     assert check_upload("clip\n.mp4", 10, "starry", limits) is not None
     assert check_upload("holiday/clip.mp4", 10, "starry:0.7+ember:0.3", limits) is None
+    assert not is_known_style("starry\t") and not is_known_style("starry + ember") and not is_known_style("starry\u200b")
     assert not is_known_style("starry:inf") and not is_known_style("starry:nan") and not is_known_style("starry:1e308+ember:1e308")
     assert output_names("clip.mp4", "starry")["video"] != output_names("clip.mkv", "starry")["video"]
     longest = output_names("a" * 396 + ".mp4", "s" * 100, ".mkv")
