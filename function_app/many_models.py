@@ -23,13 +23,14 @@ from urllib.parse import quote, urlsplit
 
 import azure.durable_functions as df
 import azure.functions as func
+from azure.core import MatchConditions
 from azure.core.exceptions import ResourceNotFoundError
 
 from function_app.batches import ACTIVE, deliver
 from function_app.fan_in import Progress, Work, WorkersUnavailable, collect, reason, workers_count
 from shared.config import Settings
 from shared.errors import InvalidInputError
-from shared.many_models.manifest import MANIFEST_NAME, Manifest
+from shared.many_models.manifest import MANIFEST_MAX_BYTES, MANIFEST_NAME, Manifest
 from shared.many_models.run import finish_run, plan_pass
 from shared.many_models.run_state import PREDICTIONS_NAME, REPORT_NAME, SHARDS_DIR, RunState, write_text
 from shared.many_models.schema import Window, check_first_line
@@ -198,10 +199,16 @@ def _fail(context: df.DurableOrchestrationContext, run: dict, why: str):
 # Activities
 
 def _manifest(service, limits: Settings) -> Manifest:
+    """The models container's manifest, its size checked from its properties before it is read."""
     where = f"{limits.models_container}/{MANIFEST_NAME}"
-    raw = BlobStore(service, limits.models_container, "").read(MANIFEST_NAME)
-    if raw is None:
-        raise InvalidInputError(f"{where}: no manifest (upload the folder `score-models train` wrote into the {limits.models_container} container)")
+    blob = service.get_blob_client(limits.models_container, MANIFEST_NAME)
+    try:
+        properties = blob.get_blob_properties()
+        if properties.size > MANIFEST_MAX_BYTES:
+            raise InvalidInputError(f"{where}: manifest of {properties.size} bytes is larger than {MANIFEST_MAX_BYTES}")
+        raw = blob.download_blob(etag=properties.etag, match_condition=MatchConditions.IfNotModified).readall()
+    except ResourceNotFoundError:
+        raise InvalidInputError(f"{where}: no manifest (upload the folder `score-models train` wrote into the {limits.models_container} container)") from None
     return Manifest.parse(raw, where)
 
 

@@ -344,3 +344,14 @@ def test_shard_result_for_an_unknown_run_raises():
     result = ShardResult(run_id="20180829T010000--20180829T020000", shard_id="shard-0123456789abcdef", models=[])
     with pytest.raises(MessageError, match="unknown job score-models-20180829T010000--20180829T020000"):
         run(deliver_shard_result(result.to_json(), ReplayClient()))
+
+
+def test_a_manifest_over_its_bound_refuses_the_run_from_its_properties_unread(storage, monkeypatch):
+    from azure.storage.blob import BlobClient
+
+    monkeypatch.setattr(many_models, "MANIFEST_MAX_BYTES", 100)
+    reads = []
+    monkeypatch.setattr(BlobClient, "download_blob", lambda self, *args, **kwargs: reads.append(self.blob_name))
+    with pytest.raises(InvalidInputError, match=r"models/manifest.json: manifest of \d+ bytes is larger than 100"):
+        many_models.plan_model_run({"run_id": HOUR.run_id, "window": HOUR.to_dict()}, LIMITS)
+    assert reads == []
