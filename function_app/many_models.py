@@ -23,7 +23,6 @@ from urllib.parse import quote, urlsplit
 
 import azure.durable_functions as df
 import azure.functions as func
-from azure.core import MatchConditions
 from azure.core.exceptions import ResourceNotFoundError
 
 from function_app.batches import ACTIVE, deliver
@@ -35,7 +34,7 @@ from shared.many_models.run import finish_run, plan_pass
 from shared.many_models.run_state import PREDICTIONS_NAME, REPORT_NAME, SHARDS_DIR, RunState, write_text
 from shared.many_models.schema import Window, check_first_line
 from shared.many_models.shards import QUEUED_MODELS_MAX, ShardResult, ShardSpec
-from shared.storage import CLOSED_MARKER, BlobStore, blob_service, queue_client, run_prefix
+from shared.storage import CLOSED_MARKER, BlobStore, blob_service, queue_client, read_blob_within, run_prefix
 
 bp = df.Blueprint()
 settings = Settings.from_env()
@@ -201,12 +200,8 @@ def _fail(context: df.DurableOrchestrationContext, run: dict, why: str):
 def _manifest(service, limits: Settings) -> Manifest:
     """The models container's manifest, its size checked from its properties before it is read."""
     where = f"{limits.models_container}/{MANIFEST_NAME}"
-    blob = service.get_blob_client(limits.models_container, MANIFEST_NAME)
     try:
-        properties = blob.get_blob_properties()
-        if properties.size > MANIFEST_MAX_BYTES:
-            raise InvalidInputError(f"{where}: manifest of {properties.size} bytes is larger than {MANIFEST_MAX_BYTES}")
-        raw = blob.download_blob(etag=properties.etag, match_condition=MatchConditions.IfNotModified).readall()
+        raw = read_blob_within(service, limits.models_container, MANIFEST_NAME, MANIFEST_MAX_BYTES, f"{where}: manifest")
     except ResourceNotFoundError:
         raise InvalidInputError(f"{where}: no manifest (upload the folder `score-models train` wrote into the {limits.models_container} container)") from None
     return Manifest.parse(raw, where)

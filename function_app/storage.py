@@ -9,14 +9,13 @@ import hashlib
 import json
 
 import azure.functions as func
-from azure.core import MatchConditions
 from azure.core.exceptions import ResourceNotFoundError
 
 from gpu_job.styles import STYLE_IMAGE_MAX_BYTES, check_style_image, is_known_style
 from shared.config import Settings
 from shared.errors import InvalidInputError, public
 from shared.names import UPLOAD_NAME_MAX_CHARS, UnsafeNameError, check_blob_name
-from shared.storage import blob_service
+from shared.storage import blob_service, read_blob_within
 
 
 def output_names(input_blob: str, style: str, suffix: str = ".mp4") -> dict[str, str]:
@@ -65,12 +64,8 @@ def read_style_picture(settings: Settings, name: str) -> bytes:
     at most :data:`gpu_job.styles.STYLE_IMAGE_MAX_BYTES` by its properties before it is read, that version only, and an
     accepted format within the megapixel bound by its header. Raises a one-line InvalidInputError."""
     check_blob_name(name, "metadata style_image")
-    picture = blob_service(settings).get_blob_client(settings.styles_container, name)
     try:
-        properties = picture.get_blob_properties()
-        if properties.size > STYLE_IMAGE_MAX_BYTES:
-            raise InvalidInputError(f"style image {name}: {properties.size} bytes is over the limit of {STYLE_IMAGE_MAX_BYTES}")
-        data = picture.download_blob(etag=properties.etag, match_condition=MatchConditions.IfNotModified).readall()
+        data = read_blob_within(blob_service(settings), settings.styles_container, name, STYLE_IMAGE_MAX_BYTES, f"style image {name}")
     except ResourceNotFoundError:
         raise InvalidInputError(f"style image {name}: no such blob in container {settings.styles_container}") from None
     check_style_image(data, name, settings.max_style_megapixels)

@@ -16,11 +16,13 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
 
+from azure.core import MatchConditions
 from azure.core.exceptions import ResourceExistsError, ResourceNotFoundError
 from azure.storage.blob import BlobBlock, BlobServiceClient, ContentSettings
 from azure.storage.queue import QueueClient, TextBase64DecodePolicy, TextBase64EncodePolicy
 
 from shared.config import Settings
+from shared.errors import InvalidInputError
 from shared.plan import Batch
 
 CONTENT_TYPES = {".mp4": "video/mp4", ".mov": "video/quicktime", ".mkv": "video/x-matroska", ".png": "image/png", ".json": "application/json"}
@@ -108,6 +110,16 @@ def upload_file(service: BlobServiceClient, container: str, blob: str, path: Pat
     with path.open("rb") as data:
         service.get_blob_client(container, blob).upload_blob(data, overwrite=True, content_settings=content, metadata=metadata, max_concurrency=4)
     return blob
+
+
+def read_blob_within(service: BlobServiceClient, container: str, blob: str, max_bytes: int, what: str) -> bytes:
+    """The blob's content, its size checked from its properties before any of it is read, and that version only (a blob
+    replaced meanwhile fails the read). Over ``max_bytes``: a one-line InvalidInputError naming ``what``."""
+    client = service.get_blob_client(container, blob)
+    properties = client.get_blob_properties()
+    if properties.size > max_bytes:
+        raise InvalidInputError(f"{what}: {properties.size} bytes is over the limit of {max_bytes}")
+    return client.download_blob(etag=properties.etag, match_condition=MatchConditions.IfNotModified).readall()
 
 
 def download_file(service: BlobServiceClient, container: str, blob: str, path: Path) -> Path:

@@ -352,6 +352,6 @@ def test_a_manifest_over_its_bound_refuses_the_run_from_its_properties_unread(st
     monkeypatch.setattr(many_models, "MANIFEST_MAX_BYTES", 100)
     reads = []
     monkeypatch.setattr(BlobClient, "download_blob", lambda self, *args, **kwargs: reads.append(self.blob_name))
-    with pytest.raises(InvalidInputError, match=r"models/manifest.json: manifest of \d+ bytes is larger than 100"):
+    with pytest.raises(InvalidInputError, match=r"models/manifest.json: manifest: \d+ bytes is over the limit of 100"):
         many_models.plan_model_run({"run_id": HOUR.run_id, "window": HOUR.to_dict()}, LIMITS)
     assert reads == []
