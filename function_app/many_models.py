@@ -29,9 +29,10 @@ from function_app.batches import ACTIVE, deliver
 from function_app.fan_in import Progress, Work, WorkersUnavailable, collect, reason, workers_count
 from shared.config import Settings
 from shared.errors import InvalidInputError
+from shared.many_models.capture import capture_prefix, files_digest, files_list_text, window_files
 from shared.many_models.manifest import MANIFEST_MAX_BYTES, MANIFEST_NAME, Manifest
 from shared.many_models.run import finish_run, plan_pass
-from shared.many_models.run_state import PREDICTIONS_NAME, REPORT_NAME, SHARDS_DIR, RunState, write_text
+from shared.many_models.run_state import INPUTS_DIR, PREDICTIONS_NAME, REPORT_NAME, SHARDS_DIR, RunState, write_text
 from shared.many_models.schema import Window, check_first_line
 from shared.many_models.shards import QUEUED_MODELS_MAX, ShardResult, ShardSpec
 from shared.storage import CLOSED_MARKER, BlobStore, blob_service, queue_client, read_blob_within, run_prefix
@@ -215,19 +216,36 @@ def plan_model_run(run: dict, limits: Settings = settings) -> dict:
     service = blob_service(limits)
     window = Window.from_dict(run["window"])
     manifest = _manifest(service, limits)
+    store = BlobStore(service, limits.work_container, run_prefix(window.run_id))
+    listing = _capture_listing(service, window, limits) if limits.sensor_capture_path else None
+    if listing is None:
+        _check_readings_header(service, manifest, limits)
+    inputs = files_digest(listing) if listing is not None else ""
+    state = RunState.open(store, window, manifest.key_columns, inputs)
+    data = limits.sensor_data_blob
+    if listing is not None:  # the shards read the list the pass was planned with, named by its digest
+        write_text(store, f"{INPUTS_DIR}/{inputs}.json", listing)
+        data = f"{run_prefix(window.run_id)}{INPUTS_DIR}/{inputs}.json"
+    store.delete(CLOSED_MARKER)
+    plan = plan_pass(state, manifest, limits.models_per_shard, models_dir="", data=data, out_dir=run_prefix(window.run_id) + SHARDS_DIR)
+    return {"run_id": window.run_id, "pass": state.run_pass, "shards": [shard.to_dict() for shard in plan.shards],
+            "models_total": len(manifest.models), "models_skipped": len(state.finished() & manifest.models.keys())}
+
+
+def _check_readings_header(service, manifest: Manifest, limits: Settings) -> None:
     where = f"{limits.sensor_data_container}/{limits.sensor_data_blob}"
     try:
         head = service.get_blob_client(limits.sensor_data_container, limits.sensor_data_blob).download_blob(0, HEADER_BYTES).readall()
     except ResourceNotFoundError:
         raise InvalidInputError(f"{where}: no readings (upload them there)") from None
     check_first_line(head, manifest.key_columns, where)
-    store = BlobStore(service, limits.work_container, run_prefix(window.run_id))
-    state = RunState.open(store, window, manifest.key_columns)
-    store.delete(CLOSED_MARKER)
-    plan = plan_pass(state, manifest, limits.models_per_shard, models_dir="", data=limits.sensor_data_blob,
-                     out_dir=run_prefix(window.run_id) + SHARDS_DIR)
-    return {"run_id": window.run_id, "pass": state.run_pass, "shards": [shard.to_dict() for shard in plan.shards],
-            "models_total": len(manifest.models), "models_skipped": len(state.finished() & manifest.models.keys())}
+
+
+def _capture_listing(service, window: Window, limits: Settings) -> str:
+    """The window's Capture files (listed from its time range only) with their ETags, as the shards read them."""
+    files = window_files(service.get_container_client(limits.sensor_data_container), capture_prefix(limits.sensor_capture_path),
+                         window, limits.capture_interval_s, limits.models_late_s)
+    return files_list_text(files)
 
 
 def enqueue_shards(request: dict, limits: Settings = settings) -> int:
@@ -249,7 +267,8 @@ def finish_model_run(request: dict, limits: Settings = settings) -> dict:
     for result in request["results"]:
         state.record(ShardResult.from_dict(result))
     outputs = outputs_of(service, limits, window.run_id)
-    context = {"data": f"{limits.sensor_data_container}/{limits.sensor_data_blob}", "models_dir": limits.models_container,
+    readings = limits.sensor_capture_path.strip("/") + "/" if limits.sensor_capture_path else limits.sensor_data_blob
+    context = {"data": f"{limits.sensor_data_container}/{readings}", "models_dir": limits.models_container,
                "error": request["error"], "errors": request["errors"]}
     before = sum(request["timings"].values())
     report = finish_run(state, manifest, outputs, limits.models_max_failed_fraction, request["timings"], context,

@@ -8,6 +8,7 @@ passed it (one plain ``.npz`` name, so the file lands in its folder and nowhere 
 from __future__ import annotations
 
 import hashlib
+import os
 import posixpath
 from pathlib import Path
 
@@ -16,10 +17,11 @@ from azure.core.exceptions import ResourceNotFoundError
 
 from shared.atomic import atomic_path
 from shared.errors import InvalidInputError
+from shared.many_models.capture import CAPTURE_FILE_MAX_BYTES, CaptureFile, files_digest, files_list_text
 from shared.many_models.manifest import MANIFEST_MAX_BYTES, MANIFEST_NAME, MODEL_FILE_MAX_BYTES, MODEL_FILE_SUFFIX, Manifest, ModelEntry
 from shared.many_models.schema import key_id
 from shared.many_models.shards import ShardSpec
-from shared.names import check_file_name
+from shared.names import check_blob_name, check_file_name
 
 
 class BlobCache:
@@ -56,6 +58,22 @@ class BlobCache:
                 old.unlink()
             self._download(container, blob, local, etag)
         return local
+
+    def capture(self, container: str, files: list[CaptureFile]) -> Path:
+        """A local folder holding exactly ``files`` (Capture files, their names checked by
+        :func:`shared.many_models.capture.parse_files_list`), each at its blob name and downloaded once per version."""
+        digest = files_digest(files_list_text(files))
+        folder = self.root / "capture" / digest[:24]
+        kept = self.root / "capture-files"
+        for item in files:
+            local = kept / hashlib.sha256(f"{container}/{item.name}\n{item.etag}".encode()).hexdigest()[:24]
+            if not local.exists():
+                self._download(container, item.name, local, item.etag, CAPTURE_FILE_MAX_BYTES)
+            linked = folder / check_blob_name(item.name, "Capture file")
+            if not linked.exists():
+                linked.parent.mkdir(parents=True, exist_ok=True)
+                os.link(local, linked)
+        return folder
 
     def manifest(self, container: str, prefix: str) -> tuple[Path, Manifest]:
         """The local models folder of ``prefix`` and its current manifest (checked as it is parsed)."""

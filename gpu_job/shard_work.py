@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import os
 import posixpath
+import re
 import socket
 import tempfile
 from dataclasses import replace
@@ -27,11 +28,26 @@ from typing import TYPE_CHECKING
 from gpu_job.worker import Feed, one_line
 from shared.config import Settings
 from shared.errors import InvalidInputError
+from shared.many_models.capture import capture_prefix, files_digest, parse_files_list
 from shared.many_models.manifest import MANIFEST_NAME
+from shared.many_models.run_state import INPUTS_DIR, SHARDS_DIR
 from shared.many_models.shards import QUEUED_MODELS_MAX, ShardResult, ShardSpec, shard_id
 from shared.messages import MessageError
 from shared.names import check_run_id, shown
 from shared.work import SHARDS
+
+INPUTS_MAX_BYTES = 4 * 1024**2
+"""A pass's list of Capture files: room for its most files (:data:`shared.many_models.capture.FILES_MAX`)."""
+_INPUTS_NAME = re.compile(r"[^/]+/[^/]+/" + INPUTS_DIR + r"/([0-9a-f]{64})\.json")
+
+
+def _inputs_digest(spec: ShardSpec) -> str:
+    """The digest a shard's readings list is named by (``runs/<run id>/inputs/<digest>.json``); else :class:`MessageError`."""
+    match = _INPUTS_NAME.fullmatch(spec.data)
+    if match is None:
+        raise MessageError(f"shard {spec.shard_id} names readings that are not its run's")
+    return match[1]
+
 
 if TYPE_CHECKING:
     from gpu_job.blob_cache import BlobCache
@@ -92,18 +108,36 @@ class ShardWork:
         """The shard, if it may be acted on from the queue: a run's id, the id its window and keys give, at most
         :data:`QUEUED_MODELS_MAX` models, the configured readings and models, and its run's shards folder; else
         :class:`MessageError`. A message is never trusted with a path or a blob of its choosing."""
-        from shared.many_models.run_state import SHARDS_DIR
         from shared.storage import run_prefix
 
         check_run_id(spec.run_id)
-        if spec.run_id != spec.window.run_id or spec.shard_id != shard_id(spec.window, spec.keys):
-            raise MessageError(f"shard {shown(spec.shard_id)} does not match its window and models")
+        if spec.run_id != spec.window.run_id:
+            raise MessageError(f"shard {shown(spec.shard_id)} does not match its window")
         if len(spec.keys) > QUEUED_MODELS_MAX:
             raise MessageError(f"shard {spec.shard_id} holds {len(spec.keys)} models (at most {QUEUED_MODELS_MAX} from the queue)")
-        expected = ("", self.settings.sensor_data_blob, run_prefix(spec.run_id) + SHARDS_DIR)
+        readings, inputs = self.settings.sensor_data_blob, ""
+        if self.settings.sensor_capture_path:
+            inputs = _inputs_digest(spec)
+            readings = f"{run_prefix(spec.run_id)}{INPUTS_DIR}/{inputs}.json"
+        if spec.shard_id != shard_id(spec.window, spec.keys, inputs):
+            raise MessageError(f"shard {shown(spec.shard_id)} does not match its window, models and readings")
+        expected = ("", readings, run_prefix(spec.run_id) + SHARDS_DIR)
         if (spec.models_dir, spec.data, spec.out_dir) != expected:
             raise MessageError(f"shard {spec.shard_id} names folders or readings that are not its run's")
         return spec
+
+    def _capture_folder(self, spec: ShardSpec) -> Path:
+        """The local folder of the pass's Capture files: their list is read from the run's folder (bounded), must be
+        the one its name's digest vouches for, and each name in it must be a Capture file of the shard's window."""
+        from shared.storage import read_blob_within
+
+        s = self.settings
+        where = f"the readings list of shard {spec.shard_id}"
+        raw = read_blob_within(self.blobs, s.work_container, spec.data, INPUTS_MAX_BYTES, where)
+        if files_digest(raw.decode("utf-8", errors="replace")) != _inputs_digest(spec):
+            raise InvalidInputError(f"{where} is not the one its shard was planned with")
+        files = parse_files_list(raw, capture_prefix(s.sensor_capture_path), spec.window, s.capture_interval_s, s.models_late_s, where)
+        return self.cache.capture(s.sensor_data_container, files)
 
     def closed(self, spec: ShardSpec) -> bool:
         from shared.storage import CLOSED_MARKER, run_prefix
@@ -124,9 +158,10 @@ class ShardWork:
         s = self.settings
         try:
             try:
-                data = self.cache.readings(s.sensor_data_container, spec.data)
+                data = self._capture_folder(spec) if s.sensor_capture_path else self.cache.readings(s.sensor_data_container, spec.data)
             except ResourceNotFoundError:
-                return self.failure(spec, f"readings {s.sensor_data_container}/{spec.data} are gone", delivery)
+                gone = "a Capture file or the list of them" if s.sensor_capture_path else spec.data
+                return self.failure(spec, f"readings {s.sensor_data_container}/{gone} are gone", delivery)
             try:
                 models = self.cache.models(s.models_container, spec.models_dir, spec)
             except ResourceNotFoundError:

@@ -97,6 +97,14 @@ class Settings:
     sensor_data_container: str = "sensor-data"
     """Where the readings are (``sensor_data_blob`` in it), in the reference schema."""
     sensor_data_blob: str = "sensor_data.csv"
+    sensor_capture_path: str = ""
+    """``<namespace>/<hub>`` of the Event Hubs Capture files in ``sensor_data_container``: set, each window reads the
+    Capture files of its time range; empty, every window reads ``sensor_data_blob`` (the reference data, an upload)."""
+    capture_interval_s: int = 300
+    """Capture's time window (its ``intervalInSeconds``): a file holds events enqueued this long from the time in its name."""
+    models_late_s: int = 10800
+    """How long after a window's end its readings are still looked for: a pass over the window reads the Capture files
+    enqueued until then (a later pass reads the late ones too; readings later still are not scored)."""
     models_container: str = "models"
     """The models' ``manifest.json`` and model files (``score-models train`` output, uploaded as is)."""
     shard_queue: str = "shards"

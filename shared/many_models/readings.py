@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import os
+from pathlib import Path
 
 import numpy as np
 import pandas as pd
 
 from shared.errors import InvalidInputError
+from shared.many_models.capture import capture_files_in, read_capture_file
 from shared.many_models.schema import TS_COLUMN, VALUE_COLUMN, ModelKey, Window, check_columns
 
 TIME_COLUMN = "_time"
@@ -23,15 +25,28 @@ def in_window(times: pd.Series, window: Window) -> np.ndarray:
     return keep
 
 
+def _read_capture_folder(folder: Path, key_columns: tuple[str, ...]) -> pd.DataFrame:
+    """Every reading of the Capture files under ``folder`` (named in errors by their path in it)."""
+    rows = []
+    for path in capture_files_in(folder):
+        rows.extend(read_capture_file(path, key_columns, path.relative_to(folder).as_posix()))
+    frame = pd.DataFrame(rows, columns=[TS_COLUMN, *key_columns, VALUE_COLUMN])
+    return frame.astype({VALUE_COLUMN: "float64"})
+
+
 def read_readings(path: str | os.PathLike[str], key_columns: tuple[str, ...], window: Window) -> pd.DataFrame:
-    """Read a readings CSV, check its schema, and keep the rows in ``window``.
+    """Read a readings CSV, or a folder of Event Hubs Capture files, check its schema, and keep the rows in ``window``,
+    each reading once: a duplicate (same keys and time, as a redelivered event brings) is dropped.
 
     Keys and ``TS`` stay text; ``Value`` is a float; ``_time`` holds the parsed timestamps.
     """
-    check_columns(path, key_columns)
     wanted = (TS_COLUMN, *key_columns, VALUE_COLUMN)
     try:
-        frame = pd.read_csv(path, usecols=list(wanted), dtype={name: str for name in wanted if name != VALUE_COLUMN} | {VALUE_COLUMN: "float64"})
+        if Path(path).is_dir():
+            frame = _read_capture_folder(Path(path), key_columns)
+        else:
+            check_columns(path, key_columns)
+            frame = pd.read_csv(path, usecols=list(wanted), dtype={name: str for name in wanted if name != VALUE_COLUMN} | {VALUE_COLUMN: "float64"})
         times = pd.to_datetime(frame[TS_COLUMN], format="ISO8601")
     except (ValueError, pd.errors.ParserError) as exc:
         raise InvalidInputError(f"{path}: bad reading ({exc})") from None
@@ -41,7 +56,8 @@ def read_readings(path: str | os.PathLike[str], key_columns: tuple[str, ...], wi
     bad = frame[list(wanted)].isna().any(axis=1)
     if bad.any():
         raise InvalidInputError(f"{path}: line {int(np.flatnonzero(bad.to_numpy())[0]) + 2} has an empty field")
-    return frame.loc[in_window(times, window)].reset_index(drop=True)
+    frame = frame.loc[in_window(times, window)]
+    return frame.loc[~frame.duplicated([TIME_COLUMN, *key_columns])].reset_index(drop=True)
 
 
 def group_rows(frame: pd.DataFrame, key_columns: tuple[str, ...]) -> dict[ModelKey, np.ndarray]:

@@ -31,14 +31,16 @@ def plan_pass(state: RunState, manifest: Manifest, models_per_shard: int, *, mod
     """Shard the manifest's models that no earlier pass finished; ``out_dir`` is where the shards write (the run's ``shards/``)."""
     finished = state.finished()
     left = [entry.key for name, entry in manifest.models.items() if name not in finished]
-    shards = plan_shards(state.run_id, left, models_per_shard, models_dir=models_dir, data=data, window=state.window, out_dir=out_dir)
+    shards = plan_shards(state.run_id, left, models_per_shard, models_dir=models_dir, data=data, window=state.window,
+                          out_dir=out_dir, inputs=state.inputs)
     return RunPlan(state=state, manifest=manifest, shards=shards)
 
 
 def plan_run(data: Path, models_dir: Path, out_dir: Path, window: Window, models_per_shard: int) -> RunPlan:
     """Check the inputs, open the run's folder (refusing one that holds another window), shard what is left."""
     manifest = Manifest.load(models_dir)
-    check_columns(data, manifest.key_columns)
+    if not Path(data).is_dir():  # a folder of Capture files is checked event by event as it is read
+        check_columns(data, manifest.key_columns)
     store = FolderStore(Path(out_dir))
     state = RunState.open(store, window, manifest.key_columns)
     return plan_pass(state, manifest, models_per_shard, models_dir=str(Path(models_dir).resolve()), data=str(Path(data).resolve()),

@@ -24,6 +24,8 @@ from shared.many_models.shards import ModelResult, ShardMessageError, ShardResul
 
 RUN_FILE = "run.json"
 SHARDS_DIR = "shards"
+INPUTS_DIR = "inputs"
+"""``inputs/<digest>.json``: a pass's list of Capture files, which its shards read."""
 PREDICTIONS_NAME = "predictions.csv"
 REPORT_NAME = "report.json"
 
@@ -96,21 +98,30 @@ class RunState:
     run_pass: int = 1
     results: dict[str, tuple[int, ShardResult]] = field(default_factory=dict)
     """Recorded shard results by shard id, with the pass that recorded them."""
+    inputs: str = ""
+    """Digest of the files the window's readings are read from (Capture files; empty for one readings file)."""
+    inputs_pass: int = 1
+    """The first pass that read ``inputs``: results of earlier passes read fewer files (a late one arrived since), and
+    are neither skipped nor merged."""
 
     @property
     def run_id(self) -> str:
         return self.window.run_id
 
     @classmethod
-    def open(cls, store: Store, window: Window, key_columns: tuple[str, ...]) -> RunState:
-        """Start a new pass: on an empty store, or one that holds a run of this same window and keys."""
+    def open(cls, store: Store, window: Window, key_columns: tuple[str, ...], inputs: str = "") -> RunState:
+        """Start a new pass: on an empty store, or one that holds a run of this same window and keys. Where the
+        window's ``inputs`` changed since the last pass (a late file arrived), every model is scored again."""
         state = cls._load(store, window, key_columns)
         if state is None:
             if not store.empty():
                 raise InvalidInputError(f"{store.where('')}: is not empty and holds no run: choose another --out")
-            state = cls(store=store, window=window, key_columns=key_columns, run_pass=0)
+            state = cls(store=store, window=window, key_columns=key_columns, run_pass=0, inputs=inputs)
         state.run_pass += 1
-        write_text(store, RUN_FILE, json.dumps({**state._identity(), "passes": state.run_pass}, indent=1) + "\n")
+        if inputs != state.inputs:
+            state.inputs, state.inputs_pass, state.results = inputs, state.run_pass, {}
+        write_text(store, RUN_FILE, json.dumps({**state._identity(), "passes": state.run_pass, "inputs": state.inputs,
+                                                "inputs_pass": state.inputs_pass}, indent=1) + "\n")
         return state
 
     @classmethod
@@ -133,14 +144,15 @@ class RunState:
         try:
             held = json.loads(raw)
             passes = int(held["passes"])
+            inputs, inputs_pass = str(held.get("inputs", "")), int(held.get("inputs_pass", 1))
         except (ValueError, KeyError, TypeError) as exc:
             raise InvalidInputError(f"{store.where(RUN_FILE)}: unreadable run file ({exc!r})") from None
         identity = state._identity()
         if {name: held.get(name) for name in identity} != identity:
             raise InvalidInputError(f"{store.where('')} holds the run {held.get('run_id')} (keys {held.get('key_columns')}), "
                                     f"not {window.run_id} (keys {list(key_columns)}): choose another --out")
-        state.run_pass = passes
-        state.results = state._load_results()
+        state.run_pass, state.inputs, state.inputs_pass = passes, inputs, inputs_pass
+        state.results = {shard: held for shard, held in state._load_results().items() if held[0] >= inputs_pass}
         return state
 
     def _load_results(self) -> dict[str, tuple[int, ShardResult]]:

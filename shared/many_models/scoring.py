@@ -17,6 +17,7 @@ import pandas as pd
 
 from shared.atomic import atomic_path
 from shared.errors import InvalidInputError, PipelineError
+from shared.many_models.capture import capture_files_in
 from shared.many_models.manifest import MANIFEST_NAME, Manifest
 from shared.many_models.model_files import load_model
 from shared.many_models.readings import group_rows, read_readings
@@ -53,9 +54,16 @@ def cached_manifest(models_dir: str) -> Manifest:
     return _cached_value("manifest", identity, lambda: Manifest.load(models_dir))
 
 
+def _data_identity(path: Path) -> tuple:
+    """A file's identity; a folder's is its Capture files' (a file added deep inside changes no folder's mtime)."""
+    if path.is_dir():
+        return (str(path.resolve()), *(_file_identity(file) for file in capture_files_in(path)))
+    return _file_identity(path) if path.exists() else (str(path),)
+
+
 def cached_readings(data: str, key_columns: tuple[str, ...], window: Window) -> GroupedReadings:
     path = Path(data)
-    identity = (*(_file_identity(path) if path.exists() else (data,)), key_columns, window)
+    identity = (*_data_identity(path), key_columns, window)
 
     def load() -> GroupedReadings:
         frame = read_readings(path, key_columns, window)

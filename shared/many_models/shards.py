@@ -116,14 +116,15 @@ class ShardSpec:
                    models_dir=data["models_dir"], data=data["data"], window=window, out_dir=data["out_dir"], attempt=attempt)
 
 
-def shard_id(window: Window, keys: tuple[ModelKey, ...]) -> str:
-    """Derived from the content: a re-delivered shard overwrites its own output, never another's."""
-    content = json.dumps([window.to_dict(), sorted(key_id(key) for key in keys)])
+def shard_id(window: Window, keys: tuple[ModelKey, ...], inputs: str = "") -> str:
+    """Derived from the content (and the digest of the files read, where there are several): a re-delivered shard
+    overwrites its own output, never another's, and a pass that reads a late file too writes new files."""
+    content = json.dumps([window.to_dict(), sorted(key_id(key) for key in keys), *([inputs] if inputs else [])])
     return "shard-" + hashlib.sha256(content.encode()).hexdigest()[:16]
 
 
 def plan_shards(run_id: str, keys: list[ModelKey], models_per_shard: int, *, models_dir: str, data: str,
-                window: Window, out_dir: str) -> list[ShardSpec]:
+                window: Window, out_dir: str, inputs: str = "") -> list[ShardSpec]:
     """Consecutive groups of at most ``models_per_shard`` keys, sized evenly."""
     if models_per_shard < 1:
         raise InvalidInputError("models per shard must be at least 1")
@@ -133,7 +134,7 @@ def plan_shards(run_id: str, keys: list[ModelKey], models_per_shard: int, *, mod
     count = -(-len(keys) // models_per_shard)
     bounds = [len(keys) * i // count for i in range(count + 1)]
     groups = [tuple(keys[bounds[i] : bounds[i + 1]]) for i in range(count)]
-    return [ShardSpec(run_id=run_id, shard_id=shard_id(window, group), keys=group, models_dir=models_dir, data=data,
+    return [ShardSpec(run_id=run_id, shard_id=shard_id(window, group, inputs), keys=group, models_dir=models_dir, data=data,
                       window=window, out_dir=out_dir) for group in groups]
 
 
