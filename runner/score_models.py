@@ -44,11 +44,17 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("--keys", default=",".join(DEFAULT_KEY_COLUMNS), help="key columns, one model per value (default: %(default)s)")
     _window_arguments(train)
     run = commands.add_parser("run", help="score every model of the manifest on its readings in the window")
-    run.add_argument("--data", type=Path, required=True)
+    run.add_argument("--data", type=Path, required=True, help="a readings CSV, or a folder of Event Hubs Capture files (.avro)")
     run.add_argument("--models", type=Path, required=True)
     run.add_argument("--out", type=Path, required=True, help="the run's folder: predictions.csv, report.json, shards/")
     _window_arguments(run)
     run.add_argument("--workers", type=int, default=os.cpu_count() or 1, help="worker processes (default: %(default)s)")
+    send = commands.add_parser("send", help="replay a readings CSV to an Event Hub (DefaultAzureCredential, Data Sender role)")
+    send.add_argument("--data", type=Path, required=True, help="CSV with TS, the key columns and Value")
+    send.add_argument("--namespace", required=True, help="the Event Hubs namespace (NAME or NAME.servicebus.windows.net)")
+    send.add_argument("--hub", required=True, help="the Event Hub's name")
+    send.add_argument("--rate", type=float, default=0, help="readings a second (default: no limit)")
+    send.add_argument("--keys", default=",".join(DEFAULT_KEY_COLUMNS), help="key columns (default: %(default)s)")
     return parser
 
 
@@ -135,6 +141,10 @@ def main(argv: list[str] | None = None) -> int:
             return generate(args)
         if args.command == "train":
             return train(args.data, args.models, parse_key_columns(args.keys), Window.parse(args.window_start, args.window_end))
+        if args.command == "send":
+            from runner.send_readings import send_to_hub
+
+            return send_to_hub(args.data, args.namespace, args.hub, parse_key_columns(args.keys), args.rate)
         return run(args, settings)
     except PipelineError as exc:
         print(f"score-models: error: {exc}", file=sys.stderr)

@@ -228,3 +228,44 @@ def test_a_shard_message_may_name_only_its_passs_list_of_capture_files(storage, 
     listing.upload_blob(json.dumps([["../../etc/passwd", "x"]]), overwrite=True)
     refused = work.queued(shard, 1)
     assert (refused.succeeded, refused.retryable) == (False, False) and "is not the one its shard was planned with" in refused.error
+
+
+class _Producer:
+    """The producer's two calls ``send`` makes, with the real client's batches (an Event Hub's limit made small)."""
+
+    def __init__(self, max_size: int) -> None:
+        self.max_size, self.sent = max_size, []
+
+    def create_batch(self):
+        from azure.eventhub import EventDataBatch
+
+        return EventDataBatch(max_size_in_bytes=self.max_size)
+
+    def send_batch(self, batch) -> None:
+        self.sent.append(batch)
+
+
+def test_the_sender_packs_every_reading_once_into_real_batches_at_its_rate(generated, tmp_path):
+    from runner.send_readings import send
+
+    data = tmp_path / "readings.csv"
+    _csv(generated).iloc[:500].to_csv(data, index=False)
+    producer, clock, slept = _Producer(4096), [0.0], []
+    sent = send(data, producer, ("Device", "Sensor"), rate=100, sleep=lambda s: (slept.append(s), clock.__setitem__(0, clock[0] + s)),
+                clock=lambda: clock[0])
+    assert sent == 500 and len(producer.sent) > 5 and all(batch.size_in_bytes <= 4096 for batch in producer.sent)
+    bodies = [json.loads(event.body_as_str()) for batch in producer.sent for event in batch._internal_events]
+    assert [(body["TS"], body["Device"], body["Sensor"], str(body["Value"])) for body in bodies] == [
+        tuple(row) for row in _csv(generated).iloc[:500][["TS", "Device", "Sensor", "Value"]].astype({"Value": float}).astype(str).itertuples(index=False)]
+    assert clock[0] == pytest.approx((500 - len(producer.sent[-1])) / 100), "each batch waits until the rate allows it"
+
+    # What the hub stored is what the Capture path reads back.
+    path = tmp_path / "00.avro"
+    path.write_bytes(capture_bytes([event.body_as_str().encode() for batch in producer.sent for event in batch._internal_events],
+                                   datetime(2018, 8, 28, 23)))
+    assert len(read_capture_file(path, ("Device", "Sensor"), "x")) == 500
+
+
+def test_score_models_send_refuses_a_bad_rate_in_one_line(generated, capsys):
+    code = main(["send", "--data", str(generated / "sensor_data.csv"), "--namespace", "ns", "--hub", "h", "--rate", "-1"])
+    assert code == 2 and capsys.readouterr().err.strip() == "score-models: error: --rate must be 0 (no limit) or more readings a second"
