@@ -52,6 +52,22 @@ param modelsSchedule string = '0 0 * * * *'
 @description('Length in seconds of the window a scheduled many-models run scores; match it to modelsSchedule.')
 param modelsWindowSeconds int = 3600
 
+@description('Partitions of the readings\' Event Hub (1 to 32 on Standard).')
+@minValue(1)
+@maxValue(32)
+param readingsPartitions int = 4
+
+@description('Event Hubs Capture writes each partition\'s readings to a file every this many seconds (60 to 900).')
+@minValue(60)
+@maxValue(900)
+param captureIntervalSeconds int = 300
+
+@description('Where scheduled windows read their readings: true, the Event Hub\'s Capture files; false, the one blob sensor-data/sensor_data.csv (the reference data, or a file you upload).')
+param readingsFromCapture bool = true
+
+@description('The sensors\' identity (object id), given Azure Event Hubs Data Sender on the hub; empty to skip.')
+param sensorPrincipalId string = ''
+
 // The 26 built-in styles (gpu_job/styles.py), which ship inside the wheel: a default that needs a
 // download (the pytorch/examples checkpoints) would fetch it from a third-party archive on every new node.
 @allowed([
@@ -107,6 +123,7 @@ var queues = {
   shardResultsPoison: 'shard-results-poison'
 }
 var taskHub = 'stylize'
+var readingsHub = 'readings'
 var computeName = 'gpu-cluster'
 var componentName = 'stylize_worker'
 var cpuComputeName = 'cpu-cluster'
@@ -180,6 +197,22 @@ module dataStorage 'modules/storage-account.bicep' = {
       { prefix: '${containers.work}/jobs/', days: workRetentionDays }
       { prefix: '${containers.work}/runs/', days: workRetentionDays }
     ]
+  }
+}
+
+// The sensors' readings: an Event Hub whose Capture writes Avro files into the sensor-data container.
+module eventHubs 'modules/event-hubs.bicep' = {
+  name: 'event-hubs'
+  scope: rg
+  params: {
+    name: 'evhns-${token}'
+    location: location
+    tags: tags
+    hubName: readingsHub
+    partitionCount: readingsPartitions
+    captureIntervalSeconds: captureIntervalSeconds
+    dataAccountId: dataStorage.outputs.id
+    captureContainer: containers.sensorData
   }
 }
 
@@ -302,6 +335,8 @@ module functionApp 'modules/function-app.bicep' = {
       STYLIZE_MODELS_SCHEDULE: modelsSchedule
       STYLIZE_MODELS_WINDOW_S: string(modelsWindowSeconds)
       STYLIZE_SENSOR_DATA_CONTAINER: containers.sensorData
+      STYLIZE_SENSOR_CAPTURE_PATH: readingsFromCapture ? '${eventHubs.outputs.namespaceName}/${eventHubs.outputs.hubName}' : ''
+      STYLIZE_CAPTURE_INTERVAL_S: string(captureIntervalSeconds)
       STYLIZE_MODELS_CONTAINER: containers.models
       STYLIZE_SHARD_QUEUE: queues.shards
       STYLIZE_SHARD_RESULT_QUEUE: queues.shardResults
@@ -352,6 +387,10 @@ module rbac 'modules/rbac.bicep' = {
     functionPrincipalId: functionIdentity.outputs.principalId
     computePrincipalId: computeIdentity.outputs.principalId
     cpuPrincipalId: cpuIdentity.outputs.principalId
+    eventHubNamespaceName: eventHubs.outputs.namespaceName
+    eventHubName: eventHubs.outputs.hubName
+    capturePrincipalId: eventHubs.outputs.capturePrincipalId
+    sensorPrincipalId: sensorPrincipalId
     userPrincipalId: principalId
     userPrincipalType: principalType
   }
@@ -375,3 +414,5 @@ output SENSOR_DATA_CONTAINER string = containers.sensorData
 output MODELS_CONTAINER string = containers.models
 output AZUREML_CPU_COMPUTE string = cpuCompute.outputs.name
 output AZUREML_SHARD_COMPONENT string = shardComponentName
+output EVENT_HUBS_NAMESPACE string = eventHubs.outputs.fullyQualifiedNamespace
+output READINGS_HUB string = eventHubs.outputs.hubName

@@ -389,6 +389,7 @@ ROLE_NAMES = {
     "3913510d-42f4-4e42-8a64-420c390055eb": "Monitoring Metrics Publisher",
     "7f951dda-4ed3-4680-a7ca-43fe172d538d": "AcrPull",
     "f6c7c914-8db3-469d-8ca1-694a8f32e121": "AzureML Data Scientist",
+    "2b629674-e913-4c01-ae53-ef4638d8f975": "Azure Event Hubs Data Sender",
 }
 # Roles that write blobs, queues or tables (any of them, on the Functions host's account, would let
 # their holder replace the app's package, read its host keys or alter orchestration state).
@@ -709,15 +710,53 @@ def _security_paragraph() -> dict[str, list[str]]:
 
 def test_readme_security_paragraph_matches_the_role_assignments():
     bullets = _security_paragraph()
-    holders = {"Function app": _function_identity(), "GPU cluster": _compute_identity(), "CPU cluster": _cpu_identity(), "You": "principalId"}
+    holders = {"Function app": _function_identity(), "GPU cluster": _compute_identity(), "CPU cluster": _cpu_identity(), "You": "principalId",
+               "Event Hubs Capture": "eventHubs", "Sensors": "sensorPrincipalId"}
     words = {_host_account(): "Functions host account", _workspace_storage(): "workspace storage",
-             _data_account(): "data account", "workspace": "workspace", "monitoring": "Application Insights"}
+             _data_account(): "data account", "workspace": "workspace", "monitoring": "Application Insights",
+             "eventHubs": "readings Event Hub"}
     assert set(holders) <= set(bullets)
     for label, principal in holders.items():
         for role, kind, target in _granted(principal):
             place = f"`{target}`" if kind in ("containers", "queues") else "registry" if kind == "registries" else words[target]
             assert [c for c in bullets[label] if role in c and place in c], f"README: {label} holds {role} on {place}"
     assert "Workspace" in bullets and "no role" in " ".join(bullets["Workspace"]).lower()
+
+
+def _event_hubs() -> tuple[dict, dict]:
+    """The readings' Event Hubs module as main.bicep calls it, and its parsed file."""
+    module = _module("modules/event-hubs.bicep")
+    return module, _module_of(module)
+
+
+def test_readings_arrive_through_an_event_hub_captured_into_sensor_data_without_keys():
+    module, hubs = _event_hubs()
+    params, defaults = module["body"]["params"], Settings()
+    resources = {r["type"].split("@")[0]: r["body"] for r in hubs["resources"]}
+    namespace, hub = resources["Microsoft.EventHub/namespaces"], resources["Microsoft.EventHub/namespaces/eventhubs"]
+    assert namespace["properties"]["disableLocalAuth"] is True and namespace["identity"] == {"type": "SystemAssigned"}
+    assert namespace["sku"]["name"] in ("Standard", "Premium"), "Basic has no Capture"
+    assert _expr(params["partitionCount"]) == "readingsPartitions", "partitions are a parameter"
+    assert "readingsPartitions" in _main()["params"] and _main()["errors"] == [] and hubs["errors"] == []
+    capture = hub["properties"]["captureDescription"]
+    destination = capture["destination"]
+    assert (capture["enabled"], capture["encoding"], destination["identity"]) == (True, "Avro", {"type": "SystemAssigned"})
+    assert destination["properties"]["archiveNameFormat"] == "{Namespace}/{EventHub}/{PartitionId}/{Year}/{Month}/{Day}/{Hour}/{Minute}/{Second}", \
+        "the layout shared.many_models.capture reads"
+    assert _main_value(params["captureContainer"]) == defaults.sensor_data_container
+    assert _symbol(params["dataAccountId"]) == _data_account(), "Capture writes into the data account"
+    stylize = _module("modules/function-app.bicep")["body"]["params"]["stylizeSettings"]
+    assert "eventHubs.outputs.namespaceName" in _expr(stylize["STYLIZE_SENSOR_CAPTURE_PATH"])
+    assert _expr(stylize["STYLIZE_CAPTURE_INTERVAL_S"]) == "string(captureIntervalSeconds)" == f"string({_expr(params['captureIntervalSeconds'])})"
+
+
+def test_capture_writes_only_sensor_data_and_senders_only_send():
+    defaults = Settings()
+    assert _granted("eventHubs") == {("Storage Blob Data Contributor", "containers", defaults.sensor_data_container)}
+    assert _granted("sensorPrincipalId") == {("Azure Event Hubs Data Sender", "eventhubs", "eventHubs")}
+    assert ("Azure Event Hubs Data Sender", "eventhubs", "eventHubs") in _granted("principalId")
+    hub_holders = {_symbol({"expression": g.principal}) for g in grants() if g.kind in ("eventhubs", "namespaces")}
+    assert hub_holders == {"sensorPrincipalId", "principalId"}, "the app and the clusters need nothing on the hub: they read Capture's files"
 
 
 # Azure ML assets

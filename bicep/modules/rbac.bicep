@@ -57,6 +57,12 @@ param registryName string
 param functionPrincipalId string
 param computePrincipalId string
 param cpuPrincipalId string
+param eventHubNamespaceName string
+param eventHubName string
+@description('The Event Hubs namespace\'s own identity, as which Capture writes the readings\' Avro files.')
+param capturePrincipalId string
+@description('The sensors\' identity, which sends readings to the hub; empty to skip.')
+param sensorPrincipalId string = ''
 @description('The person running azd (uploads videos, registers the Azure ML component); empty to skip.')
 param userPrincipalId string = ''
 param userPrincipalType string = 'User'
@@ -77,6 +83,7 @@ var roles = {
   // holds no secret (identity-based datastores, no connections), and submitting jobs already means
   // running code on the cluster as its identity, so that adds little reach.
   azureMLDataScientist: 'f6c7c914-8db3-469d-8ca1-694a8f32e121'
+  azureEventHubsDataSender: '2b629674-e913-4c01-ae53-ef4638d8f975'
 }
 var containerNames = [ inputContainer, outputContainer, workContainer, stylesContainer, sensorDataContainer, modelsContainer ]
 var queueNames = [
@@ -103,6 +110,15 @@ resource dataContainers 'Microsoft.Storage/storageAccounts/blobServices/containe
 resource dataQueues 'Microsoft.Storage/storageAccounts/queueServices/queues@2023-05-01' existing = [for name in queueNames: {
   name: '${dataAccountName}/default/${name}'
 }]
+
+resource eventHubNamespace 'Microsoft.EventHub/namespaces@2024-01-01' existing = {
+  name: eventHubNamespaceName
+}
+
+resource eventHub 'Microsoft.EventHub/namespaces/eventhubs@2024-01-01' existing = {
+  parent: eventHubNamespace
+  name: eventHubName
+}
 
 resource appInsights 'Microsoft.Insights/components@2020-02-02' existing = {
   name: appInsightsName
@@ -138,6 +154,8 @@ var containerGrants = [
   { container: modelsContainer, principal: functionPrincipalId, role: roles.storageBlobDataReader }
   { container: sensorDataContainer, principal: functionPrincipalId, role: roles.storageBlobDataReader }
   { container: sensorDataContainer, principal: cpuPrincipalId, role: roles.storageBlobDataReader }
+  // Event Hubs Capture writes the readings' Avro files (as the namespace's identity; the role its docs name).
+  { container: sensorDataContainer, principal: capturePrincipalId, role: roles.storageBlobDataContributor }
   { container: modelsContainer, principal: cpuPrincipalId, role: roles.storageBlobDataReader }
   { container: workContainer, principal: cpuPrincipalId, role: roles.storageBlobDataContributor }
 ]
@@ -246,5 +264,26 @@ resource userCodeSnapshotAssignment 'Microsoft.Authorization/roleAssignments@202
     principalId: userPrincipalId
     principalType: userPrincipalType
     roleDefinitionId: subscriptionResourceId('Microsoft.Authorization/roleDefinitions', roles.storageBlobDataContributor)
+  }
+}
+
+// Sending readings to the hub: the sensors, and the person deploying (score-models send).
+resource sensorSenderAssignment 'Microsoft.Authorization/roleAssignments@2022-04-01' = if (!empty(sensorPrincipalId)) {
+  scope: eventHub
+  name: guid(eventHub.id, sensorPrincipalId, roles.azureEventHubsDataSender)
+  properties: {
+    principalId: sensorPrincipalId
+    roleDefinitionId: subscriptionResourceId('Microsoft.Authorization/roleDefinitions', roles.azureEventHubsDataSender)
+    principalType: 'ServicePrincipal'
+  }
+}
+
+resource userSenderAssignment 'Microsoft.Authorization/roleAssignments@2022-04-01' = if (!empty(userPrincipalId)) {
+  scope: eventHub
+  name: guid(eventHub.id, userPrincipalId, roles.azureEventHubsDataSender)
+  properties: {
+    principalId: userPrincipalId
+    roleDefinitionId: subscriptionResourceId('Microsoft.Authorization/roleDefinitions', roles.azureEventHubsDataSender)
+    principalType: userPrincipalType
   }
 }
