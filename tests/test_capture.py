@@ -104,7 +104,7 @@ def test_a_capture_folder_scores_like_the_same_readings_in_one_csv(generated, tm
     readings = _csv(generated)
     folder = tmp_path / "capture"
     files = capture_files(readings)
-    duplicated = readings.iloc[2000:2010]  # sent twice: the second copy lands in another partition's file
+    duplicated = _inside(readings, HOUR).iloc[:10]  # sent twice: the second copy lands in another partition's file
     files[f"{HUB}/7/2018/08/29/02/00/00.avro"] = capture_bytes(_events(duplicated), datetime(2018, 8, 29, 2))
     for name, data in files.items():
         (folder / name).parent.mkdir(parents=True, exist_ok=True)

@@ -7,6 +7,9 @@ Layout: ``run.json`` (which window the run is for, and how many passes ran),
 and ``shards/<shard id>.json`` (the recorded result of the attempt that was kept, written after its
 predictions). A model that is ``ok`` in any recorded result is finished: later passes skip it, so
 each model's rows are in exactly one recorded shard file, and merging them never duplicates a row.
+A window read from Capture files also keeps ``inputs/<digest>.json`` (the files a pass read); when a
+pass finds other files than the last (a late one arrived), ``run.json`` records the new digest and
+the pass it began with, and results of earlier passes are neither skipped nor merged.
 """
 
 from __future__ import annotations
