@@ -128,6 +128,7 @@ def test_a_capture_folder_scores_like_the_same_readings_in_one_csv(generated, tm
     (json.dumps({"TS": "2018-08-29 01:00:00", "Device": 1, "Sensor": 2}).encode(), "Value must be a number"),
     (json.dumps([{"TS": "2018-08-29 01:00:00", "Device": True, "Sensor": 2, "Value": 1.0}]).encode(), "Device must be"),
     (b"[" * 100_000 + b"]" * 100_000, "event 0 is not a reading"),
+    (json.dumps({"TS": "yesterday", "Device": 1, "Sensor": 2, "Value": 1.0}).encode(), "TS 'yesterday' is not an ISO 8601 time"),
 ])
 def test_a_malformed_event_fails_its_file_in_one_line(tmp_path, body, reason):
     path = tmp_path / "00.avro"

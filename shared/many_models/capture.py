@@ -136,6 +136,10 @@ def _reading(item: object, key_columns: tuple[str, ...]) -> list[str | float]:
         if isinstance(value, bool) or not isinstance(value, (str, int)) or value == "":
             raise ValueError(f"{column} must be a non-empty text or a whole number")
         row.append(str(value))
+    try:
+        datetime.fromisoformat(row[0])
+    except ValueError:
+        raise ValueError(f"{TS_COLUMN} {shown(row[0], 40)} is not an ISO 8601 time") from None
     value = item.get(VALUE_COLUMN)
     if isinstance(value, bool) or not isinstance(value, (int, float)):
         raise ValueError(f"{VALUE_COLUMN} must be a number")
