@@ -8,14 +8,15 @@ import asyncio
 import io
 import json
 from dataclasses import replace
-from datetime import datetime, timedelta
+from datetime import datetime, timedelta, timezone
 from pathlib import Path
 
 import azure.functions as func
 import fastavro
 import pandas as pd
 import pytest
-from azure.storage.blob import BlobLeaseClient
+from azure.functions.timer import TimerRequest
+from azure.storage.blob import BlobLeaseClient, ContainerClient
 
 import durable_replay
 from durable_replay import ReplayClient
@@ -23,7 +24,7 @@ from durable_replay import user_function as _user
 from function_app import many_models
 from function_app.activities import ACTIVITIES as VIDEO_ACTIVITIES
 from function_app.compute import LocalWorkers
-from function_app.many_models import ACTIVITIES, on_shard_result, start_run
+from function_app.many_models import ACTIVITIES, on_models_schedule, on_shard_result, start_run
 from gpu_job.shard_work import ShardWork
 from runner.score_models import main
 from shared.config import Settings
@@ -50,6 +51,7 @@ HUB = "sensors-ns/readings"
 LIMITS = Settings(models_per_shard=8, max_shard_workers=1, max_attempts=2, worker_idle_s=20, visibility_timeout_s=4, max_deliveries=2,
                   worker_check_s=30, shard_timeout_s=3600, sensor_capture_path=HUB, capture_interval_s=300, models_late_s=3600)
 HOUR = Window.parse("2018-08-29T01:00:00", "2018-08-29T02:00:00")
+FIRED_AT = datetime(2018, 8, 29, 2, 0, 7, tzinfo=timezone.utc)
 DELAY = timedelta(seconds=3)
 """Readings are enqueued this long after they are taken."""
 
@@ -167,7 +169,6 @@ def _upload(service, files: dict[str, bytes]) -> None:
 
 
 def _pass(service, queues, client: ReplayClient) -> tuple[pd.DataFrame, dict, durable_replay.Host]:
-    asyncio.run(start_run(client, HOUR, again=True))
     instance_id = f"score-models-{HOUR.run_id}"
 
     def deliver(body: str) -> ShardResult:
@@ -182,7 +183,7 @@ def _pass(service, queues, client: ReplayClient) -> tuple[pd.DataFrame, dict, du
     return predictions, report, host
 
 
-def test_a_window_scores_its_capture_files_across_partitions_once_and_a_late_file_in_its_next_pass(storage, generated):
+def test_a_window_scores_its_capture_files_across_partitions_once_and_a_late_file_in_its_next_pass(storage, generated, monkeypatch):
     service, queues = storage
     readings = _csv(generated)
     late = _inside(readings, HOUR).iloc[-40:]  # left out of the files of their enqueued time: they arrive in a later file
@@ -195,7 +196,18 @@ def test_a_window_scores_its_capture_files_across_partitions_once_and_a_late_fil
            f"{HUB}/0/2018/08/28/20/00/00.avro": capture_bytes(_events(readings.iloc[5:10]), datetime(2018, 8, 28, 20))}
     _upload(service, far)  # outside the window's time range: never listed, never read
 
+    listed_prefixes = []
+    list_blobs = ContainerClient.list_blobs
+
+    def recording(self, name_starts_with=None, **kwargs):
+        if self.container_name == LIMITS.sensor_data_container:
+            listed_prefixes.append(name_starts_with)
+        return list_blobs(self, name_starts_with=name_starts_with, **kwargs)
+
+    monkeypatch.setattr(ContainerClient, "list_blobs", recording)
+    monkeypatch.setattr(many_models, "utc_now", lambda: FIRED_AT)
     client = ReplayClient()
+    asyncio.run(_user(on_models_schedule)(TimerRequest(), client))  # the hourly firing for 01:00-02:00
     first, report, _ = _pass(service, queues, client)
     expected = _inside(kept, HOUR)
     assert _rows(first) == _rows(expected) and len(expected) > 500, "exactly the window's readings, the duplicated ones once"
@@ -207,9 +219,13 @@ def test_a_window_scores_its_capture_files_across_partitions_once_and_a_late_fil
     times = [datetime.strptime(name.split("/", 3)[3].removesuffix(".avro"), "%Y/%m/%d/%H/%M/%S") for name in listed]
     assert min(times) > HOUR.start - timedelta(minutes=5) and max(times) < HOUR.end + timedelta(hours=1)
     assert {name.split("/")[2] for name in listed} == {"0", "1", "2"}, "every partition"
+    hours = {f"{HUB}/{p}/2018/08/29/{hour:02d}/" for p in range(3) for hour in (0, 1, 2)}  # 00:55 to 03:00
+    assert set(listed_prefixes) == hours, \
+        "only the hour folders of the window's time range are listed, never the whole history"
 
     late_file = {f"{HUB}/2/2018/08/29/02/40/00.avro": capture_bytes(_events(late), datetime(2018, 8, 29, 2, 40))}
     _upload(service, late_file)
+    asyncio.run(start_run(client, HOUR, again=True))  # the next pass over the window: a backfill
     second, report, _ = _pass(service, queues, client)
     assert _rows(second) == _rows(_inside(readings, HOUR)), "the late readings too, and every other reading still once"
     assert (report["pass"], report["models_succeeded"]) == (2, 15)
