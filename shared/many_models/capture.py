@@ -19,6 +19,7 @@ import os
 import re
 from dataclasses import dataclass
 from datetime import datetime, timedelta
+from itertools import islice
 from pathlib import Path
 
 from shared.errors import InvalidInputError
@@ -80,7 +81,8 @@ def window_files(container, prefix: str, window: Window, interval_s: int, late_s
     """The window's Capture files in ``container`` (a blob container client), sorted by name: only the hour
     folders of :func:`time_range` are listed, per partition."""
     first, last = time_range(window, interval_s, late_s)
-    partitions = [item.name for item in container.walk_blobs(name_starts_with=prefix, delimiter="/") if item.name.endswith("/")]
+    folders = (item.name for item in container.walk_blobs(name_starts_with=prefix, delimiter="/") if item.name.endswith("/"))
+    partitions = list(islice(folders, PARTITIONS_MAX + 1))
     if len(partitions) > PARTITIONS_MAX:
         raise InvalidInputError(f"{shown(prefix)} holds more than {PARTITIONS_MAX} partition folders")
     hours = []
