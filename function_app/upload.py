@@ -13,8 +13,10 @@ from azure.storage.blob import BlobClient
 from function_app.storage import blob_trigger_source, read_style_picture, write_error_report
 from gpu_job.styles import ARBITRARY, is_known_style
 from shared.config import Settings
-from shared.errors import InvalidInputError
+from shared.errors import InvalidInputError, public
+from shared.job_status import write_status
 from shared.names import UPLOAD_NAME_MAX_CHARS, UnsafeNameError, check_blob_name, shown
+from shared.storage import blob_service
 
 bp = df.Blueprint()
 settings = Settings.from_env()
@@ -87,11 +89,14 @@ async def start_job(blob: BlobClient, client: df.DurableOrchestrationClient, lim
     style = style_for(name, metadata, limits.default_style)
     style_image = _metadata(metadata, STYLE_IMAGE_METADATA_KEY)
     problem = check_upload(name, properties.size, style, limits) or check_style_image_blob(style, style_image, limits)
+    instance_id = instance_id_for(name, properties.etag)
     if problem:
         log.warning("upload refused: %s", problem)
-        write_error_report(limits, name, style, problem)
+        report = write_error_report(limits, name, style, problem, instance_id)
+        write_status(blob_service(limits), limits.output_container, instance_id,
+                     {"kind": "video", "stage": "refused", "input": shown(name, UPLOAD_NAME_MAX_CHARS), "style": shown(style),
+                      "error": public(problem), "error_report": report})
         return None
-    instance_id = instance_id_for(name, properties.etag)
     existing = await client.get_status(instance_id)
     if existing and existing.runtime_status is not None:
         log.info("upload %s already has orchestration %s (%s); not starting another", name, instance_id, existing.runtime_status)

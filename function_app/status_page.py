@@ -1,0 +1,2 @@
+import azure.durable_functions as df
+bp = df.Blueprint()
