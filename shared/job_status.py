@@ -8,6 +8,7 @@ job id (checked), its size is checked from its properties before it is read, and
 
 from __future__ import annotations
 
+import hashlib
 import json
 
 from azure.core import MatchConditions
@@ -23,6 +24,25 @@ STATUS_MAX_BYTES = 64 * 1024
 MODELS_PREFIX = "score-models-"
 ENDED = ("done", "failed", "refused")
 """Stages after which a document no longer changes."""
+
+
+def video_job_id(blob_name: str, etag: str) -> str:
+    """A video job's id, from its upload's name and ETag: same blob, same content version -> same id, so a repeated event
+    cannot start a second run. The upload trigger names the orchestration so, and ``stylize submit`` prints it."""
+    digest = hashlib.sha256(f"{blob_name}\n{etag.strip(chr(34))}".encode()).hexdigest()[:32]
+    return f"stylize-{digest}"
+
+
+def output_names(input_blob: str, style: str, suffix: str = ".mp4") -> dict[str, str]:
+    """Output blob names for an input: ``holiday/trip.mov`` styled ``candy`` -> ``holiday/trip.mov.candy.mp4`` and friends.
+
+    The input's whole name is kept, so distinct inputs (``clip.mp4``, ``clip.mkv``) never write the same outputs; the
+    upload trigger bounds it and the style (:data:`shared.names.UPLOAD_NAME_MAX_CHARS`,
+    :data:`gpu_job.styles.STYLE_NAME_MAX_CHARS`), so every name stays under Azure's bound. ``suffix`` is the
+    container :func:`shared.containers.output_container` picked for the input's tracks.
+    """
+    base = f"{input_blob}.{style}"
+    return {"video": f"{base}{suffix}", "preview": f"{base}.preview.png", "report": f"{base}.report.json"}
 
 
 def check_status_id(job_id: object) -> str:
