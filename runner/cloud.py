@@ -16,7 +16,7 @@ import re
 import shutil
 import subprocess
 import sys
-import time
+from time import monotonic, sleep
 from collections.abc import Callable
 from dataclasses import dataclass, replace
 from pathlib import Path
@@ -77,16 +77,16 @@ def parse_azd_values(text: str) -> dict[str, str]:
 def connect(args: argparse.Namespace, settings: Settings, environ: dict[str, str] | None = None, folder: Path | None = None) -> Cloud:
     """The :class:`Cloud` the arguments, the environment or azd name; a one-line InvalidInputError if none does."""
     environ = os.environ if environ is None else environ
+    connection = args.connection_string or environ.get("AZURE_STORAGE_CONNECTION_STRING")
+    if connection and not args.account:
+        try:
+            return Cloud(BlobServiceClient.from_connection_string(connection), settings, environ.get("STYLIZE_FUNCTION_APP_URL"))
+        except ValueError:
+            raise InvalidInputError("the storage connection string is not one (e.g. UseDevelopmentStorage=true)") from None
     values = azd_values(folder or Path.cwd())
     containers = {field: values[key] for key, field in AZD_CONTAINERS.items() if values.get(key)}
     settings = replace(settings, **containers)
     app_url = environ.get("STYLIZE_FUNCTION_APP_URL") or values.get("FUNCTION_APP_URL")
-    connection = args.connection_string or environ.get("AZURE_STORAGE_CONNECTION_STRING")
-    if connection and not args.account:
-        try:
-            return Cloud(BlobServiceClient.from_connection_string(connection), settings, app_url)
-        except ValueError:
-            raise InvalidInputError("the storage connection string is not one (e.g. UseDevelopmentStorage=true)") from None
     account = args.account or values.get("DATA_STORAGE_ACCOUNT")
     if not account:
         raise InvalidInputError("no storage account: give --account NAME (after az login) or --connection-string, "
@@ -162,9 +162,10 @@ def progress_bar(document: dict) -> str:
     return f"[{'#' * filled}{'.' * (BAR_WIDTH - filled)}] {done * 100:3.0f}% {progress_text(document)}"
 
 
-def follow(cloud: Cloud, job_id: str, interval_s: float, timeout_s: float | None, out=sys.stderr) -> dict:
-    """Poll the job's document until its stage has ended, showing a progress bar on ``out``; returns the last document."""
-    deadline = None if timeout_s is None else time.monotonic() + timeout_s
+def follow(cloud: Cloud, job_id: str, interval_s: float, timeout_s: float | None) -> dict:
+    """Poll the job's document until its stage has ended, showing a progress bar on stderr; returns the last document."""
+    out = sys.stderr
+    deadline = None if timeout_s is None else monotonic() + timeout_s
     shown_line, live = None, out.isatty()
     while True:
         document = read_status(cloud.service, cloud.settings.output_container, job_id)
@@ -176,12 +177,12 @@ def follow(cloud: Cloud, job_id: str, interval_s: float, timeout_s: float | None
             if live:
                 print(file=out)
             return document
-        if deadline is not None and time.monotonic() > deadline:
+        if deadline is not None and monotonic() > deadline:
             if live:
                 print(file=out)
             raise PipelineError(f"{job_id} has not ended after {timeout_s:.0f} s (still {document['stage'] if document else 'not started'}); "
                                 f"`stylize status {job_id} --wait` follows it again")
-        time.sleep(interval_s)
+        sleep(interval_s)
 
 
 def outputs_of(document: dict) -> dict[str, str]:

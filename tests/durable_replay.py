@@ -198,6 +198,7 @@ class Host:
         self.timers: list[dict] = []
         self.delivered: list = []
         self.called: list[dict] = []
+        self.quiet_since = time.monotonic()
 
     def step(self) -> None:
         for action in self.replay.step():
@@ -220,22 +221,29 @@ class Host:
 
     def until_done(self, timeout_s: float = 180, on_round=None) -> None:
         deadline = time.monotonic() + timeout_s
-        quiet_since = time.monotonic()
+        self.quiet_since = time.monotonic()
         while time.monotonic() < deadline:
-            self.step()
-            if self.replay.done:
+            if self.round(on_round):
                 return
-            if on_round:
-                on_round()
-            if self.deliver():
-                quiet_since = time.monotonic()
-                continue
-            if time.monotonic() - quiet_since > self.stall_s and self.timers:
-                # The earliest pending timer is the worker check (its period is far below the deadline).
-                timer = min(self.timers, key=lambda action: action["fireAt"])
-                self.timers.remove(timer)
-                self.replay.fire_timer(timer)
-                quiet_since = time.monotonic()
-                continue
-            time.sleep(0.1)
         pytest.fail(f"orchestration did not finish: {self.replay.custom_status}")
+
+    def round(self, on_round=None) -> bool:
+        """One turn of the host: step the orchestration, deliver its results, or fire its earliest timer once nothing has
+        happened for ``stall_s``; True once the orchestration is done."""
+        self.step()
+        if self.replay.done:
+            return True
+        if on_round:
+            on_round()
+        if self.deliver():
+            self.quiet_since = time.monotonic()
+            return False
+        if time.monotonic() - self.quiet_since > self.stall_s and self.timers:
+            # The earliest pending timer is the worker check (its period is far below the deadline).
+            timer = min(self.timers, key=lambda action: action["fireAt"])
+            self.timers.remove(timer)
+            self.replay.fire_timer(timer)
+            self.quiet_since = time.monotonic()
+            return False
+        time.sleep(0.1)
+        return False

@@ -1,0 +1,142 @@
+"""``stylize submit`` / ``status`` / ``jobs`` on Azurite, against the real upload trigger and the real orchestrator code
+(stepped by the replay harness, with real workers on the queues)."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from pathlib import Path
+
+import azure.functions as func
+import pytest
+
+import durable_replay
+from durable_replay import ReplayClient
+from durable_replay import user_function as _user
+from function_app.activities import ACTIVITIES
+from function_app.batches import on_batch_result
+from function_app.compute import LocalWorkers
+from function_app.publish import publish_status
+from function_app.upload import start_job
+from media import frame_timestamps, make_clip
+from runner import cloud
+from runner.cli import main
+from shared.config import Settings
+from shared.job_status import read_status, recent_jobs, write_status
+from shared.messages import BatchResult
+
+LIMITS = Settings(batch_frames=20, max_attempts=2, max_workers=1, worker_idle_s=20, visibility_timeout_s=4, max_deliveries=2,
+                  worker_check_s=30, batch_timeout_s=3600)
+
+
+@pytest.fixture()
+def storage(on_azurite, azurite, monkeypatch):
+    service, queues = on_azurite(LIMITS, (LIMITS.input_container, LIMITS.output_container, LIMITS.work_container, LIMITS.styles_container),
+                                 (LIMITS.batch_queue, LIMITS.result_queue, LIMITS.poison_queue))
+    monkeypatch.setenv("AZURE_STORAGE_CONNECTION_STRING", azurite)
+    yield service, queues
+    LocalWorkers.stop_all()
+
+
+def _host(client: ReplayClient, instance_id: str, queues: dict) -> durable_replay.Host:
+    def deliver(body: str) -> BatchResult:
+        asyncio.run(_user(on_batch_result)(func.QueueMessage(body=body.encode()), client))
+        return BatchResult.from_json(body)
+
+    return durable_replay.Host(client, instance_id, ACTIVITIES, queues[LIMITS.result_queue], deliver, LIMITS, 2.0)
+
+
+def _submit(capsys, *arguments: str) -> str:
+    assert main(["submit", *arguments]) == 0
+    job_id = capsys.readouterr().out.strip()
+    assert job_id.startswith("stylize-")
+    return job_id
+
+
+def test_submit_prints_the_triggers_id_and_status_wait_follows_every_stage_then_downloads(storage, tmp_path, capsys, monkeypatch):
+    service, queues = storage
+    clip = make_clip(tmp_path / "clip.mp4", seconds=3, rate="25")
+    job_id = _submit(capsys, str(clip), "--style", "identity", "--strength", "0.5", "--name", "trips/clip.mp4")
+
+    blob = service.get_blob_client(LIMITS.input_container, "trips/clip.mp4")
+    assert blob.get_blob_properties().metadata == {"style": "identity", "strength": "0.5"}
+    client = ReplayClient(publisher=lambda document: publish_status(document, LIMITS))
+    assert asyncio.run(start_job(blob, client, LIMITS)) == job_id, "the id printed is the orchestration's instance id"
+    assert client.started[0][2]["style_strength"] == 0.5
+
+    host = _host(client, job_id, queues)
+    seen: list[str] = []
+
+    def one_host_round(_seconds: float) -> None:  # the follower's pause between looks: the host takes one turn
+        document = read_status(service, LIMITS.output_container, job_id)
+        seen.append(document["stage"] if document else "none")
+        host.round()
+
+    monkeypatch.setattr(cloud, "sleep", one_host_round)
+    out = tmp_path / "out"
+    assert main(["status", job_id, "--wait", "--download", str(out), "--interval", "0"]) == 0
+    captured = capsys.readouterr()
+    stages = [document["stage"] for document in host.replay.published]
+    assert stages[0] == "splitting" and stages[-1] == "done" and {"scoring", "stitching"} <= set(stages)
+    followed = [line.split("% ", 1)[1].split(",")[0] for line in captured.err.splitlines() if "% " in line]
+    assert [stage for i, stage in enumerate(followed) if i == 0 or followed[i - 1] != stage] == ["splitting", "scoring", "stitching", "done"]
+    assert "batches 4/4, frames 75/75" in captured.err.splitlines()[-1] and captured.err.splitlines()[-1].startswith("[" + "#" * 30 + "] 100%")
+    assert sorted(path.name for path in out.iterdir()) == ["clip.mp4.identity.mp4", "clip.mp4.identity.preview.png", "clip.mp4.identity.report.json"]
+    assert frame_timestamps(out / "clip.mp4.identity.mp4") == frame_timestamps(clip)
+    assert json.loads((out / "clip.mp4.identity.report.json").read_text())["frames"] == 75
+    assert [f"downloaded: {out / name}" for name in sorted(p.name for p in out.iterdir())] == sorted(captured.out.splitlines())
+
+    assert main(["jobs"]) == 0
+    assert capsys.readouterr().out.split("\t")[:5] == [job_id, "done", "100%", "identity", "trips/clip.mp4.identity.mp4"]
+
+
+def test_a_refused_upload_is_reported_in_one_line(storage, tmp_path, capsys):
+    service, _ = storage
+    clip = make_clip(tmp_path / "clip.mp4", seconds=1)
+    job_id = _submit(capsys, str(clip), "--style", "starry")
+    client = ReplayClient()
+    small = Settings(max_upload_bytes=1000)
+    assert asyncio.run(start_job(service.get_blob_client(LIMITS.input_container, "clip.mp4"), client, small)) is None
+    assert main(["status", job_id, "--wait", "--interval", "0"]) == 2
+    err = capsys.readouterr().err.splitlines()
+    assert err[-1] == f"stylize: refused: clip.mp4: {clip.stat().st_size} bytes is over the limit of 1000"
+    assert not client.started
+    assert recent_jobs(service, LIMITS.output_container, 5)[0]["stage"] == "refused"
+
+
+def test_bad_input_is_one_line_before_anything_is_uploaded(storage, tmp_path, capsys):
+    service, _ = storage
+    (tmp_path / "notes.txt").write_text("not a video")
+    assert main(["submit", str(tmp_path / "notes.txt")]) == 2
+    assert capsys.readouterr().err.strip().startswith("stylize: error: notes.txt: extension .txt is not accepted")
+    assert main(["submit", str(tmp_path / "notes.txt"), "--name", "../x.mp4"]) == 2
+    assert "not a plain relative path" in capsys.readouterr().err
+    assert main(["status", "../../etc/passwd"]) == 2
+    assert capsys.readouterr().err.count("\n") == 1
+    assert not list(service.get_container_client(LIMITS.input_container).list_blobs(name_starts_with="notes"))
+
+
+def test_a_status_document_naming_another_jobs_blob_is_refused(storage, tmp_path, capsys):
+    service, _ = storage
+    job_id = "stylize-" + "ab" * 16
+    write_status(service, LIMITS.output_container, job_id, {"stage": "done", "kind": "video", "input": "clip.mp4", "style": "starry",
+                                                            "output": "someone-else.mp4"})
+    assert main(["status", job_id, "--download", str(tmp_path / "out")]) == 2
+    assert capsys.readouterr().err.strip() == f"stylize: error: the status document of {job_id} names outputs that are not its job's"
+    assert not (tmp_path / "out").exists() or not list((tmp_path / "out").iterdir())
+
+
+def test_connection_from_azd_values(tmp_path, monkeypatch):
+    text = 'AZURE_LOCATION="westeurope"\nDATA_STORAGE_ACCOUNT="stylizedata123"\nOUTPUT_CONTAINER="videos-out"\nFUNCTION_APP_URL="https://app.example"\n'
+    assert cloud.parse_azd_values(text)["DATA_STORAGE_ACCOUNT"] == "stylizedata123"
+    azd = tmp_path / "bin" / "azd"
+    azd.parent.mkdir()
+    azd.write_text("#!/bin/sh\nprintf '%s' '" + text + "'\n")
+    azd.chmod(0o755)
+    (tmp_path / "azure.yaml").write_text("name: stylize\n")
+    monkeypatch.setenv("PATH", f"{azd.parent}:/usr/bin:/bin")
+    args = main.__globals__["build_parser"](Settings()).parse_args(["jobs"])
+    connected = cloud.connect(args, Settings(), environ={}, folder=tmp_path)
+    assert connected.service.account_name == "stylizedata123" and connected.app_url == "https://app.example"
+    with pytest.raises(Exception, match="no storage account"):
+        cloud.connect(args, Settings(), environ={}, folder=tmp_path / "bin")
