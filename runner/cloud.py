@@ -26,7 +26,7 @@ from azure.storage.blob import BlobServiceClient
 
 from shared.config import Settings
 from shared.errors import InvalidInputError, PipelineError
-from shared.job_status import ENDED, check_status_id, fraction_done, output_names, progress_text, read_status, recent_jobs, video_job_id
+from shared.job_status import ENDED, check_status_id, fraction_done, job_outputs, progress_text, read_status, recent_jobs, video_job_id
 from shared.names import UPLOAD_NAME_MAX_CHARS, check_blob_name, shown
 
 ACCOUNT_NAME = re.compile(r"[a-z0-9]{3,24}")
@@ -185,35 +185,11 @@ def follow(cloud: Cloud, job_id: str, interval_s: float, timeout_s: float | None
         sleep(interval_s)
 
 
-def outputs_of(document: dict) -> dict[str, str]:
-    """The document's output blobs (kind -> name), each checked against the names the job's layout gives: a video's
-    from its input and style, a run's under ``predictions/<run id>/``. A name that is not its job's is refused."""
-    if document.get("kind") == "models":
-        run_id = document["job_id"].removeprefix("score-models-")
-        wanted = {"predictions": f"predictions/{run_id}/predictions.csv", "report": f"predictions/{run_id}/report.json"}
-        named = {kind: document.get(kind) for kind in wanted if document.get(kind)}
-        if any(named[kind] != wanted[kind] for kind in named):
-            raise InvalidInputError(f"the status document of {document['job_id']} names outputs that are not its run's")
-        return named
-    input_blob, style = document.get("input"), document.get("style")
-    named = {"video": document.get("output"), "preview": document.get("preview"), "report": document.get("report")}
-    named = {kind: name for kind, name in named.items() if name}
-    if not named:
-        return {}
-    if not isinstance(input_blob, str) or not isinstance(style, str):
-        raise InvalidInputError(f"the status document of {document['job_id']} names outputs but not its input and style")
-    check_blob_name(input_blob, "input name", UPLOAD_NAME_MAX_CHARS)
-    allowed = {kind: {output_names(input_blob, style, suffix)[kind] for suffix in (".mp4", ".mkv", ".mov")} for kind in named}
-    if any(name not in allowed[kind] for kind, name in named.items()):
-        raise InvalidInputError(f"the status document of {document['job_id']} names outputs that are not its job's")
-    return named
-
-
 def download(cloud: Cloud, document: dict, folder: Path) -> list[Path]:
     """The job's outputs into ``folder``, each under its blob's last part, written whole or not at all."""
     folder.mkdir(parents=True, exist_ok=True)
     paths = []
-    for name in outputs_of(document).values():
+    for name in job_outputs(document).values():
         path = folder / posixpath.basename(name)
         part = path.with_name(f".{path.name}.part")
         with part.open("wb") as out:
@@ -232,7 +208,7 @@ def finish(cloud: Cloud, document: dict, folder: Path | None) -> int:
     if stage == "failed":
         print(f"stylize: failed: {document.get('error', 'the job failed')}", file=sys.stderr)
         return EXIT_FAILED
-    outputs = outputs_of(document)
+    outputs = job_outputs(document)
     if folder is not None:
         for path in download(cloud, document, folder):
             print(f"downloaded: {path}")

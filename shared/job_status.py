@@ -16,7 +16,7 @@ from azure.core.exceptions import ResourceNotFoundError
 from azure.storage.blob import BlobServiceClient, ContentSettings
 
 from shared.errors import InvalidInputError
-from shared.names import UnsafeNameError, check_job_id, check_run_id, shown
+from shared.names import UPLOAD_NAME_MAX_CHARS, UnsafeNameError, check_blob_name, check_job_id, check_run_id, shown
 
 STATUS_FOLDER = "status"
 STATUS_MAX_BYTES = 64 * 1024
@@ -114,6 +114,30 @@ def recent_jobs(service: BlobServiceClient, container: str, limit: int) -> list[
         if document is not None:
             documents.append(document)
     return documents
+
+
+def job_outputs(document: dict) -> dict[str, str]:
+    """The document's output blobs (kind -> name), each checked against the names the job's layout gives: a video's
+    from its input and style, a run's under ``predictions/<run id>/``. A name that is not its job's is refused."""
+    if document.get("kind") == "models":
+        run_id = document["job_id"].removeprefix(MODELS_PREFIX)
+        wanted = {"predictions": f"predictions/{run_id}/predictions.csv", "report": f"predictions/{run_id}/report.json"}
+        named = {kind: document.get(kind) for kind in wanted if document.get(kind)}
+        if any(named[kind] != wanted[kind] for kind in named):
+            raise InvalidInputError(f"the status document of {document['job_id']} names outputs that are not its run's")
+        return named
+    input_blob, style = document.get("input"), document.get("style")
+    named = {"video": document.get("output"), "preview": document.get("preview"), "report": document.get("report")}
+    named = {kind: name for kind, name in named.items() if name}
+    if not named:
+        return {}
+    if not isinstance(input_blob, str) or not isinstance(style, str):
+        raise InvalidInputError(f"the status document of {document['job_id']} names outputs but not its input and style")
+    check_blob_name(input_blob, "input name", UPLOAD_NAME_MAX_CHARS)
+    allowed = {kind: {output_names(input_blob, style, suffix)[kind] for suffix in (".mp4", ".mkv", ".mov")} for kind in named}
+    if any(name not in allowed[kind] for kind, name in named.items()):
+        raise InvalidInputError(f"the status document of {document['job_id']} names outputs that are not its job's")
+    return named
 
 
 def progress_text(document: dict) -> str:
