@@ -50,12 +50,11 @@ def _html_response(text: str, status_code: int = 200) -> func.HttpResponse:
     return func.HttpResponse(text, status_code=status_code, mimetype="text/html", charset="utf-8", headers={"Cache-Control": "no-store"})
 
 
-def job_page(document: dict, code: str | None) -> str:
+def job_page(document: dict, code: str | None, container: str) -> str:
     """One job's page: stage, progress bar, counts, workers, errors, the preview inline and links to the outputs."""
     e = html.escape
     stage, percent = document["stage"], round(fraction_done(document) * 100)
-    rows = [("Stage", stage), ("Progress", progress_text(document))]
-    rows += [(label, document[key]) for key, label in (("input", "Input"), ("style", "Style"), ("window", "Window"), ("workers", "Workers"),
+    rows = [(label, document[key]) for key, label in (("input", "Input"), ("style", "Style"), ("window", "Window"), ("workers", "Workers"),
                                                         ("status", "Result"), ("models_succeeded", "Models succeeded"),
                                                         ("models_failed", "Models failed"), ("models_skipped", "Models skipped"),
                                                         ("models_no_data", "Models without data"), ("rows_scored", "Rows scored"),
@@ -70,7 +69,7 @@ def job_page(document: dict, code: str | None) -> str:
     if document.get("errors"):
         items = "".join(f"<li>{e(str(error))}</li>" for error in document["errors"])
         parts.append(f"<h2>Recent errors</h2><ul>{items}</ul>")
-    outputs = job_outputs(document) if stage == "done" else {}
+    outputs = job_outputs(document, container) if stage == "done" else {}
     if "preview" in outputs:
         parts.append(f'<figure><img src="{e(_with_key("files/preview", code))}" '
                      f'alt="Preview: input frames beside their styled versions" width="640"><figcaption>Preview</figcaption></figure>')
@@ -105,7 +104,7 @@ def view_job(req: func.HttpRequest, limits: Settings = settings) -> func.HttpRes
         if document is None:
             return _html_response(_page("no such job", "<h1>No such job</h1><p>A job just submitted shows here within a minute.</p>",
                                         refresh=True), 404)
-        return _html_response(job_page(document, req.params.get("code")))
+        return _html_response(job_page(document, req.params.get("code"), limits.output_container))
     except InvalidInputError as exc:
         return _html_response(_page("bad request", f"<h1>Bad request</h1><p>{html.escape(str(exc))}</p>", refresh=False), 400)
 
@@ -120,7 +119,7 @@ def job_file(req: func.HttpRequest, limits: Settings = settings) -> func.HttpRes
     no_such_output = func.HttpResponse("no such output", status_code=404, mimetype="text/plain")
     try:
         document = _document(req.route_params.get("job_id", ""), limits)
-        name = job_outputs(document).get(req.route_params.get("kind", "")) if document and document["stage"] == "done" else None
+        name = job_outputs(document, limits.output_container).get(req.route_params.get("kind", "")) if document and document["stage"] == "done" else None
         if name is None:
             return no_such_output
         data = read_blob_within(blob_service(limits), limits.output_container, name, limits.page_file_max_bytes,

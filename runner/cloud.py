@@ -10,16 +10,20 @@ from __future__ import annotations
 
 import argparse
 import hashlib
+import json
 import os
 import posixpath
 import re
 import shutil
 import subprocess
 import sys
-from time import monotonic, sleep
+import urllib.error
+import urllib.request
 from collections.abc import Callable
 from dataclasses import dataclass, replace
 from pathlib import Path
+from time import monotonic, sleep
+from urllib.parse import urlsplit
 
 from azure.core.exceptions import AzureError, ResourceNotFoundError
 from azure.storage.blob import BlobServiceClient
@@ -34,7 +38,10 @@ AZD_LINE = re.compile(r'([A-Z][A-Z0-9_]*)="(.*)"')
 AZD_CONTAINERS = {"INPUT_CONTAINER": "input_container", "OUTPUT_CONTAINER": "output_container", "STYLES_CONTAINER": "styles_container"}
 AZD_TIMEOUT_S = 60
 BAR_WIDTH = 30
-EXIT_REFUSED, EXIT_FAILED = 2, 1
+EXIT_REFUSED, EXIT_FAILED, EXIT_PARTIAL = 2, 1, 3
+RUN_STATUS_EXIT = {"succeeded": 0, "partial": EXIT_PARTIAL, "failed": EXIT_FAILED}
+"""``score-models``' own exit codes for a run's status."""
+RESPONSE_MAX_BYTES = 64 * 1024
 
 
 @dataclass(frozen=True)
@@ -169,7 +176,7 @@ def follow(cloud: Cloud, job_id: str, interval_s: float, timeout_s: float | None
     shown_line, live = None, out.isatty()
     while True:
         document = read_status(cloud.service, cloud.settings.output_container, job_id)
-        line = progress_bar(document) if document else "waiting for the job to start (the upload trigger runs within a minute)"
+        line = progress_bar(document) if document else "waiting for the job's first status (an upload's comes within a minute)"
         if line != shown_line:
             print(f"\r{line}\033[K" if live else line, end="" if live else "\n", file=out, flush=True)
             shown_line = line
@@ -189,7 +196,7 @@ def download(cloud: Cloud, document: dict, folder: Path) -> list[Path]:
     """The job's outputs into ``folder``, each under its blob's last part, written whole or not at all."""
     folder.mkdir(parents=True, exist_ok=True)
     paths = []
-    for name in job_outputs(document).values():
+    for name in job_outputs(document, cloud.settings.output_container).values():
         path = folder / posixpath.basename(name)
         part = path.with_name(f".{path.name}.part")
         with part.open("wb") as out:
@@ -208,14 +215,19 @@ def finish(cloud: Cloud, document: dict, folder: Path | None) -> int:
     if stage == "failed":
         print(f"stylize: failed: {document.get('error', 'the job failed')}", file=sys.stderr)
         return EXIT_FAILED
-    outputs = job_outputs(document)
+    outputs = job_outputs(document, cloud.settings.output_container)
     if folder is not None:
         for path in download(cloud, document, folder):
             print(f"downloaded: {path}")
     else:
         for kind, name in outputs.items():
             print(f"{kind}: {cloud.settings.output_container}/{name}")
-    return 0
+    if document.get("kind") != "models":
+        return 0
+    print(f"run {document.get('status')}: {document.get('models_succeeded', 0)} models succeeded, {document.get('models_failed', 0)} failed, "
+          f"{document.get('models_skipped', 0)} skipped, {document.get('models_no_data', 0)} without data; "
+          f"{document.get('rows_scored', 0)} rows scored", file=sys.stderr)
+    return RUN_STATUS_EXIT.get(document.get("status"), EXIT_FAILED)
 
 
 def status(cloud: Cloud, job_id: str, wait: bool, folder: Path | None, interval_s: float, timeout_s: float | None) -> int:
@@ -240,6 +252,63 @@ def jobs(cloud: Cloud, limit: int) -> int:
         print("\t".join(str(part) for part in (document["job_id"], document["stage"], percent, document.get("style") or document.get("kind", ""),
                                               what, document.get("updated", ""))))
     return 0
+
+
+# Many models
+
+def start_backfill(app_url: str | None, function_key: str | None, start: str, end: str) -> str:
+    """``POST /api/models/runs`` on the Function app; the run's id (its status document's). The app's answer is read
+    bounded, and only its one-line ``error`` or its ``id`` (checked) is taken from it."""
+    if not app_url or urlsplit(app_url).scheme not in ("http", "https") or not urlsplit(app_url).netloc:
+        raise InvalidInputError("no Function app URL: give --app-url https://<app>.azurewebsites.net (or run in the project's folder after azd up)")
+    request = urllib.request.Request(f"{app_url.rstrip('/')}/api/models/runs", data=json.dumps({"start": start, "end": end}).encode(),
+                                     method="POST", headers={"Content-Type": "application/json",
+                                                             **({"x-functions-key": function_key} if function_key else {})})
+    try:
+        with urllib.request.urlopen(request, timeout=60) as response:
+            body = response.read(RESPONSE_MAX_BYTES + 1)
+    except urllib.error.HTTPError as exc:
+        error = _answer(exc.read(RESPONSE_MAX_BYTES + 1)).get("error")
+        reason = str(error).splitlines()[0][:300] if error else f"HTTP {exc.code}"
+        if exc.code == 400:
+            raise InvalidInputError(reason) from None
+        raise PipelineError(f"the Function app answered {exc.code}: {reason}") from None
+    except (urllib.error.URLError, OSError) as exc:
+        raise PipelineError(f"could not reach the Function app: {getattr(exc, 'reason', exc)}") from None
+    job_id = _answer(body).get("id")
+    if not isinstance(job_id, str) or not job_id.startswith("score-models-"):
+        raise PipelineError("the Function app's answer names no run")
+    return check_status_id(job_id)
+
+
+def _answer(body: bytes) -> dict:
+    try:
+        answer = json.loads(body) if len(body) <= RESPONSE_MAX_BYTES else None
+    except ValueError:
+        answer = None
+    return answer if isinstance(answer, dict) else {}
+
+
+def add_models_submit(commands) -> None:
+    submit_parser = commands.add_parser("submit", help="in the cloud: start the backfill of a window on the Function app, and with --wait follow it")
+    submit_parser.add_argument("--start", required=True, help="ISO 8601 UTC, on a boundary of the schedule's periods")
+    submit_parser.add_argument("--end", required=True, help="ISO 8601 UTC, on a boundary of the schedule's periods")
+    submit_parser.add_argument("--app-url", default=None, help="the Function app (default: STYLIZE_FUNCTION_APP_URL, or azd's FUNCTION_APP_URL)")
+    submit_parser.add_argument("--function-key", default=os.environ.get("STYLIZE_FUNCTION_KEY"),
+                               help="the app's function key (default: STYLIZE_FUNCTION_KEY; `az functionapp keys list` shows it)")
+    _add_follow_arguments(submit_parser)
+
+
+def run_models_submit(args: argparse.Namespace, settings: Settings) -> int:
+    try:
+        cloud = connect(args, settings)
+        job_id = start_backfill(args.app_url or cloud.app_url, args.function_key, args.start, args.end)
+        print(job_id, flush=True)
+        if not args.wait and args.download is None:
+            return 0
+        return status(cloud, job_id, True, args.download, args.interval, args.timeout)
+    except AzureError as exc:
+        raise PipelineError(f"storage: {_first_line(exc)}") from None
 
 
 # The commands

@@ -15,6 +15,7 @@ from pathlib import Path
 from tqdm import tqdm
 
 from gpu_job.command import worker_command
+from runner import cloud
 from runner.pool import Launcher, Outcome, WorkerPool, launch_worker
 from shared.atomic import atomic_path
 from shared.config import Settings
@@ -49,6 +50,7 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--out", type=Path, required=True, help="the run's folder: predictions.csv, report.json, shards/")
     _window_arguments(run)
     run.add_argument("--workers", type=int, default=os.cpu_count() or 1, help="worker processes (default: %(default)s)")
+    cloud.add_models_submit(commands)
     return parser
 
 
@@ -135,10 +137,15 @@ def main(argv: list[str] | None = None) -> int:
             return generate(args)
         if args.command == "train":
             return train(args.data, args.models, parse_key_columns(args.keys), Window.parse(args.window_start, args.window_end))
+        if args.command == "submit":
+            return cloud.run_models_submit(args, settings)
         return run(args, settings)
-    except PipelineError as exc:
+    except InvalidInputError as exc:
         print(f"score-models: error: {exc}", file=sys.stderr)
         return 2
+    except PipelineError as exc:
+        print(f"score-models: {'failed' if args.command == 'submit' else 'error'}: {exc}", file=sys.stderr)
+        return 1 if args.command == "submit" else 2
     except KeyboardInterrupt:
         print("score-models: interrupted; finished shards are kept, a re-run goes on from them", file=sys.stderr)
         return 130

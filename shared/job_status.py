@@ -116,16 +116,17 @@ def recent_jobs(service: BlobServiceClient, container: str, limit: int) -> list[
     return documents
 
 
-def job_outputs(document: dict) -> dict[str, str]:
-    """The document's output blobs (kind -> name), each checked against the names the job's layout gives: a video's
-    from its input and style, a run's under ``predictions/<run id>/``. A name that is not its job's is refused."""
+def job_outputs(document: dict, container: str) -> dict[str, str]:
+    """The document's output blobs in ``container`` (kind -> name), each checked against the names the job's layout
+    gives: a video's from its input and style, a run's under ``predictions/<run id>/`` (named with their container). A
+    name that is not its job's is refused (InvalidInputError)."""
     if document.get("kind") == "models":
         run_id = document["job_id"].removeprefix(MODELS_PREFIX)
         wanted = {"predictions": f"predictions/{run_id}/predictions.csv", "report": f"predictions/{run_id}/report.json"}
         named = {kind: document.get(kind) for kind in wanted if document.get(kind)}
-        if any(named[kind] != wanted[kind] for kind in named):
+        if any(named[kind] != f"{container}/{wanted[kind]}" for kind in named):
             raise InvalidInputError(f"the status document of {document['job_id']} names outputs that are not its run's")
-        return named
+        return {kind: wanted[kind] for kind in named}
     input_blob, style = document.get("input"), document.get("style")
     named = {"video": document.get("output"), "preview": document.get("preview"), "report": document.get("report")}
     named = {kind: name for kind, name in named.items() if name}

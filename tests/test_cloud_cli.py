@@ -5,7 +5,8 @@ from __future__ import annotations
 
 import asyncio
 import json
-from pathlib import Path
+import threading
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import azure.functions as func
 import pytest
@@ -140,3 +141,62 @@ def test_connection_from_azd_values(tmp_path, monkeypatch):
     assert connected.service.account_name == "stylizedata123" and connected.app_url == "https://app.example"
     with pytest.raises(Exception, match="no storage account"):
         cloud.connect(args, Settings(), environ={}, folder=tmp_path / "bin")
+
+
+def test_score_models_submit_starts_a_backfill_and_follows_it_to_its_report(on_azurite, azurite, generated, tmp_path, capsys, monkeypatch):
+    """``score-models submit`` posts to the app's real backfill function (behind a stand-in for the host's router), then
+    follows the run's status document, written by the real many-models orchestration, to its report."""
+    import test_models_azure as models_test
+    from function_app.many_models import start_model_run
+    from runner.score_models import main as score_models
+
+    limits = models_test.LIMITS
+    service, queues = next(models_test.storage.__wrapped__(on_azurite, generated, monkeypatch))
+    monkeypatch.setenv("AZURE_STORAGE_CONNECTION_STRING", azurite)
+    client = ReplayClient(publisher=lambda document: publish_status(document, limits))
+
+    class Backfill(BaseHTTPRequestHandler):
+        def do_POST(self):  # noqa: N802 (the http.server name)
+            body = self.rfile.read(int(self.headers["Content-Length"]))
+            request = func.HttpRequest("POST", f"http://{self.headers['Host']}{self.path}", body=body, headers=dict(self.headers))
+            response = asyncio.run(_user(start_model_run)(request, client)) if self.path == "/api/models/runs" else func.HttpResponse(status_code=404)
+            self.send_response(response.status_code)
+            self.end_headers()
+            self.wfile.write(response.get_body())
+
+        def log_message(self, *args):
+            pass
+
+    server = ThreadingHTTPServer(("127.0.0.1", 0), Backfill)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    hosts: list[durable_replay.Host] = []
+
+    def one_host_round(_seconds: float) -> None:
+        if not hosts:
+            (instance_id,) = client.replays
+            hosts.append(models_test._host(client, instance_id, queues))
+        hosts[0].round()
+
+    monkeypatch.setattr(cloud, "sleep", one_host_round)
+    app = f"http://127.0.0.1:{server.server_address[1]}"
+    try:
+        assert score_models(["submit", "--start", "2018-08-29T01:00:00", "--end", "2018-08-29T01:00:01", "--app-url", app]) == 2
+        assert capsys.readouterr().err.strip() == ("score-models: error: end 2018-08-29T01:00:01 is not on a boundary of the "
+                                                   "schedule's 3600 s periods (the one before it is 2018-08-29T01:00:00)")
+        out = tmp_path / "out"
+        assert score_models(["submit", "--start", "2018-08-29T01:00:00", "--end", "2018-08-29T03:00:00", "--app-url", app,
+                             "--wait", "--download", str(out), "--interval", "0"]) == 0
+    finally:
+        server.shutdown()
+        server.server_close()
+        LocalWorkers.stop_all()
+    captured = capsys.readouterr()
+    assert captured.out.splitlines()[0] == "score-models-20180829T010000--20180829T030000"
+    followed = [line.split("% ", 1)[1].split(",")[0] for line in captured.err.splitlines() if "% " in line]
+    assert [stage for i, stage in enumerate(followed) if i == 0 or followed[i - 1] != stage] == ["planning", "scoring", "merging", "done"]
+    assert "shards 4/4, models 15/15" in captured.err
+    assert sorted(path.name for path in out.iterdir()) == ["predictions.csv", "report.json"]
+    report = json.loads((out / "report.json").read_text())
+    assert report["models_succeeded"] == 15 and report["rows_scored"] > 0
+    assert captured.err.splitlines()[-1] == f"run succeeded: 15 models succeeded, 0 failed, 0 skipped, 0 without data; {report['rows_scored']} rows scored"
+    assert len((out / "predictions.csv").read_text().splitlines()) == report["rows_scored"] + 1
