@@ -50,6 +50,13 @@ def _html_response(text: str, status_code: int = 200) -> func.HttpResponse:
     return func.HttpResponse(text, status_code=status_code, mimetype="text/html", charset="utf-8", headers={"Cache-Control": "no-store"})
 
 
+def _text(value: object) -> str:
+    """A document's value as text: a window as its two ends."""
+    if isinstance(value, dict) and set(value) == {"start", "end"}:
+        return f"{value['start']} to {value['end']}"
+    return str(value)
+
+
 def job_page(document: dict, code: str | None, container: str) -> str:
     """One job's page: stage, progress bar, counts, workers, errors, the preview inline and links to the outputs."""
     e = html.escape
@@ -59,7 +66,7 @@ def job_page(document: dict, code: str | None, container: str) -> str:
                                                         ("models_failed", "Models failed"), ("models_skipped", "Models skipped"),
                                                         ("models_no_data", "Models without data"), ("rows_scored", "Rows scored"),
                                                         ("updated", "Updated")) if document.get(key) not in (None, "")]
-    details = "".join(f"<dt>{e(label)}</dt><dd>{e(str(value))}</dd>" for label, value in rows)
+    details = "".join(f"<dt>{e(label)}</dt><dd>{e(_text(value))}</dd>" for label, value in rows)
     parts = [f"<h1>Job {e(document['job_id'])}</h1>",
              f'<p><label for="progress">{e(stage.capitalize())}: {percent}% done</label></p>',
              f'<progress id="progress" max="100" value="{percent}">{percent}%</progress>',

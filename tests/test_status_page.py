@@ -130,6 +130,24 @@ def _write_jobs(service) -> None:
     assert [running.published[-1]["stage"], finished.published[-1]["stage"], failed.published[-1]["stage"]] == ["scoring", "done", "failed"]
 
 
+def _write_models_run(service) -> str:
+    """A many-models run whose second pass found every model done: its document, written by the real orchestration."""
+    run_id = "20180829T010000--20180829T030000"
+    replay = Replay(orchestrator_function("score_models_orchestrator"), {"run_id": run_id, "window": {"start": "2018-08-29T01:00:00+00:00",
+                    "end": "2018-08-29T03:00:00+00:00"}}, f"score-models-{run_id}", "score_models_orchestrator",
+                    publisher=lambda document: publish_status(document, LIMITS))
+    (plan,) = replay.step()
+    replay.complete(plan, {"shards": [], "models_total": 15, "models_skipped": 15, "pass": 2})
+    (finish,) = replay.step()
+    where = f"{LIMITS.output_container}/predictions/{run_id}"
+    replay.complete(finish, {"status": "succeeded", "models_total": 15, "models_succeeded": 0, "models_failed": 0, "models_skipped": 15,
+                             "models_no_data": 0, "rows_scored": 0, "rows_total": 0, "predictions": f"{where}/predictions.csv",
+                             "report": f"{where}/report.json"})
+    replay.step()
+    assert replay.published[-1]["stage"] == "done"
+    return f"score-models-{run_id}"
+
+
 def _checked(rendered, *texts: str) -> None:
     assert rendered.errors == []
     assert rendered.lang == "en"
@@ -158,6 +176,20 @@ def test_pages_of_a_running_a_finished_and_a_failed_job(on_azurite, app_url, chr
     listing = chromium.render(f"{app_url}/view")
     _checked(listing, "The 3 jobs updated last", f"{RUNNING}\tscoring\t33%\tstarry", f"{FINISHED}\tdone\t100%\tstarry",
              f"{FAILED}\tfailed\t0%\tstarry")
+
+
+def test_the_page_of_a_many_models_run_shows_its_counts_and_links_its_report(on_azurite, app_url, chromium):
+    service, _ = on_azurite(LIMITS, (LIMITS.output_container,), ())
+    job_id = _write_models_run(service)
+    service.get_blob_client(LIMITS.output_container, f"predictions/{job_id.removeprefix('score-models-')}/report.json").upload_blob(
+        b'{"status": "succeeded"}', overwrite=True)
+    rendered = chromium.render(f"{app_url}/{job_id}/view")
+    _checked(rendered, "Done: 100% done", "Result\nsucceeded", "Models skipped\n15",
+             "Window\n2018-08-29T01:00:00+00:00 to 2018-08-29T03:00:00+00:00", "Report (JSON)", "Predictions (CSV)")
+    import urllib.request
+
+    with urllib.request.urlopen(f"{app_url}/{job_id}/files/report") as response:
+        assert json.load(response) == {"status": "succeeded"}
 
 
 def test_a_preview_that_does_not_load_is_caught(on_azurite, app_url, chromium):
