@@ -23,7 +23,7 @@ from media import frame_timestamps, make_clip
 from runner import cloud
 from runner.cli import main
 from shared.config import Settings
-from shared.job_status import read_status, recent_jobs, write_status
+from shared.job_status import read_status, recent_jobs, video_job_id, write_status
 from shared.messages import BatchResult
 
 LIMITS = Settings(batch_frames=20, max_attempts=2, max_workers=1, worker_idle_s=20, visibility_timeout_s=4, max_deliveries=2,
@@ -103,6 +103,18 @@ def test_a_refused_upload_is_reported_in_one_line(storage, tmp_path, capsys):
     assert err[-1] == f"stylize: refused: clip.mp4: {clip.stat().st_size} bytes is over the limit of 1000"
     assert not client.started
     assert recent_jobs(service, LIMITS.output_container, 5)[0]["stage"] == "refused"
+
+
+def test_a_strength_out_of_range_is_refused_by_the_trigger_in_one_line(storage, tmp_path, capsys):
+    service, _ = storage
+    clip = make_clip(tmp_path / "clip.mp4", seconds=1)
+    blob = service.get_blob_client(LIMITS.input_container, "strong.mp4")
+    blob.upload_blob(clip.read_bytes(), overwrite=True, metadata={"style": "starry", "strength": "1e9"})
+    client = ReplayClient()
+    assert asyncio.run(start_job(blob, client, LIMITS)) is None and not client.started
+    job_id = video_job_id("strong.mp4", blob.get_blob_properties().etag)
+    assert main(["status", job_id]) == 2
+    assert capsys.readouterr().err.splitlines()[-1] == "stylize: refused: metadata strength '1e9' is not a number from 0 to 1"
 
 
 def test_bad_input_is_one_line_before_anything_is_uploaded(storage, tmp_path, capsys):
