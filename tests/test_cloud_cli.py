@@ -102,7 +102,7 @@ def test_a_refused_upload_is_reported_in_one_line(storage, tmp_path, capsys):
     err = capsys.readouterr().err.splitlines()
     assert err[-1] == f"stylize: refused: clip.mp4: {clip.stat().st_size} bytes is over the limit of 1000"
     assert not client.started
-    assert recent_jobs(service, LIMITS.output_container, 5)[0]["stage"] == "refused"
+    assert {document["job_id"]: document["stage"] for document in recent_jobs(service, LIMITS.output_container, 5)}[job_id] == "refused"
 
 
 def test_a_strength_out_of_range_is_refused_by_the_trigger_in_one_line(storage, tmp_path, capsys):
