@@ -30,6 +30,7 @@ from function_app.fan_in import Progress, Work, WorkersUnavailable, collect, rea
 from function_app.publish import publish
 from shared.config import Settings
 from shared.errors import InvalidInputError
+from shared.job_status import MODELS_PREFIX
 from shared.many_models.manifest import MANIFEST_MAX_BYTES, MANIFEST_NAME, Manifest
 from shared.many_models.run import finish_run, plan_pass
 from shared.many_models.run_state import PREDICTIONS_NAME, REPORT_NAME, SHARDS_DIR, RunState, write_text
@@ -42,7 +43,7 @@ settings = Settings.from_env()
 log = logging.getLogger(__name__)
 ORCHESTRATOR = "score_models_orchestrator"
 SHARD_RESULT_EVENT = "shard_result"
-INSTANCE_PREFIX = "score-models-"
+INSTANCE_PREFIX = MODELS_PREFIX
 PREDICTIONS_FOLDER = "predictions"
 ERROR_NAME = "error.json"
 HEADER_BYTES = 64 * 1024

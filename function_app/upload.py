@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import logging
-import posixpath
 
 import azure.durable_functions as df
 import azurefunctions.extensions.bindings.blob as blob_binding
@@ -17,6 +16,7 @@ from shared.job_status import video_job_id as instance_id_for
 from shared.job_status import write_status
 from shared.names import UPLOAD_NAME_MAX_CHARS, UnsafeNameError, check_blob_name, shown
 from shared.storage import blob_service
+from shared.uploads import upload_problem
 
 bp = df.Blueprint()
 settings = Settings.from_env()
@@ -68,20 +68,10 @@ def _shown_if_unsafe(name: str) -> str:
 
 def check_upload(blob_name: str, size: int, style: str, limits: Settings) -> str | None:
     """The reason to refuse an upload before any work, or None."""
-    try:
-        check_blob_name(blob_name, "upload name", UPLOAD_NAME_MAX_CHARS)
-    except UnsafeNameError as exc:
-        return str(exc)
-    extension = posixpath.splitext(blob_name)[1].lower()
-    if extension not in limits.allowed_extensions:
-        return f"{blob_name}: extension {extension or '(none)'} is not accepted (use {', '.join(limits.allowed_extensions)})"
-    if size <= 0:
-        return f"{blob_name}: empty file (0 bytes)"
-    if size > limits.max_upload_bytes:
-        return f"{blob_name}: {size} bytes is over the limit of {limits.max_upload_bytes}"
-    if not is_known_style(style):
+    problem = upload_problem(blob_name, size, limits)
+    if problem is None and not is_known_style(style):
         return f"{blob_name}: unknown style {shown(style)} (`stylize styles` lists the names)"
-    return None
+    return problem
 
 
 def check_style_image_blob(style: str, style_image: str | None, limits: Settings) -> str | None:

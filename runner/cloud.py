@@ -19,7 +19,6 @@ import subprocess
 import sys
 import urllib.error
 import urllib.request
-from collections.abc import Callable
 from dataclasses import dataclass, replace
 from pathlib import Path
 from time import monotonic, sleep
@@ -31,9 +30,11 @@ from azure.storage.blob import BlobServiceClient
 from shared.config import Settings
 from shared.errors import InvalidInputError, PipelineError
 from shared.job_status import ENDED, check_status_id, fraction_done, job_outputs, progress_text, read_status, recent_jobs, video_job_id
-from shared.names import UPLOAD_NAME_MAX_CHARS, check_blob_name, shown
+from shared.names import shown
+from shared.uploads import upload_problem
 
 ACCOUNT_NAME = re.compile(r"[a-z0-9]{3,24}")
+CONTAINER_NAME = re.compile(r"[a-z0-9](?:[a-z0-9]|-(?=[a-z0-9])){2,62}")
 AZD_LINE = re.compile(r'([A-Z][A-Z0-9_]*)="(.*)"')
 AZD_CONTAINERS = {"INPUT_CONTAINER": "input_container", "OUTPUT_CONTAINER": "output_container", "STYLES_CONTAINER": "styles_container"}
 AZD_TIMEOUT_S = 60
@@ -59,13 +60,13 @@ def add_connection_arguments(parser: argparse.ArgumentParser) -> None:
     group.add_argument("--connection-string", default=None, help="a storage connection string (UseDevelopmentStorage=true for Azurite)")
 
 
-def azd_values(folder: Path, run: Callable[..., subprocess.CompletedProcess] = subprocess.run) -> dict[str, str]:
+def azd_values(folder: Path) -> dict[str, str]:
     """``azd env get-values`` in ``folder`` as a dict; empty where there is no azd project or no azd."""
     azd = shutil.which("azd")
     if not azd or not (folder / "azure.yaml").is_file():
         return {}
     try:
-        done = run([azd, "env", "get-values"], cwd=folder, capture_output=True, text=True, timeout=AZD_TIMEOUT_S)
+        done = subprocess.run([azd, "env", "get-values"], cwd=folder, capture_output=True, text=True, timeout=AZD_TIMEOUT_S)
     except (OSError, subprocess.TimeoutExpired):
         return {}
     return parse_azd_values(done.stdout) if done.returncode == 0 else {}
@@ -92,6 +93,9 @@ def connect(args: argparse.Namespace, settings: Settings, environ: dict[str, str
             raise InvalidInputError("the storage connection string is not one (e.g. UseDevelopmentStorage=true)") from None
     values = azd_values(folder or Path.cwd())
     containers = {field: values[key] for key, field in AZD_CONTAINERS.items() if values.get(key)}
+    for name in containers.values():
+        if not CONTAINER_NAME.fullmatch(name):
+            raise InvalidInputError(f"azd's container name {shown(name)} is not a storage container name")
     settings = replace(settings, **containers)
     app_url = environ.get("STYLIZE_FUNCTION_APP_URL") or values.get("FUNCTION_APP_URL")
     account = args.account or values.get("DATA_STORAGE_ACCOUNT")
@@ -106,24 +110,6 @@ def connect(args: argparse.Namespace, settings: Settings, environ: dict[str, str
 
 
 # Submitting
-
-def upload_name(video: Path, name: str | None) -> str:
-    """The blob name of the upload: ``--name``, else the file's own name; checked as the trigger checks it."""
-    return check_blob_name(name or video.name, "upload name", UPLOAD_NAME_MAX_CHARS)
-
-
-def check_local_upload(video: Path, settings: Settings) -> int:
-    """The video's size, once it is a file the trigger would accept by extension and size (else InvalidInputError)."""
-    if not video.is_file():
-        raise InvalidInputError(f"{video.name}: no such file")
-    extension = video.suffix.lower()
-    if extension not in settings.allowed_extensions:
-        raise InvalidInputError(f"{video.name}: extension {extension or '(none)'} is not accepted (use {', '.join(settings.allowed_extensions)})")
-    size = video.stat().st_size
-    if not 0 < size <= settings.max_upload_bytes:
-        raise InvalidInputError(f"{video.name}: {size} bytes is not within 1..{settings.max_upload_bytes}")
-    return size
-
 
 def upload_style_picture(cloud: Cloud, picture: Path) -> str:
     """The picture, checked as the trigger will check it, in the styles container under a name from its content."""
@@ -144,8 +130,12 @@ def submit(cloud: Cloud, video: Path, name: str | None, style: str | None, style
     """Upload the video with the metadata the upload trigger reads; returns the job id the trigger will give it."""
     from gpu_job.styles import ARBITRARY, is_known_style
 
-    blob = upload_name(video, name)
-    check_local_upload(video, cloud.settings)
+    if not video.is_file():
+        raise InvalidInputError(f"{video.name}: no such file")
+    blob = name or video.name
+    problem = upload_problem(blob, video.stat().st_size, cloud.settings)
+    if problem:
+        raise InvalidInputError(problem)
     if style is not None and not is_known_style(style):
         raise InvalidInputError(f"unknown style {shown(style)} (`stylize styles` lists the names)")
     if strength is not None and not 0.0 <= strength <= 1.0:

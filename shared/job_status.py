@@ -22,6 +22,7 @@ STATUS_FOLDER = "status"
 STATUS_MAX_BYTES = 64 * 1024
 """A document holds counts, a few names and the last five errors: far below this."""
 MODELS_PREFIX = "score-models-"
+"""A many-models run's orchestration id is this and its window's run id."""
 ENDED = ("done", "failed", "refused")
 """Stages after which a document no longer changes."""
 
@@ -47,18 +48,15 @@ def output_names(input_blob: str, style: str, suffix: str = ".mp4") -> dict[str,
 
 def check_status_id(job_id: object) -> str:
     """A video job's id (``stylize-<hex>``) or a many-models run's (``score-models-<window>``); else UnsafeNameError."""
-    if isinstance(job_id, str) and job_id.startswith(MODELS_PREFIX):
-        try:
-            check_run_id(job_id[len(MODELS_PREFIX):])
-        except UnsafeNameError:
-            raise UnsafeNameError(f"job id {shown(job_id)} is not a video job's (stylize-<32 hex digits>) "
-                                  f"or a many-models run's (score-models-<window>)") from None
-        return job_id
     try:
-        return check_job_id(job_id)
+        if isinstance(job_id, str) and job_id.startswith(MODELS_PREFIX):
+            check_run_id(job_id[len(MODELS_PREFIX):])
+        else:
+            check_job_id(job_id)
     except UnsafeNameError:
         raise UnsafeNameError(f"job id {shown(job_id)} is not a video job's (stylize-<32 hex digits>) "
                               f"or a many-models run's (score-models-<window>)") from None
+    return job_id
 
 
 def status_blob(job_id: str) -> str:
