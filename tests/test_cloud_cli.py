@@ -35,6 +35,9 @@ def storage(on_azurite, azurite, monkeypatch):
     service, queues = on_azurite(LIMITS, (LIMITS.input_container, LIMITS.output_container, LIMITS.work_container, LIMITS.styles_container),
                                  (LIMITS.batch_queue, LIMITS.result_queue, LIMITS.poison_queue))
     monkeypatch.setenv("AZURE_STORAGE_CONNECTION_STRING", azurite)
+    output = service.get_container_client(LIMITS.output_container)
+    for blob in output.list_blobs(name_starts_with="status/"):  # no job left from another test
+        output.delete_blob(blob.name)
     yield service, queues
     LocalWorkers.stop_all()
 

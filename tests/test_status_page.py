@@ -41,8 +41,12 @@ def chromium():
 
 @pytest.fixture()
 def app_url(on_azurite):
-    """The page's functions on a loopback port, routed as the Functions host routes them."""
-    on_azurite(LIMITS, (LIMITS.output_container,), ())
+    """The page's functions on a loopback port, routed as the Functions host routes them (no status document left from
+    another test)."""
+    service, _ = on_azurite(LIMITS, (LIMITS.output_container,), ())
+    output = service.get_container_client(LIMITS.output_container)
+    for blob in output.list_blobs(name_starts_with="status/"):
+        output.delete_blob(blob.name)
 
     class Handler(BaseHTTPRequestHandler):
         def do_GET(self):  # noqa: N802 (the http.server name)
