@@ -94,6 +94,36 @@ def test_submit_prints_the_triggers_id_and_status_wait_follows_every_stage_then_
     assert capsys.readouterr().out.split("\t")[:5] == [job_id, "done", "100%", "identity", "trips/clip.mp4.identity.mp4"]
 
 
+def test_submit_wait_with_a_style_image_is_one_command_from_upload_to_outputs(storage, tmp_path, capsys, monkeypatch):
+    from PIL import Image
+
+    service, queues = storage
+    clip = make_clip(tmp_path / "clip.mp4", seconds=1, rate="25")
+    picture = tmp_path / "painting.png"
+    Image.new("RGB", (64, 48), (30, 90, 200)).save(picture)
+    client = ReplayClient(publisher=lambda document: publish_status(document, LIMITS))
+    hosts: list[durable_replay.Host] = []
+
+    def trigger_then_host_rounds(_seconds: float) -> None:  # the upload trigger fires at the first pause, then the host turns
+        if not hosts:
+            started = asyncio.run(start_job(service.get_blob_client(LIMITS.input_container, "clip.mp4"), client, LIMITS))
+            hosts.append(_host(client, started, queues))
+        hosts[0].round()
+
+    monkeypatch.setattr(cloud, "sleep", trigger_then_host_rounds)
+    out = tmp_path / "out"
+    assert main(["submit", str(clip), "--style-image", str(picture), "--wait", "--download", str(out), "--interval", "0"]) == 0
+    captured = capsys.readouterr()
+    job_id = captured.out.splitlines()[0]
+    (name, instance_id, job), = client.started
+    assert instance_id == job_id and job["style"] == "arbitrary"
+    stored = service.get_blob_client(LIMITS.styles_container, job["style_image"]).download_blob().readall()
+    assert stored == picture.read_bytes(), "the picture went to the styles container, named in the upload's metadata"
+    assert sorted(path.name for path in out.iterdir()) == ["clip.mp4.arbitrary.mp4", "clip.mp4.arbitrary.preview.png",
+                                                          "clip.mp4.arbitrary.report.json"]
+    assert frame_timestamps(out / "clip.mp4.arbitrary.mp4") == frame_timestamps(clip)
+
+
 def test_a_refused_upload_is_reported_in_one_line(storage, tmp_path, capsys):
     service, _ = storage
     clip = make_clip(tmp_path / "clip.mp4", seconds=1)
