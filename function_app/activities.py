@@ -94,7 +94,7 @@ def enqueue_batches(request: dict, limits: Settings = settings) -> int:
         message = BatchMessage(
             job_id=job["job_id"], batch=batch, attempt=item["attempt"], model=job["style"],
             segment=layout.segment(batch), styled=layout.styled(styled_name(batch.index, item["attempt"])),
-            precision=limits.precision, style_image=job.get("style_image"),
+            precision=limits.precision, style_image=job.get("style_image"), style_strength=job.get("style_strength", 1.0),
             preview_frames=preview_offsets(batch, request["frames"]),
         )
         queue.send_message(message.to_json())

@@ -18,6 +18,7 @@ from datetime import timedelta
 
 import azure.durable_functions as df
 
+from function_app.publish import status_update
 from shared.errors import public
 
 
@@ -47,6 +48,8 @@ class Work:
     """The ensure_workers activity's input for this many outstanding items."""
     status: Callable[[dict, list[str], dict], dict]
     """Custom status while collecting, from (done results by item, errors, workers)."""
+    about: dict
+    """The job's fixed facts for its status document (:func:`function_app.publish.status_update`)."""
     give_up: Callable[[Hashable, str], object] | None = None
     """The result to keep for an item that failed for good; None: such an item fails the work (:class:`ItemFailed`)."""
 
@@ -87,6 +90,13 @@ class _Inbox:
             self.take()
         return (yield task)  # completed: its result, or its failure raised here
 
+    def publish(self, status: dict):
+        """Set and publish the status (as :func:`function_app.publish.publish`, taking results meanwhile)."""
+        try:
+            yield from self.call(*status_update(self.context, self.work.about, status))
+        except Exception:  # a document not written is left for the next change
+            return
+
     def ensure_workers(self, outstanding: int):
         try:
             return (yield from self.call("ensure_workers", self.work.ensure_workers(outstanding)))
@@ -106,7 +116,7 @@ def collect(context: df.DurableOrchestrationContext, work: Work, progress: Progr
     inbox = _Inbox(context, work)
     yield from inbox.call(*work.submit(list(attempts), attempts))
     progress.workers = yield from inbox.ensure_workers(len(attempts))
-    context.set_custom_status(work.status(done, errors, progress.workers))
+    yield from inbox.publish(work.status(done, errors, progress.workers))
     deadline = context.create_timer(context.current_utc_datetime + timedelta(seconds=limits["timeout_s"]))
     check = context.create_timer(context.current_utc_datetime + timedelta(seconds=limits["worker_check_s"]))
     while len(done) < len(attempts):
@@ -117,7 +127,7 @@ def collect(context: df.DurableOrchestrationContext, work: Work, progress: Progr
                 inbox.take()
         if winner is check:
             progress.workers = yield from inbox.ensure_workers(len(attempts) - len(done))
-            context.set_custom_status(work.status(done, errors, progress.workers))
+            yield from inbox.publish(work.status(done, errors, progress.workers))
             check = context.create_timer(context.current_utc_datetime + timedelta(seconds=limits["worker_check_s"]))
             continue
         if winner is deadline:
@@ -133,7 +143,7 @@ def collect(context: df.DurableOrchestrationContext, work: Work, progress: Progr
                 continue
             if result.succeeded:
                 done[key] = result
-                context.set_custom_status(work.status(done, errors, progress.workers))
+                yield from inbox.publish(work.status(done, errors, progress.workers))
                 continue
             last_error[key] = public(f"{work.name(key)} attempt {result.attempt} failed: {result.error}")
             errors.append(last_error[key])
@@ -142,7 +152,7 @@ def collect(context: df.DurableOrchestrationContext, work: Work, progress: Progr
                     _cancel(deadline, check)
                     raise ItemFailed(public(f"{work.name(key)} failed: {result.error}"))
                 done[key] = result
-                context.set_custom_status(work.status(done, errors, progress.workers))
+                yield from inbox.publish(work.status(done, errors, progress.workers))
                 continue
             retry = [key]
         exhausted = [key for key in retry if attempts[key] >= limits["max_attempts"]]
@@ -157,7 +167,7 @@ def collect(context: df.DurableOrchestrationContext, work: Work, progress: Progr
                 attempts[key] += 1
             yield from inbox.call(*work.submit(retry, attempts))
             progress.workers = yield from inbox.ensure_workers(len(attempts) - len(done))
-        context.set_custom_status(work.status(done, errors, progress.workers))
+        yield from inbox.publish(work.status(done, errors, progress.workers))
         if winner is deadline and len(done) < len(attempts):
             deadline = context.create_timer(context.current_utc_datetime + timedelta(seconds=limits["timeout_s"]))
     _cancel(deadline, check)

@@ -27,9 +27,11 @@ from azure.core.exceptions import ResourceNotFoundError
 
 from function_app.batches import ACTIVE, deliver
 from function_app.fan_in import Progress, Work, WorkersUnavailable, collect, reason, workers_count
+from function_app.publish import publish
 from shared.config import Settings
 from shared.errors import InvalidInputError
 from shared.many_models.capture import capture_prefix, files_digest, files_list_text, window_files
+from shared.job_status import MODELS_PREFIX
 from shared.many_models.manifest import MANIFEST_MAX_BYTES, MANIFEST_NAME, Manifest
 from shared.many_models.run import finish_run, plan_pass
 from shared.many_models.run_state import INPUTS_DIR, PREDICTIONS_NAME, REPORT_NAME, SHARDS_DIR, RunState, write_text
@@ -42,7 +44,7 @@ settings = Settings.from_env()
 log = logging.getLogger(__name__)
 ORCHESTRATOR = "score_models_orchestrator"
 SHARD_RESULT_EVENT = "shard_result"
-INSTANCE_PREFIX = "score-models-"
+INSTANCE_PREFIX = MODELS_PREFIX
 PREDICTIONS_FOLDER = "predictions"
 ERROR_NAME = "error.json"
 HEADER_BYTES = 64 * 1024
@@ -143,6 +145,11 @@ def _status(stage: str, run: dict, plan: dict | None = None, done: dict | None =
     return status
 
 
+def about(run: dict) -> dict:
+    """The run's fixed facts in its status document."""
+    return {"job_id": instance_id_for(run["run_id"]), "kind": "models"}
+
+
 def shard_work(run: dict, plan: dict) -> Work:
     """The pass's shards for the fan-in: a shard that fails for good has its models failed, and the others go on."""
     specs = {spec["shard_id"]: spec for spec in plan["shards"]}
@@ -156,7 +163,8 @@ def shard_work(run: dict, plan: dict) -> Work:
     return Work(
         event=SHARD_RESULT_EVENT, parse=ShardResult.from_dict, key=lambda result: result.shard_id, name=lambda shard_id: shard_id,
         submit=lambda ids, attempts: ("enqueue_shards", {"shards": [{"shard": specs[i], "attempt": attempts[i]} for i in ids]}),
-        ensure_workers=lambda outstanding: {"outstanding": outstanding, "work": "shards"}, status=status, give_up=give_up)
+        ensure_workers=lambda outstanding: {"outstanding": outstanding, "work": "shards"}, status=status, about=about(run),
+        give_up=give_up)
 
 
 @bp.orchestration_trigger(context_name="context")
@@ -165,7 +173,7 @@ def score_models_orchestrator(context: df.DurableOrchestrationContext):
     limits = {"max_attempts": settings.max_attempts, "timeout_s": settings.shard_timeout_s,
               "worker_check_s": settings.worker_check_s, **run.get("limits", {})}
     began = context.current_utc_datetime
-    context.set_custom_status(_status("planning", run))
+    yield from publish(context, about(run), _status("planning", run))
     try:
         plan = yield context.call_activity("plan_model_run", run)
     except Exception as exc:
@@ -178,7 +186,7 @@ def score_models_orchestrator(context: df.DurableOrchestrationContext):
             yield from collect(context, shard_work(run, plan), progress, limits)
         except WorkersUnavailable as exc:  # publish what was scored; the models left are reported failed
             stopped = str(exc)
-    context.set_custom_status(_status("merging", run, plan, progress.done))
+    yield from publish(context, about(run), _status("merging", run, plan, progress.done))
     request = {"run": run, "results": [result.to_dict() for result in progress.done.values()], "error": stopped,
                "errors": progress.errors[-5:], "timings": {"plan": (planned - began).total_seconds(),
                                                           "score": (context.current_utc_datetime - planned).total_seconds()}}
@@ -186,13 +194,13 @@ def score_models_orchestrator(context: df.DurableOrchestrationContext):
         summary = yield context.call_activity("finish_model_run", request)
     except Exception as exc:
         return (yield from _fail(context, run, f"finish failed: {reason(exc)}"))
-    context.set_custom_status(_status("done", run, plan, progress.done, **summary))
+    yield from publish(context, about(run), _status("done", run, plan, progress.done, **summary))
     return summary
 
 
 def _fail(context: df.DurableOrchestrationContext, run: dict, why: str):
     report = yield context.call_activity("fail_model_run", {"run": run, "error": why})
-    context.set_custom_status(_status("failed", run, error=why, error_report=report))
+    yield from publish(context, about(run), _status("failed", run, error=why, error_report=report))
     raise RuntimeError(why)
 
 

@@ -12,6 +12,7 @@ from __future__ import annotations
 import azure.durable_functions as df
 
 from function_app.fan_in import ItemFailed, Progress, Work, WorkersUnavailable, collect, reason, workers_count
+from function_app.publish import publish
 from shared.config import Settings
 from shared.messages import BatchResult
 
@@ -27,6 +28,11 @@ def _status(stage: str, plan: dict | None = None, done: int = 0, frames_done: in
     return status
 
 
+def about(job: dict) -> dict:
+    """The video job's fixed facts in its status document."""
+    return {"job_id": job["job_id"], "kind": "video", "input": job.get("input_blob"), "style": job.get("style")}
+
+
 def batch_work(job: dict, plan: dict) -> Work:
     """The video's batches for the fan-in: a batch that fails for good fails the job."""
     by_index = {batch["index"]: batch for batch in plan["batches"]}
@@ -39,7 +45,7 @@ def batch_work(job: dict, plan: dict) -> Work:
         event=RESULT_EVENT, parse=BatchResult.from_dict, key=lambda result: result.batch, name=lambda index: f"batch {index}",
         submit=lambda indices, attempts: ("enqueue_batches", {"job": job, "frames": plan["frames"],
                                                                "batches": [{"batch": by_index[i], "attempt": attempts[i]} for i in indices]}),
-        ensure_workers=lambda outstanding: {"outstanding": outstanding}, status=status)
+        ensure_workers=lambda outstanding: {"outstanding": outstanding}, status=status, about=about(job))
 
 
 @bp.orchestration_trigger(context_name="context")
@@ -47,7 +53,7 @@ def stylize_orchestrator(context: df.DurableOrchestrationContext):
     job = context.get_input()
     limits = {"max_attempts": settings.max_attempts, "timeout_s": settings.batch_timeout_s,
               "worker_check_s": settings.worker_check_s, **job.get("limits", {})}
-    context.set_custom_status(_status("splitting"))
+    yield from publish(context, about(job), _status("splitting"))
     try:
         plan = yield context.call_activity("split_job", job)
     except Exception as exc:
@@ -60,7 +66,7 @@ def stylize_orchestrator(context: df.DurableOrchestrationContext):
         return (yield from _fail(context, job, plan, str(exc), progress.errors))
     done, errors = progress.done, progress.errors
     frames_done = sum(batch["frame_count"] for batch in plan["batches"])
-    context.set_custom_status(_status("stitching", plan, len(done), frames_done))
+    yield from publish(context, about(job), _status("stitching", plan, len(done), frames_done))
     done_by = {index: {"worker": result.worker, "model_loads": result.model_loads, "seconds": result.seconds, "styler": result.styler}
                for index, result in done.items()}
     request = {"job": job, "plan": plan, "attempts": progress.attempts, "errors": errors, "done_by": done_by}
@@ -68,11 +74,12 @@ def stylize_orchestrator(context: df.DurableOrchestrationContext):
         outputs = yield context.call_activity("stitch_job", request)
     except Exception as exc:
         return (yield from _fail(context, job, plan, f"stitch failed: {reason(exc)}", errors))
-    context.set_custom_status(_status("done", plan, len(done), frames_done, output=outputs["video"], preview=outputs["preview"], report=outputs["report"]))
+    yield from publish(context, about(job), _status("done", plan, len(done), frames_done, output=outputs["video"], preview=outputs["preview"],
+                                                   report=outputs["report"]))
     return outputs
 
 
 def _fail(context: df.DurableOrchestrationContext, job: dict, plan: dict | None, why: str, errors: list[str] | None = None):
     report = yield context.call_activity("report_failure", {"job": job, "error": why})
-    context.set_custom_status(_status("failed", plan, error=why, errors=(errors or [])[-5:], error_report=report))
+    yield from publish(context, about(job), _status("failed", plan, error=why, errors=(errors or [])[-5:], error_report=report))
     raise RuntimeError(why)

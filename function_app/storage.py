@@ -14,20 +14,9 @@ from azure.core.exceptions import ResourceNotFoundError
 from gpu_job.styles import STYLE_IMAGE_MAX_BYTES, check_style_image, is_known_style
 from shared.config import Settings
 from shared.errors import InvalidInputError, public
+from shared.job_status import output_names  # noqa: F401  (the activities and tests take it from here)
 from shared.names import UPLOAD_NAME_MAX_CHARS, UnsafeNameError, check_blob_name
 from shared.storage import blob_service, read_blob_within
-
-
-def output_names(input_blob: str, style: str, suffix: str = ".mp4") -> dict[str, str]:
-    """Output blob names for an input: ``holiday/trip.mov`` styled ``candy`` -> ``holiday/trip.mov.candy.mp4`` and friends.
-
-    The input's whole name is kept, so distinct inputs (``clip.mp4``, ``clip.mkv``) never write the same outputs; the
-    upload trigger bounds it and the style (:data:`shared.names.UPLOAD_NAME_MAX_CHARS`,
-    :data:`gpu_job.styles.STYLE_NAME_MAX_CHARS`), so every name stays under Azure's bound. ``suffix`` is the
-    container :func:`shared.containers.output_container` picked for the input's tracks.
-    """
-    base = f"{input_blob}.{style}"
-    return {"video": f"{base}{suffix}", "preview": f"{base}.preview.png", "report": f"{base}.report.json"}
 
 
 def error_report_name(input_blob: str, style: str) -> str:

@@ -2,9 +2,7 @@
 
 from __future__ import annotations
 
-import hashlib
 import logging
-import posixpath
 
 import azure.durable_functions as df
 import azurefunctions.extensions.bindings.blob as blob_binding
@@ -13,20 +11,19 @@ from azure.storage.blob import BlobClient
 from function_app.storage import blob_trigger_source, read_style_picture, write_error_report
 from gpu_job.styles import ARBITRARY, is_known_style
 from shared.config import Settings
-from shared.errors import InvalidInputError
+from shared.errors import InvalidInputError, public
+from shared.job_status import video_job_id as instance_id_for
+from shared.job_status import write_status
 from shared.names import UPLOAD_NAME_MAX_CHARS, UnsafeNameError, check_blob_name, shown
+from shared.storage import blob_service
+from shared.uploads import upload_problem
 
 bp = df.Blueprint()
 settings = Settings.from_env()
 log = logging.getLogger(__name__)
 STYLE_METADATA_KEY = "style"
 STYLE_IMAGE_METADATA_KEY = "style_image"
-
-
-def instance_id_for(blob_name: str, etag: str) -> str:
-    """Same blob and same content version -> same id, so a repeated event cannot start a second run."""
-    digest = hashlib.sha256(f"{blob_name}\n{etag.strip(chr(34))}".encode()).hexdigest()[:32]
-    return f"stylize-{digest}"
+STRENGTH_METADATA_KEY = "strength"
 
 
 def _metadata(metadata: dict[str, str], key: str) -> str | None:
@@ -48,22 +45,33 @@ def style_for(blob_name: str, metadata: dict[str, str], default: str) -> str:
     return default
 
 
+def style_strength(metadata: dict[str, str]) -> float:
+    """Metadata ``strength`` (0..1: how much of the style to apply; default 1), or a one-line InvalidInputError."""
+    raw = _metadata(metadata, STRENGTH_METADATA_KEY)
+    if raw is None:
+        return 1.0
+    try:
+        strength = float(raw) if len(raw) <= 32 else float("nan")
+    except ValueError:
+        strength = float("nan")
+    if not 0.0 <= strength <= 1.0:
+        raise InvalidInputError(f"metadata {STRENGTH_METADATA_KEY} {shown(raw, 32)} is not a number from 0 to 1")
+    return strength
+
+
+def _shown_if_unsafe(name: str) -> str:
+    try:
+        return check_blob_name(name, "upload name", UPLOAD_NAME_MAX_CHARS)
+    except UnsafeNameError:
+        return shown(name)
+
+
 def check_upload(blob_name: str, size: int, style: str, limits: Settings) -> str | None:
     """The reason to refuse an upload before any work, or None."""
-    try:
-        check_blob_name(blob_name, "upload name", UPLOAD_NAME_MAX_CHARS)
-    except UnsafeNameError as exc:
-        return str(exc)
-    extension = posixpath.splitext(blob_name)[1].lower()
-    if extension not in limits.allowed_extensions:
-        return f"{blob_name}: extension {extension or '(none)'} is not accepted (use {', '.join(limits.allowed_extensions)})"
-    if size <= 0:
-        return f"{blob_name}: empty file (0 bytes)"
-    if size > limits.max_upload_bytes:
-        return f"{blob_name}: {size} bytes is over the limit of {limits.max_upload_bytes}"
-    if not is_known_style(style):
+    problem = upload_problem(blob_name, size, limits)
+    if problem is None and not is_known_style(style):
         return f"{blob_name}: unknown style {shown(style)} (`stylize styles` lists the names)"
-    return None
+    return problem
 
 
 def check_style_image_blob(style: str, style_image: str | None, limits: Settings) -> str | None:
@@ -87,17 +95,24 @@ async def start_job(blob: BlobClient, client: df.DurableOrchestrationClient, lim
     style = style_for(name, metadata, limits.default_style)
     style_image = _metadata(metadata, STYLE_IMAGE_METADATA_KEY)
     problem = check_upload(name, properties.size, style, limits) or check_style_image_blob(style, style_image, limits)
+    try:
+        strength = style_strength(metadata)
+    except InvalidInputError as exc:
+        strength, problem = 1.0, problem or str(exc)
+    instance_id = instance_id_for(name, properties.etag)
     if problem:
         log.warning("upload refused: %s", problem)
-        write_error_report(limits, name, style, problem)
+        report = write_error_report(limits, name, style, problem, instance_id)
+        write_status(blob_service(limits), limits.output_container, instance_id,
+                     {"kind": "video", "stage": "refused", "input": _shown_if_unsafe(name), "style": style if is_known_style(style) else shown(style),
+                      "error": public(problem), "error_report": report})
         return None
-    instance_id = instance_id_for(name, properties.etag)
     existing = await client.get_status(instance_id)
     if existing and existing.runtime_status is not None:
         log.info("upload %s already has orchestration %s (%s); not starting another", name, instance_id, existing.runtime_status)
         return instance_id
     job = {"job_id": instance_id, "input_blob": name, "etag": properties.etag, "style": style, "size": properties.size,
-           "style_image": style_image}
+           "style_image": style_image, "style_strength": strength}
     await client.start_new("stylize_orchestrator", instance_id, job)
     log.info("started %s for %s (style %s)", instance_id, name, style)
     return instance_id

@@ -1,4 +1,4 @@
-"""``stylize``: style a whole video on this machine (CPU or a local GPU)."""
+"""``stylize``: style a whole video on this machine (CPU or a local GPU), or in the cloud (:mod:`runner.cloud`)."""
 
 from __future__ import annotations
 
@@ -6,6 +6,7 @@ import argparse
 import sys
 from pathlib import Path
 
+from runner import cloud
 from shared.config import Settings
 from shared.errors import InvalidInputError, PipelineError
 
@@ -35,6 +36,7 @@ def build_parser(settings: Settings) -> argparse.ArgumentParser:
     styles = commands.add_parser("styles", help="list every name --model accepts (name first), or draw them all on one frame")
     styles.add_argument("--sheet", nargs=2, type=Path, metavar=("FRAME_OR_VIDEO", "OUT.png"), default=None,
                         help="render every built-in style on a picture or a video's middle frame into one PNG")
+    cloud.add_commands(commands, settings)
     return parser
 
 
@@ -63,6 +65,8 @@ def main(argv: list[str] | None = None) -> int:
     try:
         if args.command == "styles":
             return list_styles(args)
+        if args.command in ("submit", "status", "jobs"):
+            return cloud.run_command(args, settings)
         report, request = _run(args, settings)
     except InvalidInputError as exc:
         print(f"stylize: error: {exc}", file=sys.stderr)

@@ -15,6 +15,7 @@ from pathlib import Path
 from tqdm import tqdm
 
 from gpu_job.command import worker_command
+from runner import cloud
 from runner.pool import Launcher, Outcome, WorkerPool, launch_worker
 from shared.atomic import atomic_path
 from shared.config import Settings
@@ -55,6 +56,7 @@ def build_parser() -> argparse.ArgumentParser:
     send.add_argument("--hub", required=True, help="the Event Hub's name")
     send.add_argument("--rate", type=float, default=0, help="readings a second (default: no limit)")
     send.add_argument("--keys", default=",".join(DEFAULT_KEY_COLUMNS), help="key columns (default: %(default)s)")
+    cloud.add_models_submit(commands)
     return parser
 
 
@@ -145,10 +147,15 @@ def main(argv: list[str] | None = None) -> int:
             from runner.send_readings import send_to_hub
 
             return send_to_hub(args.data, args.namespace, args.hub, parse_key_columns(args.keys), args.rate)
+        if args.command == "submit":
+            return cloud.run_models_submit(args, settings)
         return run(args, settings)
-    except PipelineError as exc:
+    except InvalidInputError as exc:
         print(f"score-models: error: {exc}", file=sys.stderr)
         return 2
+    except PipelineError as exc:
+        print(f"score-models: {'failed' if args.command == 'submit' else 'error'}: {exc}", file=sys.stderr)
+        return 1 if args.command == "submit" else 2
     except KeyboardInterrupt:
         print("score-models: interrupted; finished shards are kept, a re-run goes on from them", file=sys.stderr)
         return 130

@@ -49,9 +49,18 @@ def orchestrator_function(name: str):
     return functions[name].build().get_user_function().orchestrator_function
 
 
+PUBLISH_ACTIVITY = "publish_status"
+
+
 class Replay:
-    def __init__(self, orchestrator_fn, job: dict, instance_id: str = "job-1", name: str = "stylize_orchestrator") -> None:
+    """One orchestration. Its ``publish_status`` activities (the job's status document) are run at once, as the host
+    would, by ``publisher`` (by default only kept, in order, in :attr:`published`), and not returned by :meth:`step`."""
+
+    def __init__(self, orchestrator_fn, job: dict, instance_id: str = "job-1", name: str = "stylize_orchestrator",
+                 publisher: Callable[[dict], object] | None = None) -> None:
         self.fn, self.instance_id, self.job, self.name = orchestrator_fn, instance_id, job, name
+        self.publisher = publisher
+        self.published: list[dict] = []
         self.clock = datetime(2026, 1, 1, tzinfo=timezone.utc)
         self.history: list[dict] = []
         self.actions: list[dict] = []
@@ -63,7 +72,17 @@ class Replay:
         self.history.append({"EventType": kind, "EventId": -1, "IsPlayed": False, "Timestamp": self.clock.isoformat(), **fields})
 
     def step(self) -> list[dict]:
-        """Replay, record the actions scheduled this time, and return the activities and timers among them."""
+        """Replay, record the actions scheduled this time, and return the activities and timers among them (the
+        status documents published meanwhile aside)."""
+        new = self._step()
+        while publishing := [action for action in new if action.get("functionName") == PUBLISH_ACTIVITY]:
+            for action in publishing:
+                self.published.append(action["input"])
+                self.complete(action, self.publisher(action["input"]) if self.publisher else None)
+            new = [action for action in new if action not in publishing] + self._step()
+        return new
+
+    def _step(self) -> list[dict]:
         context = DurableOrchestrationContext.from_json(json.dumps({
             "history": self.history, "instanceId": self.instance_id, "isReplaying": False, "parentInstanceId": None,
             "input": self.job, "upperSchemaVersion": REPLAY_SCHEMA_V2,
@@ -135,13 +154,14 @@ class Replay:
 class ReplayClient:
     """The parts of ``DurableOrchestrationClient`` the app uses, answered from a :class:`Replay`."""
 
-    def __init__(self) -> None:
+    def __init__(self, publisher: Callable[[dict], object] | None = None) -> None:
         self.replays: dict[str, Replay] = {}
         self.started: list[tuple[str, str, dict]] = []
+        self.publisher = publisher
 
     async def start_new(self, name: str, instance_id: str, client_input: dict) -> str:
         self.started.append((name, instance_id, client_input))
-        self.replays[instance_id] = Replay(orchestrator_function(name), client_input, instance_id, name)
+        self.replays[instance_id] = Replay(orchestrator_function(name), client_input, instance_id, name, self.publisher)
         return instance_id
 
     async def get_status(self, instance_id: str):
@@ -178,6 +198,7 @@ class Host:
         self.timers: list[dict] = []
         self.delivered: list = []
         self.called: list[dict] = []
+        self.quiet_since = time.monotonic()
 
     def step(self) -> None:
         for action in self.replay.step():
@@ -200,22 +221,29 @@ class Host:
 
     def until_done(self, timeout_s: float = 180, on_round=None) -> None:
         deadline = time.monotonic() + timeout_s
-        quiet_since = time.monotonic()
+        self.quiet_since = time.monotonic()
         while time.monotonic() < deadline:
-            self.step()
-            if self.replay.done:
+            if self.round(on_round):
                 return
-            if on_round:
-                on_round()
-            if self.deliver():
-                quiet_since = time.monotonic()
-                continue
-            if time.monotonic() - quiet_since > self.stall_s and self.timers:
-                # The earliest pending timer is the worker check (its period is far below the deadline).
-                timer = min(self.timers, key=lambda action: action["fireAt"])
-                self.timers.remove(timer)
-                self.replay.fire_timer(timer)
-                quiet_since = time.monotonic()
-                continue
-            time.sleep(0.1)
         pytest.fail(f"orchestration did not finish: {self.replay.custom_status}")
+
+    def round(self, on_round=None) -> bool:
+        """One turn of the host: step the orchestration, deliver its results, or fire its earliest timer once nothing has
+        happened for ``stall_s``; True once the orchestration is done."""
+        self.step()
+        if self.replay.done:
+            return True
+        if on_round:
+            on_round()
+        if self.deliver():
+            self.quiet_since = time.monotonic()
+            return False
+        if time.monotonic() - self.quiet_since > self.stall_s and self.timers:
+            # The earliest pending timer is the worker check (its period is far below the deadline).
+            timer = min(self.timers, key=lambda action: action["fireAt"])
+            self.timers.remove(timer)
+            self.replay.fire_timer(timer)
+            self.quiet_since = time.monotonic()
+            return False
+        time.sleep(0.1)
+        return False

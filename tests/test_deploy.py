@@ -978,5 +978,6 @@ def test_function_package_runs_without_what_funcignore_leaves_out(tmp_path):
             "print(len(stylize_functions.app.get_functions()))")
     run = subprocess.run([sys.executable, "-c", code, str(package)], capture_output=True, text=True, cwd=package, timeout=120)
     assert run.returncode == 0, run.stderr[-2000:]
-    assert int(run.stdout.strip()) == 17, ("video: upload, orchestrator, five activities, batch results, status; many models: "
-                                           "timer, backfill, orchestrator, four activities, shard results")
+    assert int(run.stdout.strip()) == 21, ("video: upload, orchestrator, five activities, batch results, status; many models: "
+                                           "timer, backfill, orchestrator, four activities, shard results; both: publish_status, "
+                                           "the status page's three routes")

@@ -63,9 +63,11 @@ def test_binding_metadata(app_functions):
     assert bindings["on_batch_result"]["queueTrigger"].queue_name == "batch-results"
     assert "orchestrationTrigger" in bindings["stylize_orchestrator"]
     assert {"split_job", "enqueue_batches", "ensure_workers", "stitch_job", "report_failure",
-            "plan_model_run", "enqueue_shards", "finish_model_run", "fail_model_run"} == {
+            "plan_model_run", "enqueue_shards", "finish_model_run", "fail_model_run", "publish_status"} == {
         n for n, b in bindings.items() if "activityTrigger" in b}
     assert bindings["job_status"]["httpTrigger"].route == "jobs/{job_id}"
+    assert [bindings[name]["httpTrigger"].route for name in ("view_jobs", "view_job", "job_file")] == [
+        "jobs/view", "jobs/{job_id}/view", "jobs/{job_id}/files/{kind}"]
     assert bindings["on_shard_result"]["queueTrigger"].queue_name == "shard-results"
     assert bindings["start_model_run"]["httpTrigger"].route == "models/runs" and [str(m.value) for m in bindings["start_model_run"]["httpTrigger"].methods] == ["POST"]
     assert "orchestrationTrigger" in bindings["score_models_orchestrator"]
