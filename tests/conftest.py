@@ -125,3 +125,29 @@ def on_azurite(azurite, monkeypatch):
         return service, clients
 
     return prepare
+
+
+@pytest.fixture()
+def models_on_azurite(on_azurite, generated):
+    """A function that readies Azurite for a many-models run under ``settings``: its containers emptied (leases
+    broken), the generated models uploaded, its shard queues empty; it returns the blob service and the queues. Shard
+    workers started meanwhile are stopped afterwards."""
+    from azure.storage.blob import BlobLeaseClient
+
+    from function_app.compute import LocalWorkers
+
+    def prepare(settings):
+        containers = (settings.sensor_data_container, settings.models_container, settings.work_container, settings.output_container)
+        service, queues = on_azurite(settings, containers, (settings.shard_queue, settings.shard_result_queue, settings.shard_poison_queue))
+        for container in containers:
+            client = service.get_container_client(container)
+            for blob in client.list_blobs():
+                if blob.lease.status == "locked":
+                    BlobLeaseClient(client.get_blob_client(blob.name)).break_lease(lease_break_period=0)
+                client.delete_blob(blob.name)
+        for path in (generated / "models").iterdir():
+            service.get_blob_client(settings.models_container, path.name).upload_blob(path.read_bytes(), overwrite=True)
+        return service, queues
+
+    yield prepare
+    LocalWorkers.stop_all()

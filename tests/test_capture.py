@@ -16,14 +16,13 @@ import fastavro
 import pandas as pd
 import pytest
 from azure.functions.timer import TimerRequest
-from azure.storage.blob import BlobLeaseClient, ContainerClient
+from azure.storage.blob import ContainerClient
 
 import durable_replay
 from durable_replay import ReplayClient
 from durable_replay import user_function as _user
 from function_app import many_models
 from function_app.activities import ACTIVITIES as VIDEO_ACTIVITIES
-from function_app.compute import LocalWorkers
 from function_app.many_models import ACTIVITIES, on_models_schedule, on_shard_result, start_run
 from gpu_job.shard_work import ShardWork
 from runner.score_models import main
@@ -147,20 +146,9 @@ def test_a_malformed_event_fails_its_file_in_one_line(tmp_path, body, reason):
 # On Azurite, through the orchestration
 
 @pytest.fixture()
-def storage(on_azurite, generated, monkeypatch):
+def storage(models_on_azurite):
     """Azurite with the models uploaded, no readings, empty queues, and no run left from another test."""
-    containers = (LIMITS.sensor_data_container, LIMITS.models_container, LIMITS.work_container, LIMITS.output_container)
-    service, queues = on_azurite(LIMITS, containers, (LIMITS.shard_queue, LIMITS.shard_result_queue, LIMITS.shard_poison_queue))
-    for container in containers:
-        client = service.get_container_client(container)
-        for blob in client.list_blobs():
-            if blob.lease.status == "locked":
-                BlobLeaseClient(client.get_blob_client(blob.name)).break_lease(lease_break_period=0)
-            client.delete_blob(blob.name)
-    for path in (generated / "models").iterdir():
-        service.get_blob_client(LIMITS.models_container, path.name).upload_blob(path.read_bytes(), overwrite=True)
-    yield service, queues
-    LocalWorkers.stop_all()
+    return models_on_azurite(LIMITS)
 
 
 def _upload(service, files: dict[str, bytes]) -> None:

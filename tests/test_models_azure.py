@@ -16,7 +16,7 @@ import azure.functions as func
 import pandas as pd
 import pytest
 from azure.functions.timer import TimerRequest
-from azure.storage.blob import BlobLeaseClient, BlobServiceClient, ContainerSasPermissions, generate_container_sas
+from azure.storage.blob import BlobServiceClient, ContainerSasPermissions, generate_container_sas
 
 import durable_replay
 from durable_replay import ReplayClient
@@ -47,23 +47,13 @@ def run(coroutine):
 
 
 @pytest.fixture()
-def storage(on_azurite, generated, monkeypatch):
+def storage(models_on_azurite, generated, monkeypatch):
     """Azurite with the readings and models uploaded, empty queues, and no run left from another test."""
-    containers = (LIMITS.sensor_data_container, LIMITS.models_container, LIMITS.work_container, LIMITS.output_container)
-    service, queues = on_azurite(LIMITS, containers, (LIMITS.shard_queue, LIMITS.shard_result_queue, LIMITS.shard_poison_queue))
-    for container in containers:
-        client = service.get_container_client(container)
-        for blob in client.list_blobs():
-            if blob.lease.status == "locked":
-                BlobLeaseClient(client.get_blob_client(blob.name)).break_lease(lease_break_period=0)
-            client.delete_blob(blob.name)
+    service, queues = models_on_azurite(LIMITS)
     service.get_blob_client(LIMITS.sensor_data_container, LIMITS.sensor_data_blob).upload_blob(
         (generated / "sensor_data.csv").read_bytes(), overwrite=True)
-    for path in (generated / "models").iterdir():
-        service.get_blob_client(LIMITS.models_container, path.name).upload_blob(path.read_bytes(), overwrite=True)
     monkeypatch.setattr(many_models, "utc_now", lambda: FIRED_AT)
-    yield service, queues
-    LocalWorkers.stop_all()
+    return service, queues
 
 
 def _host(client: ReplayClient, instance_id: str, queues: dict) -> durable_replay.Host:
