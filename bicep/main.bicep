@@ -45,8 +45,8 @@ param cpuLowPriority bool = false
 @description('Seconds a CPU node stays idle before the cluster scales it down (to 0 nodes in the end).')
 param cpuIdleSecondsBeforeScaleDown int = 120
 
-@description('When the many-models run starts (NCRONTAB, UTC); each run scores the window that just ended (STYLIZE_MODELS_WINDOW_S long).')
-param modelsSchedule string = '0 0 * * * *'
+@description('When the many-models run starts (NCRONTAB, UTC); each run scores the last window (STYLIZE_MODELS_WINDOW_S long) that ended at least a Capture interval and a minute before: ten past the hour scores the hour before.')
+param modelsSchedule string = '0 10 * * * *'
 
 @minValue(1)
 @description('Length in seconds of the window a scheduled many-models run scores; match it to modelsSchedule.')

@@ -18,7 +18,7 @@ import json
 import logging
 import time
 from dataclasses import replace
-from datetime import datetime, timezone
+from datetime import datetime, timedelta, timezone
 from urllib.parse import quote, urlsplit
 
 import azure.durable_functions as df
@@ -80,8 +80,10 @@ async def start_run(client: df.DurableOrchestrationClient, window: Window, again
 @bp.timer_trigger(arg_name="timer", schedule="%STYLIZE_MODELS_SCHEDULE%", use_monitor=True)
 @bp.durable_client_input(client_name="client")
 async def on_models_schedule(timer: func.TimerRequest, client: df.DurableOrchestrationClient) -> None:
-    """The window that just ended; a late or repeated firing in the same period gets the same window, and starts nothing."""
-    await start_run(client, Window.ending_at(utc_now(), settings.models_window_s), again=False)
+    """The last window that ended at least ``models_lag_s`` ago (with Capture, the files of its last interval are then
+    written); a late or repeated firing in the same period gets the same window, and starts nothing."""
+    moment = utc_now() - timedelta(seconds=settings.models_lag_s)
+    await start_run(client, Window.ending_at(moment, settings.models_window_s), again=False)
 
 
 def _json_response(body: dict, status_code: int, headers: dict | None = None) -> func.HttpResponse:

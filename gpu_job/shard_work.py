@@ -96,11 +96,11 @@ class ShardWork:
         while (item := feed.next()) is not None:
             item.answer(self.queued(item.message, item.delivery))
 
-    def _score(self, spec: ShardSpec) -> ShardResult:
+    def _score(self, spec: ShardSpec, data_shown_as: str | None = None) -> ShardResult:
         from shared.many_models.scoring import score_shard
 
         try:
-            return score_shard(spec)
+            return score_shard(spec, data_shown_as)
         except Exception as exc:  # reported to whoever sent the shard, which decides about retrying
             return ShardResult.all_failed(spec, one_line(exc), retryable=not isinstance(exc, InvalidInputError), worker=self.name)
 
@@ -167,7 +167,8 @@ class ShardWork:
             except ResourceNotFoundError:
                 return self.failure(spec, f"no {posixpath.join(s.models_container, spec.models_dir, MANIFEST_NAME)}", delivery)
             with tempfile.TemporaryDirectory(prefix="shard-") as scratch:
-                result = self._score(replace(spec, data=str(data), models_dir=str(models), out_dir=scratch))
+                shown = f"{s.sensor_data_container}/{spec.data if not s.sensor_capture_path else 'Capture files of ' + spec.window.run_id}"
+                result = self._score(replace(spec, data=str(data), models_dir=str(models), out_dir=scratch), shown)
                 if result.predictions:
                     upload_file(self.blobs, s.work_container, posixpath.join(spec.out_dir, result.predictions),
                                 Path(scratch) / result.predictions, {"run_id": spec.run_id})

@@ -143,6 +143,12 @@ class Settings:
         return env
 
     @property
+    def models_lag_s(self) -> int:
+        """How long after a window's end the timer waits before it scores it: with Capture, until the file of the
+        window's last interval is closed and written (its interval, and a minute's margin); none for a static CSV."""
+        return self.capture_interval_s + 60 if self.sensor_capture_path else 0
+
+    @property
     def poison_queue(self) -> str:
         """Where batch messages that keep killing their workers end (the Functions ``-poison`` convention)."""
         return f"{self.batch_queue}-poison"

@@ -28,7 +28,8 @@ from gpu_job.shard_work import ShardWork
 from runner.score_models import main
 from shared.config import Settings
 from shared.errors import InvalidInputError
-from shared.many_models.capture import read_capture_file
+from shared.many_models.capture import in_range, parse_files_list, read_capture_file, time_range
+from shared.many_models.readings import EVENTS_REJECTED, read_readings
 from shared.many_models.schema import Window
 from shared.many_models.shards import ShardResult
 from shared.messages import MessageError
@@ -124,23 +125,74 @@ def test_a_capture_folder_scores_like_the_same_readings_in_one_csv(generated, tm
     pd.testing.assert_frame_equal(left, right)
 
 
+GOOD_EVENT = json.dumps({"TS": "2018-08-29T01:00:00", "Device": 1, "Sensor": 2, "Value": 1.5}).encode()
+
+
 @pytest.mark.parametrize("body, reason", [
-    (b"{not json", "event 0 is not a reading"),
-    (json.dumps({"TS": "2018-08-29 01:00:00", "Device": 1, "Sensor": 2}).encode(), "Value must be a number"),
+    (b"{not json", "event 1: not a reading"),
+    (json.dumps({"TS": "2018-08-29 01:00:00", "Device": 1, "Sensor": 2}).encode(), "Value must be a finite number"),
+    (b'{"TS": "2018-08-29 01:00:00", "Device": 1, "Sensor": 2, "Value": NaN}', "NaN is not a number"),
+    (b'{"TS": "2018-08-29 01:00:00", "Device": 1, "Sensor": 2, "Value": 1e999}', "Value must be a finite number"),
     (json.dumps([{"TS": "2018-08-29 01:00:00", "Device": True, "Sensor": 2, "Value": 1.0}]).encode(), "Device must be"),
-    (b"[" * 100_000 + b"]" * 100_000, "event 0 is not a reading"),
+    (b"[" * 100_000 + b"]" * 100_000, "event 1: not a reading"),
     (json.dumps({"TS": "yesterday", "Device": 1, "Sensor": 2, "Value": 1.0}).encode(), "TS 'yesterday' is not an ISO 8601 time"),
+    (None, "event 1: no Body"),
 ])
-def test_a_malformed_event_fails_its_file_in_one_line(tmp_path, body, reason):
+def test_a_malformed_event_is_skipped_and_counted_and_its_neighbours_read(tmp_path, body, reason):
+    """Anyone holding Data Sender can send a bad event, and a Capture file never changes: one bad event must not fail
+    every window that reads its file."""
     path = tmp_path / "00.avro"
-    path.write_bytes(capture_bytes([body], datetime(2018, 8, 29, 1)))
-    with pytest.raises(InvalidInputError) as caught:
-        read_capture_file(path, ("Device", "Sensor"), "ns/hub/0/2018/08/29/01/00/00.avro")
-    message = str(caught.value)
-    assert reason in message and "\n" not in message and str(tmp_path) not in message and len(message) < 300
+    path.write_bytes(capture_bytes([GOOD_EVENT, body, GOOD_EVENT], datetime(2018, 8, 29, 1)))
+    rows, rejected = read_capture_file(path, ("Device", "Sensor"), "ns/hub/0/2018/08/29/01/00/00.avro")
+    assert rows == [["2018-08-29T01:00:00", "1", "2", 1.5]] * 2
+    (line,) = rejected
+    assert line.startswith("ns/hub/0/2018/08/29/01/00/00.avro: event 1") and reason in line, line
+    assert "\n" not in line and str(tmp_path) not in line and len(line) < 300
+
+
+def test_a_damaged_capture_file_fails_in_one_line(tmp_path):
+    path = tmp_path / "00.avro"
     path.write_bytes(b"Obj\x01 not really avro")
-    with pytest.raises(InvalidInputError, match="not a readable Avro file"):
+    with pytest.raises(InvalidInputError, match="^ns/hub/0/2018/08/29/01/00/00.avro: not a readable Avro file"):
         read_capture_file(path, ("Device", "Sensor"), "ns/hub/0/2018/08/29/01/00/00.avro")
+
+
+def test_event_times_with_offsets_are_read_in_utc_and_rejected_events_reach_the_count(tmp_path):
+    folder = tmp_path / "capture" / HUB / "0" / "2018" / "08" / "29" / "01" / "00"
+    folder.mkdir(parents=True)
+    bodies = [json.dumps({"TS": "2018-08-29T03:00:01+02:00", "Device": 1, "Sensor": 2, "Value": 1.0}).encode(),
+              json.dumps({"TS": "2018-08-29T01:00:02", "Device": 1, "Sensor": 2, "Value": 2.0}).encode(), b"{not json"]
+    (folder / "00.avro").write_bytes(capture_bytes(bodies, datetime(2018, 8, 29, 1)))
+    frame = read_readings(tmp_path / "capture", ("Device", "Sensor"), HOUR, "the readings")
+    assert list(frame["TS"]) == ["2018-08-29T01:00:01", "2018-08-29T01:00:02"]
+    assert frame.attrs[EVENTS_REJECTED] == 1
+
+
+def test_a_reading_enqueued_just_before_its_time_by_a_fast_clock_is_in_its_windows_files():
+    prefix = HUB + "/"
+    first, last = time_range(HOUR, 300, 3600)
+    assert in_range(f"{prefix}0/2018/08/29/00/55/00.avro", prefix, first, last), "TS 01:00:01 enqueued at 00:59:59"
+    assert not in_range(f"{prefix}0/2018/08/29/00/50/00.avro", prefix, first, last)
+
+
+def test_a_list_of_capture_files_is_checked_name_by_name():
+    prefix, where = HUB + "/", "runs/x/inputs/y.json"
+    good = [f"{prefix}0/2018/08/29/01/05/00.avro", "etag"]
+    assert parse_files_list(json.dumps([good]).encode(), prefix, HOUR, 300, 3600, where)[0].name == good[0]
+    for bad in (f"{prefix}0/2018/08/29/../../../x.avro", f"{prefix}0/2018/08/30/01/05/00.avro", "videos-in/clip.mp4",
+                f"other-ns/readings/0/2018/08/29/01/05/00.avro"):
+        with pytest.raises(InvalidInputError, match="^runs/x/inputs/y.json: "):
+            parse_files_list(json.dumps([[bad, "etag"]]).encode(), prefix, HOUR, 300, 3600, where)
+
+
+def test_the_timer_waits_until_capture_has_written_the_windows_last_file(monkeypatch):
+    monkeypatch.setattr(many_models, "settings", replace(many_models.settings, sensor_capture_path=HUB, capture_interval_s=300))
+    for fired, window in ((datetime(2018, 8, 29, 2, 0, 7, tzinfo=timezone.utc), "20180829T000000--20180829T010000"),
+                          (datetime(2018, 8, 29, 2, 10, 7, tzinfo=timezone.utc), HOUR.run_id)):
+        monkeypatch.setattr(many_models, "utc_now", lambda fired=fired: fired)
+        client = ReplayClient()
+        asyncio.run(_user(on_models_schedule)(TimerRequest(), client))
+        assert [instance_id for _, instance_id, _ in client.started] == [f"score-models-{window}"], fired
 
 
 # On Azurite, through the orchestration
@@ -192,7 +244,16 @@ def test_a_window_scores_its_capture_files_across_partitions_once_and_a_late_fil
             listed_prefixes.append(name_starts_with)
         return list_blobs(self, name_starts_with=name_starts_with, **kwargs)
 
+    walked = []
+    walk_blobs = ContainerClient.walk_blobs
+
+    def recording_walk(self, name_starts_with=None, **kwargs):
+        if self.container_name == LIMITS.sensor_data_container:
+            walked.append((name_starts_with, kwargs.get("delimiter")))
+        return walk_blobs(self, name_starts_with=name_starts_with, **kwargs)
+
     monkeypatch.setattr(ContainerClient, "list_blobs", recording)
+    monkeypatch.setattr(ContainerClient, "walk_blobs", recording_walk)
     monkeypatch.setattr(many_models, "utc_now", lambda: FIRED_AT)
     client = ReplayClient()
     asyncio.run(_user(on_models_schedule)(TimerRequest(), client))  # the hourly firing for 01:00-02:00
@@ -205,9 +266,10 @@ def test_a_window_scores_its_capture_files_across_partitions_once_and_a_late_fil
     listed = [name for name, _ in json.loads(work.download_blob(listing).readall())]
     assert not set(far) & set(listed)
     times = [datetime.strptime(name.split("/", 3)[3].removesuffix(".avro"), "%Y/%m/%d/%H/%M/%S") for name in listed]
-    assert min(times) > HOUR.start - timedelta(minutes=5) and max(times) < HOUR.end + timedelta(hours=1)
+    assert min(times) > HOUR.start - timedelta(minutes=6) and max(times) < HOUR.end + timedelta(hours=1)
     assert {name.split("/")[2] for name in listed} == {"0", "1", "2"}, "every partition"
     hours = {f"{HUB}/{p}/2018/08/29/{hour:02d}/" for p in range(3) for hour in (0, 1, 2)}  # 00:55 to 03:00
+    assert walked == [(f"{HUB}/", "/")], "the partition folders alone are walked, one level deep"
     assert set(listed_prefixes) == hours, \
         "only the hour folders of the window's time range are listed, never the whole history"
 
@@ -268,7 +330,8 @@ def test_the_sender_packs_every_reading_once_into_real_batches_at_its_rate(gener
     path = tmp_path / "00.avro"
     path.write_bytes(capture_bytes([event.body_as_str().encode() for batch in producer.sent for event in batch._internal_events],
                                    datetime(2018, 8, 28, 23)))
-    assert len(read_capture_file(path, ("Device", "Sensor"), "x")) == 500
+    rows, rejected = read_capture_file(path, ("Device", "Sensor"), "x")
+    assert len(rows) == 500 and rejected == []
 
 
 def test_score_models_send_refuses_a_bad_rate_in_one_line(generated, capsys):

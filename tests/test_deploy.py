@@ -363,11 +363,11 @@ def test_the_schedule_is_an_app_setting_the_timer_reads_hourly_by_default(app_fu
     assert timer.schedule == "%STYLIZE_MODELS_SCHEDULE%"
     stylize = _module("modules/function-app.bicep")["body"]["params"]["stylizeSettings"]
     assert _expr(stylize["STYLIZE_MODELS_SCHEDULE"]) == "modelsSchedule"
-    assert _main()["params"]["modelsSchedule"]["default"] == "0 0 * * * *", "NCRONTAB (with seconds): on the hour"
+    assert _main()["params"]["modelsSchedule"]["default"] == "0 10 * * * *", "NCRONTAB (with seconds): ten past the hour, once Capture wrote the hour's last file"
     assert _expr(stylize["STYLIZE_MODELS_WINDOW_S"]) == "string(modelsWindowSeconds)"
     assert _main()["params"]["modelsWindowSeconds"]["default"] == Settings().models_window_s == 3600
     sample = json.loads((ROOT / "local.settings.sample.json").read_text())["Values"]
-    assert sample["STYLIZE_MODELS_SCHEDULE"] == "0 0 * * * *", "func start needs it too: the host resolves it"
+    assert sample["STYLIZE_MODELS_SCHEDULE"] == "0 10 * * * *", "func start needs it too: the host resolves it"
 
 
 # Who may touch what: every role assignment, evaluated from the parse tree of rbac.bicep and the

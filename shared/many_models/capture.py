@@ -15,10 +15,12 @@ from __future__ import annotations
 
 import hashlib
 import json
+import logging
+import math
 import os
 import re
 from dataclasses import dataclass
-from datetime import datetime, timedelta
+from datetime import datetime, timedelta, timezone
 from itertools import islice
 from pathlib import Path
 
@@ -26,11 +28,17 @@ from shared.errors import InvalidInputError
 from shared.many_models.schema import TS_COLUMN, VALUE_COLUMN, Window
 from shared.names import check_blob_name, shown
 
+log = logging.getLogger(__name__)
 CAPTURE_SUFFIX = ".avro"
 CAPTURE_FILE_MAX_BYTES = 512 * 1024**2
 """Capture closes a file at its size window (at most 500 MiB): a bigger one is no Capture file."""
 BODY_MAX_BYTES = 1024**2
-"""An event holds at most 1 MiB (Premium and Dedicated tiers; 256 KiB on Standard)."""
+"""An event holds at most 1 MiB (Standard, Premium and Dedicated; Basic, which has no Capture, 256 KiB)."""
+CLOCK_SKEW_S = 60
+"""A reading may be enqueued this long before its own ``TS`` (a sensor whose clock runs a little fast): the files a
+window reads start this much earlier."""
+REJECTED_SHOWN = 5
+"""Rejected events named in the log, of each file (all are counted)."""
 PARTITIONS_MAX = 2048
 """Event Hubs' most partitions per hub (Dedicated): a listing with more partition folders is refused."""
 FILES_MAX = 20_000
@@ -66,10 +74,10 @@ def file_time(name: str, prefix: str) -> datetime | None:
 
 def time_range(window: Window, interval_s: int, late_s: int) -> tuple[datetime, datetime]:
     """Files whose interval began in ``(first, last)`` can hold readings of the window: the interval ends after the
-    window starts, and began before the window's end plus ``late_s``."""
+    window starts (less :data:`CLOCK_SKEW_S`), and began before the window's end plus ``late_s``."""
     if window.start is None or window.end is None:
         raise InvalidInputError("a window read from Event Hubs Capture files needs a start and an end")
-    return window.start - timedelta(seconds=interval_s), window.end + timedelta(seconds=late_s)
+    return window.start - timedelta(seconds=interval_s + CLOCK_SKEW_S), window.end + timedelta(seconds=late_s)
 
 
 def in_range(name: str, prefix: str, first: datetime, last: datetime) -> bool:
@@ -139,18 +147,23 @@ def _reading(item: object, key_columns: tuple[str, ...]) -> list[str | float]:
             raise ValueError(f"{column} must be a non-empty text or a whole number")
         row.append(str(value))
     try:
-        datetime.fromisoformat(row[0])
+        moment = datetime.fromisoformat(row[0])
     except ValueError:
         raise ValueError(f"{TS_COLUMN} {shown(row[0], 40)} is not an ISO 8601 time") from None
+    if moment.tzinfo is not None:  # one clock for every reading: UTC without an offset, as the windows are
+        row[0] = moment.astimezone(timezone.utc).replace(tzinfo=None).isoformat()
     value = item.get(VALUE_COLUMN)
-    if isinstance(value, bool) or not isinstance(value, (int, float)):
-        raise ValueError(f"{VALUE_COLUMN} must be a number")
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
+        raise ValueError(f"{VALUE_COLUMN} must be a finite number")
     row.append(float(value))
     return row
 
 
-def read_capture_file(path: str | os.PathLike[str], key_columns: tuple[str, ...], shown_as: str) -> list[list[str | float]]:
-    """The readings of one Capture file as rows ``TS, keys..., Value`` in event order; ``shown_as`` names it in errors."""
+def read_capture_file(path: str | os.PathLike[str], key_columns: tuple[str, ...], shown_as: str) -> tuple[list[list[str | float]], list[str]]:
+    """The readings of one Capture file as rows ``TS, keys..., Value`` in event order, and the events that are not
+    readings (``<shown_as>: event N: why``), which are skipped: anyone holding Data Sender can send a bad event, and a
+    Capture file never changes, so one bad event must not fail every window that reads its file. A file that is not
+    a readable Capture file fails whole, in one line; ``shown_as`` names it."""
     import fastavro
 
     path = Path(path)
@@ -158,23 +171,29 @@ def read_capture_file(path: str | os.PathLike[str], key_columns: tuple[str, ...]
     if size > CAPTURE_FILE_MAX_BYTES:
         raise InvalidInputError(f"{shown_as}: {size} bytes is more than a Capture file holds ({CAPTURE_FILE_MAX_BYTES})")
     rows: list[list[str | float]] = []
+    rejected: list[str] = []
     with path.open("rb") as file:
         try:
             for number, record in enumerate(fastavro.reader(file)):
                 body = record.get("Body") if isinstance(record, dict) else None
                 if not isinstance(body, bytes) or len(body) > BODY_MAX_BYTES:
-                    raise InvalidInputError(f"{shown_as}: event {number} has no Body of at most {BODY_MAX_BYTES} bytes")
+                    rejected.append(f"{shown_as}: event {number}: no Body of at most {BODY_MAX_BYTES} bytes")
+                    continue
                 try:
-                    data = json.loads(body)
+                    data = json.loads(body, parse_constant=_no_constant)
                     items = data if isinstance(data, list) else [data]
-                    rows.extend(_reading(item, key_columns) for item in items)
+                    rows.extend([_reading(item, key_columns) for item in items])
                 except (ValueError, UnicodeDecodeError, RecursionError) as exc:
-                    raise InvalidInputError(f"{shown_as}: event {number} is not a reading ({str(exc).splitlines()[0][:120]})") from None
-        except InvalidInputError:
-            raise
+                    rejected.append(f"{shown_as}: event {number}: not a reading ({str(exc).splitlines()[0][:120]})")
         except Exception as exc:  # noqa: BLE001 - fastavro raises many kinds on a damaged file
             raise InvalidInputError(f"{shown_as}: not a readable Avro file ({type(exc).__name__})") from None
-    return rows
+    for line in rejected[:REJECTED_SHOWN]:
+        log.warning("rejected %s", line)
+    return rows, rejected
+
+
+def _no_constant(name: str) -> float:
+    raise ValueError(f"{name} is not a number a reading may hold")
 
 
 def capture_files_in(folder: Path) -> list[Path]:

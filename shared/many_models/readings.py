@@ -25,21 +25,30 @@ def in_window(times: pd.Series, window: Window) -> np.ndarray:
     return keep
 
 
+EVENTS_REJECTED = "events_rejected"
+
+
 def _read_capture_folder(folder: Path, key_columns: tuple[str, ...]) -> pd.DataFrame:
     """Every reading of the Capture files under ``folder`` (named in errors by their path in it)."""
-    rows = []
+    rows, rejected = [], 0
     for path in capture_files_in(folder):
-        rows.extend(read_capture_file(path, key_columns, path.relative_to(folder).as_posix()))
-    frame = pd.DataFrame(rows, columns=[TS_COLUMN, *key_columns, VALUE_COLUMN])
-    return frame.astype({VALUE_COLUMN: "float64"})
+        file_rows, file_rejected = read_capture_file(path, key_columns, path.relative_to(folder).as_posix())
+        rows.extend(file_rows)
+        rejected += len(file_rejected)
+    frame = pd.DataFrame(rows, columns=[TS_COLUMN, *key_columns, VALUE_COLUMN]).astype({VALUE_COLUMN: "float64"})
+    frame.attrs[EVENTS_REJECTED] = rejected
+    return frame
 
 
-def read_readings(path: str | os.PathLike[str], key_columns: tuple[str, ...], window: Window) -> pd.DataFrame:
+def read_readings(path: str | os.PathLike[str], key_columns: tuple[str, ...], window: Window, shown_as: str | None = None) -> pd.DataFrame:
     """Read a readings CSV, or a folder of Event Hubs Capture files, check its schema, and keep the rows in ``window``,
-    each reading once: a duplicate (same keys and time, as a redelivered event brings) is dropped.
+    each reading once: a duplicate (same keys and time, as a redelivered event brings) is dropped. ``shown_as`` names
+    the data in errors (a worker's copy lives in a scratch folder, which is no one's business).
 
-    Keys and ``TS`` stay text; ``Value`` is a float; ``_time`` holds the parsed timestamps.
+    Keys and ``TS`` stay text; ``Value`` is a float; ``_time`` holds the parsed timestamps. ``attrs[EVENTS_REJECTED]``
+    counts the Capture events that were not readings (skipped).
     """
+    shown_as = shown_as or str(path)
     wanted = (TS_COLUMN, *key_columns, VALUE_COLUMN)
     try:
         if Path(path).is_dir():
@@ -49,15 +58,18 @@ def read_readings(path: str | os.PathLike[str], key_columns: tuple[str, ...], wi
             frame = pd.read_csv(path, usecols=list(wanted), dtype={name: str for name in wanted if name != VALUE_COLUMN} | {VALUE_COLUMN: "float64"})
         times = pd.to_datetime(frame[TS_COLUMN], format="ISO8601")
     except (ValueError, pd.errors.ParserError) as exc:
-        raise InvalidInputError(f"{path}: bad reading ({exc})") from None
+        raise InvalidInputError(f"{shown_as}: bad reading ({str(exc).splitlines()[0][:160]})") from None
     if times.dt.tz is not None:
         times = times.dt.tz_convert("UTC").dt.tz_localize(None)
     frame[TIME_COLUMN] = times
     bad = frame[list(wanted)].isna().any(axis=1)
     if bad.any():
-        raise InvalidInputError(f"{path}: line {int(np.flatnonzero(bad.to_numpy())[0]) + 2} has an empty field")
+        raise InvalidInputError(f"{shown_as}: line {int(np.flatnonzero(bad.to_numpy())[0]) + 2} has an empty field")
+    rejected = frame.attrs.get(EVENTS_REJECTED, 0)
     frame = frame.loc[in_window(times, window)]
-    return frame.loc[~frame.duplicated([TIME_COLUMN, *key_columns])].reset_index(drop=True)
+    frame = frame.loc[~frame.duplicated([TIME_COLUMN, *key_columns])].reset_index(drop=True)
+    frame.attrs[EVENTS_REJECTED] = rejected
+    return frame
 
 
 def group_rows(frame: pd.DataFrame, key_columns: tuple[str, ...]) -> dict[ModelKey, np.ndarray]:

@@ -62,6 +62,7 @@ def build_report(state: RunState, manifest: Manifest, max_failed_fraction: float
         "models_no_data": counts["no_data"],
         "rows_scored": sum(result.rows for result in pass_results),
         "rows_total": rows_total,
+        "events_rejected": max((result.events_rejected for result in pass_results), default=0),
         "shards": len(pass_results),
         "models_per_shard": max((len(result.models) for result in pass_results), default=0),
         "workers": len({result.worker for result in pass_results if result.worker}),

@@ -20,7 +20,7 @@ from shared.errors import InvalidInputError, PipelineError
 from shared.many_models.capture import capture_files_in
 from shared.many_models.manifest import MANIFEST_NAME, Manifest
 from shared.many_models.model_files import load_model
-from shared.many_models.readings import group_rows, read_readings
+from shared.many_models.readings import EVENTS_REJECTED, group_rows, read_readings
 from shared.many_models.schema import (
     PREDICTION_COLUMN, SCORE_COLUMN, TS_COLUMN, VALUE_COLUMN, ModelKey, Window, key_id, predictions_header,
 )
@@ -61,29 +61,31 @@ def _data_identity(path: Path) -> tuple:
     return _file_identity(path) if path.exists() else (str(path),)
 
 
-def cached_readings(data: str, key_columns: tuple[str, ...], window: Window) -> GroupedReadings:
+def cached_readings(data: str, key_columns: tuple[str, ...], window: Window, shown_as: str | None = None) -> GroupedReadings:
     path = Path(data)
     identity = (*_data_identity(path), key_columns, window)
 
     def load() -> GroupedReadings:
-        frame = read_readings(path, key_columns, window)
+        frame = read_readings(path, key_columns, window, shown_as)
         return GroupedReadings(frame, group_rows(frame, key_columns))
 
     return _cached_value("readings", identity, load)
 
 
-def score_shard(spec: ShardSpec) -> ShardResult:
-    """Score every model of the shard; a model that fails is reported with its reason, the others go on."""
+def score_shard(spec: ShardSpec, data_shown_as: str | None = None) -> ShardResult:
+    """Score every model of the shard; a model that fails is reported with its reason, the others go on. ``data_shown_as``
+    names the readings in errors (a queue worker's copy is in its scratch folder)."""
     worker = f"{socket.gethostname()}:{os.getpid()}"
     result = ShardResult(run_id=spec.run_id, shard_id=spec.shard_id, attempt=spec.attempt, models=[], worker=worker)
     timings = dict.fromkeys(("read", "load", "score", "write"), 0.0)
     began = time.perf_counter()
     try:
         manifest = cached_manifest(spec.models_dir)
-        readings = cached_readings(spec.data, manifest.key_columns, spec.window)
+        readings = cached_readings(spec.data, manifest.key_columns, spec.window, data_shown_as)
     except InvalidInputError as exc:
         return ShardResult.all_failed(spec, str(exc), retryable=False, worker=worker)
     timings["read"] = time.perf_counter() - began
+    result.events_rejected = readings.frame.attrs.get(EVENTS_REJECTED, 0)
     values = readings.frame[VALUE_COLUMN].to_numpy()
     scored_rows, scores = [], []
     for key in spec.keys:

@@ -179,6 +179,8 @@ class ShardResult:
     attempt: int = 1
     error: str | None = None
     retryable: bool = True
+    events_rejected: int = 0
+    """Capture events in the shard's readings that were not readings, skipped (every shard of a pass reads the same)."""
 
     @property
     def succeeded(self) -> bool:
@@ -220,7 +222,8 @@ class ShardResult:
                                                "rows": int, "timings": dict, "worker": str})
         if data["format"] != SHARD_FORMAT:
             raise ShardMessageError(f"shard result format {data['format']} is not {SHARD_FORMAT}")
-        optional = {"predictions": (str, type(None)), "attempt": int, "error": (str, type(None)), "retryable": bool}
+        optional = {"predictions": (str, type(None)), "attempt": int, "error": (str, type(None)), "retryable": bool,
+                    "events_rejected": int}
         wrong = [name for name, kinds in optional.items()
                  if name in data and (not isinstance(data[name], kinds) or (kinds is int and isinstance(data[name], bool)))]
         if wrong:
@@ -228,6 +231,8 @@ class ShardResult:
         check_run_id(data["run_id"])
         check_shard_id(data["shard_id"])
         attempt = data.get("attempt", 1)
+        if data.get("events_rejected", 0) < 0:
+            raise ShardMessageError("shard result has a negative events_rejected")
         if attempt < 1 or data.get("predictions") not in (None, f"{data['shard_id']}.a{attempt}.csv"):
             raise ShardMessageError("shard result names predictions that are not its attempt's")
         return cls(run_id=data["run_id"], shard_id=data["shard_id"],
