@@ -212,6 +212,7 @@ module eventHubs 'modules/event-hubs.bicep' = {
     partitionCount: readingsPartitions
     captureIntervalSeconds: captureIntervalSeconds
     dataAccountId: dataStorage.outputs.id
+    dataAccountName: dataStorage.outputs.name
     captureContainer: containers.sensorData
   }
 }
@@ -389,7 +390,6 @@ module rbac 'modules/rbac.bicep' = {
     cpuPrincipalId: cpuIdentity.outputs.principalId
     eventHubNamespaceName: eventHubs.outputs.namespaceName
     eventHubName: eventHubs.outputs.hubName
-    capturePrincipalId: eventHubs.outputs.capturePrincipalId
     sensorPrincipalId: sensorPrincipalId
     userPrincipalId: principalId
     userPrincipalType: principalType

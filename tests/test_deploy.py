@@ -750,9 +750,26 @@ def test_readings_arrive_through_an_event_hub_captured_into_sensor_data_without_
     assert _expr(stylize["STYLIZE_CAPTURE_INTERVAL_S"]) == "string(captureIntervalSeconds)" == f"string({_expr(params['captureIntervalSeconds'])})"
 
 
-def test_capture_writes_only_sensor_data_and_senders_only_send():
-    defaults = Settings()
-    assert _granted("eventHubs") == {("Storage Blob Data Contributor", "containers", defaults.sensor_data_container)}
+def test_capture_writes_only_sensor_data_and_holds_the_role_before_capture_is_enabled():
+    """Capture's destination must hold its role before Capture is enabled: the module grants it between the namespace
+    (whose identity it is) and the hub, which waits on the grant."""
+    module, hubs = _event_hubs()
+    resources = {r["symbol"]: r for r in hubs["resources"]}
+    variables = hubs["variables"]
+    (grant,) = [r for r in hubs["resources"] if r["type"].startswith("Microsoft.Authorization/roleAssignments@")]
+    body = grant["body"]
+    role = re.fullmatch(r"subscriptionResourceId\('Microsoft\.Authorization/roleDefinitions', (\w+)\)",
+                        _expr(body["properties"]["roleDefinitionId"])).group(1)
+    assert ROLE_NAMES[variables[role]] == "Storage Blob Data Contributor"
+    assert _expr(body["properties"]["principalId"]) == "namespace.identity.principalId"
+    target = resources[_expr(body["scope"])]
+    assert target["type"].startswith("Microsoft.Storage/storageAccounts/blobServices/containers@")
+    assert _main_value(module["body"]["params"][_expr(target["body"]["name"])]) == Settings().sensor_data_container
+    assert {"expression": grant["symbol"]} in resources["hub"]["body"]["dependsOn"], "Capture is enabled once its grant exists"
+    assert _granted("eventHubs") == set(), "no other grant to the namespace's identity"
+
+
+def test_senders_only_send():
     assert _granted("sensorPrincipalId") == {("Azure Event Hubs Data Sender", "eventhubs", "eventHubs")}
     assert ("Azure Event Hubs Data Sender", "eventhubs", "eventHubs") in _granted("principalId")
     hub_holders = {_symbol({"expression": g.principal}) for g in grants() if g.kind in ("eventhubs", "namespaces")}

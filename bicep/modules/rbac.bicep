@@ -59,8 +59,6 @@ param computePrincipalId string
 param cpuPrincipalId string
 param eventHubNamespaceName string
 param eventHubName string
-@description('The Event Hubs namespace\'s own identity, as which Capture writes the readings\' Avro files.')
-param capturePrincipalId string
 @description('The sensors\' identity, which sends readings to the hub; empty to skip.')
 param sensorPrincipalId string = ''
 @description('The person running azd (uploads videos, registers the Azure ML component); empty to skip.')
@@ -154,8 +152,6 @@ var containerGrants = [
   { container: modelsContainer, principal: functionPrincipalId, role: roles.storageBlobDataReader }
   { container: sensorDataContainer, principal: functionPrincipalId, role: roles.storageBlobDataReader }
   { container: sensorDataContainer, principal: cpuPrincipalId, role: roles.storageBlobDataReader }
-  // Event Hubs Capture writes the readings' Avro files (as the namespace's identity; the role its docs name).
-  { container: sensorDataContainer, principal: capturePrincipalId, role: roles.storageBlobDataContributor }
   { container: modelsContainer, principal: cpuPrincipalId, role: roles.storageBlobDataReader }
   { container: workContainer, principal: cpuPrincipalId, role: roles.storageBlobDataContributor }
 ]
