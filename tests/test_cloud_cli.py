@@ -188,7 +188,8 @@ def test_connection_from_azd_values(tmp_path, monkeypatch):
         cloud.connect(args, Settings(), environ={}, folder=tmp_path / "bin")
 
 
-def test_score_models_submit_starts_a_backfill_and_follows_it_to_its_report(on_azurite, azurite, generated, tmp_path, capsys, monkeypatch):
+def test_score_models_submit_starts_a_backfill_and_follows_it_to_its_report(models_on_azurite, azurite, generated, tmp_path, capsys,
+                                                                           monkeypatch):
     """``score-models submit`` posts to the app's real backfill function (behind a stand-in for the host's router), then
     follows the run's status document, written by the real many-models orchestration, to its report."""
     import test_models_azure as models_test
@@ -196,7 +197,7 @@ def test_score_models_submit_starts_a_backfill_and_follows_it_to_its_report(on_a
     from runner.score_models import main as score_models
 
     limits = models_test.LIMITS
-    service, queues = next(models_test.storage.__wrapped__(on_azurite, generated, monkeypatch))
+    service, queues = models_test.storage.__wrapped__(models_on_azurite, generated, monkeypatch)
     monkeypatch.setenv("AZURE_STORAGE_CONNECTION_STRING", azurite)
     client = ReplayClient(publisher=lambda document: publish_status(document, limits))
 
