@@ -196,6 +196,7 @@ module dataStorage 'modules/storage-account.bicep' = {
     expiry: [
       { prefix: '${containers.work}/jobs/', days: workRetentionDays }
       { prefix: '${containers.work}/runs/', days: workRetentionDays }
+      { prefix: '${containers.output}/status/', days: workRetentionDays }
     ]
   }
 }

@@ -9,18 +9,22 @@ function key a caller came with (``code``) is kept on the page's own links.
 from __future__ import annotations
 
 import html
+import logging
 import posixpath
 from urllib.parse import quote
 
 import azure.durable_functions as df
 import azure.functions as func
-from azure.core.exceptions import ResourceNotFoundError
+from azure.core.exceptions import AzureError, ResourceNotFoundError
 
 from shared.config import Settings
 from shared.errors import InvalidInputError
 from shared.job_status import ENDED, check_status_id, fraction_done, job_outputs, progress_text, read_status, recent_jobs
 from shared.storage import CONTENT_TYPES, blob_service, read_blob_within
 
+log = logging.getLogger(__name__)
+UNAVAILABLE = (AzureError, TypeError, ValueError, KeyError, AttributeError)
+"""Storage failing, or a document of the wrong shape (it is outside input too): answered in one line, never a traceback."""
 bp = df.Blueprint()
 settings = Settings.from_env()
 REFRESH_S = 5
@@ -101,6 +105,13 @@ def jobs_page(documents: list[dict], code: str | None) -> str:
                  refresh=any(d["stage"] not in ENDED for d in documents))
 
 
+def _unavailable(exc: Exception) -> func.HttpResponse:
+    """A 502 in one line for a storage error or a document that is not what its job wrote; the details stay in the log."""
+    log.error("status page: %s", exc)
+    return _html_response(_page("unavailable", "<h1>Status unavailable</h1><p>Storage did not answer, or the job's status "
+                                "document is malformed; try again later.</p>", refresh=False), 502)
+
+
 def _document(job_id: str, limits: Settings) -> dict | None:
     return read_status(blob_service(limits), limits.output_container, check_status_id(job_id))
 
@@ -114,11 +125,16 @@ def view_job(req: func.HttpRequest, limits: Settings = settings) -> func.HttpRes
         return _html_response(job_page(document, req.params.get("code"), limits.output_container))
     except InvalidInputError as exc:
         return _html_response(_page("bad request", f"<h1>Bad request</h1><p>{html.escape(str(exc))}</p>", refresh=False), 400)
+    except UNAVAILABLE as exc:
+        return _unavailable(exc)
 
 
 def view_jobs(req: func.HttpRequest, limits: Settings = settings) -> func.HttpResponse:
-    documents = recent_jobs(blob_service(limits), limits.output_container, RECENT_JOBS)
-    return _html_response(jobs_page(documents, req.params.get("code")))
+    try:
+        documents = recent_jobs(blob_service(limits), limits.output_container, RECENT_JOBS)
+        return _html_response(jobs_page(documents, req.params.get("code")))
+    except UNAVAILABLE as exc:
+        return _unavailable(exc)
 
 
 def job_file(req: func.HttpRequest, limits: Settings = settings) -> func.HttpResponse:
@@ -135,6 +151,8 @@ def job_file(req: func.HttpRequest, limits: Settings = settings) -> func.HttpRes
         return no_such_output
     except InvalidInputError as exc:
         return func.HttpResponse(str(exc), status_code=400, mimetype="text/plain")
+    except UNAVAILABLE as exc:
+        return _unavailable(exc)
     suffix = posixpath.splitext(name)[1]
     disposition = "inline" if suffix in (".png", ".json") else "attachment"
     return func.HttpResponse(data, mimetype={**CONTENT_TYPES, ".csv": "text/csv"}.get(suffix, "application/octet-stream"),

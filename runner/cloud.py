@@ -159,10 +159,15 @@ def progress_bar(document: dict) -> str:
     return f"[{'#' * filled}{'.' * (BAR_WIDTH - filled)}] {done * 100:3.0f}% {progress_text(document)}"
 
 
+FIRST_STATUS_S = 300
+"""A job with no status document this long after it is followed does not exist (an upload's first comes within a minute)."""
+
+
 def follow(cloud: Cloud, job_id: str, interval_s: float, timeout_s: float | None) -> dict:
     """Poll the job's document until its stage has ended, showing a progress bar on stderr; returns the last document."""
     out = sys.stderr
-    deadline = None if timeout_s is None else monotonic() + timeout_s
+    began = monotonic()
+    deadline = None if timeout_s is None else began + timeout_s
     shown_line, live = None, out.isatty()
     while True:
         document = read_status(cloud.service, cloud.settings.output_container, job_id)
@@ -174,6 +179,11 @@ def follow(cloud: Cloud, job_id: str, interval_s: float, timeout_s: float | None
             if live:
                 print(file=out)
             return document
+        if document is None and monotonic() - began > FIRST_STATUS_S:
+            if live:
+                print(file=out)
+            raise InvalidInputError(f"{job_id} has no status after {FIRST_STATUS_S} s: no such job, or its upload never reached "
+                                    "the trigger (`stylize jobs` lists the recent ones)")
         if deadline is not None and monotonic() > deadline:
             if live:
                 print(file=out)
@@ -232,6 +242,21 @@ def status(cloud: Cloud, job_id: str, wait: bool, folder: Path | None, interval_
     if document["stage"] not in ENDED:
         return 0
     return finish(cloud, document, folder)
+
+
+JOBS_LIMIT_MAX = 200
+
+
+def _jobs_limit(text: str) -> int:
+    import argparse
+
+    try:
+        value = int(text)
+    except ValueError:
+        value = 0
+    if not 1 <= value <= JOBS_LIMIT_MAX:
+        raise argparse.ArgumentTypeError(f"give a whole number from 1 to {JOBS_LIMIT_MAX}, not {text!r}")
+    return value
 
 
 def jobs(cloud: Cloud, limit: int) -> int:
@@ -316,7 +341,7 @@ def add_commands(commands, settings: Settings) -> None:
     status_parser.add_argument("job_id")
     _add_follow_arguments(status_parser)
     jobs_parser = commands.add_parser("jobs", help="the cloud jobs updated last: id, stage, progress, style, output")
-    jobs_parser.add_argument("--limit", type=int, default=20)
+    jobs_parser.add_argument("--limit", type=_jobs_limit, default=20, help=f"how many jobs (1 to {JOBS_LIMIT_MAX})")
     add_connection_arguments(jobs_parser)
 
 

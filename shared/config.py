@@ -35,7 +35,7 @@ class Settings:
     max_upload_bytes: int = 256 * 1024**2
     """The Function app splits an upload on an instance's temporary disk (0.8 GB on Flex Consumption),
     holding it and its segments at once: about twice its size (see function_app/activities.py)."""
-    page_file_max_bytes: int = 512 * 1024**2
+    page_file_max_bytes: int = 64 * 1024**2
     """Largest output the status page streams through the Function app (it holds the whole blob in memory); a larger one
     is fetched with ``stylize status JOB --download DIR``."""
     max_duration_s: float = 3600.0

@@ -114,6 +114,9 @@ def recent_jobs(service: BlobServiceClient, container: str, limit: int) -> list[
     return documents
 
 
+STYLE_CHARS_MAX = 100  # the most characters of a style name in a document, as the trigger bounds it (gpu_job.styles.STYLE_NAME_MAX_CHARS)
+
+
 def job_outputs(document: dict, container: str) -> dict[str, str]:
     """The document's output blobs in ``container`` (kind -> name), each checked against the names the job's layout
     gives: a video's from its input and style, a run's under ``predictions/<run id>/`` (named with their container). A
@@ -133,7 +136,10 @@ def job_outputs(document: dict, container: str) -> dict[str, str]:
     if not isinstance(input_blob, str) or not isinstance(style, str):
         raise InvalidInputError(f"the status document of {document['job_id']} names outputs but not its input and style")
     check_blob_name(input_blob, "input name", UPLOAD_NAME_MAX_CHARS)
-    allowed = {kind: {output_names(input_blob, style, suffix)[kind] for suffix in (".mp4", ".mkv", ".mov")} for kind in named}
+    if "/" in style or len(style) > STYLE_CHARS_MAX or not style.isprintable():
+        raise InvalidInputError(f"the status document of {document['job_id']} names a style that is none ({shown(style)})")
+    allowed = {kind: {check_blob_name(output_names(input_blob, style, suffix)[kind], "output name") for suffix in (".mp4", ".mkv", ".mov")}
+               for kind in named}
     if any(name not in allowed[kind] for kind, name in named.items()):
         raise InvalidInputError(f"the status document of {document['job_id']} names outputs that are not its job's")
     return named

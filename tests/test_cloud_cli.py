@@ -246,3 +246,17 @@ def test_score_models_submit_starts_a_backfill_and_follows_it_to_its_report(mode
     assert report["models_succeeded"] == 15 and report["rows_scored"] > 0
     assert captured.err.splitlines()[-1] == f"run succeeded: 15 models succeeded, 0 failed, 0 skipped, 0 without data; {report['rows_scored']} rows scored"
     assert len((out / "predictions.csv").read_text().splitlines()) == report["rows_scored"] + 1
+
+
+@pytest.mark.parametrize("limit", ["-1", "0", "100000", "ten"])
+def test_jobs_takes_a_bounded_limit(limit, capsys):
+    with pytest.raises(SystemExit) as exited:
+        main(["jobs", "--limit", limit])
+    assert exited.value.code == 2 and "give a whole number from 1 to 200" in capsys.readouterr().err
+
+
+def test_waiting_on_a_job_that_never_appears_ends_in_one_line(storage, capsys, monkeypatch):
+    monkeypatch.setattr(cloud, "FIRST_STATUS_S", 0.5)
+    assert main(["status", "stylize-" + "d" * 32, "--wait"]) == 2
+    error = capsys.readouterr().err.strip().splitlines()[-1]
+    assert "has no status after 0.5 s" in error and "Traceback" not in error

@@ -213,7 +213,8 @@ def test_data_account_holds_what_the_app_and_the_workers_use():
         "webjobs-blobtrigger-poison", defaults.shard_queue, defaults.shard_result_queue, defaults.shard_poison_queue,
         f"{defaults.shard_result_queue}-poison"}
     expiring = {_expr(rule["prefix"]) for rule in data["expiry"]}
-    assert expiring == {"'${containers.work}/jobs/'", "'${containers.work}/runs/'"}, "segments and shard predictions expire"
+    assert expiring == {"'${containers.work}/jobs/'", "'${containers.work}/runs/'", "'${containers.output}/status/'"}, \
+        "segments, shard predictions and status documents expire (outputs do not)"
 
 
 def test_no_keys_no_connection_secrets_no_secret_outputs():

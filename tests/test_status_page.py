@@ -217,3 +217,29 @@ def test_outputs_are_served_only_by_the_jobs_own_names(on_azurite, app_url):
             urllib.request.urlopen(f"{app_url}/{path}")
         assert refused.value.code == status
         assert b"Traceback" not in refused.value.read()
+
+
+def test_a_forged_status_document_reaches_no_other_blob_and_a_mistyped_one_gets_one_line(on_azurite, app_url):
+    """A style of ``x/../../videos-in/...`` in a document would make the storage client climb out of the output container
+    (the path is normalised before it is sent): the names a document gives are checked as blob names, and a style is
+    one name."""
+    import urllib.error
+    import urllib.request
+
+    from shared.job_status import status_blob
+
+    service, _ = on_azurite(LIMITS, (LIMITS.output_container, LIMITS.input_container), ())
+    service.get_blob_client(LIMITS.input_container, "victim/private.mp4").upload_blob(b"OTHER USER'S UPLOAD", overwrite=True)
+    forged_id, mistyped_id = "stylize-" + "f" * 32, "stylize-" + "e" * 32
+    style = "x/../../videos-in/victim/private"
+    forged = {"job_id": forged_id, "kind": "video", "stage": "done", "input": "a.mp4", "style": style,
+              "output": f"a.mp4.{style}.mp4"}
+    mistyped = {"job_id": mistyped_id, "kind": "video", "stage": "scoring", "errors": 5, "batches_done": "x"}
+    for document in (forged, mistyped):
+        service.get_blob_client(LIMITS.output_container, status_blob(document["job_id"])).upload_blob(json.dumps(document), overwrite=True)
+    for path, status in ((f"{forged_id}/files/video", 400), (f"{mistyped_id}/view", 502)):
+        with pytest.raises(urllib.error.HTTPError) as refused:
+            urllib.request.urlopen(f"{app_url}/{path}")
+        body = refused.value.read()
+        assert refused.value.code == status, body
+        assert b"OTHER USER" not in body and b"Traceback" not in body and len(body.splitlines()) < 40
