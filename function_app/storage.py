@@ -41,7 +41,7 @@ def blob_trigger_source(settings: Settings) -> func.BlobSource:
 
 
 def write_error_report(settings: Settings, input_blob: str, style: str, error: str, job_id: str | None = None) -> str:
-    """A JSON error report where the output would have been (``<stem>.<style>.error.json``); never touches the input."""
+    """A JSON error report where the output would have been (:func:`error_report_name`); never touches the input."""
     name = error_report_name(input_blob, style)
     body = json.dumps({"input": input_blob, "style": style, "status": "failed", "error": public(error), "job_id": job_id}, indent=2)
     blob_service(settings).get_blob_client(settings.output_container, name).upload_blob(body.encode(), overwrite=True)

@@ -167,8 +167,9 @@ class ShardWork:
             except ResourceNotFoundError:
                 return self.failure(spec, f"no {posixpath.join(s.models_container, spec.models_dir, MANIFEST_NAME)}", delivery)
             with tempfile.TemporaryDirectory(prefix="shard-") as scratch:
-                shown = f"{s.sensor_data_container}/{spec.data if not s.sensor_capture_path else 'Capture files of ' + spec.window.run_id}"
-                result = self._score(replace(spec, data=str(data), models_dir=str(models), out_dir=scratch), shown)
+                readings = f"Capture files of {spec.window.run_id}" if s.sensor_capture_path else spec.data
+                result = self._score(replace(spec, data=str(data), models_dir=str(models), out_dir=scratch),
+                                     f"{s.sensor_data_container}/{readings}")
                 if result.predictions:
                     upload_file(self.blobs, s.work_container, posixpath.join(spec.out_dir, result.predictions),
                                 Path(scratch) / result.predictions, {"run_id": spec.run_id})

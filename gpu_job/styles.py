@@ -12,6 +12,7 @@ from typing import TYPE_CHECKING
 
 from shared.config import Settings
 from shared.errors import InvalidInputError
+from shared.names import STYLE_NAME_MAX_CHARS
 
 if TYPE_CHECKING:
     from PIL import Image
@@ -52,8 +53,6 @@ ARBITRARY = "arbitrary"
 BUILTIN_MODELS = ("identity", "random")
 BLEND_SEPARATOR = "+"
 STYLE_IMAGE_MAX_BYTES = 32 * 1024**2
-STYLE_NAME_MAX_CHARS = 100
-"""A style's name, a blend's included: it becomes part of the output's name, which Azure bounds."""
 STYLE_IMAGE_FORMATS = ("PNG", "JPEG", "WEBP")
 """The formats a style picture may be in: what cameras, phones, browsers and painting collections give. Each
 states its size in its header, and its decoder is one every browser exposes to the web. Not TIFF (dozens of

@@ -16,7 +16,7 @@ from azure.core.exceptions import ResourceNotFoundError
 from azure.storage.blob import BlobServiceClient, ContentSettings
 
 from shared.errors import InvalidInputError
-from shared.names import UPLOAD_NAME_MAX_CHARS, UnsafeNameError, check_blob_name, check_job_id, check_run_id, shown
+from shared.names import STYLE_NAME_MAX_CHARS, UPLOAD_NAME_MAX_CHARS, UnsafeNameError, check_blob_name, check_job_id, check_run_id, shown
 
 STATUS_FOLDER = "status"
 STATUS_MAX_BYTES = 64 * 1024
@@ -39,7 +39,7 @@ def output_names(input_blob: str, style: str, suffix: str = ".mp4") -> dict[str,
 
     The input's whole name is kept, so distinct inputs (``clip.mp4``, ``clip.mkv``) never write the same outputs; the
     upload trigger bounds it and the style (:data:`shared.names.UPLOAD_NAME_MAX_CHARS`,
-    :data:`gpu_job.styles.STYLE_NAME_MAX_CHARS`), so every name stays under Azure's bound. ``suffix`` is the
+    :data:`shared.names.STYLE_NAME_MAX_CHARS`), so every name stays under Azure's bound. ``suffix`` is the
     container :func:`shared.containers.output_container` picked for the input's tracks.
     """
     base = f"{input_blob}.{style}"
@@ -114,9 +114,6 @@ def recent_jobs(service: BlobServiceClient, container: str, limit: int) -> list[
     return documents
 
 
-STYLE_CHARS_MAX = 100  # the most characters of a style name in a document, as the trigger bounds it (gpu_job.styles.STYLE_NAME_MAX_CHARS)
-
-
 def job_outputs(document: dict, container: str) -> dict[str, str]:
     """The document's output blobs in ``container`` (kind -> name), each checked against the names the job's layout
     gives: a video's from its input and style, a run's under ``predictions/<run id>/`` (named with their container). A
@@ -136,7 +133,7 @@ def job_outputs(document: dict, container: str) -> dict[str, str]:
     if not isinstance(input_blob, str) or not isinstance(style, str):
         raise InvalidInputError(f"the status document of {document['job_id']} names outputs but not its input and style")
     check_blob_name(input_blob, "input name", UPLOAD_NAME_MAX_CHARS)
-    if "/" in style or len(style) > STYLE_CHARS_MAX or not style.isprintable():
+    if "/" in style or len(style) > STYLE_NAME_MAX_CHARS or not style.isprintable():
         raise InvalidInputError(f"the status document of {document['job_id']} names a style that is none ({shown(style)})")
     allowed = {kind: {check_blob_name(output_names(input_blob, style, suffix)[kind], "output name") for suffix in (".mp4", ".mkv", ".mov")}
                for kind in named}

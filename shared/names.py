@@ -19,8 +19,10 @@ from shared.errors import InvalidInputError
 BLOB_NAME_MAX_CHARS = 1024
 """Azure's own bound on a blob name."""
 UPLOAD_NAME_MAX_CHARS = 400
-"""An upload's name: its outputs (``<stem>.<style>.preview.png`` and the like) and work names must stay under Azure's
+"""An upload's name: its outputs (``<name>.<style>.preview.png`` and the like) and work names must stay under Azure's
 bound however long the style is, and a name this long is already no one's real file."""
+STYLE_NAME_MAX_CHARS = 100
+"""A style's name, a blend's included: it becomes part of an output's name, which Azure bounds."""
 FILE_NAME_MAX_CHARS = 128
 JOB_ID = re.compile(r"stylize-[0-9a-f]{32}")
 """What :func:`function_app.upload.instance_id_for` makes: a video job that came through the queue (the local
