@@ -17,3 +17,7 @@ class Stabiliser:
     def __call__(self, inputs: np.ndarray, styled: np.ndarray) -> np.ndarray:
         """``inputs`` (N, h, w, 3) uint8 RGB input frames; ``styled`` (N, H, W, 3) uint8 (H >= h, W >= w) -> (N, H, W, 3) uint8."""
         return styled
+
+    def describe(self) -> dict:
+        """What the report says was used (method, strength, flow resolution...)."""
+        return {"strength": self.strength}
