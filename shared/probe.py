@@ -191,6 +191,15 @@ def styled_stream(container) -> av.video.stream.VideoStream | None:
                default=None)
 
 
+def _layers_not_styled(stream) -> list[str]:
+    """The layers of ``stream`` beyond its base layer, which the decoder shows and which alone is styled: MV-HEVC's
+    second view (Apple's spatial video), or an alpha layer. The container says so (an lhvC box)."""
+    if stream.disposition & av.stream.Disposition.multilayer:
+        return [f"the second view or alpha layer of stream {stream.index} (multi-layer HEVC: its base view, "
+                "the one 2D players show, is styled)"]
+    return []
+
+
 def probe(path: str | os.PathLike[str], limits: Settings = Settings()) -> VideoInfo:
     """Describe ``path`` or raise :class:`InvalidInputError` with a one-line reason; over ``limits``, before the work they bound."""
     path = Path(path)
@@ -207,6 +216,7 @@ def probe(path: str | os.PathLike[str], limits: Settings = Settings()) -> VideoI
             raise InvalidInputError(f"{path}: video stream has no timing information")
         _check_size(path, stream.codec_context.width, stream.codec_context.height, limits)  # what decoding the first frames said
         tracks, ignored = _other_streams(path, container, stream)
+        ignored = [*_layers_not_styled(stream), *ignored]
         audio = [container.streams[t.index] for t in tracks if t.kind == "audio"]
         packets, empty, trimmed = _read_packets(path, container, stream, audio, limits)
         tracks = [replace(t, trimmed=t.index in trimmed) for t in tracks]
