@@ -183,17 +183,17 @@ def codec_name(stream) -> str:
 
 
 def styled_stream(container) -> av.video.stream.VideoStream | None:
-    """The video stream to style: the one a player shows. Of the streams that are not cover images, the first
-    with the default disposition that is not auxiliary (a depth map, an alpha or a second view beside the
-    primary picture, marked as depending on it, or a still image), else the first not auxiliary, else the first."""
+    """The video stream to style: the one a player shows. Of the streams that are not cover images, the first that is
+    not auxiliary (a depth map, alpha or second view marked as depending on another stream, or a still image),
+    those with the default disposition before the others; an auxiliary one only where there is nothing else."""
     pictures = [s for s in container.streams.video if not s.disposition & av.stream.Disposition.attached_pic]
     return min(pictures, key=lambda s: (bool(s.disposition & AUXILIARY), not s.disposition & av.stream.Disposition.default),
                default=None)
 
 
 def _layers_not_styled(stream) -> list[str]:
-    """The layers of ``stream`` beyond its base layer, which the decoder shows and which alone is styled: MV-HEVC's
-    second view (Apple's spatial video), or an alpha layer. The container says so (an lhvC box)."""
+    """What styling the base layer of ``stream`` (the one the decoder shows) leaves out: MV-HEVC's second view
+    (Apple's spatial video) or an HEVC alpha layer, which the container declares (an lhvC box)."""
     if stream.disposition & av.stream.Disposition.multilayer:
         return [f"the second view or alpha layer of stream {stream.index} (multi-layer HEVC: its base view, "
                 "the one 2D players show, is styled)"]
@@ -273,7 +273,7 @@ def stream_colour(ctx) -> Colour:
 
 
 def _read_packets(path: Path, container, stream, audio: list, limits: Settings) -> tuple[list[tuple[int, int, bool, bool]], int, set[int]]:
-    """(pts, duration, keyframe, hidden by an edit list or as a reference-only frame) of every video packet, in decode order; how many
+    """(pts, duration, keyframe, hidden: by an edit list, or a frame only referenced) of every video packet, in decode order; how many
     packets were empty (AVI's dropped-frame markers: no frame, the previous one stays on screen); and
     the indices of the ``audio`` streams whose packets say to skip samples. Stops, refusing the video, at
     the first shown frame past ``limits.max_frames`` or ``limits.max_duration_s`` from the earliest one."""

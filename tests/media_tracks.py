@@ -28,21 +28,25 @@ def with_auxiliary(path: Path, *, auxiliary_first: bool, audio: bool = True) -> 
     return path
 
 
-def vp9_with_hidden_frames(folder: Path, bits: int, separate: bool) -> Path:
+VP9_PROFILES = {"yuv420p": 0, "yuv444p": 1, "yuv420p10le": 2, "yuv444p10le": 3}
+"""VP9's profile for each pixel format: 1 and 3 are 4:4:4 (their frame headers hold one more bit), 2 and 3 are 10-bit."""
+
+
+def vp9_with_hidden_frames(folder: Path, pix_fmt: str, separate: bool) -> Path:
     """VP9 in WebM with alt-ref (hidden) frames, from libvpx's two passes; ``separate``: each hidden frame in a block of its
     own with the timestamp of the frame after it (as some encoders store them), not packed with it in a superframe.
 
     The chroma siting is stated (left, as H.264's default): the styled H.264 reads as left-sited, and an unstated
     siting, which swscale reads otherwise, would measure that (about 31 dB instead of 37), not which frames were styled."""
-    packed = folder / f"vp9-{bits}bit-superframes.webm"
-    encode = ["-f", "lavfi", "-i", PICTURE, "-c:v", "libvpx-vp9", "-pix_fmt", "yuv420p10le" if bits == 10 else "yuv420p",
-              "-profile:v", "2" if bits == 10 else "0", "-auto-alt-ref", "1", "-lag-in-frames", "16", "-b:v", "400k",
+    packed = folder / f"vp9-{pix_fmt}-superframes.webm"
+    encode = ["-f", "lavfi", "-i", PICTURE, "-c:v", "libvpx-vp9", "-pix_fmt", pix_fmt, "-profile:v", str(VP9_PROFILES[pix_fmt]),
+              "-auto-alt-ref", "1", "-lag-in-frames", "16", "-b:v", "400k",
               "-chroma_sample_location", "left", "-passlogfile", str(folder / "vp9-pass")]
     ffmpeg(*encode, "-pass", "1", "-f", "null", "-")
     ffmpeg(*encode, "-pass", "2", str(packed))
     if not separate:
         return packed
-    split = folder / f"vp9-{bits}bit-hidden-blocks.webm"
+    split = folder / f"vp9-{pix_fmt}-hidden-blocks.webm"
     ffmpeg("-i", str(packed), "-c", "copy", "-bsf:v", "vp9_superframe_split", "-fflags", "-autobsf", str(split))
     return split
 

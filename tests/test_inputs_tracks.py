@@ -10,7 +10,8 @@ from pathlib import Path
 import pytest
 
 from media import frame_timestamps, packets_of, rgb_psnr, stream_md5, streams_of, video_stream
-from media_tracks import decoded_frames, single_stream, vp9_with_hidden_frames, video_packets, with_auxiliary
+from media_tracks import VP9_PROFILES, decoded_frames, single_stream, video_packets, vp9_with_hidden_frames, with_auxiliary
+from shared.probe import probe
 
 PSNR_FLOOR = 35.0
 
@@ -50,19 +51,28 @@ def test_the_default_video_stream_is_styled_and_the_auxiliary_one_carried(auxili
         report["notes"]
 
 
-@pytest.mark.parametrize("bits,separate", [(10, True), (8, True), (10, False)],
+@pytest.mark.parametrize("pix_fmt,separate", [("yuv420p10le", True), ("yuv420p", True), ("yuv420p10le", False)],
                          ids=["10bit-hidden-blocks", "8bit-hidden-blocks", "10bit-superframes"])
-def test_vp9_with_hidden_frames_is_styled_frame_exact(bits, separate, tmp_path, stylize_bin):
-    source = vp9_with_hidden_frames(tmp_path, bits, separate)
+def test_vp9_with_hidden_frames_is_styled_frame_exact(pix_fmt, separate, tmp_path, stylize_bin):
+    source = vp9_with_hidden_frames(tmp_path, pix_fmt, separate)
     hidden = video_packets(source, 0) - decoded_frames(source, 0)
     assert hidden > 0 if separate else hidden == 0, "the clip must hold hidden frames in blocks of their own, or none"
     output = tmp_path / "out.mp4"
     result = _stylize(stylize_bin, source, output, "--batch-frames", "7", "--workers", "2", "--keep-10bit")
     assert result.returncode == 0, result.stderr
     _assert_frame_exact(source, output)
-    assert video_stream(output)["pix_fmt"] == ("yuv420p10le" if bits == 10 else "yuv420p")
+    assert video_stream(output)["pix_fmt"] == pix_fmt
     report = json.loads((tmp_path / "out.report.json").read_text())
     assert report["frames"] == 25 and all(b["attempts"] == 1 for b in report["batches"])
+
+
+@pytest.mark.parametrize("pix_fmt", list(VP9_PROFILES))
+def test_the_probe_counts_the_vp9_frames_ffmpeg_shows_in_every_profile(pix_fmt, tmp_path):
+    source = vp9_with_hidden_frames(tmp_path, pix_fmt, separate=True)
+    assert video_packets(source, 0) > decoded_frames(source, 0), "the clip must hold hidden frames in blocks of their own"
+    info = probe(source)
+    assert info.frame_count == decoded_frames(source, 0) == 25
+    assert [pts * info.time_base for pts in info.frame_pts] == frame_timestamps(source)
 
 
 MV_HEVC = Path(__file__).parent / "data" / "mv-hevc.mov"
