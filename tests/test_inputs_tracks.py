@@ -1,5 +1,6 @@
 """Issue 22, streams: the video stream a player shows is the one styled (not an auxiliary one beside it), every other
-stream is carried or listed, and VP9 with hidden frames (10-bit too) is styled frame-exact; through ``stylize run --model identity``."""
+stream is carried or listed, VP9 with hidden frames (10-bit too) is styled frame-exact, and of MV-HEVC spatial video the
+base view is styled and its second view said; through ``stylize run --model identity``."""
 
 from __future__ import annotations
 
