@@ -115,7 +115,7 @@ def output_container(info: VideoInfo, requested: str | None = None) -> Container
         notes.append(f"{suffix} cannot hold {_streams(dropped)}; left out")
     extra_video = [t for t in kept if t.kind == "video"]
     if extra_video:
-        notes.append(f"only the first video stream is styled; {_streams(extra_video)} copied unchanged")
+        notes.append(f"only the primary video stream (stream {info.video_index}) is styled; {_streams(extra_video)} copied unchanged")
     if info.ignored:
         notes.append(f"not carried: {', '.join(info.ignored)}")
     return ContainerChoice(suffix=suffix, tracks=kept, notes=notes)

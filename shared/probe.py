@@ -20,6 +20,7 @@ from pathlib import Path
 
 import av
 
+from shared import vp9
 from shared.attachments import attachment_bytes
 from shared.colour import RANGE_FULL, Colour
 from shared.config import Settings
@@ -34,6 +35,8 @@ PACKED_CHECK = 64
 CODED_MARGIN = 128
 """Decoders allocate a frame at its coded size: the shown size rounded up to whole macroblocks, coding tree units or
 superblocks (up to 128 pixels), and its rows to the stride alignment."""
+AUXILIARY = av.stream.Disposition.dependent | av.stream.Disposition.still_image
+"""Dispositions of a video stream that is not the picture a player shows."""
 NOT_ACCEPTED = "not in a container accepted here: MP4/MOV, Matroska/WebM, AVI or MPEG-TS"
 """What FFmpeg's "Invalid argument" on opening means under the demuxer allowlist: it found another format."""
 
@@ -59,8 +62,8 @@ class VideoInfo:
     """What planning, splitting and stitching need to know about a video.
 
     ``frame_pts`` lists every shown frame's presentation timestamp (in ``time_base`` units) in
-    display order (frames an edit list hides are not shown, though their packets are cut with the
-    rest); ``frame_gop`` gives, for each of those frames, the GOP (run of packets from one keyframe
+    display order (frames an edit list hides and VP9's hidden frames are not shown, though their packets
+    are cut with the rest); ``frame_gop`` gives, for each of those frames, the GOP (run of packets from one keyframe
     to the next, in decode order) that holds it; ``open_gops`` marks GOPs whose leading frames
     reference the GOP before.
     """
@@ -180,8 +183,21 @@ def codec_name(stream) -> str:
 
 
 def styled_stream(container) -> av.video.stream.VideoStream | None:
-    """The video stream to style: the first one that is not a cover image."""
-    return next((s for s in container.streams.video if not s.disposition & av.stream.Disposition.attached_pic), None)
+    """The video stream to style: the one a player shows. Of the streams that are not cover images, the first that is
+    not auxiliary (a depth map, alpha or second view marked as depending on another stream, or a still image),
+    those with the default disposition before the others; an auxiliary one only where there is nothing else."""
+    pictures = [s for s in container.streams.video if not s.disposition & av.stream.Disposition.attached_pic]
+    return min(pictures, key=lambda s: (bool(s.disposition & AUXILIARY), not s.disposition & av.stream.Disposition.default),
+               default=None)
+
+
+def _layers_not_styled(stream) -> list[str]:
+    """What styling the base layer of ``stream`` (the one the decoder shows) leaves out: MV-HEVC's second view
+    (Apple's spatial video) or an HEVC alpha layer, which the container declares (an lhvC box)."""
+    if stream.disposition & av.stream.Disposition.multilayer:
+        return [f"the second view or alpha layer of stream {stream.index} (multi-layer HEVC: its base view, "
+                "the one 2D players show, is styled)"]
+    return []
 
 
 def probe(path: str | os.PathLike[str], limits: Settings = Settings()) -> VideoInfo:
@@ -200,6 +216,7 @@ def probe(path: str | os.PathLike[str], limits: Settings = Settings()) -> VideoI
             raise InvalidInputError(f"{path}: video stream has no timing information")
         _check_size(path, stream.codec_context.width, stream.codec_context.height, limits)  # what decoding the first frames said
         tracks, ignored = _other_streams(path, container, stream)
+        ignored = [*_layers_not_styled(stream), *ignored]
         audio = [container.streams[t.index] for t in tracks if t.kind == "audio"]
         packets, empty, trimmed = _read_packets(path, container, stream, audio, limits)
         tracks = [replace(t, trimmed=t.index in trimmed) for t in tracks]
@@ -256,7 +273,7 @@ def stream_colour(ctx) -> Colour:
 
 
 def _read_packets(path: Path, container, stream, audio: list, limits: Settings) -> tuple[list[tuple[int, int, bool, bool]], int, set[int]]:
-    """(pts, duration, keyframe, hidden by an edit list) of every video packet, in decode order; how many
+    """(pts, duration, keyframe, hidden: by an edit list, or a frame only referenced) of every video packet, in decode order; how many
     packets were empty (AVI's dropped-frame markers: no frame, the previous one stays on screen); and
     the indices of the ``audio`` streams whose packets say to skip samples. Stops, refusing the video, at
     the first shown frame past ``limits.max_frames`` or ``limits.max_duration_s`` from the earliest one."""
@@ -280,8 +297,9 @@ def _read_packets(path: Path, container, stream, audio: list, limits: Settings) 
             if len(packets) < PACKED_CHECK and stream.codec_context.codec.canonical_name == "mpeg4" and bytes(packet).count(VOP_START) > 1:
                 raise InvalidInputError(f"{path}: MPEG-4 video with packed B-frames (DivX/Xvid style) has no usable timestamps; "
                                         "unpack it first: ffmpeg -i IN -c copy -bsf:v mpeg4_unpack_bframes OUT.avi")
-            packets.append((pts, packet.duration or 0, bool(packet.is_keyframe), bool(packet.is_discard)))
-            if packet.is_discard:
+            hidden = bool(packet.is_discard) or hides_frame(packet)
+            packets.append((pts, packet.duration or 0, bool(packet.is_keyframe), hidden))
+            if hidden:
                 continue
             shown += 1
             earliest, latest = (pts, pts) if earliest is None else (min(earliest, pts), max(latest, pts))
@@ -343,9 +361,15 @@ def _describe(path, fmt, codec, width, height, time_base, packets, rotation, **d
 
 def shown_at(packet: av.Packet) -> Fraction | None:
     """When the frame a video packet holds is shown (seconds); None for a packet that shows no frame."""
-    if packet.size == 0 or packet.pts is None or packet.is_discard:
+    if packet.size == 0 or packet.pts is None or packet.is_discard or hides_frame(packet):
         return None
     return packet.pts * packet.time_base
+
+
+def hides_frame(packet: av.Packet) -> bool:
+    """Whether ``packet`` holds only frames decoded for reference and never shown: FFmpeg shows no frame for it
+    (VP9's hidden frames stored apart, :mod:`shared.vp9`)."""
+    return codec_name(packet.stream) == "vp9" and not vp9.shows_frame(memoryview(packet))
 
 
 def in_span(t: Fraction, start: Fraction, end: Fraction | None) -> bool:

@@ -64,7 +64,7 @@ def test_further_video_streams_are_kept_where_they_fit_and_said():
     assert choice.suffix == ".mp4" and [t.codec for t in choice.tracks] == ["aac"]
     assert ".mp4 cannot hold stream 3 (vp8 video); left out" in choice.notes
     kept = output_container(_info(TrackInfo(index=3, kind="video", codec="mpeg4")), ".mp4")
-    assert kept.notes == ["only the first video stream is styled; stream 3 (mpeg4 video) copied unchanged"]
+    assert kept.notes == ["only the primary video stream (stream 0) is styled; stream 3 (mpeg4 video) copied unchanged"]
 
 
 def test_audio_no_container_holds_is_refused():

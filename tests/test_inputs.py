@@ -131,7 +131,7 @@ def test_several_video_streams_first_styled_others_copied(tmp_path, stylize_bin)
     second = [s for s in streams_of(output) if s["codec_type"] == "video"][1]
     assert second["codec_name"] == "mpeg4" and packets_of(output, second["index"]) == packets_of(source, 1)
     report = json.loads((tmp_path / "out.report.json").read_text())
-    assert any("only the first video stream is styled" in note and "stream 1 (mpeg4 video)" in note for note in report["notes"]), report["notes"]
+    assert any("only the primary video stream (stream 0) is styled" in note and "stream 1 (mpeg4 video)" in note for note in report["notes"]), report["notes"]
 
 
 def test_edit_list_delayed_audio_and_dropped_frames_keep_their_timing(tmp_path, stylize_bin):
