@@ -22,6 +22,7 @@ YUV_MATRICES = frozenset({1, 4, 5, 6, 7, 9})
 PQ, HLG = 16, 18
 BT709 = 1
 SD_625_LINES = 576
+CHROMA_420, CHROMA_422, CHROMA_444 = "420", "422", "444"
 
 
 @dataclass(frozen=True)
@@ -33,6 +34,8 @@ class Colour:
     transfer: int
     matrix: int
     bits: int = 8
+    chroma: str = CHROMA_420
+    """Chroma subsampling of the samples: 4:2:0, 4:2:2 or 4:4:4 (RGB-coded sources count as 4:4:4)."""
 
     @property
     def hdr(self) -> bool:
@@ -45,6 +48,7 @@ class Colour:
             "transfer": TRANSFERS.get(self.transfer, "unknown"),
             "matrix": MATRICES.get(self.matrix, "unknown"),
             "bits": str(self.bits),
+            "chroma": self.chroma,
         }
 
     def to_dict(self) -> dict:
@@ -66,6 +70,7 @@ def resolved(colour: Colour, height: int) -> Colour:
         transfer=colour.transfer if colour.transfer in TRANSFERS else BT709,
         matrix=colour.matrix if colour.matrix in YUV_MATRICES else default_matrix,
         bits=colour.bits,
+        chroma=colour.chroma,
     )
 
 
@@ -78,9 +83,10 @@ class ColourPlan:
     output: Colour
     tone_map: bool
 
-    @property
-    def output_pix_fmt(self) -> str:
-        return "yuv420p10le" if self.output.bits > 8 else "yuv420p"
+    def output_pix_fmt(self, width: int, height: int) -> str:
+        """The styled frames' pixel format: the source's chroma format, 4:4:4 for an odd width or height."""
+        chroma = CHROMA_444 if width % 2 or height % 2 else self.output.chroma
+        return f"yuv{chroma}p" + ("10le" if self.output.bits > 8 else "")
 
     def note(self) -> str | None:
         """A line for the report when the styled video's colour differs from the source's."""
@@ -103,6 +109,7 @@ def plan_colour(source: Colour, height: int, keep_10bit: bool = False) -> Colour
     source = resolved(source, height)
     bits = 10 if keep_10bit and source.bits > 8 else 8
     if source.hdr:
-        output = Colour(range=RANGE_LIMITED, primaries=BT709, transfer=BT709, matrix=BT709, bits=bits)
+        output = Colour(range=RANGE_LIMITED, primaries=BT709, transfer=BT709, matrix=BT709, bits=bits, chroma=source.chroma)
         return ColourPlan(source=source, output=output, tone_map=True)
-    return ColourPlan(source=source, output=Colour(source.range, source.primaries, source.transfer, source.matrix, bits), tone_map=False)
+    output = Colour(source.range, source.primaries, source.transfer, source.matrix, bits, source.chroma)
+    return ColourPlan(source=source, output=output, tone_map=False)
