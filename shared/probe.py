@@ -16,6 +16,7 @@ from __future__ import annotations
 import errno
 import os
 import struct
+from collections.abc import Collection
 from dataclasses import asdict, dataclass, field, replace
 from fractions import Fraction
 from pathlib import Path
@@ -106,7 +107,7 @@ class VideoInfo:
     colour: Colour = Colour(0, 2, 2, 2)
     tracks: list[TrackInfo] = field(default_factory=list)
     ignored: list[str] = field(default_factory=list)
-    """Streams not carried to the output (data, attachments, cover images), described for the report."""
+    """Streams not carried to the output (data, attachments, cover images), and chapters or tags over the bounds, described for the report."""
     display_matrix: tuple[int, ...] = ()
     """The styled stream's display matrix (FFmpeg's nine 16.16 and 2.30 fixed-point numbers: rotation and mirroring); () for none."""
     chapters: list[Chapter] = field(default_factory=list)
@@ -284,23 +285,28 @@ def _other_streams(path: Path, container, video) -> tuple[list[TrackInfo], list[
 
 
 def _descriptions(container, video, ignored: list[str]) -> tuple[list[Chapter], dict[str, str], dict[str, str]]:
-    """The chapters, the file's descriptive tags and the styled stream's tags, within :data:`MAX_CHAPTERS` and
-    :data:`MAX_TAG_CHARS`; what is over them is added to ``ignored``."""
-    found = container.chapters()
+    """The chapters (those with a usable time span), the file's descriptive tags and the styled stream's tags, within
+    :data:`MAX_CHAPTERS` and :data:`MAX_TAG_CHARS`; what is over them is added to ``ignored``."""
+    found = [c for c in container.chapters() if c["time_base"] > 0 and 0 <= c["start"] <= c["end"]]
     chapters = [Chapter(c["start"], c["end"], str(c["time_base"]), _bounded(c["metadata"].get("title", "")))
                 for c in found[:MAX_CHAPTERS]]
     if len(found) > MAX_CHAPTERS:
         ignored.append(f"{len(found) - MAX_CHAPTERS} chapters past the first {MAX_CHAPTERS}")
-    metadata = {key: value for key, value in container.metadata.items() if key.lower() in CARRIED_TAGS}
-    video_tags = {key: value for key, value in video.metadata.items() if key.lower() in STREAM_TAGS}
-    long = sorted(key for key, value in {**metadata, **video_tags}.items() if len(value) > MAX_TAG_CHARS)
+    metadata = _short_tags(container.metadata, CARRIED_TAGS, "the file's", ignored)
+    return chapters, metadata, _short_tags(video.metadata, STREAM_TAGS, "the video stream's", ignored)
+
+
+def _short_tags(tags: dict[str, str], carried: Collection[str], whose: str, ignored: list[str]) -> dict[str, str]:
+    """The ``carried`` tags of ``tags`` (names compared case-insensitively) within :data:`MAX_TAG_CHARS`; the longer ones are said in ``ignored``."""
+    wanted = {key: value for key, value in tags.items() if key.lower() in carried}
+    long = sorted(key for key, value in wanted.items() if len(value) > MAX_TAG_CHARS)
     if long:
-        ignored.append(f"tags over {MAX_TAG_CHARS} characters ({', '.join(_bounded(key, 40) for key in long)})")
-    return chapters, *({key: value for key, value in tags.items() if key not in long} for tags in (metadata, video_tags))
+        ignored.append(f"{whose} tags over {MAX_TAG_CHARS} characters ({', '.join(long)})")
+    return {key: value for key, value in wanted.items() if key not in long}
 
 
-def _bounded(text: str, limit: int = MAX_TAG_CHARS) -> str:
-    return text if len(text) <= limit else text[: limit - 3] + "..."
+def _bounded(text: str) -> str:
+    return text if len(text) <= MAX_TAG_CHARS else text[: MAX_TAG_CHARS - 3] + "..."
 
 
 def stream_colour(ctx) -> Colour:

@@ -170,3 +170,20 @@ def test_audio_in_a_codec_ffmpeg_does_not_know_is_left_out_and_said(tmp_path, st
     assert "not carried: stream 2 (audio in a codec the bundled FFmpeg does not know)" in result.stderr
     _assert_frames_kept(source, output)
     assert stream_md5(output, 1) == stream_md5(source, 1) and len(packets_of(output, 1)) == len(packets_of(source, 1))
+
+
+def test_chapters_and_tags_over_the_bounds_are_left_out_and_said(tmp_path, monkeypatch):
+    """They travel in the job's plan: a file with thousands of chapters or megabytes of tags must not swell it."""
+    import shared.probe
+
+    monkeypatch.setattr(shared.probe, "MAX_CHAPTERS", 1)
+    monkeypatch.setattr(shared.probe, "MAX_TAG_CHARS", 12)
+    metadata = tmp_path / "metadata.txt"
+    metadata.write_text(FFMETADATA)
+    source = tmp_path / "chapters.mkv"
+    ffmpeg(*SOURCE, "-i", str(metadata), "-map_metadata", "1", "-map_chapters", "1", "-metadata", "copyright=short", *H264, str(source))
+    info = probe(source)
+    assert [c.title for c in info.chapters] == ["Opening"]
+    assert {key.lower(): value for key, value in info.metadata.items()} == {"copyright": "short", "artist": "Somebody"}
+    assert "1 chapters past the first 1" in info.ignored
+    assert any(note.startswith("the file's tags over 12 characters") and "title" in note.lower() for note in info.ignored), info.ignored
