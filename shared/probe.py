@@ -318,12 +318,16 @@ def stream_colour(ctx) -> Colour:
                   matrix=ctx.colorspace, bits=bits, chroma=_chroma(pix_fmt.name) if pix_fmt else CHROMA_420)
 
 
+SUBSAMPLING = {(1, 1): CHROMA_444, (2, 1): CHROMA_422, (2, 2): CHROMA_420, (4, 1): "411", (1, 2): "440", (4, 4): "410"}
+"""Chroma format (J:a:b digits) by the chroma planes' horizontal and vertical subsampling."""
+
+
 def _chroma(pix_fmt: str) -> str:
-    """4:4:4 or 4:2:2 from the planes' sizes of a ``pix_fmt`` frame; 4:2:0 for any other (4:1:1, 4:4:0, grey)."""
+    """The chroma format of ``pix_fmt``, from its planes' sizes; grey (no chroma planes) counts as 4:2:0."""
     luma, *chroma = av.VideoFormat(pix_fmt, 64, 64).components
-    if not chroma or chroma[0].height != luma.height:
+    if not chroma:
         return CHROMA_420
-    return {luma.width: CHROMA_444, luma.width // 2: CHROMA_422}.get(chroma[0].width, CHROMA_420)
+    return SUBSAMPLING.get((luma.width // chroma[0].width, luma.height // chroma[0].height), CHROMA_420)
 
 
 def _read_packets(path: Path, container, stream, audio: list, limits: Settings) -> tuple[list[tuple[int, int, bool, bool]], int, set[int]]:
