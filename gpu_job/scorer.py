@@ -208,7 +208,7 @@ class Segment:
         """Set once every group read has been delivered, or the model failed."""
         self._error: BaseException | None = None
 
-    def groups(self) -> Iterator[tuple[list, int, np.ndarray]]:
+    def groups(self) -> Iterator[tuple[list, tuple[int, ...] | None, np.ndarray]]:
         """(timestamps, display matrix, stacked frames) of each group of decoded frames, in order; ends early once the segment failed."""
         frames = _items(self._decoded)
         try:
