@@ -301,7 +301,7 @@ def score_segments(requests: Iterable[T], open_segment: Callable[[T], Segment], 
             except Exception:  # its outcome is lost, not the next segments'
                 log.exception("a segment's outcome could not be handed on")
 
-    def groups() -> Iterator[tuple[Segment, list, int, np.ndarray]]:
+    def groups() -> Iterator[tuple[Segment, list, tuple[int, ...] | None, np.ndarray]]:
         last = None
         for request in requests:
             try:
