@@ -12,14 +12,18 @@ from av.sidedata.sidedata import Type as SideDataType
 
 
 def with_display(source: Path, target: Path, degrees: int, hflip: bool = False, vflip: bool = False) -> Path:
-    """Copy ``source`` with a display matrix: a rotation, then mirrors (Debian's FFmpeg 5.1 CLI has no -display_hflip)."""
+    """Copy ``source`` (its streams, chapters and tags) with a display matrix: a rotation, then mirrors (Debian's
+    FFmpeg 5.1 CLI has no -display_hflip)."""
     with av.open(str(source)) as src, av.open(str(target), "w") as out:
+        out.metadata.update(src.metadata)
+        out.set_chapters(src.chapters())
         streams = {}
-        for stream in src.streams:
+        copied = [*src.streams.video, *src.streams.audio]  # not QuickTime's chapter track: the chapters are written anew
+        for stream in copied:
             streams[stream.index] = out.add_stream_from_template(stream)
             streams[stream.index].time_base = stream.time_base
         streams[src.streams.video[0].index].set_display_rotation(degrees, hflip=hflip, vflip=vflip)
-        for packet in src.demux():
+        for packet in src.demux(copied):
             if packet.dts is None:
                 continue
             packet.stream = streams[packet.stream.index]

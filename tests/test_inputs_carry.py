@@ -11,9 +11,12 @@ from pathlib import Path
 import av
 import pytest
 
+from durable_replay import ReplayClient
 from media import ffmpeg, frame_timestamps, packets_of, rgb_psnr, stream_md5, streams_of, video_stream
 from media_carry import chapters_and_tags, decoded_display_matrix, ffprobe_display, with_display
+from function_app.upload import start_job
 from shared.probe import probe
+from test_functions import LIMITS, Host, _upload, run, storage  # noqa: F401 (storage: the fixture the cloud path's test uses)
 
 PSNR_FLOOR = 35.0
 SOURCE = ["-f", "lavfi", "-i", "testsrc2=size=128x72:rate=25:duration=1,gblur=sigma=1"]
@@ -202,3 +205,26 @@ def test_a_chroma_format_h264_lacks_is_written_420_and_said(tmp_path, stylize_bi
     assert video_stream(output)["pix_fmt"] == "yuv420p"
     assert "note: 4:1:1 chroma written as 4:2:0 (H.264 has no 4:1:1)" in result.stderr
     _assert_frames_kept(source, output, floor=CHANGED_CHROMA_PSNR_FLOOR)
+
+
+def test_the_cloud_path_carries_chapters_tags_and_the_mirrored_display(storage, tmp_path):
+    """The same stitch on Azure, fed from the job's plan (stored by the orchestration as JSON)."""
+    service, queues = storage
+    metadata = tmp_path / "metadata.txt"
+    metadata.write_text(FFMETADATA)
+    plain = tmp_path / "plain.mp4"
+    ffmpeg(*SOURCE, *SINE, "-i", str(metadata), "-map", "0:v", "-map", "1:a", "-map_metadata", "2", "-map_chapters", "2",
+           "-metadata", f"creation_time={CREATED}", *H264, "-c:a", "aac", str(plain))
+    source = with_display(plain, tmp_path / "clip.mp4", 90, hflip=True)
+    chapters, tags = chapters_and_tags(source)
+    assert len(chapters) == 2 and all(key in tags for key in CARRIED), tags
+    client = ReplayClient()
+    instance_id = run(start_job(_upload(service, "carry/clip.mp4", source.read_bytes()), client, LIMITS))
+    Host(client, instance_id, queues).until_done()
+    output = tmp_path / "out.mp4"
+    output.write_bytes(service.get_blob_client(LIMITS.output_container, "carry/clip.mp4.identity.mp4").download_blob().readall())
+    _assert_frames_kept(source, output)
+    got_chapters, got_tags = chapters_and_tags(output)
+    assert got_chapters == chapters
+    assert {key: got_tags.get(key) for key in CARRIED} == {key: tags[key] for key in CARRIED}
+    assert decoded_display_matrix(output) == decoded_display_matrix(source) is not None
