@@ -66,7 +66,7 @@ def main() -> None:
         decode = _ms_per_frame(lambda frame: to_rgb(frame, plan), frames)
         reformatter = VideoReformatter()
         encode = _ms_per_frame(lambda rgb: from_rgb(rgb, plan, reformatter), rgbs)
-        print(f"| {name} | {decode:.1f} | {encode:.1f} | {plan.output_pix_fmt}{', tone-mapped' if plan.tone_map else ''} |")
+        print(f"| {name} | {decode:.1f} | {encode:.1f} | {plan.output_pix_fmt(width, height)}{', tone-mapped' if plan.tone_map else ''} |")
 
 
 if __name__ == "__main__":

@@ -26,7 +26,7 @@ from shared.preview import preview_offsets, rows_name, sampled_batches, write_pr
 from shared.probe import probe
 from shared.report import BatchRecord, RunReport, worker_stats
 from shared.split import split_video
-from shared.stitch import skipped_frames, skipped_note, stitch
+from shared.stitch import descriptions, skipped_frames, skipped_note, stitch
 from shared.storage import JobLayout, blob_service, close_job, download_file, queue_client, upload_file
 
 bp = df.Blueprint()
@@ -115,7 +115,7 @@ def stitch_job(request: dict, limits: Settings = settings) -> dict:
         styled = [download_file(service, limits.work_container, blob, folder / "styled" / Path(blob).name) for blob in styled_blobs]
         tracks = download_file(service, limits.work_container, plan["tracks_blob"], folder / Path(plan["tracks_blob"]).name) if plan["tracks_blob"] else None
         video = folder / f"output{plan['output_suffix']}"
-        shown = stitch(styled, tracks, video)
+        shown = stitch(styled, tracks, video, **descriptions(plan["video"]))
 
         def segment(position: int) -> Path:
             blob = layout.segment(batches[position])

@@ -46,7 +46,7 @@ def to_rgb(frame: av.VideoFrame, plan: ColourPlan) -> np.ndarray:
 
 
 def from_rgb(rgb: np.ndarray, plan: ColourPlan, reformatter: VideoReformatter) -> av.VideoFrame:
-    """A frame of ``plan.output_pix_fmt`` holding ``rgb``, converted with the output's matrix and range and tagged with its colour.
+    """A frame of ``plan.output_pix_fmt`` (for its size) holding ``rgb``, converted with the output's matrix and range and tagged with its colour.
 
     ``reformatter``: one per thread, used for every frame: it keeps swscale's context, whose set-up
     with Lanczos costs more than the conversion itself (0.5 ms against 0.2 ms a frame at 256x144).
@@ -54,7 +54,7 @@ def from_rgb(rgb: np.ndarray, plan: ColourPlan, reformatter: VideoReformatter) -
     out = plan.output
     frame = reformatter.reformat(
         av.VideoFrame.from_ndarray(rgb, format="rgb24"),
-        format=plan.output_pix_fmt, dst_colorspace=_sws_matrix(out), dst_color_range=out.range, interpolation=RESAMPLING,
+        format=plan.output_pix_fmt(rgb.shape[1], rgb.shape[0]), dst_colorspace=_sws_matrix(out), dst_color_range=out.range, interpolation=RESAMPLING,
     )
     frame.color_primaries, frame.color_trc = out.primaries, out.transfer
     return frame

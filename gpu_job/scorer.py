@@ -35,7 +35,7 @@ from shared.config import Settings
 from shared.decode import SEGMENT_DEMUXERS, open_input, tolerant_frames
 from shared.errors import InvalidInputError
 from shared.preview import tile, tile_size
-from shared.probe import frame_times, stream_colour
+from shared.probe import display_matrix, frame_times, stream_colour
 from shared.split import muxer_options
 
 _DONE = object()
@@ -74,7 +74,7 @@ class _Decoded:
 
 def _decode(path: Path, start: Fraction, end: Fraction | None, plan: ColourPlan, out: queue.Queue, stop: threading.Event,
             decoded: _Decoded) -> None:
-    """Put (pts, rotation, rgb frame) for frames shown at start <= t < end (seconds), in display order; record them in ``decoded``."""
+    """Put (pts, display matrix, rgb frame) for frames shown at start <= t < end (seconds), in display order; record them in ``decoded``."""
     try:
         with open_input(path, SEGMENT_DEMUXERS) as container:
             stream = container.streams.video[0]
@@ -87,10 +87,10 @@ def _decode(path: Path, start: Fraction, end: Fraction | None, plan: ColourPlan,
                     break
                 if shown_at < start:
                     continue
-                out.put((frame.pts, frame.rotation, to_rgb(frame, plan)))
+                out.put((frame.pts, display_matrix(frame), to_rgb(frame, plan)))
                 decoded.shown.add(shown_at)
-                if shown_at in decoded.tile_times:  # sized as the styled frame, whose sides are rounded up to even
-                    decoded.tiles[shown_at] = tile(frame, tile_size(frame.width + frame.width % 2, frame.height + frame.height % 2))
+                if shown_at in decoded.tile_times:  # sized as the styled frame
+                    decoded.tiles[shown_at] = tile(frame, tile_size(frame.width, frame.height))
         out.put(_DONE)
     except BaseException as exc:  # handed to the consumer, which re-raises it
         out.put(exc)
@@ -136,11 +136,11 @@ class _Encoder(threading.Thread):
         container = stream = None
         reformatter = VideoReformatter()
         try:
-            for pts_list, rotation, frames in _items(self.inbox):
+            for pts_list, display, frames in _items(self.inbox):
                 if container is None:
                     if self.after is not None:
                         self.after.wait()
-                    container, stream = self._open(frames.shape[2], frames.shape[1], rotation)
+                    container, stream = self._open(frames.shape[2], frames.shape[1], display)
                 for pts, rgb in zip(pts_list, frames):
                     frame = from_rgb(rgb, self._plan, reformatter)
                     frame.pts, frame.time_base = pts, self._time_base
@@ -156,10 +156,10 @@ class _Encoder(threading.Thread):
             if container is not None:
                 container.close()
 
-    def _open(self, width: int, height: int, rotation: int):
+    def _open(self, width: int, height: int, display: tuple[int, ...] | None):
         container = av.open(str(self._tmp), "w", format=SEGMENT_MUXER, options=muxer_options(SEGMENT_MUXER, Fraction(self._time_base)))
         stream = container.add_stream(self._settings.codec, rate=self._rate)
-        stream.width, stream.height, stream.pix_fmt = width, height, self._plan.output_pix_fmt
+        stream.width, stream.height, stream.pix_fmt = width, height, self._plan.output_pix_fmt(width, height)
         stream.time_base = self._time_base
         stream.codec_context.time_base = self._time_base
         tag_encoder(stream.codec_context, self._plan.output)
@@ -167,8 +167,8 @@ class _Encoder(threading.Thread):
         # join with strictly increasing decode timestamps whatever the frame timing.
         stream.codec_context.max_b_frames = 0
         stream.options = {"crf": str(self._settings.crf), "preset": self._settings.preset}
-        if rotation:
-            stream.set_display_rotation(rotation)
+        if display:  # the whole matrix: a rotation may come with a mirror
+            stream.set_display_matrix(display)
         return container, stream
 
 
@@ -208,8 +208,8 @@ class Segment:
         """Set once every group read has been delivered, or the model failed."""
         self._error: BaseException | None = None
 
-    def groups(self) -> Iterator[tuple[list, int, np.ndarray]]:
-        """(timestamps, rotation, stacked frames) of each group of decoded frames, in order; ends early once the segment failed."""
+    def groups(self) -> Iterator[tuple[list, tuple[int, ...] | None, np.ndarray]]:
+        """(timestamps, display matrix, stacked frames) of each group of decoded frames, in order; ends early once the segment failed."""
         frames = _items(self._decoded)
         try:
             while self._error is None and not self._writer.error and (group := list(itertools.islice(frames, self._batch_size))):
@@ -227,8 +227,8 @@ class Segment:
         inbox meanwhile, for the few milliseconds of the flush)."""
         self._writer.after = previous._writer.closed
 
-    def deliver(self, pts_list: list, rotation: int, styled: np.ndarray) -> None:
-        self._writer.inbox.put((pts_list, rotation, styled))
+    def deliver(self, pts_list: list, display: tuple[int, ...] | None, styled: np.ndarray) -> None:
+        self._writer.inbox.put((pts_list, display, styled))
         self._delivered += 1
         self._check_styled()
 
@@ -301,7 +301,7 @@ def score_segments(requests: Iterable[T], open_segment: Callable[[T], Segment], 
             except Exception:  # its outcome is lost, not the next segments'
                 log.exception("a segment's outcome could not be handed on")
 
-    def groups() -> Iterator[tuple[Segment, list, int, np.ndarray]]:
+    def groups() -> Iterator[tuple[Segment, list, tuple[int, ...] | None, np.ndarray]]:
         last = None
         for request in requests:
             try:
@@ -314,15 +314,15 @@ def score_segments(requests: Iterable[T], open_segment: Callable[[T], Segment], 
             last = segment
             finishing.put((request, segment))
             unstyled[:] = [*(s for s in unstyled if not s.styled.is_set()), segment]
-            for pts_list, rotation, frames in segment.groups():
-                yield segment, pts_list, rotation, frames
+            for pts_list, display, frames in segment.groups():
+                yield segment, pts_list, display, frames
 
     finisher = threading.Thread(target=finish_in_order, daemon=True)
     finisher.start()
     styled = paired(groups(), lambda group: group[3], styler.stream)
     try:
-        for (segment, pts_list, rotation, _), frames in styled:
-            segment.deliver(pts_list, rotation, frames)
+        for (segment, pts_list, display, _), frames in styled:
+            segment.deliver(pts_list, display, frames)
     except BaseException as exc:  # the model failed (or we are interrupted): no segment still in it gets its frames
         for segment in unstyled:
             segment.abort(exc)

@@ -1,4 +1,4 @@
-"""What the scorer calls: batches of RGB frames in, styled frames of even size out."""
+"""What the scorer calls: batches of RGB frames in, styled frames of the same size out."""
 
 from __future__ import annotations
 
@@ -17,7 +17,7 @@ Network = Callable[[Iterable[np.ndarray]], Iterator[np.ndarray]]
 
 
 class FrameStyler:
-    """Pads frames to the network's alignment (edge pixels repeated), runs it, crops to even size, mixes, clamps.
+    """Pads frames to the network's alignment (edge pixels repeated), runs it, crops to the frames' size, mixes, clamps.
 
     ``strength`` below 1 mixes the styled frame with the original; ``describe()`` says what styles the frames.
     ``stream`` styles batch after batch with the engine's streams all busy; calling it styles one batch.
@@ -29,14 +29,14 @@ class FrameStyler:
         self.description = dict(description)
 
     def __call__(self, frames: np.ndarray) -> np.ndarray:
-        """(N, H, W, 3) uint8 -> (N, even H, even W, 3) uint8."""
+        """(N, H, W, 3) uint8 -> (N, H, W, 3) uint8."""
         (styled,) = self.stream([frames])
         return styled
 
     def stream(self, batches: Iterable[np.ndarray]) -> Iterator[np.ndarray]:
         """Each batch styled, in order; the next batches are read while earlier ones are being styled."""
         if self.network is None:
-            yield from (np.ascontiguousarray(_crop(_pad(frames), frames)) for frames in batches)
+            yield from (np.ascontiguousarray(frames) for frames in batches)
             return
         padded = ((frames, _pad(frames)) for frames in batches)
         for (frames, padded_frames), styled in paired(padded, lambda pair: pair[1], self.network):
@@ -70,6 +70,6 @@ def _pad(frames: np.ndarray) -> np.ndarray:
 
 
 def _crop(padded: np.ndarray, frames: np.ndarray) -> np.ndarray:
-    """``padded`` cut to the even size at or above ``frames``'s."""
+    """``padded`` cut to ``frames``'s size."""
     _, height, width, _ = frames.shape
-    return padded[:, : height + height % 2, : width + width % 2]
+    return padded[:, :height, :width]

@@ -128,7 +128,7 @@ def run(request: RunRequest, settings: Settings, launcher: Launcher = launch_wor
         from shared.preview import preview_offsets, rows_name, sampled_batches, write_preview
         from shared.probe import probe
         from shared.split import split_video
-        from shared.stitch import skipped_frames, skipped_note, stitch
+        from shared.stitch import descriptions, skipped_frames, skipped_note, stitch
 
         info = probe(request.input, settings)  # refuses what is over the limits before reading what they bound
         request, container = check_request(request, info)
@@ -154,7 +154,7 @@ def run(request: RunRequest, settings: Settings, launcher: Launcher = launch_wor
         with report.stage("score"), tqdm(total=info.frame_count, unit="frame", desc="styling", disable=None) as bar:
             report.worker_stats, report.model["styler"] = style_batches(pool, messages, report.batches, bar)
         with report.stage("stitch"):
-            shown = stitch(styled, parts.tracks, request.output)
+            shown = stitch(styled, parts.tracks, request.output, **descriptions(info.summary()))
             skipped = skipped_frames(batches, shown, parts.segments.__getitem__)
         with report.stage("preview"):
             rows = [Path(rows_name(str(styled[position]))) for position in sampled_batches(batches)]

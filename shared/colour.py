@@ -22,6 +22,9 @@ YUV_MATRICES = frozenset({1, 4, 5, 6, 7, 9})
 PQ, HLG = 16, 18
 BT709 = 1
 SD_625_LINES = 576
+CHROMA_420, CHROMA_422, CHROMA_444 = "420", "422", "444"
+KEPT_CHROMA = frozenset({CHROMA_420, CHROMA_422, CHROMA_444})
+"""Chroma formats x264 writes; others (4:1:1 DV, 4:4:0, 4:1:0) are written 4:2:0, and the report says so."""
 
 
 @dataclass(frozen=True)
@@ -33,6 +36,8 @@ class Colour:
     transfer: int
     matrix: int
     bits: int = 8
+    chroma: str = CHROMA_420
+    """Chroma subsampling of the samples, J:a:b digits: "420", "422", "444" (RGB-coded sources too), "411", "440", "410"."""
 
     @property
     def hdr(self) -> bool:
@@ -45,6 +50,7 @@ class Colour:
             "transfer": TRANSFERS.get(self.transfer, "unknown"),
             "matrix": MATRICES.get(self.matrix, "unknown"),
             "bits": str(self.bits),
+            "chroma": self.chroma,
         }
 
     def to_dict(self) -> dict:
@@ -66,6 +72,7 @@ def resolved(colour: Colour, height: int) -> Colour:
         transfer=colour.transfer if colour.transfer in TRANSFERS else BT709,
         matrix=colour.matrix if colour.matrix in YUV_MATRICES else default_matrix,
         bits=colour.bits,
+        chroma=colour.chroma,
     )
 
 
@@ -78,20 +85,25 @@ class ColourPlan:
     output: Colour
     tone_map: bool
 
-    @property
-    def output_pix_fmt(self) -> str:
-        return "yuv420p10le" if self.output.bits > 8 else "yuv420p"
+    def output_pix_fmt(self, width: int, height: int) -> str:
+        """The styled frames' pixel format: the source's chroma format, 4:4:4 for an odd width or height."""
+        chroma = CHROMA_444 if width % 2 or height % 2 else self.output.chroma
+        return f"yuv{chroma}p" + ("10le" if self.output.bits > 8 else "")
 
     def note(self) -> str | None:
-        """A line for the report when the styled video's colour differs from the source's."""
+        """A line for the report when the styled video's colour or chroma format differs from the source's."""
+        lines = []
         if self.tone_map:
             kind = "PQ" if self.source.transfer == PQ else "HLG"
             primaries = PRIMARIES.get(self.source.primaries, "unknown")
-            return (f"HDR input ({kind}, {primaries} primaries) tone-mapped to SDR BT.709 before styling "
-                    f"(reference white {REFERENCE_WHITE_NITS:g} nits); output is SDR BT.709, {self.output.bits}-bit")
-        if self.source.bits > 8 and self.output.bits == 8:
-            return f"{self.source.bits}-bit input styled and written as 8-bit (use --keep-10bit to keep 10-bit output)"
-        return None
+            lines.append(f"HDR input ({kind}, {primaries} primaries) tone-mapped to SDR BT.709 before styling "
+                         f"(reference white {REFERENCE_WHITE_NITS:g} nits); output is SDR BT.709, {self.output.bits}-bit")
+        elif self.source.bits > 8 and self.output.bits == 8:
+            lines.append(f"{self.source.bits}-bit input styled and written as 8-bit (use --keep-10bit to keep 10-bit output)")
+        if self.source.chroma != self.output.chroma:
+            lines.append(f"{':'.join(self.source.chroma)} chroma written as {':'.join(self.output.chroma)} (H.264 has no "
+                         f"{':'.join(self.source.chroma)})")
+        return "; ".join(lines) or None
 
 
 REFERENCE_WHITE_NITS = 203.0
@@ -102,7 +114,9 @@ def plan_colour(source: Colour, height: int, keep_10bit: bool = False) -> Colour
     """Same matrix, range, primaries and transfer as the source; HDR becomes SDR BT.709; 8-bit unless asked to keep more."""
     source = resolved(source, height)
     bits = 10 if keep_10bit and source.bits > 8 else 8
+    chroma = source.chroma if source.chroma in KEPT_CHROMA else CHROMA_420
     if source.hdr:
-        output = Colour(range=RANGE_LIMITED, primaries=BT709, transfer=BT709, matrix=BT709, bits=bits)
+        output = Colour(range=RANGE_LIMITED, primaries=BT709, transfer=BT709, matrix=BT709, bits=bits, chroma=chroma)
         return ColourPlan(source=source, output=output, tone_map=True)
-    return ColourPlan(source=source, output=Colour(source.range, source.primaries, source.transfer, source.matrix, bits), tone_map=False)
+    output = Colour(source.range, source.primaries, source.transfer, source.matrix, bits, chroma)
+    return ColourPlan(source=source, output=output, tone_map=False)

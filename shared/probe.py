@@ -1,7 +1,8 @@
-"""Probe a video: its frames' exact timestamps, its GOP structure, its other tracks, colour and rotation.
+"""Probe a video: its frames' exact timestamps, its GOP structure, its other tracks, chapters and tags, colour
+and display matrix.
 
 Probing reads packets only (no decoding, except one frame to prove the stream decodes and to
-read its rotation), so it costs a small fraction of a decode even for long videos. Whatever the
+read its display matrix), so it costs a small fraction of a decode even for long videos. Whatever the
 bundled FFmpeg cannot read is refused here, with a one-line reason, before any work is done.
 
 The limits come first, each as soon as it can be known: attachments from their element headers before
@@ -14,15 +15,18 @@ from __future__ import annotations
 
 import errno
 import os
+import struct
+from collections.abc import Collection
 from dataclasses import asdict, dataclass, field, replace
 from fractions import Fraction
 from pathlib import Path
 
 import av
+from av.sidedata.sidedata import Type as SideDataType
 
 from shared import vp9
 from shared.attachments import attachment_bytes
-from shared.colour import RANGE_FULL, Colour
+from shared.colour import CHROMA_420, CHROMA_422, CHROMA_444, RANGE_FULL, Colour
 from shared.config import Settings
 from shared.decode import SEGMENT_DEMUXERS, UPLOAD_DEMUXERS, open_input
 from shared.errors import InvalidInputError
@@ -37,6 +41,18 @@ CODED_MARGIN = 128
 superblocks (up to 128 pixels), and its rows to the stride alignment."""
 AUXILIARY = av.stream.Disposition.dependent | av.stream.Disposition.still_image
 """Dispositions of a video stream that is not the picture a player shows."""
+CARRIED_TAGS = frozenset({
+    "title", "language", "creation_time", "date", "year", "date_released", "date_recorded", "artist", "album_artist", "album",
+    "author", "composer", "performer", "publisher", "comment", "description", "synopsis", "copyright", "genre", "keywords",
+    "location", "show", "episode_id", "episode_sort", "season_number", "network", "grouping", "lyrics",
+})
+"""Descriptive tags of the whole file carried to the output (compared case-insensitively); not the encoder's,
+the brands' or the handlers', which would describe the input's making, not the output's."""
+STREAM_TAGS = ("language", "title")
+"""Tags of the styled video stream carried to its styled version."""
+MAX_CHAPTERS = 500
+MAX_TAG_CHARS = 1000
+"""Bounds on what is carried from a file's tags and chapters (they travel in the job's plan); more is left out and said."""
 NOT_ACCEPTED = "not in a container accepted here: MP4/MOV, Matroska/WebM, AVI or MPEG-TS"
 """What FFmpeg's "Invalid argument" on opening means under the demuxer allowlist: it found another format."""
 
@@ -55,6 +71,16 @@ class TrackInfo:
     trimmed: bool = False
     """Audio whose container says to skip samples at its start (encoder priming) or end (padding): only a
     container of the source's own family carries that exactly."""
+
+
+@dataclass(frozen=True)
+class Chapter:
+    """A chapter, in the video's own timeline (``start`` and ``end`` in ``time_base`` units, a fraction such as "1/1000")."""
+
+    start: int
+    end: int
+    time_base: str
+    title: str = ""
 
 
 @dataclass(frozen=True)
@@ -84,7 +110,14 @@ class VideoInfo:
     colour: Colour = Colour(0, 2, 2, 2)
     tracks: list[TrackInfo] = field(default_factory=list)
     ignored: list[str] = field(default_factory=list)
-    """Streams not carried to the output (data, attachments, cover images), described for the report."""
+    """Streams not carried to the output (data, attachments, cover images), and chapters or tags over the bounds, described for the report."""
+    display_matrix: tuple[int, ...] = ()
+    """The styled stream's display matrix (FFmpeg's nine 16.16 and 2.30 fixed-point numbers: rotation and mirroring); () for none."""
+    chapters: list[Chapter] = field(default_factory=list)
+    metadata: dict[str, str] = field(default_factory=dict)
+    """The file's descriptive tags (:data:`CARRIED_TAGS`)."""
+    video_tags: dict[str, str] = field(default_factory=dict)
+    """The styled stream's language and title."""
 
     @property
     def audio(self) -> list[TrackInfo]:
@@ -217,6 +250,7 @@ def probe(path: str | os.PathLike[str], limits: Settings = Settings()) -> VideoI
         _check_size(path, stream.codec_context.width, stream.codec_context.height, limits)  # what decoding the first frames said
         tracks, ignored = _other_streams(path, container, stream)
         ignored = [*_layers_not_styled(stream), *ignored]
+        chapters, metadata, video_tags = _descriptions(container, stream, ignored)
         audio = [container.streams[t.index] for t in tracks if t.kind == "audio"]
         packets, empty, trimmed = _read_packets(path, container, stream, audio, limits)
         tracks = [replace(t, trimmed=t.index in trimmed) for t in tracks]
@@ -225,11 +259,12 @@ def probe(path: str | os.PathLike[str], limits: Settings = Settings()) -> VideoI
         indexed = _indexed_frames(container, stream)
         if indexed and len(packets) + empty < indexed:
             raise InvalidInputError(f"{path}: truncated: index lists {indexed} frames but only {len(packets) + empty} are present")
-        rotation = _first_frame_rotation(path, stream.index, limits)
+        rotation, display = _first_frame(path, stream.index, [t.index for t in tracks], limits)
         ctx = stream.codec_context
         info = _describe(
             path, container.format.name, codec_name(stream), ctx.width, ctx.height, stream.time_base, packets, rotation,
-            video_index=stream.index, colour=stream_colour(ctx), tracks=tracks, ignored=ignored,
+            video_index=stream.index, colour=stream_colour(ctx), tracks=tracks, ignored=ignored, display_matrix=display,
+            chapters=chapters, metadata=metadata, video_tags=video_tags,
         )
     if info.duration_s > limits.max_duration_s:  # with its last frame's duration, which reading the packets did not count
         raise InvalidInputError(f"{path.name}: duration {info.duration_s:.1f} s over the limit of {limits.max_duration_s:.0f} s")
@@ -239,14 +274,17 @@ def probe(path: str | os.PathLike[str], limits: Settings = Settings()) -> VideoI
 def _other_streams(path: Path, container, video) -> tuple[list[TrackInfo], list[str]]:
     tracks, ignored = [], []
     for s in container.streams:
-        if s.index == video.index:
-            continue
+        if s.index == video.index or s.discard == av.stream.Discard.all and container.chapters():
+            continue  # the styled stream, or QuickTime's chapter track, which the demuxer reads as the chapters
         cover = s.type == "video" and bool(s.disposition & av.stream.Disposition.attached_pic)
         if s.type not in COPIED_KINDS or cover:
             ignored.append(f"stream {s.index} ({'cover image' if cover else s.type})")
             continue
         if s.codec_context is None and s.type == "subtitle":
             ignored.append(f"stream {s.index} (subtitles in a format the bundled FFmpeg does not know)")
+            continue
+        if s.codec_context is None and s.type == "audio":
+            ignored.append(f"stream {s.index} (audio in a codec the bundled FFmpeg does not know)")
             continue
         if s.codec_context is None:
             raise InvalidInputError(f"{path}: {s.type} stream {s.index} uses a codec the bundled FFmpeg does not know")
@@ -263,13 +301,50 @@ def _other_streams(path: Path, container, video) -> tuple[list[TrackInfo], list[
     return tracks, ignored
 
 
+def _descriptions(container, video, ignored: list[str]) -> tuple[list[Chapter], dict[str, str], dict[str, str]]:
+    """The chapters (those with a usable time span), the file's descriptive tags and the styled stream's tags, within
+    :data:`MAX_CHAPTERS` and :data:`MAX_TAG_CHARS`; what is over them is added to ``ignored``."""
+    found = [c for c in container.chapters() if c["time_base"] > 0 and 0 <= c["start"] <= c["end"]]
+    chapters = [Chapter(c["start"], c["end"], str(c["time_base"]), _bounded(c["metadata"].get("title", "")))
+                for c in found[:MAX_CHAPTERS]]
+    if len(found) > MAX_CHAPTERS:
+        ignored.append(f"{len(found) - MAX_CHAPTERS} chapters past the first {MAX_CHAPTERS}")
+    metadata = _short_tags(container.metadata, CARRIED_TAGS, "the file's", ignored)
+    return chapters, metadata, _short_tags(video.metadata, STREAM_TAGS, "the video stream's", ignored)
+
+
+def _short_tags(tags: dict[str, str], carried: Collection[str], whose: str, ignored: list[str]) -> dict[str, str]:
+    """The ``carried`` tags of ``tags`` (names compared case-insensitively) within :data:`MAX_TAG_CHARS`; the longer ones are said in ``ignored``."""
+    wanted = {key: value for key, value in tags.items() if key.lower() in carried}
+    long = sorted(key for key, value in wanted.items() if len(value) > MAX_TAG_CHARS)
+    if long:
+        ignored.append(f"{whose} tags over {MAX_TAG_CHARS} characters ({', '.join(long)})")
+    return {key: value for key, value in wanted.items() if key not in long}
+
+
+def _bounded(text: str) -> str:
+    return text if len(text) <= MAX_TAG_CHARS else text[: MAX_TAG_CHARS - 3] + "..."
+
+
 def stream_colour(ctx) -> Colour:
     """The colour a decoder context reports (yuvj pixel formats imply full range)."""
     pix_fmt = ctx.format
     bits = max((component.bits for component in pix_fmt.components), default=8) if pix_fmt else 8
     full = pix_fmt is not None and pix_fmt.name.startswith("yuvj")
     return Colour(range=RANGE_FULL if full else ctx.color_range, primaries=ctx.color_primaries, transfer=ctx.color_trc,
-                  matrix=ctx.colorspace, bits=bits)
+                  matrix=ctx.colorspace, bits=bits, chroma=_chroma(pix_fmt.name) if pix_fmt else CHROMA_420)
+
+
+SUBSAMPLING = {(1, 1): CHROMA_444, (2, 1): CHROMA_422, (2, 2): CHROMA_420, (4, 1): "411", (1, 2): "440", (4, 4): "410"}
+"""Chroma format (J:a:b digits) by the chroma planes' horizontal and vertical subsampling."""
+
+
+def _chroma(pix_fmt: str) -> str:
+    """The chroma format of ``pix_fmt``, from its planes' sizes; grey (no chroma planes) counts as 4:2:0."""
+    luma, *chroma = av.VideoFormat(pix_fmt, 64, 64).components
+    if not chroma:
+        return CHROMA_420
+    return SUBSAMPLING.get((luma.width // chroma[0].width, luma.height // chroma[0].height), CHROMA_420)
 
 
 def _read_packets(path: Path, container, stream, audio: list, limits: Settings) -> tuple[list[tuple[int, int, bool, bool]], int, set[int]]:
@@ -312,18 +387,33 @@ def _read_packets(path: Path, container, stream, audio: list, limits: Settings) 
     return packets, empty, trimmed
 
 
-def _first_frame_rotation(path: Path, index: int, limits: Settings) -> int:
-    """Decode the first frame: proves the stream decodes, and gives the display rotation. A frame larger than
-    the limits allow (the bitstream may say a size the headers do not) is not decoded."""
+def _first_frame(path: Path, index: int, carried: list[int], limits: Settings) -> tuple[int, tuple[int, ...]]:
+    """Decode the first frame of stream ``index``: proves it decodes, and gives its rotation and display matrix. A frame
+    larger than the limits allow (the bitstream may say a size the headers do not) is not decoded. The packets read up
+    to it, of that stream and of the ``carried`` ones, must not be encrypted: without the key they decode to noise."""
     try:
         with _open(path, limits) as container:
             stream = container.streams[index]
             stream.codec_context.options = {"max_pixels": str(max_decoded_pixels(limits))}
-            for frame in container.decode(stream):
-                return int(frame.rotation) % 360
+            for packet in container.demux([stream, *(container.streams[i] for i in carried)]):
+                if packet.has_sidedata("encryption_info"):
+                    raise InvalidInputError(f"{path}: {packet.stream.type} stream {packet.stream.index} is encrypted (CENC/DRM); "
+                                            "only unencrypted video can be styled")
+                if packet.stream.index != index:
+                    continue
+                for frame in stream.decode(packet):
+                    return int(frame.rotation) % 360, display_matrix(frame) or ()
+            for frame in stream.decode(None):  # a stream of fewer frames than the decoder holds back
+                return int(frame.rotation) % 360, display_matrix(frame) or ()
     except av.FFmpegError as exc:
         raise InvalidInputError(f"{path}: video does not decode ({_reason(exc)})") from None
     raise InvalidInputError(f"{path}: video stream has no decodable frame")
+
+
+def display_matrix(frame: av.VideoFrame) -> tuple[int, ...] | None:
+    """The display matrix a decoded frame carries (rotation and mirroring), as FFmpeg's nine int32s; None for none."""
+    side_data = frame.side_data.get(SideDataType.DISPLAYMATRIX)
+    return struct.unpack("=9i", bytes(side_data)) if side_data is not None else None
 
 
 def _describe(path, fmt, codec, width, height, time_base, packets, rotation, **details) -> VideoInfo:

@@ -1,11 +1,12 @@
-"""Stitch styled segments into one video and put the other tracks back, both by stream copy."""
+"""Stitch styled segments into one video and put the other tracks back, both by stream copy, with the input's
+chapters and descriptive tags."""
 
 from __future__ import annotations
 
 import contextlib
 import heapq
 import os
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from fractions import Fraction
 from pathlib import Path
 
@@ -13,7 +14,7 @@ from pathlib import Path
 from shared.errors import PipelineError
 from shared.decode import SEGMENT_DEMUXERS, TRACKS_DEMUXERS, open_input
 from shared.plan import Batch
-from shared.probe import frame_times, in_span, shown_at
+from shared.probe import Chapter, frame_times, in_span, shown_at
 from shared.split import ISO_MUXERS, copy_muxer, muxer_for
 
 
@@ -44,16 +45,26 @@ def _segment_packets(path: Path, target, headers: bytes, shown: list[Fraction]) 
         yield item
 
 
+def descriptions(video: dict) -> dict:
+    """:func:`stitch`'s ``chapters``, ``metadata`` and ``video_tags`` from a video's summary (:meth:`VideoInfo.summary`)."""
+    return {"chapters": [Chapter(**chapter) for chapter in video.get("chapters", [])],
+            "metadata": dict(video.get("metadata", {})), "video_tags": dict(video.get("video_tags", {}))}
+
+
 def stitch(
     segments: Sequence[str | os.PathLike[str]],
     tracks: str | os.PathLike[str] | None,
     output: str | os.PathLike[str],
-    rotation: int = 0,
+    chapters: Sequence[Chapter] = (),
+    metadata: Mapping[str, str] | None = None,
+    video_tags: Mapping[str, str] | None = None,
 ) -> list[list[Fraction]]:
     """Join ``segments`` (in order) and every stream of ``tracks`` into ``output``, atomically; returns the
     times (seconds) each segment's frames are shown, for :func:`skipped_frames`.
 
-    ``tracks`` is the file :func:`shared.split.split_video` set aside, in the output's container.
+    ``tracks`` is the file :func:`shared.split.split_video` set aside, in the output's container. The output
+    gets the input's ``chapters`` and descriptive ``metadata``, and the styled stream the input's ``video_tags``
+    (segments keep the input's timestamps, so chapters need no shift); the display matrix comes with the segments.
     Packets are merged by decode time, so the output is interleaved as a player expects and no
     muxer buffer grows with the video's length. Each segment is opened once.
     """
@@ -68,8 +79,10 @@ def stitch(
         video_template = stack.enter_context(open_input(segments[0], SEGMENT_DEMUXERS)).streams.video[0]
         track_templates = list(stack.enter_context(open_input(tracks, TRACKS_DEMUXERS, metadata_errors="ignore")).streams) if tracks else []
         container, (video_out, *track_outs) = stack.enter_context(copy_muxer(output, [video_template, *track_templates], muxer, options))
-        if rotation:
-            video_out.set_display_rotation(rotation)
+        video_out.metadata.update(video_tags or {})
+        container.metadata.update(metadata or {})
+        container.set_chapters([{"id": number, "start": c.start, "end": c.end, "time_base": Fraction(c.time_base),
+                                 "metadata": {"title": c.title} if c.title else {}} for number, c in enumerate(chapters, start=1)])
         headers = bytes(video_template.codec_context.extradata or b"")
         videos = (item for path, times in zip(segments, shown) for item in _segment_packets(path, video_out, headers, times))
         others = _timed_packets(Path(tracks), lambda c: dict(zip(c.streams, track_outs)), TRACKS_DEMUXERS) if tracks else iter(())

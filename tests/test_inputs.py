@@ -181,12 +181,6 @@ def _unknown_video_codec(folder: Path) -> Path:
     return _write(folder / "unknown-video.mkv", clip.read_bytes().replace(b"FFV1", b"ZZV9"))
 
 
-def _unknown_audio_codec(folder: Path) -> Path:
-    clip = folder / "opus.mkv"
-    ffmpeg(*SOURCE, "-f", "lavfi", "-i", "sine=duration=1:sample_rate=48000", "-c:v", "libx264", "-c:a", "libopus", str(clip))
-    return _write(folder / "unknown-audio.mkv", clip.read_bytes().replace(b"A_OPUS", b"A_OPUX"))
-
-
 def _packed_xvid(folder: Path) -> Path:
     clip = folder / "xvid.avi"
     ffmpeg(*SOURCE, "-c:v", "libxvid", "-bf", "2", "-g", "10", str(clip))
@@ -209,7 +203,6 @@ def _write(path: Path, data: bytes) -> Path:
 
 REFUSED = {
     "unknown-video-codec": (_unknown_video_codec, "codec the bundled FFmpeg cannot decode"),
-    "unknown-audio-codec": (_unknown_audio_codec, "audio stream 1 uses a codec the bundled FFmpeg does not know"),
     "packed-b-frames": (_packed_xvid, "packed B-frames"),
     "cover-image-only": (_cover_image_only, "has no video stream"),
 }
