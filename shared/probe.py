@@ -14,6 +14,7 @@ either passes its limit.
 from __future__ import annotations
 
 import errno
+import math
 import os
 import struct
 from collections.abc import Collection
@@ -411,9 +412,22 @@ def _first_frame(path: Path, index: int, carried: list[int], limits: Settings) -
 
 
 def display_matrix(frame: av.VideoFrame) -> tuple[int, ...] | None:
-    """The display matrix a decoded frame carries (rotation and mirroring), as FFmpeg's nine int32s; None for none."""
-    side_data = frame.side_data.get(SideDataType.DISPLAYMATRIX)
+    """The display matrix a decoded frame carries (rotation and mirroring), as FFmpeg's nine int32s; None for none.
+
+    PyAV cannot list a frame's side data when it holds a kind PyAV does not know (MV-HEVC's view id): the matrix is
+    then rebuilt from the rotation, which PyAV reads directly (a mirror, which no such file was seen with, is lost)."""
+    try:
+        side_data = frame.side_data.get(SideDataType.DISPLAYMATRIX)
+    except ValueError:
+        return _rotation_matrix(frame.rotation) if frame.rotation else None
     return struct.unpack("=9i", bytes(side_data)) if side_data is not None else None
+
+
+def _rotation_matrix(degrees: float) -> tuple[int, ...]:
+    """FFmpeg's display matrix of a counter-clockwise rotation by ``degrees`` (as av_display_rotation_set writes it)."""
+    radians = math.radians(degrees)
+    cos, sin = (int(value * (1 << 16)) for value in (math.cos(radians), math.sin(radians)))
+    return (cos, -sin, 0, sin, cos, 0, 0, 0, 1 << 30)
 
 
 def _describe(path, fmt, codec, width, height, time_base, packets, rotation, **details) -> VideoInfo:

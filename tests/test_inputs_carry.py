@@ -5,17 +5,19 @@ encrypted tracks, audio in a codec FFmpeg does not know."""
 from __future__ import annotations
 
 import json
+import struct
 import subprocess
 from pathlib import Path
 
 import av
+import numpy as np
 import pytest
 
 from durable_replay import ReplayClient
 from media import ffmpeg, frame_timestamps, packets_of, rgb_psnr, stream_md5, streams_of, video_stream
 from media_carry import chapters_and_tags, decoded_display_matrix, ffprobe_display, with_display
 from function_app.upload import start_job
-from shared.probe import probe
+from shared.probe import _rotation_matrix, probe
 from test_functions import LIMITS, Host, _upload, run, storage  # noqa: F401 (storage: the fixture the cloud path's test uses)
 
 PSNR_FLOOR = 35.0
@@ -228,3 +230,20 @@ def test_the_cloud_path_carries_chapters_tags_and_the_mirrored_display(storage, 
     assert got_chapters == chapters
     assert {key: got_tags.get(key) for key in CARRIED} == {key: tags[key] for key in CARRIED}
     assert decoded_display_matrix(output) == decoded_display_matrix(source) is not None
+
+
+@pytest.mark.parametrize("degrees", [90, 180, 270])
+def test_rotation_matrix_is_ffmpegs(tmp_path: Path, degrees: int) -> None:
+    """The matrix rebuilt from a rotation (for frames whose side data PyAV cannot list, MV-HEVC's) is the one FFmpeg writes."""
+    path = tmp_path / "rotated.mp4"
+    with av.open(str(path), "w") as container:
+        stream = container.add_stream("libx264", rate=25)
+        stream.width = stream.height = 64
+        stream.pix_fmt = "yuv420p"
+        stream.set_display_rotation(degrees)
+        container.mux(stream.encode(av.VideoFrame.from_ndarray(np.zeros((64, 64, 3), np.uint8), format="rgb24")))
+        container.mux(stream.encode(None))
+    with av.open(str(path)) as container:
+        frame = next(container.decode(video=0))
+        written = struct.unpack("=9i", bytes(frame.side_data.get(av.sidedata.sidedata.Type.DISPLAYMATRIX)))
+        assert _rotation_matrix(frame.rotation) == written
