@@ -23,16 +23,16 @@ if TYPE_CHECKING:
 
 FLOW_LONG_SIDE = 640
 """The flow's working size: the input's long side is brought down to this (never up), so its cost is bounded."""
-MAX_WEIGHT = 0.7
+MAX_WEIGHT = 0.6
 """The previous output's weight where the flow is fully trusted, at strength 1."""
-MOTION_SCALE = 16.0
+MOTION_SCALE = 8.0
 """Motion (working-size pixels per frame) at which the weight halves: fast motion leans on the fresh frame."""
-PHOTOMETRIC_TOLERANCE = 20.0
+PHOTOMETRIC_TOLERANCE = 40.0
 """Difference (0..255 grey) between the current input and the warped previous input at which the weight reaches 0."""
 CONSISTENCY_RELATIVE, CONSISTENCY_ABSOLUTE = 0.01, 0.5
 """Forward-backward check (Sundaram et al. 2010, as in Ruder et al. 2016): a pixel is occluded where
 |b + f(x + b)|^2 > CONSISTENCY_RELATIVE * (|b|^2 + |f(x + b)|^2) + CONSISTENCY_ABSOLUTE (working-size pixels)."""
-MARGIN = 5
+MARGIN = 2
 """Working-size pixels around a rejected region that are rejected too (and over which the weight ramps back up)."""
 CUT_FRACTION = 0.35
 """A frame where less than this fraction of the pixels passes both checks starts a new scene: no blend."""
@@ -130,9 +130,8 @@ class Stabiliser:
         where = self._grid(height, width) + backward
         forward_there = cv2.remap(forward, where, None, cv2.INTER_LINEAR, borderMode=cv2.BORDER_REPLICATE)
         round_trip = backward + forward_there
-        backward_sq = (backward * backward).sum(axis=2)
-        consistent = (round_trip * round_trip).sum(axis=2) <= (
-            CONSISTENCY_RELATIVE * (backward_sq + (forward_there * forward_there).sum(axis=2)) + CONSISTENCY_ABSOLUTE)
+        backward_sq = _length_sq(backward)
+        consistent = _length_sq(round_trip) <= CONSISTENCY_RELATIVE * (backward_sq + _length_sq(forward_there)) + CONSISTENCY_ABSOLUTE
         inside = (where[..., 0] >= 0) & (where[..., 0] <= width - 1) & (where[..., 1] >= 0) & (where[..., 1] <= height - 1)
         warped_previous = cv2.remap(previous, where, None, cv2.INTER_LINEAR, borderMode=cv2.BORDER_REPLICATE)
         mismatch = cv2.absdiff(current, warped_previous).astype(np.float32)
@@ -158,10 +157,12 @@ class Stabiliser:
     def _blend_opencv(self, flow: np.ndarray, weight: np.ndarray, styled: np.ndarray, height: int, width: int) -> np.ndarray:
         styled_height, styled_width = styled.shape[:2]
         flow_x, flow_y = self._styled_size_flow(flow, height, width, styled_height, styled_width)
-        where = self._grid(styled_height, styled_width) + cv2.merge([flow_x, flow_y])
+        where = cv2.merge([flow_x, flow_y])
+        where += self._grid(styled_height, styled_width)
         warped = cv2.remap(self._previous_output, where, None, cv2.INTER_CUBIC, borderMode=cv2.BORDER_REPLICATE)
         weight = _pad_to(_resized(weight, height, width), styled_height, styled_width)
-        blended = np.clip(cv2.blendLinear(warped, styled.astype(np.float32), weight, 1.0 - weight), 0.0, 255.0)
+        blended = cv2.blendLinear(warped, styled.astype(np.float32), weight, 1.0 - weight)
+        np.clip(blended, 0.0, 255.0, out=blended)
         self._previous_output = blended
         return cv2.convertScaleAbs(blended)  # rounds to uint8
 
@@ -190,6 +191,10 @@ class Stabiliser:
         blended = (current + weight_full * (warped - current)).clamp_(0.0, 255.0)
         self._previous_output = blended
         return blended.round()[0].permute(1, 2, 0).to(torch.uint8).cpu().numpy()
+
+
+def _length_sq(vectors: np.ndarray) -> np.ndarray:
+    return vectors[..., 0] * vectors[..., 0] + vectors[..., 1] * vectors[..., 1]
 
 
 def _resized(plane: np.ndarray, height: int, width: int) -> np.ndarray:
