@@ -67,6 +67,7 @@ class Stabiliser:
         """Forget the frames seen so far (a batch's context starts)."""
         self._previous_grey: np.ndarray | None = None
         self._previous_output = None  # float32 (H, W, 3) array, or a torch tensor (1, 3, H, W) on the device
+        self._previous_size: tuple[int, ...] = ()
 
     def __call__(self, inputs: np.ndarray, styled: np.ndarray) -> np.ndarray:
         """``inputs`` (N, h, w, 3) uint8 RGB input frames; ``styled`` (N, H, W, 3) uint8 (H >= h, W >= w) -> (N, H, W, 3) uint8."""
@@ -86,7 +87,7 @@ class Stabiliser:
     def _frame(self, frame: np.ndarray, styled: np.ndarray) -> np.ndarray:
         grey = self._working_grey(frame)
         previous_grey, self._previous_grey = self._previous_grey, grey
-        if previous_grey is None or previous_grey.shape != grey.shape or self._previous_output is None:
+        if previous_grey is None or previous_grey.shape != grey.shape or self._previous_size != styled.shape:
             return self._keep(styled)
         flow, weight = self._flow_and_weight(previous_grey, grey)
         if weight is None:
@@ -99,6 +100,7 @@ class Stabiliser:
 
     def _keep(self, styled: np.ndarray) -> np.ndarray:
         """The styled frame as it is: the next frame's previous output."""
+        self._previous_size = styled.shape
         if self.engine == "torch":
             self._previous_output = self._tensor(styled)
         else:
