@@ -25,6 +25,7 @@ import importlib.metadata
 import os
 import platform
 import subprocess
+import sys
 import tempfile
 import time
 from pathlib import Path
@@ -157,12 +158,20 @@ def stabiliser_cost(frames: np.ndarray, threads: int) -> float:
     return median(times) * 1000
 
 
+def cpu_model() -> str:
+    """The CPU's model name and its AVX-512 / bf16 flags, as lscpu shows them."""
+    info = Path("/proc/cpuinfo").read_text() if Path("/proc/cpuinfo").exists() else ""
+    model = next((line.split(":", 1)[1].strip() for line in info.splitlines() if line.startswith("model name")), platform.processor())
+    flags = next((line.split(":", 1)[1].split() for line in info.splitlines() if line.startswith("flags")), [])
+    return f"{model} ({' '.join(flag for flag in flags if flag.startswith('avx512'))})"
+
+
 def has_temporal_flag(stylize: str) -> bool:
     return "--temporal" in subprocess.run([stylize, "run", "--help"], capture_output=True, text=True).stdout
 
 
 def time_runs(rounds: int) -> list[tuple[str, str, str]]:
-    stylize = str(Path(os.sys.executable).with_name("stylize"))
+    stylize = str(Path(sys.executable).with_name("stylize"))
     if not has_temporal_flag(stylize):
         return [("stylize run --temporal on / off", "skipped", "this tree's `stylize run` has no --temporal flag yet "
                  "(issue 23's plumbing): run `bench/temporal.py --run` after it is merged")]
@@ -197,7 +206,7 @@ def main() -> None:
     film = film_frames(*SIZE)
     clips = {"BBB 640x360": film, "BBB every 3rd frame (fast)": film[::3],
              "occluders (generated, fast)": occluder_scene(film_frames(1280, 720))}
-    print(f"machine: {platform.machine()}, {os.cpu_count()} cores, {platform.processor() or ''}; OpenCV {cv2.__version__}; "
+    print(f"machine: {platform.machine()}, {os.cpu_count()} cores, {cpu_model()}; OpenCV {cv2.__version__}; "
           f"strength {args.strength}; {', '.join(f'{name}: {len(c)} frames' for name, c in clips.items())}\n")
     print("| clip | style | E_warp input | E_warp per-frame | E_warp stabilised | ratio | PSNR dB | detail ratio |")
     print("|---|---|---:|---:|---:|---:|---:|---:|")
