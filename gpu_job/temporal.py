@@ -24,7 +24,8 @@ if TYPE_CHECKING:
 FLOW_LONG_SIDE = 640
 """The flow's working size: the input's long side is brought down to this (never up), so its cost is bounded."""
 MAX_WEIGHT = 0.6
-"""The previous output's weight where the flow is fully trusted, at strength 1."""
+"""The previous output's weight where the flow is fully trusted, at strength 1: higher removes more flicker but
+loses more of the style's changing texture (detail, PSNR against per-frame styling; bench/RESULTS.md)."""
 MOTION_SCALE = 8.0
 """Motion (working-size pixels per frame) at which the weight halves: fast motion leans on the fresh frame."""
 PHOTOMETRIC_TOLERANCE = 40.0
@@ -51,12 +52,13 @@ class Stabiliser:
                  max_weight: float = MAX_WEIGHT, engine: str = "auto") -> None:
         if not 0.0 <= strength <= 1.0:
             raise ValueError(f"temporal strength must be between 0 and 1, got {strength}")
-        if device not in ("cpu", "cuda"):
+        kind = str(device).split(":")[0]
+        if kind not in ("cpu", "cuda"):
             raise ValueError(f"device must be 'cpu' or 'cuda', got {device!r}")
-        if engine not in ENGINES or (engine == "opencv" and device == "cuda"):
+        if engine not in ENGINES or (engine == "opencv" and kind == "cuda"):
             raise ValueError(f"engine must be one of {ENGINES} ('opencv' only on the CPU), got {engine!r}")
         self.strength, self.device, self.flow_long_side, self.max_weight = strength, device, flow_long_side, max_weight
-        self.engine = ("torch" if device == "cuda" else "opencv") if engine == "auto" else engine
+        self.engine = ("torch" if kind == "cuda" else "opencv") if engine == "auto" else engine
         self._flow = cv2.DISOpticalFlow_create(cv2.DISOPTICAL_FLOW_PRESET_FAST)
         self._check_flow = cv2.DISOpticalFlow_create(cv2.DISOPTICAL_FLOW_PRESET_ULTRAFAST)
         self._grids: dict[tuple[int, int], np.ndarray] = {}
