@@ -1,23 +1,212 @@
-"""Temporal stabilisation of styled frames (issue 23): stand-in with the final interface, to be replaced by the stabiliser."""
+"""Temporal stabilisation of styled frames (issue 23): training-free, after the model, on any style.
+
+For each frame t the previous *output* is warped to frame t with optical flow computed on the *input* frames
+(OpenCV's DIS, at a bounded working size), bicubic so that repeated warps keep the texture sharp, and blended
+with the freshly styled frame. The blend weight is ``strength * MAX_WEIGHT`` where the flow is trusted and falls
+to 0 where it is not: where the forward-backward check fails (occlusions, disocclusions, flow errors), where the
+warped previous input does not match the current one (photometric check), near those regions, where the motion
+is large, and out of the frame. When too little of a frame passes the checks (a scene cut), it is not blended at all.
+
+The weight is computed at the working size on the CPU; the warp and the blend run at the styled size, with
+OpenCV on the CPU or with torch (``grid_sample``, bicubic) on ``device`` "cuda" (or, for tests, torch on the CPU).
+"""
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
+import cv2
 import numpy as np
+
+if TYPE_CHECKING:
+    import torch
+
+FLOW_LONG_SIDE = 640
+"""The flow's working size: the input's long side is brought down to this (never up), so its cost is bounded."""
+MAX_WEIGHT = 0.6
+"""The previous output's weight where the flow is fully trusted, at strength 1: higher removes more flicker but
+loses more of the style's changing texture (detail, PSNR against per-frame styling; bench/RESULTS.md)."""
+MOTION_SCALE = 8.0
+"""Motion (working-size pixels per frame) at which the weight halves: fast motion leans on the fresh frame."""
+PHOTOMETRIC_TOLERANCE = 40.0
+"""Difference (0..255 grey) between the current input and the warped previous input at which the weight reaches 0."""
+CONSISTENCY_RELATIVE, CONSISTENCY_ABSOLUTE = 0.01, 0.5
+"""Forward-backward check (Sundaram et al. 2010, as in Ruder et al. 2016): a pixel is occluded where
+|b + f(x + b)|^2 > CONSISTENCY_RELATIVE * (|b|^2 + |f(x + b)|^2) + CONSISTENCY_ABSOLUTE (working-size pixels)."""
+MARGIN = 2
+"""Working-size pixels around a rejected region that are rejected too (and over which the weight ramps back up)."""
+CUT_FRACTION = 0.35
+"""A frame where less than this fraction of the pixels passes both checks starts a new scene: no blend."""
+ENGINES = ("auto", "opencv", "torch")
 
 
 class Stabiliser:
-    """Stabilises one stream of consecutive styled frames; state carries across calls until :meth:`reset`."""
+    """Stabilises one stream of consecutive styled frames; state carries across calls until :meth:`reset`.
 
-    def __init__(self, strength: float = 1.0, *, device: str = "cpu") -> None:
-        self.strength, self.device = strength, device
+    Deterministic: the same frames after a reset give the same output.
+    ``engine`` "auto" warps and blends with torch on CUDA and with OpenCV on the CPU; "torch" forces torch
+    (on ``device``), "opencv" forces OpenCV (CPU only).
+    """
+
+    def __init__(self, strength: float = 1.0, *, device: str = "cpu", flow_long_side: int = FLOW_LONG_SIDE,
+                 max_weight: float = MAX_WEIGHT, engine: str = "auto") -> None:
+        if not 0.0 <= strength <= 1.0:
+            raise ValueError(f"temporal strength must be between 0 and 1, got {strength}")
+        kind = str(device).split(":")[0]
+        if kind not in ("cpu", "cuda"):
+            raise ValueError(f"device must be 'cpu' or 'cuda', got {device!r}")
+        if engine not in ENGINES or (engine == "opencv" and kind == "cuda"):
+            raise ValueError(f"engine must be one of {ENGINES} ('opencv' only on the CPU), got {engine!r}")
+        self.strength, self.device, self.flow_long_side, self.max_weight = strength, device, flow_long_side, max_weight
+        self.engine = ("torch" if kind == "cuda" else "opencv") if engine == "auto" else engine
+        self._flow = cv2.DISOpticalFlow_create(cv2.DISOPTICAL_FLOW_PRESET_FAST)
+        self._check_flow = cv2.DISOpticalFlow_create(cv2.DISOPTICAL_FLOW_PRESET_ULTRAFAST)
+        self._grids: dict[tuple[int, int], np.ndarray] = {}
+        self.cuts = 0
+        self.reset()
 
     def reset(self) -> None:
         """Forget the frames seen so far (a batch's context starts)."""
+        self._previous_grey: np.ndarray | None = None
+        self._previous_output = None  # float32 (H, W, 3) array, or a torch tensor (1, 3, H, W) on the device
+        self._previous_size: tuple[int, ...] = ()
 
     def __call__(self, inputs: np.ndarray, styled: np.ndarray) -> np.ndarray:
         """``inputs`` (N, h, w, 3) uint8 RGB input frames; ``styled`` (N, H, W, 3) uint8 (H >= h, W >= w) -> (N, H, W, 3) uint8."""
-        return styled
+        if inputs.ndim != 4 or styled.ndim != 4 or len(inputs) != len(styled) or styled.shape[1] < inputs.shape[1] \
+                or styled.shape[2] < inputs.shape[2]:
+            raise ValueError(f"inputs {inputs.shape} and styled {styled.shape} do not match")
+        if self.strength == 0.0:
+            return styled
+        return np.stack([self._frame(frame, styled_frame) for frame, styled_frame in zip(inputs, styled)])
 
     def describe(self) -> dict:
         """What the report says was used (method, strength, flow resolution...)."""
-        return {"strength": self.strength}
+        return {"method": "flow-warped blend of the previous output (OpenCV DIS flow on the inputs, bicubic warp)",
+                "strength": self.strength, "max_weight": self.max_weight, "flow_long_side": self.flow_long_side,
+                "warp": f"{self.engine} on {self.device}", "scene_cuts": self.cuts}
+
+    def _frame(self, frame: np.ndarray, styled: np.ndarray) -> np.ndarray:
+        grey = self._working_grey(frame)
+        previous_grey, self._previous_grey = self._previous_grey, grey
+        if previous_grey is None or previous_grey.shape != grey.shape or self._previous_size != styled.shape:
+            return self._keep(styled)
+        flow, weight = self._flow_and_weight(previous_grey, grey)
+        if weight is None:
+            self.cuts += 1
+            return self._keep(styled)
+        height, width = frame.shape[:2]
+        if self.engine == "torch":
+            return self._blend_torch(flow, weight * (self.strength * self.max_weight), styled, height, width)
+        return self._blend_opencv(flow, weight * (self.strength * self.max_weight), styled, height, width)
+
+    def _keep(self, styled: np.ndarray) -> np.ndarray:
+        """The styled frame as it is: the next frame's previous output."""
+        self._previous_size = styled.shape
+        if self.engine == "torch":
+            self._previous_output = self._tensor(styled)
+        else:
+            self._previous_output = styled.astype(np.float32)
+        return styled
+
+    def _working_grey(self, frame: np.ndarray) -> np.ndarray:
+        height, width = frame.shape[:2]
+        grey = cv2.cvtColor(frame, cv2.COLOR_RGB2GRAY)
+        scale = self.flow_long_side / max(height, width)
+        if scale >= 1.0:
+            return grey
+        size = (max(1, round(width * scale)), max(1, round(height * scale)))
+        return cv2.resize(grey, size, interpolation=cv2.INTER_AREA)
+
+    def _grid(self, height: int, width: int) -> np.ndarray:
+        """(height, width, 2) float32 pixel coordinates (x, y), kept per size."""
+        grid = self._grids.get((height, width))
+        if grid is None:
+            xs, ys = np.meshgrid(np.arange(width, dtype=np.float32), np.arange(height, dtype=np.float32))
+            grid = self._grids[(height, width)] = np.dstack([xs, ys])
+        return grid
+
+    def _flow_and_weight(self, previous: np.ndarray, current: np.ndarray) -> tuple[np.ndarray, np.ndarray | None]:
+        """The flow from ``current`` back to ``previous`` (working size) and the blend weight 0..1 there, or None at a cut."""
+        backward = self._flow.calc(current, previous, None)
+        forward = self._check_flow.calc(previous, current, None)
+        height, width = current.shape
+        where = self._grid(height, width) + backward
+        forward_there = cv2.remap(forward, where, None, cv2.INTER_LINEAR, borderMode=cv2.BORDER_REPLICATE)
+        round_trip = backward + forward_there
+        backward_sq = _length_sq(backward)
+        consistent = _length_sq(round_trip) <= CONSISTENCY_RELATIVE * (backward_sq + _length_sq(forward_there)) + CONSISTENCY_ABSOLUTE
+        inside = (where[..., 0] >= 0) & (where[..., 0] <= width - 1) & (where[..., 1] >= 0) & (where[..., 1] <= height - 1)
+        warped_previous = cv2.remap(previous, where, None, cv2.INTER_LINEAR, borderMode=cv2.BORDER_REPLICATE)
+        mismatch = cv2.absdiff(current, warped_previous).astype(np.float32)
+        photometric = np.clip(1.0 - mismatch / PHOTOMETRIC_TOLERANCE, 0.0, 1.0)
+        trusted = consistent & inside
+        if np.count_nonzero(trusted & (photometric > 0.5)) < CUT_FRACTION * trusted.size:
+            return backward, None
+        weight = np.where(trusted, photometric, 0.0).astype(np.float32) / (1.0 + backward_sq / MOTION_SCALE**2)
+        side = 2 * MARGIN + 1
+        weight = cv2.erode(weight, np.ones((side, side), np.uint8), borderType=cv2.BORDER_REPLICATE)
+        return backward, cv2.blur(weight, (side, side), borderType=cv2.BORDER_REPLICATE)
+
+    def _styled_size_flow(self, flow: np.ndarray, height: int, width: int, styled_height: int, styled_width: int) -> tuple[np.ndarray, np.ndarray]:
+        """The working-size flow brought to the input's size (vectors scaled), edge-padded to the styled size: (x, y) planes."""
+        work_height, work_width = flow.shape[:2]
+        planes = []
+        for axis, scale in ((0, width / work_width), (1, height / work_height)):
+            plane = flow[..., axis] if scale == 1.0 and (height, width) == (work_height, work_width) else \
+                cv2.resize(np.ascontiguousarray(flow[..., axis]), (width, height), interpolation=cv2.INTER_LINEAR) * np.float32(scale)
+            planes.append(_pad_to(plane, styled_height, styled_width))
+        return planes[0], planes[1]
+
+    def _blend_opencv(self, flow: np.ndarray, weight: np.ndarray, styled: np.ndarray, height: int, width: int) -> np.ndarray:
+        styled_height, styled_width = styled.shape[:2]
+        flow_x, flow_y = self._styled_size_flow(flow, height, width, styled_height, styled_width)
+        where = cv2.merge([flow_x, flow_y])
+        where += self._grid(styled_height, styled_width)
+        warped = cv2.remap(self._previous_output, where, None, cv2.INTER_CUBIC, borderMode=cv2.BORDER_REPLICATE)
+        weight = _pad_to(_resized(weight, height, width), styled_height, styled_width)
+        blended = cv2.blendLinear(warped, styled.astype(np.float32), weight, 1.0 - weight)
+        np.clip(blended, 0.0, 255.0, out=blended)
+        self._previous_output = blended
+        return cv2.convertScaleAbs(blended)  # rounds to uint8
+
+    def _tensor(self, styled: np.ndarray) -> torch.Tensor:
+        import torch
+
+        return torch.from_numpy(np.ascontiguousarray(styled)).to(self.device).permute(2, 0, 1)[None].float()
+
+    def _blend_torch(self, flow: np.ndarray, weight: np.ndarray, styled: np.ndarray, height: int, width: int) -> np.ndarray:
+        import torch
+        import torch.nn.functional as F
+
+        styled_height, styled_width = styled.shape[:2]
+        work_height, work_width = flow.shape[:2]
+        scale = torch.tensor([width / work_width, height / work_height], device=self.device).view(1, 2, 1, 1)
+        small = torch.from_numpy(np.ascontiguousarray(np.dstack([flow, weight]).transpose(2, 0, 1)[None])).to(self.device)
+        full = F.interpolate(small, size=(height, width), mode="bilinear", align_corners=False)
+        full = F.pad(full, (0, styled_width - width, 0, styled_height - height), mode="replicate")
+        flow_full, weight_full = full[:, :2] * scale, full[:, 2:]
+        ys, xs = torch.meshgrid(torch.arange(styled_height, device=self.device, dtype=torch.float32),
+                                torch.arange(styled_width, device=self.device, dtype=torch.float32), indexing="ij")
+        grid = torch.stack([(xs + flow_full[0, 0]) * (2.0 / max(styled_width - 1, 1)) - 1.0,
+                            (ys + flow_full[0, 1]) * (2.0 / max(styled_height - 1, 1)) - 1.0], dim=-1)[None]
+        warped = F.grid_sample(self._previous_output, grid, mode="bicubic", padding_mode="border", align_corners=True)
+        current = self._tensor(styled)
+        blended = (current + weight_full * (warped - current)).clamp_(0.0, 255.0)
+        self._previous_output = blended
+        return blended.round()[0].permute(1, 2, 0).to(torch.uint8).cpu().numpy()
+
+
+def _length_sq(vectors: np.ndarray) -> np.ndarray:
+    return vectors[..., 0] * vectors[..., 0] + vectors[..., 1] * vectors[..., 1]
+
+
+def _resized(plane: np.ndarray, height: int, width: int) -> np.ndarray:
+    return plane if plane.shape == (height, width) else cv2.resize(plane, (width, height), interpolation=cv2.INTER_LINEAR)
+
+
+def _pad_to(plane: np.ndarray, height: int, width: int) -> np.ndarray:
+    """``plane`` with its last row and column repeated up to ``height`` x ``width`` (the styled frame's even size)."""
+    if plane.shape[:2] == (height, width):
+        return plane
+    return cv2.copyMakeBorder(plane, 0, height - plane.shape[0], 0, width - plane.shape[1], cv2.BORDER_REPLICATE)

@@ -1,0 +1,213 @@
+"""The temporal stabiliser (issue 23, gpu_job/temporal.py) on synthetic clips with known motion.
+
+The "styler" here adds a fresh random texture to every frame (flicker, seeded); the stabiliser must remove most of
+it where the motion is known, never blend across a cut, and never drag an object's texture into the region it left.
+"""
+
+from __future__ import annotations
+
+import cv2
+import numpy as np
+import pytest
+
+from gpu_job.temporal import Stabiliser
+
+HEIGHT, WIDTH = 120, 160
+SHIFT = 2
+"""Pixels per frame the textured pattern moves to the right."""
+MARGIN = 16
+"""Pixels left out at the borders when comparing frames (content enters there)."""
+
+
+def texture(seed: int, height: int = HEIGHT, width: int = WIDTH, sigma: float = 2.0) -> np.ndarray:
+    """A smooth random RGB texture with strong contrast: something optical flow can follow."""
+    noise = np.random.default_rng(seed).random((height, width, 3), dtype=np.float32)
+    smooth = cv2.GaussianBlur(noise, (0, 0), sigma)
+    smooth = (smooth - smooth.mean()) / smooth.std()
+    return np.clip(128 + 45 * smooth, 0, 255).astype(np.uint8)
+
+
+def panning(seed: int, frames: int, height: int = HEIGHT, width: int = WIDTH) -> np.ndarray:
+    """``frames`` frames of a texture moving SHIFT pixels right per frame."""
+    wide = texture(seed, height, width + SHIFT * frames)
+    start = SHIFT * frames
+    return np.stack([wide[:, start - SHIFT * t: start - SHIFT * t + width] for t in range(frames)])
+
+
+def flicker(frames: np.ndarray, seed: int = 7, amplitude: float = 30.0) -> np.ndarray:
+    """A stand-in styler: each frame plus its own random fine texture (what makes styled video boil)."""
+    out = []
+    for t, frame in enumerate(frames):
+        noise = cv2.GaussianBlur(np.random.default_rng(seed * 1000 + t).standard_normal(frame.shape, dtype=np.float32), (0, 0), 1.0)
+        out.append(np.clip(frame + amplitude * noise / noise.std(), 0, 255).astype(np.uint8))
+    return np.stack(out)
+
+
+def pan_error(frames: np.ndarray) -> float:
+    """Warping error for the known motion: frame t+1 shifted back onto frame t, mean squared on [0, 1], borders left out."""
+    a = frames[:-1, MARGIN:-MARGIN, MARGIN:-MARGIN - SHIFT].astype(np.float32) / 255
+    b = frames[1:, MARGIN:-MARGIN, MARGIN + SHIFT:-MARGIN].astype(np.float32) / 255
+    return float(np.mean((a - b) ** 2))
+
+
+def moving_object(frames: int = 10, speed: int = 6, side: int = 40) -> tuple[np.ndarray, list[tuple[int, int]]]:
+    """A static background crossed by a bright textured square moving ``speed`` px right per frame; its x spans."""
+    background = texture(11) // 2 + 40  # dim: 40..167
+    patch = texture(12, side, side) // 4 + 190  # bright: 190..253
+    clip, spans = [], []
+    for t in range(frames):
+        frame = background.copy()
+        x = 20 + speed * t
+        frame[40: 40 + side, x: x + side] = patch
+        clip.append(frame)
+        spans.append((x, x + side))
+    return np.stack(clip), spans
+
+
+class PassThrough:
+    """What the checks must reject: no stabilisation at all."""
+
+    def __call__(self, inputs: np.ndarray, styled: np.ndarray) -> np.ndarray:
+        return styled
+
+
+class BlindBlend:
+    """What the checks must reject: the previous output blended in everywhere, without flow or checks."""
+
+    def __init__(self) -> None:
+        self.previous: np.ndarray | None = None
+
+    def __call__(self, inputs: np.ndarray, styled: np.ndarray) -> np.ndarray:
+        out = []
+        for frame in styled.astype(np.float32):
+            self.previous = frame if self.previous is None else 0.7 * self.previous + 0.3 * frame
+            out.append(np.rint(self.previous).astype(np.uint8))
+        return np.stack(out)
+
+
+def assert_flicker_drops(stabiliser) -> None:
+    clip = panning(1, 16)
+    styled = flicker(clip)
+    stable = stabiliser(clip, styled)
+    assert pan_error(stable) < 0.4 * pan_error(styled)
+
+
+def assert_no_ghost(stabiliser) -> None:
+    clip, spans = moving_object()
+    styled = flicker(clip, seed=3)
+    stable = stabiliser(clip, styled).astype(np.float32)
+    for t in range(3, len(clip)):
+        left_behind = slice(spans[t - 1][0], spans[t][0])  # covered by the square at t-1, background at t
+        ghost = np.abs(stable[t, 40:80, left_behind] - styled[t, 40:80, left_behind]).mean()
+        assert ghost < 8, f"frame {t}: the square's texture stays where it left ({ghost:.1f} levels off)"
+    # ...while the background away from the square is stabilised (so passing frames through cannot pass)
+    still = (slice(90, 115), slice(10, 150))
+    assert np.abs(np.diff(stable[:, still[0], still[1]], axis=0)).mean() < 0.6 * np.abs(
+        np.diff(styled[:, still[0], still[1]].astype(np.float32), axis=0)).mean()
+
+
+def test_flicker_drops_on_known_motion() -> None:
+    assert_flicker_drops(Stabiliser())
+
+
+def test_no_ghost_where_an_object_left() -> None:
+    assert_no_ghost(Stabiliser())
+
+
+@pytest.mark.parametrize("check", [assert_flicker_drops, assert_no_ghost])
+def test_the_checks_reject_a_pass_through(check) -> None:
+    with pytest.raises(AssertionError):
+        check(PassThrough())
+
+
+def test_the_ghost_check_rejects_a_blind_blend() -> None:
+    with pytest.raises(AssertionError):
+        assert_no_ghost(BlindBlend())
+
+
+def test_nothing_is_blended_across_a_cut() -> None:
+    before, after = panning(1, 8), panning(2, 6)
+    clip = np.concatenate([before, after])
+    styled = flicker(clip)
+    stabiliser = Stabiliser()
+    stable = stabiliser(clip, styled)
+    assert np.array_equal(stable[len(before)], styled[len(before)])
+    assert stabiliser.describe()["scene_cuts"] == 1
+    # after the cut it stabilises again, from the new scene only
+    assert pan_error(stable[len(before):]) < 0.5 * pan_error(styled[len(before):])
+
+
+def test_strength_zero_gives_the_styled_frames() -> None:
+    clip = panning(1, 6)
+    styled = flicker(clip)
+    assert np.array_equal(Stabiliser(0.0)(clip, styled), styled)
+
+
+def test_strength_scales_the_blend() -> None:
+    clip = panning(1, 10)
+    styled = flicker(clip)
+    errors = [pan_error(Stabiliser(strength)(clip, styled)) for strength in (0.0, 0.5, 1.0)]
+    assert errors[0] > errors[1] > errors[2]
+
+
+def test_reset_forgets_what_came_before() -> None:
+    first, second = panning(3, 5), panning(1, 8)
+    styled_first, styled_second = flicker(first, seed=5), flicker(second)
+    used = Stabiliser()
+    used(first, styled_first)
+    used.reset()
+    assert np.array_equal(used(second, styled_second), Stabiliser()(second, styled_second))
+
+
+def test_state_carries_across_calls() -> None:
+    clip = panning(1, 8)
+    styled = flicker(clip)
+    stabiliser = Stabiliser()
+    in_pieces = np.concatenate([stabiliser(clip[:3], styled[:3]), stabiliser(clip[3:], styled[3:])])
+    assert np.array_equal(in_pieces, Stabiliser()(clip, styled))
+
+
+def test_deterministic() -> None:
+    clip = panning(1, 8)
+    styled = flicker(clip)
+    assert np.array_equal(Stabiliser()(clip, styled), Stabiliser()(clip, styled))
+
+
+def test_odd_inputs_with_even_styled_frames() -> None:
+    clip = panning(1, 12, height=HEIGHT - 1, width=WIDTH - 1)
+    styled = flicker(np.pad(clip, ((0, 0), (0, 1), (0, 1), (0, 0)), mode="edge"))
+    stable = Stabiliser()(clip, styled)
+    assert stable.shape == styled.shape and stable.dtype == np.uint8
+    assert pan_error(stable) < 0.4 * pan_error(styled)
+
+
+def test_flow_at_a_smaller_working_size() -> None:
+    """Frames larger than the flow's working size: the flow is computed small and scaled up to the frame."""
+    clip = panning(1, 12)
+    styled = flicker(clip)
+    stabiliser = Stabiliser(flow_long_side=WIDTH // 2)
+    assert pan_error(stabiliser(clip, styled)) < 0.5 * pan_error(styled)
+    assert stabiliser.describe()["flow_long_side"] == WIDTH // 2
+
+
+def test_torch_path_agrees_with_the_opencv_path() -> None:
+    pytest.importorskip("torch")
+    clip = panning(1, 10)
+    styled = flicker(clip)
+    opencv = Stabiliser()(clip, styled).astype(np.float32)
+    torch_path = Stabiliser(engine="torch")(clip, styled).astype(np.float32)
+    assert np.abs(opencv - torch_path).mean() < 0.25
+    assert np.abs(opencv - torch_path).max() <= 4
+
+
+@pytest.mark.parametrize("arguments", [{"strength": 1.5}, {"strength": -0.1}, {"device": "tpu"},
+                                       {"device": "cuda", "engine": "opencv"}, {"engine": "fast"}])
+def test_refuses_bad_settings(arguments: dict) -> None:
+    with pytest.raises(ValueError):
+        Stabiliser(**arguments)
+
+
+def test_refuses_mismatched_frames() -> None:
+    clip = panning(1, 2)
+    with pytest.raises(ValueError):
+        Stabiliser()(clip, clip[:, :-2])
