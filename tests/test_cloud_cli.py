@@ -152,14 +152,15 @@ def test_a_strength_out_of_range_is_refused_by_the_trigger_in_one_line(storage, 
 
 def test_bad_input_is_one_line_before_anything_is_uploaded(storage, tmp_path, capsys):
     service, _ = storage
-    (tmp_path / "notes.txt").write_text("not a video")
-    assert main(["submit", str(tmp_path / "notes.txt")]) == 2
-    assert capsys.readouterr().err.strip().startswith("stylize: error: notes.txt: extension .txt is not accepted")
-    assert main(["submit", str(tmp_path / "notes.txt"), "--name", "../x.mp4"]) == 2
+    notes = tmp_path / "cli-notes.txt"  # a name no other test uploads to the session's Azurite
+    notes.write_text("not a video")
+    assert main(["submit", str(notes)]) == 2
+    assert capsys.readouterr().err.strip().startswith("stylize: error: cli-notes.txt: extension .txt is not accepted")
+    assert main(["submit", str(notes), "--name", "../x.mp4"]) == 2
     assert "not a plain relative path" in capsys.readouterr().err
     assert main(["status", "../../etc/passwd"]) == 2
     assert capsys.readouterr().err.count("\n") == 1
-    assert not list(service.get_container_client(LIMITS.input_container).list_blobs(name_starts_with="notes"))
+    assert not list(service.get_container_client(LIMITS.input_container).list_blobs(name_starts_with="cli-notes"))
 
 
 def test_a_status_document_naming_another_jobs_blob_is_refused(storage, tmp_path, capsys):
