@@ -81,7 +81,8 @@ class VideoInfo:
     colour: Colour = Colour(0, 2, 2, 2)
     tracks: list[TrackInfo] = field(default_factory=list)
     ignored: list[str] = field(default_factory=list)
-    """Streams not carried to the output (data, attachments, cover images), described for the report."""
+    """Streams not carried to the output (data, attachments, cover images), and frames before the first keyframe,
+    described for the report."""
 
     @property
     def audio(self) -> list[TrackInfo]:
@@ -206,7 +207,7 @@ def probe(path: str | os.PathLike[str], limits: Settings = Settings()) -> VideoI
         if not any(not discard for *_, discard in packets):
             raise InvalidInputError(f"{path}: video stream has zero frames")
         indexed = _indexed_frames(container, stream)
-        if indexed and len(packets) + empty < indexed:
+        if indexed and len(packets) + empty < indexed and _ends_early(stream, packets):
             raise InvalidInputError(f"{path}: truncated: index lists {indexed} frames but only {len(packets) + empty} are present")
         rotation = _first_frame_rotation(path, stream.index, limits)
         ctx = stream.codec_context
@@ -294,6 +295,18 @@ def _read_packets(path: Path, container, stream, audio: list, limits: Settings) 
     return packets, empty, trimmed
 
 
+def _ends_early(stream, packets: list[tuple[int, int, bool, bool]]) -> bool:
+    """Whether the shown frames end over a frame before the stream's duration says: the index names samples that
+    are not there. An edit list leaves out of the packets the samples before its start's keyframe and after its end,
+    which the index counts too; the duration is the edit's."""
+    if not stream.duration:
+        return True
+    shown = [(pts, duration) for pts, duration, _, discard in packets if not discard]
+    last, duration = max(shown) if shown else (0, 0)
+    step = duration or max((d for _, d in shown), default=0)
+    return last + 2 * step < (stream.start_time or 0) + stream.duration
+
+
 def _first_frame_rotation(path: Path, index: int, limits: Settings) -> int:
     """Decode the first frame: proves the stream decodes, and gives the display rotation. A frame larger than
     the limits allow (the bitstream may say a size the headers do not) is not decoded."""
@@ -308,9 +321,16 @@ def _first_frame_rotation(path: Path, index: int, limits: Settings) -> int:
     raise InvalidInputError(f"{path}: video stream has no decodable frame")
 
 
-def _describe(path, fmt, codec, width, height, time_base, packets, rotation, **details) -> VideoInfo:
-    if packets[0][2] is False:
-        raise InvalidInputError(f"{path}: video does not start with a keyframe")
+def _describe(path, fmt, codec, width, height, time_base, packets, rotation, ignored=(), **details) -> VideoInfo:
+    leading = next((i for i, (_, _, key, _) in enumerate(packets) if key), len(packets))
+    if leading == len(packets):
+        raise InvalidInputError(f"{path}: video has no keyframe")
+    unshown = sum(not discard for *_, discard in packets[:leading])
+    packets = packets[leading:]
+    if unshown:  # a stream cut mid-GOP (an HLS segment, pre-roll): FFmpeg shows no frame before its first keyframe either
+        ignored = [*ignored, f"{unshown} video frames before the first keyframe (FFmpeg does not show them either)"]
+    if not any(not discard for *_, discard in packets):
+        raise InvalidInputError(f"{path}: video stream has zero frames")
     gop_of_packet: list[int] = []
     keyframe_pts: list[int] = []
     for pts, _, key, _ in packets:
@@ -337,6 +357,7 @@ def _describe(path, fmt, codec, width, height, time_base, packets, rotation, **d
         open_gops=open_gops,
         last_frame_duration=last_duration,
         rotation=rotation,
+        ignored=list(ignored),
         **details,
     )
 

@@ -1,0 +1,101 @@
+"""Issue 22's timing rows through ``stylize run --model identity``: every frame FFmpeg shows is styled once, in
+order, with its timestamp, and the audio stays in sync; an error that will repeat is not retried."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+from pathlib import Path
+
+import pytest
+
+from media import ffmpeg, packets_of, rgb_psnr, stream_md5
+from media_exact import avi_length, clip, from_packet, patch_edit, shown_frames, slow_motion, ts_segments
+
+PSNR_FLOOR = 35.0
+"""Identity through 8-bit RGB and x264 at the default CRF, on a softened testsrc2."""
+
+
+def _stylize(stylize_bin: str, source: Path, output: Path, *extra: str) -> subprocess.CompletedProcess:
+    return subprocess.run([stylize_bin, "run", str(source), str(output), "--model", "identity", "--batch-frames", "7", *extra],
+                          capture_output=True, text=True, timeout=300)
+
+
+def _assert_styled_as_shown(source: Path, output: Path) -> None:
+    """Each output frame is the frame FFmpeg shows of the input at the same time, and audio is kept sample for sample."""
+    want, got = shown_frames(source), shown_frames(output)
+    assert len(got) == len(want), f"{len(got)} frames styled, FFmpeg shows {len(want)}"
+    moved = [(float(a), float(b)) for (a, _), (b, _) in zip(got, want) if abs(a - b) > 0.0005]
+    assert not moved, f"frame timestamps moved: {moved[:3]}"
+    worst = min(rgb_psnr(output, source))
+    assert worst >= PSNR_FLOOR, f"worst frame {worst:.2f} dB"
+    assert stream_md5(output, 1) == stream_md5(source, 1), "audio samples changed"
+    assert abs(packets_of(output, 1)[0][0] - packets_of(source, 1)[0][0]) <= 0.001, "audio start moved"
+
+
+def _run(stylize_bin: str, source: Path, folder: Path) -> tuple[Path, dict, str]:
+    result = _stylize(stylize_bin, source, folder / "out.mkv")
+    assert result.returncode == 0, result.stderr
+    output = Path(next(line.split(None, 1)[1] for line in result.stdout.splitlines() if line.startswith("output:")))
+    report = json.loads((folder / "out.report.json").read_text())
+    assert all(b["attempts"] == 1 for b in report["batches"])
+    return output, report, result.stderr
+
+
+TRIMS = {  # name: (first shown frame, frames shown) of a 4 s, 25 fps clip; x264's edit starts at 1024 (two frames)
+    "start-mid-gop": (7, 93),
+    "end-trim": (0, 60),
+    "start-and-end": (30, 40),
+}
+
+
+@pytest.mark.parametrize("name", list(TRIMS))
+def test_edit_list_trimming_start_or_end_keeps_what_ffmpeg_shows(name, tmp_path, stylize_bin):
+    first, count = TRIMS[name]
+    whole = clip(tmp_path / "whole.mp4")
+    source = patch_edit(whole, tmp_path / f"{name}.mp4", media_time=1024 + 512 * first, duration_ms=40 * count)
+    assert len(shown_frames(source)) == count
+    output, report, _ = _run(stylize_bin, source, tmp_path)
+    assert report["frames"] == count
+    _assert_styled_as_shown(source, output)
+
+
+def test_pre_roll_before_the_first_keyframe_is_left_out_as_ffmpeg_leaves_it(tmp_path, stylize_bin):
+    source = from_packet(clip(tmp_path / "whole.mp4"), tmp_path / "pre-roll.mp4", 10)
+    assert len(shown_frames(source)) == 75, "FFmpeg shows the frames from the first keyframe (1 s) on"
+    output, report, stderr = _run(stylize_bin, source, tmp_path)
+    assert report["frames"] == 75
+    assert "note: not carried: 15 video frames before the first keyframe" in stderr
+    _assert_styled_as_shown(source, output)
+
+
+def test_slow_motion_phone_recording_with_a_trailer(tmp_path, stylize_bin):
+    source = slow_motion(tmp_path)
+    times = [t for t, _ in shown_frames(source)]
+    assert len({round(float(b - a), 4) for a, b in zip(times, times[1:])}) >= 2, "frame rate changes mid-file"
+    output, report, _ = _run(stylize_bin, source, tmp_path)
+    assert report["frames"] == len(times)
+    _assert_styled_as_shown(source, output)
+
+
+def test_ts_segments_cut_mid_gop(tmp_path, stylize_bin):
+    segments = ts_segments(tmp_path)
+    assert len(segments) >= 3
+    for number, source in enumerate(segments[1:3], start=1):
+        folder = tmp_path / f"run-{number}"
+        folder.mkdir()
+        output, report, stderr = _run(stylize_bin, source, folder)
+        assert report["frames"] == len(shown_frames(source))
+        assert "video frames before the first keyframe" in stderr
+        _assert_styled_as_shown(source, output)
+
+
+@pytest.mark.parametrize("frames", [0, 1, 100, 0xFFFFFFFF])
+def test_avi_with_a_wrong_stream_length(frames, tmp_path, stylize_bin):
+    avi = tmp_path / "real.avi"
+    ffmpeg("-f", "lavfi", "-i", "testsrc2=size=128x72:rate=25:duration=1,gblur=sigma=1", "-f", "lavfi", "-i",
+           "sine=duration=1:sample_rate=48000", "-c:v", "mpeg4", "-g", "10", "-q:v", "2", "-c:a", "libmp3lame", str(avi))
+    source = avi_length(avi, tmp_path / "wrong-length.avi", frames)
+    output, report, _ = _run(stylize_bin, source, tmp_path)
+    assert report["frames"] == 25
+    _assert_styled_as_shown(source, output)
