@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import subprocess
+import time
 from pathlib import Path
 
 import pytest
@@ -99,3 +100,19 @@ def test_avi_with_a_wrong_stream_length(frames, tmp_path, stylize_bin):
     output, report, _ = _run(stylize_bin, source, tmp_path)
     assert report["frames"] == 25
     _assert_styled_as_shown(source, output)
+
+
+def test_an_error_that_will_repeat_is_reported_once_not_retried(tmp_path, stylize_bin):
+    """H.264 with B-frames in AVI: the frames FFmpeg decodes carry their packets' decode-order times, so the styled segment
+    cannot be written (EINVAL, every time). One line that says why, exit 2, no retry, no hang."""
+    avi = tmp_path / "b-frames.avi"
+    ffmpeg("-f", "lavfi", "-i", "testsrc2=size=128x72:rate=25:duration=1", "-c:v", "libx264", "-g", "10", "-bf", "2", str(avi))
+    source = avi_length(avi, tmp_path / "wrong-length.avi", 100)
+    began = time.monotonic()
+    result = subprocess.run([stylize_bin, "run", str(source), str(tmp_path / "out.mp4"), "--model", "identity", "--batch-frames", "13",
+                             "--workers", "2"], capture_output=True, text=True, timeout=120)
+    assert time.monotonic() - began < 60
+    assert result.returncode == 2, result.stderr
+    lines = [line for line in result.stderr.splitlines() if line.strip()]
+    assert len(lines) == 1 and "timestamps out of display order" in lines[0] and "Errno" not in lines[0], result.stderr
+    assert not (tmp_path / "out.mp4").exists()
