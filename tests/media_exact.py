@@ -15,7 +15,7 @@ import av
 
 from media import ffmpeg
 
-SOFT = "gblur=sigma=1"
+SOFT = "gblur=sigma=2"
 
 
 def clip(path: Path, *, rate: int = 25, seconds: float = 4, video_filter: str = "", extra: tuple[str, ...] = ()) -> Path:

@@ -8,13 +8,18 @@ import subprocess
 import time
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 from media import ffmpeg, packets_of, rgb_psnr, stream_md5
-from media_exact import avi_length, clip, from_packet, patch_edit, shown_frames, slow_motion, ts_segments
+from media_exact import SOFT, avi_length, clip, from_packet, patch_edit, shown_frames, slow_motion, ts_segments
 
 PSNR_FLOOR = 35.0
 """Identity through 8-bit RGB and x264 at the default CRF, on a softened testsrc2."""
+SLOW_MOTION_FLOOR = 33.0
+"""x264's macroblock tree gives frames shown for 1/240 s fewer bits than frames of the 30 fps sections (34.3 dB at worst
+here, whatever rate x264 is told). Neighbours there are alike (about 40 dB): each frame is also checked to be nearer
+its own input frame than theirs."""
 
 
 def _stylize(stylize_bin: str, source: Path, output: Path, *extra: str) -> subprocess.CompletedProcess:
@@ -22,16 +27,25 @@ def _stylize(stylize_bin: str, source: Path, output: Path, *extra: str) -> subpr
                           capture_output=True, text=True, timeout=300)
 
 
-def _assert_styled_as_shown(source: Path, output: Path) -> None:
+def _assert_styled_as_shown(source: Path, output: Path, floor: float = PSNR_FLOOR) -> None:
     """Each output frame is the frame FFmpeg shows of the input at the same time, and audio is kept sample for sample."""
     want, got = shown_frames(source), shown_frames(output)
     assert len(got) == len(want), f"{len(got)} frames styled, FFmpeg shows {len(want)}"
     moved = [(float(a), float(b)) for (a, _), (b, _) in zip(got, want) if abs(a - b) > 0.0005]
     assert not moved, f"frame timestamps moved: {moved[:3]}"
     worst = min(rgb_psnr(output, source))
-    assert worst >= PSNR_FLOOR, f"worst frame {worst:.2f} dB"
+    assert worst >= floor, f"worst frame {worst:.2f} dB"
+    for number, (_, frame) in enumerate(got):  # each is its own input frame, not a neighbour (alike in slow motion)
+        nearest = max(range(max(number - 2, 0), min(number + 3, len(want))), key=lambda other: _psnr(frame, want[other][1]))
+        assert nearest == number, f"output frame {number} is input frame {nearest}"
     assert stream_md5(output, 1) == stream_md5(source, 1), "audio samples changed"
     assert abs(packets_of(output, 1)[0][0] - packets_of(source, 1)[0][0]) <= 0.001, "audio start moved"
+
+
+def _psnr(styled: np.ndarray, reference: np.ndarray) -> float:
+    height, width = reference.shape[:2]
+    error = ((styled[:height, :width].astype(np.float64) - reference) ** 2).mean()
+    return float("inf") if error == 0 else float(10 * np.log10(255**2 / error))
 
 
 def _run(stylize_bin: str, source: Path, folder: Path) -> tuple[Path, dict, str]:
@@ -76,7 +90,7 @@ def test_slow_motion_phone_recording_with_a_trailer(tmp_path, stylize_bin):
     assert len({round(float(b - a), 4) for a, b in zip(times, times[1:])}) >= 2, "frame rate changes mid-file"
     output, report, _ = _run(stylize_bin, source, tmp_path)
     assert report["frames"] == len(times)
-    _assert_styled_as_shown(source, output)
+    _assert_styled_as_shown(source, output, SLOW_MOTION_FLOOR)
 
 
 def test_ts_segments_cut_mid_gop(tmp_path, stylize_bin):
@@ -94,7 +108,7 @@ def test_ts_segments_cut_mid_gop(tmp_path, stylize_bin):
 @pytest.mark.parametrize("frames", [0, 1, 100, 0xFFFFFFFF])
 def test_avi_with_a_wrong_stream_length(frames, tmp_path, stylize_bin):
     avi = tmp_path / "real.avi"
-    ffmpeg("-f", "lavfi", "-i", "testsrc2=size=128x72:rate=25:duration=1,gblur=sigma=1", "-f", "lavfi", "-i",
+    ffmpeg("-f", "lavfi", "-i", f"testsrc2=size=128x72:rate=25:duration=1,{SOFT}", "-f", "lavfi", "-i",
            "sine=duration=1:sample_rate=48000", "-c:v", "mpeg4", "-g", "10", "-q:v", "2", "-c:a", "libmp3lame", str(avi))
     source = avi_length(avi, tmp_path / "wrong-length.avi", frames)
     output, report, _ = _run(stylize_bin, source, tmp_path)
