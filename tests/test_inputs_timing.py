@@ -130,3 +130,26 @@ def test_an_error_that_will_repeat_is_reported_once_not_retried(tmp_path, styliz
     lines = [line for line in result.stderr.splitlines() if line.strip()]
     assert len(lines) == 1 and "timestamps out of display order" in lines[0] and "Errno" not in lines[0], result.stderr
     assert not (tmp_path / "out.mp4").exists()
+
+
+def test_ffmpeg_refusing_an_argument_writing_a_segment_is_not_retried(tmp_path):
+    """EINVAL from FFmpeg while writing a styled segment (here x264 refusing its preset) answers the same every time:
+    the worker's result says so in words, not the errno, and is not retryable."""
+    from gpu_job.command import WorkerOptions
+    from gpu_job.worker import Worker
+    from shared.config import Settings
+    from shared.containers import output_container
+    from shared.messages import BatchMessage
+    from shared.plan import plan_batches
+    from shared.probe import probe
+    from shared.split import split_video
+
+    info = probe(clip(tmp_path / "clip.mp4", seconds=1))
+    (batch,) = plan_batches(info, 50)
+    (segment,) = split_video(info, [batch], tmp_path / "segments", output_container(info)).segments
+    styled = tmp_path / "styled.mp4"
+    message = BatchMessage(job_id="job", batch=batch, attempt=1, model="identity", segment=str(segment), styled=str(styled))
+    result = Worker(WorkerOptions(threads=1, preset="no-such-preset"), Settings().model_cache_dir).style(message, segment, styled)
+    assert not result.succeeded and not result.retryable
+    assert "invalid argument" in result.error.lower() and "returned 22" not in result.error and "Errno" not in result.error, result.error
+    assert not styled.exists()
