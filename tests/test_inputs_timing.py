@@ -75,9 +75,17 @@ def test_edit_list_trimming_start_or_end_keeps_what_ffmpeg_shows(name, tmp_path,
     _assert_styled_as_shown(source, output)
 
 
-def test_pre_roll_before_the_first_keyframe_is_left_out_as_ffmpeg_leaves_it(tmp_path, stylize_bin):
-    source = from_packet(clip(tmp_path / "whole.mp4"), tmp_path / "pre-roll.mp4", 10)
-    assert len(shown_frames(source)) == 75, "FFmpeg shows the frames from the first keyframe (1 s) on"
+@pytest.mark.parametrize("delay", [0, 0.5])
+def test_pre_roll_before_the_first_keyframe_is_left_out_as_ffmpeg_leaves_it(delay, tmp_path, stylize_bin):
+    """Pre-roll: the track's first samples are not sync samples; with a delay, an empty edit starts the video late too."""
+    whole = clip(tmp_path / "whole.mp4")
+    if delay:
+        delayed = tmp_path / "delayed.mp4"
+        ffmpeg("-itsoffset", str(delay), "-i", str(whole), "-i", str(whole), "-map", "0:v", "-map", "1:a", "-c", "copy", str(delayed))
+        whole = delayed
+    source = from_packet(whole, tmp_path / "pre-roll.mp4", 10)
+    times = [t for t, _ in shown_frames(source)]
+    assert len(times) == 75 and float(times[0]) == 1 + delay, "FFmpeg shows the frames from the first keyframe (1 s) on"
     output, report, stderr = _run(stylize_bin, source, tmp_path)
     assert report["frames"] == 75
     assert "note: not carried: 15 video frames before the first keyframe" in stderr
