@@ -12,6 +12,7 @@ from fractions import Fraction
 from pathlib import Path
 
 import av
+from av.sidedata.sidedata import Type
 
 from media import ffmpeg
 
@@ -77,6 +78,41 @@ def ts_segments(folder: Path) -> list[Path]:
     clip_args = ("-f", "segment", "-segment_time", "1.3", "-break_non_keyframes", "1", "-segment_format", "mpegts")
     clip(folder / "hls-%d.ts", rate=30, seconds=4, extra=clip_args)
     return sorted(folder.glob("hls-*.ts"))
+
+
+CAPTION_SEI = bytes.fromhex("00000001" "06" "04" "0e" "b5003147413934" "03" "41" "ff" "fc" "c849" "ff" "80")
+"""An H.264 SEI NAL unit of ATSC A/53 closed captions (ITU-T T.35, "GA94"): one CEA-608 field-1 pair, "HI" with odd parity."""
+
+
+def with_captions(source: Path, target: Path) -> Path:
+    """The MPEG-TS ``source`` with CEA-608 captions in every H.264 access unit, after its delimiter, as broadcast
+    and HLS streams carry them (FFmpeg's CLI cannot write them from scratch)."""
+    with av.open(str(source)) as src, av.open(str(target), "w", format="mpegts") as out:
+        streams = {s.index: out.add_stream_from_template(s) for s in src.streams}
+        for s in src.streams:
+            streams[s.index].time_base = s.time_base
+        for packet in src.demux():
+            if packet.dts is None and packet.pts is None:
+                continue
+            index = packet.stream.index
+            if packet.stream.type == "video" and packet.size:
+                data = bytes(packet)
+                cut = data.find(b"\x00\x00\x01", 4)
+                cut -= data[cut - 1] == 0
+                captioned = av.Packet(data[:cut] + CAPTION_SEI + data[cut:])
+                captioned.pts, captioned.dts, captioned.time_base = packet.pts, packet.dts, packet.time_base
+                captioned.is_keyframe = packet.is_keyframe
+                packet = captioned
+            packet.stream = streams[index]
+            out.mux(packet)
+    return target
+
+
+def captioned_frames(path: Path) -> int:
+    """How many frames FFmpeg decodes with closed captions (A53 side data)."""
+    with av.open(str(path)) as container:
+        stream = container.streams.video[0]
+        return sum(frame.side_data.get(Type.A53_CC) is not None for frame in container.decode(stream))
 
 
 def avi_length(source: Path, target: Path, frames: int) -> Path:

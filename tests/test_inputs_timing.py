@@ -12,7 +12,8 @@ import numpy as np
 import pytest
 
 from media import ffmpeg, packets_of, rgb_psnr, stream_md5
-from media_exact import SOFT, avi_length, clip, from_packet, patch_edit, shown_frames, slow_motion, ts_segments
+from media_exact import (SOFT, avi_length, captioned_frames, clip, from_packet, patch_edit, shown_frames, slow_motion, ts_segments,
+                         with_captions)
 
 PSNR_FLOOR = 35.0
 """Identity through 8-bit RGB and x264 at the default CRF, on a softened testsrc2."""
@@ -101,10 +102,12 @@ def test_slow_motion_phone_recording_with_a_trailer(tmp_path, stylize_bin):
     _assert_styled_as_shown(source, output, SLOW_MOTION_FLOOR)
 
 
-def test_ts_segments_cut_mid_gop(tmp_path, stylize_bin):
+def test_ts_segments_cut_mid_gop_with_captions(tmp_path, stylize_bin):
     segments = ts_segments(tmp_path)
     assert len(segments) >= 3
-    for number, source in enumerate(segments[1:3], start=1):
+    for number, cut in enumerate(segments[1:3], start=1):
+        source = with_captions(cut, tmp_path / f"captioned-{number}.ts")
+        assert captioned_frames(source) == len(shown_frames(source)) > 0, "FFmpeg decodes captions with every frame it shows"
         folder = tmp_path / f"run-{number}"
         folder.mkdir()
         output, report, stderr = _run(stylize_bin, source, folder)
