@@ -213,7 +213,7 @@ def probe(path: str | os.PathLike[str], limits: Settings = Settings()) -> VideoI
         ctx = stream.codec_context
         info = _describe(
             path, container.format.name, codec_name(stream), ctx.width, ctx.height, stream.time_base, packets, rotation,
-            video_index=stream.index, colour=stream_colour(ctx), tracks=tracks, ignored=ignored,
+            video_index=stream.index, colour=stream_colour(ctx), tracks=tracks, ignored=ignored, limits=limits,
         )
     if info.duration_s > limits.max_duration_s:  # with its last frame's duration, which reading the packets did not count
         raise InvalidInputError(f"{path.name}: duration {info.duration_s:.1f} s over the limit of {limits.max_duration_s:.0f} s")
@@ -321,13 +321,48 @@ def _first_frame_rotation(path: Path, index: int, limits: Settings) -> int:
     raise InvalidInputError(f"{path}: video stream has no decodable frame")
 
 
-def _describe(path, fmt, codec, width, height, time_base, packets, rotation, ignored=(), **details) -> VideoInfo:
-    leading = next((i for i, (_, _, key, _) in enumerate(packets) if key), len(packets))
-    if leading == len(packets):
+def _shown_leading(path: Path, index: int, limits: Settings, key_pts: int) -> set[int]:
+    """Timestamps of the frames FFmpeg shows before the one at ``key_pts`` (the first keyframe's), decoding from the start:
+    leading pictures that reference frames before the stream's start (HEVC's RASL) are not shown, others may be."""
+    shown: set[int] = set()
+    with _open(path, limits) as container:
+        stream = container.streams[index]
+        stream.codec_context.options = {"max_pixels": str(max_decoded_pixels(limits))}
+        for packet in container.demux(stream):
+            try:
+                frames = stream.decode(packet)
+            except av.FFmpegError:
+                continue
+            for frame in frames:
+                if frame.pts is None or frame.pts >= key_pts:
+                    return shown
+                shown.add(frame.pts)
+    return shown
+
+
+def _without_unshown_start(path: Path, packets: list, limits: Settings, index: int) -> tuple[list, int]:
+    """``packets`` from the first keyframe on (FFmpeg shows no frame before it: a stream cut mid-GOP, pre-roll), its
+    leading pictures that FFmpeg does not show marked hidden; and how many frames that leaves out."""
+    first = next((i for i, (_, _, key, _) in enumerate(packets) if key), len(packets))
+    if first == len(packets):
         raise InvalidInputError(f"{path}: video has no keyframe")
-    unshown = sum(not discard for *_, discard in packets[:leading])
-    packets = packets[leading:]
-    if unshown:  # a stream cut mid-GOP (an HLS segment, pre-roll): FFmpeg shows no frame before its first keyframe either
+    unshown = sum(not discard for *_, discard in packets[:first])
+    packets = packets[first:]
+    key_pts = packets[0][0]
+    gop_end = next((i for i, (_, _, key, _) in enumerate(packets) if key and i), len(packets))
+    leading = [i for i, (pts, _, _, discard) in enumerate(packets[:gop_end]) if pts < key_pts and not discard]
+    if leading:
+        shown = _shown_leading(path, index, limits, key_pts)
+        hidden = [i for i in leading if packets[i][0] not in shown]
+        packets = [(pts, duration, key, discard or i in hidden) for i, (pts, duration, key, discard) in enumerate(packets)]
+        unshown += len(hidden)
+    return packets, unshown
+
+
+def _describe(path, fmt, codec, width, height, time_base, packets, rotation, ignored=(), limits: Settings = Settings(),
+              **details) -> VideoInfo:
+    packets, unshown = _without_unshown_start(path, packets, limits, details.get("video_index", 0))
+    if unshown:
         ignored = [*ignored, f"{unshown} video frames before the first keyframe (FFmpeg does not show them either)"]
     if not any(not discard for *_, discard in packets):
         raise InvalidInputError(f"{path}: video stream has zero frames")

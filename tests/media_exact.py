@@ -19,11 +19,16 @@ from media import ffmpeg
 SOFT = "gblur=sigma=2"
 
 
-def clip(path: Path, *, rate: int = 25, seconds: float = 4, video_filter: str = "", extra: tuple[str, ...] = ()) -> Path:
-    """testsrc2 at 128x72 with a sine track: H.264 with B-frames and 1 s GOPs, AAC."""
+HEVC_OPEN_GOP = ("-c:v", "libx265", "-x265-params", "log-level=error:keyint=30:min-keyint=30:open-gop=1")
+"""HEVC whose keyframes after the first are CRA pictures with leading (RASL) pictures that reference the GOP before."""
+
+
+def clip(path: Path, *, rate: int = 25, seconds: float = 4, video_filter: str = "", extra: tuple[str, ...] = (),
+         video: tuple[str, ...] = ()) -> Path:
+    """testsrc2 at 128x72 with a sine track: H.264 with B-frames and 1 s GOPs (or ``video``'s codec options), AAC."""
     graph = f"testsrc2=size=128x72:rate={rate}:duration={seconds},{SOFT}"
     ffmpeg("-f", "lavfi", "-i", graph, "-f", "lavfi", "-i", f"sine=duration={seconds}:sample_rate=48000",
-           *(["-vf", video_filter] if video_filter else []), "-c:v", "libx264", "-g", str(rate), "-bf", "2",
+           *(["-vf", video_filter] if video_filter else []), *(video or ("-c:v", "libx264", "-g", str(rate), "-bf", "2")),
            "-c:a", "aac", *extra, str(path))
     return path
 
@@ -72,11 +77,11 @@ def slow_motion(folder: Path) -> Path:
     return target
 
 
-def ts_segments(folder: Path) -> list[Path]:
+def ts_segments(folder: Path, video: tuple[str, ...] = ()) -> list[Path]:
     """An HLS-style MPEG-TS stream cut every 1.3 s whatever the frame (30 fps, 1 s GOPs): segments after the
     first start with non-keyframes."""
     clip_args = ("-f", "segment", "-segment_time", "1.3", "-break_non_keyframes", "1", "-segment_format", "mpegts")
-    clip(folder / "hls-%d.ts", rate=30, seconds=4, extra=clip_args)
+    clip(folder / "hls-%d.ts", rate=30, seconds=4, extra=clip_args, video=video)
     return sorted(folder.glob("hls-*.ts"))
 
 

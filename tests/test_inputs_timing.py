@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 
 from media import ffmpeg, packets_of, rgb_psnr, stream_md5
-from media_exact import (SOFT, avi_length, captioned_frames, clip, from_packet, patch_edit, shown_frames, slow_motion, ts_segments,
+from media_exact import (HEVC_OPEN_GOP, SOFT, avi_length, captioned_frames, clip, from_packet, patch_edit, shown_frames, slow_motion, ts_segments,
                          with_captions)
 
 PSNR_FLOOR = 35.0
@@ -108,6 +108,20 @@ def test_ts_segments_cut_mid_gop_with_captions(tmp_path, stylize_bin):
     for number, cut in enumerate(segments[1:3], start=1):
         source = with_captions(cut, tmp_path / f"captioned-{number}.ts")
         assert captioned_frames(source) == len(shown_frames(source)) > 0, "FFmpeg decodes captions with every frame it shows"
+        folder = tmp_path / f"run-{number}"
+        folder.mkdir()
+        output, report, stderr = _run(stylize_bin, source, folder)
+        assert report["frames"] == len(shown_frames(source))
+        assert "video frames before the first keyframe" in stderr
+        _assert_styled_as_shown(source, output)
+
+
+def test_hevc_ts_segments_cut_mid_gop_leave_out_the_leading_pictures_ffmpeg_leaves_out(tmp_path, stylize_bin):
+    """Open-GOP HEVC: the first keyframe of a segment is a CRA whose leading (RASL) pictures reference the GOP before, which
+    the segment lacks; FFmpeg does not show them, and they are not planned."""
+    segments = ts_segments(tmp_path, HEVC_OPEN_GOP)
+    assert len(segments) >= 3
+    for number, source in enumerate(segments[1:3], start=1):
         folder = tmp_path / f"run-{number}"
         folder.mkdir()
         output, report, stderr = _run(stylize_bin, source, folder)
