@@ -322,13 +322,18 @@ def _first_frame_rotation(path: Path, index: int, limits: Settings) -> int:
 
 
 def _shown_leading(path: Path, index: int, limits: Settings, key_pts: int) -> set[int]:
-    """Timestamps of the frames FFmpeg shows before the one at ``key_pts`` (the first keyframe's), decoding from the start:
-    leading pictures that reference frames before the stream's start (HEVC's RASL) are not shown, others may be."""
+    """Timestamps of the frames FFmpeg shows before the one at ``key_pts`` (the first keyframe's), decoding from the start
+    to the end of the first GOP at most: leading pictures that reference frames before the stream's start (HEVC's RASL)
+    are not shown, others may be."""
     shown: set[int] = set()
+    keyframes = 0
     with _open(path, limits) as container:
         stream = container.streams[index]
         stream.codec_context.options = {"max_pixels": str(max_decoded_pixels(limits))}
         for packet in container.demux(stream):
+            keyframes += packet.is_keyframe
+            if keyframes > 1:
+                break
             try:
                 frames = stream.decode(packet)
             except av.FFmpegError:
