@@ -345,6 +345,28 @@ def _shown_leading(path: Path, index: int, limits: Settings, key_pts: int) -> se
     return shown
 
 
+def _check_display_order(path: Path, index: int, limits: Settings) -> None:
+    """AVI holds no presentation times: FFmpeg gives each packet its decode-order time, and a stream with B-frames then
+    decodes into frames whose times go back. Decoding its first GOP tells, before any work is done."""
+    keyframes, last = 0, None
+    with _open(path, limits) as container:
+        stream = container.streams[index]
+        stream.codec_context.options = {"max_pixels": str(max_decoded_pixels(limits))}
+        for packet in container.demux(stream):
+            keyframes += packet.is_keyframe
+            if keyframes > 1:
+                return
+            try:
+                frames = stream.decode(packet)
+            except av.FFmpegError:
+                continue
+            for frame in frames:
+                if frame.pts is not None and last is not None and frame.pts <= last:
+                    raise InvalidInputError(f"{path.name}: B-frames in AVI, which holds no presentation times: FFmpeg decodes its "
+                                            "frames with times out of display order, so they cannot keep their timing")
+                last = frame.pts if frame.pts is not None else last
+
+
 def _without_unshown_start(path: Path, packets: list, limits: Settings, index: int) -> tuple[list, int]:
     """``packets`` from the first keyframe on (FFmpeg shows no frame before it: a stream cut mid-GOP, pre-roll), its
     leading pictures that FFmpeg does not show marked hidden; and how many frames that leaves out."""
@@ -366,6 +388,8 @@ def _without_unshown_start(path: Path, packets: list, limits: Settings, index: i
 
 def _describe(path, fmt, codec, width, height, time_base, packets, rotation, ignored=(), limits: Settings = Settings(),
               **details) -> VideoInfo:
+    if fmt == "avi":
+        _check_display_order(path, details.get("video_index", 0), limits)
     packets, unshown = _without_unshown_start(path, packets, limits, details.get("video_index", 0))
     if unshown:
         ignored = [*ignored, f"{unshown} video frames before the first keyframe (FFmpeg does not show them either)"]

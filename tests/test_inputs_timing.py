@@ -141,20 +141,35 @@ def test_avi_with_a_wrong_stream_length(frames, tmp_path, stylize_bin):
     _assert_styled_as_shown(source, output)
 
 
-def test_an_error_that_will_repeat_is_reported_once_not_retried(tmp_path, stylize_bin):
-    """H.264 with B-frames in AVI: the frames FFmpeg decodes carry their packets' decode-order times, so the styled segment
-    cannot be written (EINVAL, every time). One line that says why, exit 2, no retry, no hang."""
-    avi = tmp_path / "b-frames.avi"
+def _avi_with_b_frames(folder: Path) -> Path:
+    avi = folder / "b-frames.avi"
     ffmpeg("-f", "lavfi", "-i", "testsrc2=size=128x72:rate=25:duration=1", "-c:v", "libx264", "-g", "10", "-bf", "2", str(avi))
-    source = avi_length(avi, tmp_path / "wrong-length.avi", 100)
+    return avi_length(avi, folder / "wrong-length.avi", 100)
+
+
+def test_avi_with_b_frames_is_refused_at_probe_time_in_one_line(tmp_path, stylize_bin):
+    """H.264 with B-frames in AVI: FFmpeg decodes its frames with their packets' decode-order times (before: EINVAL
+    writing the styled segment, retried, then a hung worker). One line that says why, exit 2, before any work."""
+    source = _avi_with_b_frames(tmp_path)
     began = time.monotonic()
-    result = subprocess.run([stylize_bin, "run", str(source), str(tmp_path / "out.mp4"), "--model", "identity", "--batch-frames", "13",
-                             "--workers", "2"], capture_output=True, text=True, timeout=120)
+    result = subprocess.run([stylize_bin, "run", str(source), str(tmp_path / "out" / "styled.mp4"), "--model", "identity",
+                             "--batch-frames", "13", "--workers", "2"], capture_output=True, text=True, timeout=120)
     assert time.monotonic() - began < 60
     assert result.returncode == 2, result.stderr
     lines = [line for line in result.stderr.splitlines() if line.strip()]
-    assert len(lines) == 1 and "timestamps out of display order" in lines[0] and "Errno" not in lines[0], result.stderr
-    assert not (tmp_path / "out.mp4").exists()
+    assert len(lines) == 1 and "B-frames in AVI" in lines[0] and "Errno" not in lines[0], result.stderr
+    assert not (tmp_path / "out").exists()
+
+
+def test_a_segment_decoding_out_of_display_order_fails_in_words(tmp_path):
+    """The decoder's own check, for any segment: a frame whose time is not after the one before fails the batch with
+    an error that will repeat (never retried), not with the muxer's EINVAL."""
+    from shared.decode import UPLOAD_DEMUXERS, open_input, tolerant_frames
+    from shared.errors import InvalidInputError
+
+    with open_input(_avi_with_b_frames(tmp_path), UPLOAD_DEMUXERS) as container:
+        with pytest.raises(InvalidInputError, match="out of display order"):
+            list(tolerant_frames(container, container.streams.video[0]))
 
 
 def test_ffmpeg_refusing_an_argument_writing_a_segment_is_not_retried(tmp_path):
