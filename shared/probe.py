@@ -30,6 +30,8 @@ COPIED_KINDS = ("audio", "subtitle", "video")
 """Streams besides the styled one that travel to the output by stream copy."""
 VOP_START = b"\x00\x00\x01\xb6"
 PACKED_CHECK = 64
+ORDER_CHECK = 16
+"""Packets of an AVI decoded to see whether its frames come out in time order: B-frames reorder within a few frames."""
 """Packets searched for a packed B-frame (two MPEG-4 pictures in one packet); encoders pack from the first GOP."""
 CODED_MARGIN = 128
 """Decoders allocate a frame at its coded size: the shown size rounded up to whole macroblocks, coding tree units or
@@ -347,14 +349,14 @@ def _shown_leading(path: Path, index: int, limits: Settings, key_pts: int) -> se
 
 def _check_display_order(path: Path, index: int, limits: Settings) -> None:
     """AVI holds no presentation times: FFmpeg gives each packet its decode-order time, and a stream with B-frames then
-    decodes into frames whose times go back. Decoding its first GOP tells, before any work is done."""
+    decodes into frames whose times go back. Decoding its first frames tells, before any work is done."""
     keyframes, last = 0, None
     with _open(path, limits) as container:
         stream = container.streams[index]
         stream.codec_context.options = {"max_pixels": str(max_decoded_pixels(limits))}
-        for packet in container.demux(stream):
+        for number, packet in enumerate(container.demux(stream)):
             keyframes += packet.is_keyframe
-            if keyframes > 1:
+            if keyframes > 1 or number >= ORDER_CHECK:
                 return
             try:
                 frames = stream.decode(packet)
