@@ -41,6 +41,10 @@ from shared.split import muxer_options
 _DONE = object()
 log = logging.getLogger(__name__)
 SEGMENT_MUXER = "mp4"
+ENCODER_RATE = 60
+"""The frame rate x264 is told (frames keep their own timestamps): it sets the H.264 level the headers declare, and
+every styled segment of a video needs the same headers to be joined; a segment's own rate differs where the video's
+does (a phone's slow-motion section), so each is told this one, a level every player of the size decodes."""
 
 
 @dataclass(frozen=True)
@@ -187,7 +191,7 @@ class Segment:
         the styled segment, and whose input tiles the result holds."""
         with open_input(src, SEGMENT_DEMUXERS) as source:
             stream = source.streams.video[0]
-            timing = (stream.time_base, stream.guessed_rate or stream.average_rate or 25)
+            timing = (stream.time_base, ENCODER_RATE)
             plan = plan_colour(stream_colour(stream.codec_context), stream.codec_context.height, encoder.keep_10bit)
         self._planned = frame_times(src, start, end)
         if len(self._planned) != expected_frames:

@@ -11,6 +11,7 @@ Either way each item's outcome is a result.
 
 from __future__ import annotations
 
+import errno
 import json
 import os
 import queue
@@ -42,6 +43,15 @@ MODEL_CACHE_SIZE = 4
 def one_line(exc: BaseException) -> str:
     text = str(exc).strip().splitlines()
     return text[0] if text else type(exc).__name__
+
+
+def _meaning(exc: Exception) -> Exception:
+    """FFmpeg's EINVAL (PyAV raises it as a ValueError) answers the same data and settings the same way every time: an
+    error that will repeat, said in words rather than as the errno and the call that returned it."""
+    if isinstance(exc, ValueError) and getattr(exc, "errno", None) == errno.EINVAL:
+        return InvalidInputError("FFmpeg refused the batch: invalid argument (the styled segment's encoder settings, or its "
+                                 "frames' timestamps or format); it would fail the same way again")
+    return exc
 
 
 class ModelCache:
@@ -178,6 +188,7 @@ class Worker:
                 raise outcome
             draw_rows(outcome.input_tiles, job.styled, Path(rows_name(str(job.styled))))
         except Exception as exc:  # reported to whoever sent the batch, which decides about retrying
+            exc = _meaning(exc)
             return BatchResult(**facts, succeeded=False, error=one_line(exc), retryable=not isinstance(exc, InvalidInputError),
                                seconds=round(time.perf_counter() - job.began, 4))
         return BatchResult(**facts, succeeded=True, styled=message.styled, frames=outcome.frames, styler=styler.describe(),

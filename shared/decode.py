@@ -10,8 +10,11 @@ from __future__ import annotations
 
 import os
 from collections.abc import Iterator
+from pathlib import Path
 
 import av
+
+from shared.errors import InvalidInputError
 
 UPLOAD_DEMUXERS = "mov,matroska,avi,mpegts"
 """The containers an upload may be in: the MP4/MOV family (mp4, m4v, mov, 3gp), Matroska/WebM, AVI and MPEG-TS
@@ -47,7 +50,11 @@ def open_input(path: str | os.PathLike[str], demuxers: str, *, max_pixels: int =
 
 
 def tolerant_frames(container, stream, errors: list[str] | None = None) -> Iterator[av.VideoFrame]:
-    """The frames of ``stream`` in display order; each packet that fails to decode adds its error to ``errors``."""
+    """The frames of ``stream`` in display order; each packet that fails to decode adds its error to ``errors``.
+
+    Raises :class:`InvalidInputError` at a frame whose timestamp is not after the one before: its packets' timestamps
+    are not when their frames are shown (B-frames in AVI, which has none), so no frame can be given its time."""
+    last = None
     for packet in container.demux(stream):
         try:
             frames = stream.decode(packet)
@@ -55,4 +62,9 @@ def tolerant_frames(container, stream, errors: list[str] | None = None) -> Itera
             if errors is not None:
                 errors.append(str(exc).splitlines()[0] if str(exc) else type(exc).__name__)
             continue
-        yield from frames
+        for frame in frames:
+            if frame.pts is not None and last is not None and frame.pts <= last:
+                raise InvalidInputError(f"{Path(container.name).name}: FFmpeg decodes its frames with timestamps out of display order "
+                                        "(B-frames in a container without presentation times, as AVI): their times are unknown")
+            last = frame.pts if frame.pts is not None else last
+            yield frame

@@ -32,7 +32,8 @@ class Batch:
     frame_count: int
     start_pts: int
     end_pts: int | None
-    """Timestamp of the next batch's first frame; None for the last batch."""
+    """Timestamp of the next batch's first frame; for the last batch, just past its last frame (frames an edit list
+    hides after it are in its segment, as references, but not in its range); None in batches planned before that."""
     time_base: str
     """Unit of the timestamps above ("1/30000"). Segments may use another unit: compare instants, not ticks."""
     first_gop: int
@@ -96,7 +97,7 @@ def plan_batches(info: VideoInfo, batch_frames: int) -> list[Batch]:
         first_gop, last_gop = min(frames_gops), max(frames_gops)
         if first_gop in open_gops and first_gop > 0:
             first_gop -= 1
-        end_pts = info.frame_pts[last + 1] if last + 1 < info.frame_count else None
+        end_pts = info.frame_pts[last + 1] if last + 1 < info.frame_count else info.frame_pts[last] + 1
         batches.append(
             Batch(
                 index=index,

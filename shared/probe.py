@@ -36,6 +36,8 @@ COPIED_KINDS = ("audio", "subtitle", "video")
 """Streams besides the styled one that travel to the output by stream copy."""
 VOP_START = b"\x00\x00\x01\xb6"
 PACKED_CHECK = 64
+ORDER_CHECK = 16
+"""Packets of an AVI decoded to see whether its frames come out in time order: B-frames reorder within a few frames."""
 """Packets searched for a packed B-frame (two MPEG-4 pictures in one packet); encoders pack from the first GOP."""
 CODED_MARGIN = 128
 """Decoders allocate a frame at its coded size: the shown size rounded up to whole macroblocks, coding tree units or
@@ -111,7 +113,8 @@ class VideoInfo:
     colour: Colour = Colour(0, 2, 2, 2)
     tracks: list[TrackInfo] = field(default_factory=list)
     ignored: list[str] = field(default_factory=list)
-    """Streams not carried to the output (data, attachments, cover images), and chapters or tags over the bounds, described for the report."""
+    """Streams not carried to the output (data, attachments, cover images), frames before the first keyframe, and chapters
+    or tags over the bounds, described for the report."""
     display_matrix: tuple[int, ...] = ()
     """The styled stream's display matrix (FFmpeg's nine 16.16 and 2.30 fixed-point numbers: rotation and mirroring); () for none."""
     chapters: list[Chapter] = field(default_factory=list)
@@ -258,14 +261,14 @@ def probe(path: str | os.PathLike[str], limits: Settings = Settings()) -> VideoI
         if not any(not discard for *_, discard in packets):
             raise InvalidInputError(f"{path}: video stream has zero frames")
         indexed = _indexed_frames(container, stream)
-        if indexed and len(packets) + empty < indexed:
+        if indexed and len(packets) + empty < indexed and _ends_early(stream, packets):
             raise InvalidInputError(f"{path}: truncated: index lists {indexed} frames but only {len(packets) + empty} are present")
         rotation, display = _first_frame(path, stream.index, [t.index for t in tracks], limits)
         ctx = stream.codec_context
         info = _describe(
             path, container.format.name, codec_name(stream), ctx.width, ctx.height, stream.time_base, packets, rotation,
             video_index=stream.index, colour=stream_colour(ctx), tracks=tracks, ignored=ignored, display_matrix=display,
-            chapters=chapters, metadata=metadata, video_tags=video_tags,
+            chapters=chapters, metadata=metadata, video_tags=video_tags, limits=limits,
         )
     if info.duration_s > limits.max_duration_s:  # with its last frame's duration, which reading the packets did not count
         raise InvalidInputError(f"{path.name}: duration {info.duration_s:.1f} s over the limit of {limits.max_duration_s:.0f} s")
@@ -388,6 +391,18 @@ def _read_packets(path: Path, container, stream, audio: list, limits: Settings) 
     return packets, empty, trimmed
 
 
+def _ends_early(stream, packets: list[tuple[int, int, bool, bool]]) -> bool:
+    """Whether the shown frames end over a frame before the stream's duration says: the index names samples that
+    are not there. An edit list leaves out of the packets the samples before its start's keyframe and after its end,
+    which the index counts too; the duration is the edit's."""
+    if not stream.duration:
+        return True
+    shown = [(pts, duration) for pts, duration, _, discard in packets if not discard]
+    last, duration = max(shown) if shown else (0, 0)
+    step = duration or max((d for _, d in shown), default=0)
+    return last + 2 * step < (stream.start_time or 0) + stream.duration
+
+
 def _first_frame(path: Path, index: int, carried: list[int], limits: Settings) -> tuple[int, tuple[int, ...]]:
     """Decode the first frame of stream ``index``: proves it decodes, and gives its rotation and display matrix. A frame
     larger than the limits allow (the bitstream may say a size the headers do not) is not decoded. The packets read up
@@ -430,9 +445,80 @@ def _rotation_matrix(degrees: float) -> tuple[int, ...]:
     return (cos, -sin, 0, sin, cos, 0, 0, 0, 1 << 30)
 
 
-def _describe(path, fmt, codec, width, height, time_base, packets, rotation, **details) -> VideoInfo:
-    if packets[0][2] is False:
-        raise InvalidInputError(f"{path}: video does not start with a keyframe")
+def _shown_leading(path: Path, index: int, limits: Settings, key_pts: int) -> set[int]:
+    """Timestamps of the frames FFmpeg shows before the one at ``key_pts`` (the first keyframe's), decoding from the start
+    to the end of the first GOP at most: leading pictures that reference frames before the stream's start (HEVC's RASL)
+    are not shown, others may be."""
+    shown: set[int] = set()
+    keyframes = 0
+    with _open(path, limits) as container:
+        stream = container.streams[index]
+        stream.codec_context.options = {"max_pixels": str(max_decoded_pixels(limits))}
+        for packet in container.demux(stream):
+            keyframes += packet.is_keyframe
+            if keyframes > 1:
+                break
+            try:
+                frames = stream.decode(packet)
+            except av.FFmpegError:
+                continue
+            for frame in frames:
+                if frame.pts is None or frame.pts >= key_pts:
+                    return shown
+                shown.add(frame.pts)
+    return shown
+
+
+def _check_display_order(path: Path, index: int, limits: Settings) -> None:
+    """AVI holds no presentation times: FFmpeg gives each packet its decode-order time, and a stream with B-frames then
+    decodes into frames whose times go back. Decoding its first frames tells, before any work is done."""
+    keyframes, last = 0, None
+    with _open(path, limits) as container:
+        stream = container.streams[index]
+        stream.codec_context.options = {"max_pixels": str(max_decoded_pixels(limits))}
+        for number, packet in enumerate(container.demux(stream)):
+            keyframes += packet.is_keyframe
+            if keyframes > 1 or number >= ORDER_CHECK:
+                return
+            try:
+                frames = stream.decode(packet)
+            except av.FFmpegError:
+                continue
+            for frame in frames:
+                if frame.pts is not None and last is not None and frame.pts <= last:
+                    raise InvalidInputError(f"{path.name}: B-frames in AVI, which holds no presentation times: FFmpeg decodes its "
+                                            "frames with times out of display order, so they cannot keep their timing")
+                last = frame.pts if frame.pts is not None else last
+
+
+def _without_unshown_start(path: Path, packets: list, limits: Settings, index: int) -> tuple[list, int]:
+    """``packets`` from the first keyframe on (FFmpeg shows no frame before it: a stream cut mid-GOP, pre-roll), its
+    leading pictures that FFmpeg does not show marked hidden; and how many frames that leaves out."""
+    first = next((i for i, (_, _, key, _) in enumerate(packets) if key), len(packets))
+    if first == len(packets):
+        raise InvalidInputError(f"{path}: video has no keyframe")
+    unshown = sum(not discard for *_, discard in packets[:first])
+    packets = packets[first:]
+    key_pts = packets[0][0]
+    gop_end = next((i for i, (_, _, key, _) in enumerate(packets) if key and i), len(packets))
+    leading = [i for i, (pts, _, _, discard) in enumerate(packets[:gop_end]) if pts < key_pts and not discard]
+    if leading:
+        shown = _shown_leading(path, index, limits, key_pts)
+        hidden = [i for i in leading if packets[i][0] not in shown]
+        packets = [(pts, duration, key, discard or i in hidden) for i, (pts, duration, key, discard) in enumerate(packets)]
+        unshown += len(hidden)
+    return packets, unshown
+
+
+def _describe(path, fmt, codec, width, height, time_base, packets, rotation, ignored=(), limits: Settings = Settings(),
+              **details) -> VideoInfo:
+    if fmt == "avi":
+        _check_display_order(path, details.get("video_index", 0), limits)
+    packets, unshown = _without_unshown_start(path, packets, limits, details.get("video_index", 0))
+    if unshown:
+        ignored = [*ignored, f"{unshown} video frames before the first keyframe (FFmpeg does not show them either)"]
+    if not any(not discard for *_, discard in packets):
+        raise InvalidInputError(f"{path}: video stream has zero frames")
     gop_of_packet: list[int] = []
     keyframe_pts: list[int] = []
     for pts, _, key, _ in packets:
@@ -459,6 +545,7 @@ def _describe(path, fmt, codec, width, height, time_base, packets, rotation, **d
         open_gops=open_gops,
         last_frame_duration=last_duration,
         rotation=rotation,
+        ignored=list(ignored),
         **details,
     )
 
