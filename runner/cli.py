@@ -31,6 +31,10 @@ def build_parser(settings: Settings) -> argparse.ArgumentParser:
     run.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto")
     run.add_argument("--report", type=Path, default=None, help="JSON report path (default: OUTPUT.report.json beside OUTPUT)")
     run.add_argument("--work-dir", type=Path, default=None, help="where batch segments are kept while running (default: system temp)")
+    run.add_argument("--temporal", choices=("on", "off"), default="on" if settings.temporal else "off",
+                     help="stabilise the styled frames over time, against flicker (never with model identity; default: %(default)s)")
+    run.add_argument("--temporal-strength", type=float, default=settings.temporal_strength,
+                     help="0..1: how strongly (default: %(default)s)")
     run.add_argument("--keep-10bit", action="store_true",
                      help="write 10-bit output for sources of more than 8 bits (default: 8-bit; HDR is tone-mapped to SDR either way)")
     styles = commands.add_parser("styles", help="list every name --model accepts (name first), or draw them all on one frame")
@@ -95,6 +99,7 @@ def _run(args: argparse.Namespace, settings: Settings):
         input=args.input, output=args.output, model=model, batch_frames=args.batch_frames, workers=args.workers,
         device=args.device, report=args.report, fallback_model=args.fallback_model, work_dir=args.work_dir,
         precision=args.precision, style_image=args.style_image, style_strength=args.style_strength, keep_10bit=args.keep_10bit,
+        temporal=args.temporal == "on", temporal_strength=args.temporal_strength,
     )
     return run(request, settings), request
 
