@@ -277,9 +277,9 @@ def test_a_batchs_output_does_not_depend_on_the_batch_styled_before_it(clip_batc
     results = _style(worker, [_batch_message(batches, segments, 1, tmp_path / "before.mp4", temporal_strength=1.0),
                               _batch_message(batches, segments, 2, after, temporal_strength=1.0)])
     assert result.succeeded and all(r.succeeded for r in results), [r.error for r in results]
+    assert alone.read_bytes() == after.read_bytes(), "styled after another batch on the same worker, or alone: the same bytes"
     assert len(AveragingStabiliser.made) == 3 and all(s.device == "cpu" and s.resets == 1 for s in AveragingStabiliser.made)
     assert result.temporal == AveragingStabiliser.made[0].describe()
-    assert alone.read_bytes() == after.read_bytes(), "styled after another batch on the same worker, or alone: the same bytes"
     (off,) = _style(worker, [_batch_message(batches, segments, 2, tmp_path / "off.mp4")])
     assert off.temporal is None and len(AveragingStabiliser.made) == 3, "strength 0: no stabiliser"
     assert (tmp_path / "off.mp4").read_bytes() != alone.read_bytes(), "the double did change the frames"
