@@ -34,6 +34,7 @@ from shared.work import WorkKind
 if TYPE_CHECKING:
     from gpu_job.scorer import Segment, SegmentOutcome
     from gpu_job.styler import FrameStyler
+    from gpu_job.temporal import Stabiliser
 
 T = TypeVar("T")
 AUTO_BATCH = {"cpu": 1, "cuda": 8}
@@ -168,7 +169,7 @@ class Worker:
                        on_frames=job.on_frames, preview_frames=job.message.preview_frames, stabiliser=self._stabiliser(job),
                        context_start=batch.context_time)
 
-    def _stabiliser(self, job: StyleJob):
+    def _stabiliser(self, job: StyleJob) -> Stabiliser | None:
         """A fresh stabiliser for the job's segment, on this worker's device; None when its message asks for none, and
         for the identity model whatever it asks (its frames pass through, checked exactly; its context is not decoded)."""
         strength = job.message.temporal_strength
