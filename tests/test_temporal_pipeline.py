@@ -372,6 +372,36 @@ def test_a_bad_temporal_metadata_refuses_the_upload(on_azurite, tmp_path):
     assert job["temporal"] == {"used": "on", "strength": 0.5, "context_frames": settings.temporal_context_frames}
 
 
+def test_the_apps_job_carries_its_temporal_plan_into_the_split_and_the_batch_messages(on_azurite, tmp_path):
+    from durable_replay import ReplayClient
+    from function_app.activities import enqueue_batches, split_job
+    from function_app.upload import start_job
+
+    settings = Settings(batch_frames=12, temporal_context_frames=5)
+    service, queues = on_azurite(settings, (settings.input_container, settings.output_container, settings.work_container),
+                                 (settings.batch_queue,))
+    clip = make_clip(tmp_path / "clip.mp4", seconds=1.2, audio=False)
+    sent = {}
+    for style, metadata in [("starry", {"temporal_strength": "0.7"}), ("identity", {}), ("ember", {"temporal": "off"})]:
+        blob = service.get_blob_client(settings.input_container, f"{style}.mp4")
+        blob.upload_blob(clip.read_bytes(), overwrite=True, metadata={"style": style, **metadata})
+        client = ReplayClient()
+        asyncio.run(start_job(blob, client, settings))
+        ((_, _, job),) = client.started
+        plan = split_job(job, settings)
+        enqueue_batches({"job": job, "frames": plan["frames"], "batches": [{"batch": b, "attempt": 1} for b in plan["batches"]]}, settings)
+        messages = [BatchMessage.from_json(m.content) for m in queues[settings.batch_queue].receive_messages(max_messages=32)]
+        queues[settings.batch_queue].clear_messages()
+        sent[style] = sorted(messages, key=lambda m: m.batch.index)
+    starry = sent["starry"]
+    assert [m.temporal_strength for m in starry] == [0.7] * 3
+    assert [m.batch.context_pts is not None for m in starry] == [False, True, True]
+    info = probe(clip)
+    assert [m.batch for m in starry] == plan_batches(info, 12, 5), "the app plans what stylize run plans"
+    for style in ("identity", "ember"):
+        assert [(m.temporal_strength, m.batch.context_pts) for m in sent[style]] == [(0.0, None)] * 3, style
+
+
 # Bit-identical with temporal off, and what the report says
 
 def _baseline(tmp_path: Path) -> Path:
