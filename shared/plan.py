@@ -70,6 +70,7 @@ class Batch:
         with a one-line reason."""
         if not isinstance(data, dict):
             raise ValueError("batch is not a JSON object")
+        data = {"context_pts": None, **data}  # a plan of a job started before context frames existed (still running) has none
         missing = [name for name in cls.__dataclass_fields__ if name not in data]
         if missing:
             raise ValueError(f"batch lacks {', '.join(missing)}")

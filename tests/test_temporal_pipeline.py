@@ -95,8 +95,8 @@ def test_a_batch_with_context_round_trips_and_its_context_is_checked():
         assert "\n" not in str(refused.value)
     without = batch.to_dict()
     del without["context_pts"]
-    with pytest.raises(ValueError, match="batch lacks context_pts"):
-        Batch.from_dict(without)
+    assert Batch.from_dict(without) == replace(batch, context_pts=None), \
+        "a plan in the history of a job started before context frames existed is read as having none"
 
 
 def _message(**fields) -> BatchMessage:
