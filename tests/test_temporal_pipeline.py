@@ -236,6 +236,24 @@ def test_context_frames_are_styled_and_stabilised_but_not_output(clip_batches, t
     assert levels == list(range(9, 9 + batch.frame_count)), "the stabiliser's output for the batch's own frames, in order"
 
 
+def test_context_frames_leave_no_trace_in_the_output(clip_batches, tmp_path):
+    """A stabiliser that changes nothing, fed 8 context frames first: the same bytes as no stabiliser at all."""
+    _, batches, segments = clip_batches
+    batch = batches[3]
+
+    class Unchanged(AveragingStabiliser):
+        def __call__(self, inputs, styled):
+            super().__call__(inputs, styled)
+            return styled
+
+    options = dict(start=batch.start_time, end=batch.end_time, expected_frames=batch.frame_count, batch_size=2)
+    score_segment(segments[3], tmp_path / "plain.mp4", _pass_through(), **options)
+    unchanged = Unchanged()
+    score_segment(segments[3], tmp_path / "context.mp4", _pass_through(), **options, stabiliser=unchanged, context_start=batch.context_time)
+    assert len(unchanged.inputs) == 8 + batch.frame_count
+    assert (tmp_path / "context.mp4").read_bytes() == (tmp_path / "plain.mp4").read_bytes()
+
+
 def test_a_stabiliser_failing_fails_its_segment_in_one_line_and_writes_nothing(clip_batches, tmp_path):
     _, batches, segments = clip_batches
     batch = batches[1]
