@@ -85,9 +85,15 @@ def main(argv: list[str] | None = None) -> int:
     styler = report.model.get("styler", {})
     print(f"styled {summary['frames']} frames in {summary['seconds']:.1f} s ({summary['fps']:.2f} frames/s) "
           f"with model {styler.get('model', report.model['used'])}, style {styler.get('style', '?')}, "
-          f"engine {styler.get('engine', '?')} ({styler.get('precision', '?')})", file=sys.stderr)
+          f"engine {styler.get('engine', '?')} ({styler.get('precision', '?')}); {_temporal_summary(report.temporal)}", file=sys.stderr)
     print(f"output:  {report.output}\npreview: {request.preview_path}\nreport:  {request.report_path}")
     return 0
+
+
+def _temporal_summary(temporal: dict) -> str:
+    if temporal.get("used") != "on":
+        return f"temporal stabilisation off ({temporal.get('reason', 'not asked for')})"
+    return f"temporal stabilisation at strength {temporal['strength']} with {temporal['context_frames']} context frames per batch"
 
 
 def _run(args: argparse.Namespace, settings: Settings):

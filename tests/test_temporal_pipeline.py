@@ -437,7 +437,10 @@ def _stylize_run(code: Path, clip: Path, output: Path, *options: str, model: str
     done = subprocess.run([sys.executable, "-m", "runner.cli", "run", str(clip), str(output), "--model", model, "--batch-frames", "10",
                            "--device", "cpu", *options], cwd=code, env=env, capture_output=True, text=True, timeout=300)
     assert done.returncode == 0, done.stderr
-    return json.loads(output.with_name(f"{output.stem}.report.json").read_text())
+    report = json.loads(output.with_name(f"{output.stem}.report.json").read_text())
+    if "temporal" in report:
+        assert ("temporal stabilisation at strength" if report["temporal"]["used"] == "on" else "temporal stabilisation off (") in done.stderr
+    return report
 
 
 def test_temporal_off_writes_exactly_what_the_code_before_it_wrote(tmp_path):
