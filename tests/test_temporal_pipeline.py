@@ -191,12 +191,11 @@ class AveragingStabiliser:
 
 
 class CountingStabiliser(AveragingStabiliser):
-    """Outputs the n-th frame it sees since its last reset as a flat grey of level 10 n: which frames were output, and
-    in which order, survives the encoder exactly."""
+    """Outputs the n-th frame it sees as a flat grey of level 10 n: which frames were output, and in which order,
+    survives the encoder exactly."""
 
     def __call__(self, inputs: np.ndarray, styled: np.ndarray) -> np.ndarray:
-        seen = len(self.inputs) if self.resets <= 1 else None
-        assert seen is not None, "reset once, at the segment's start"
+        seen = len(self.inputs)
         super().__call__(inputs, styled)
         return np.stack([np.full_like(frame, 10 * (seen + i + 1)) for i, frame in enumerate(styled)])
 
