@@ -337,16 +337,16 @@ def test_stylize_submit_passes_temporal_options_as_upload_metadata(on_azurite, a
     service, _ = on_azurite(settings, (settings.input_container,), ())
     monkeypatch.setenv("AZURE_STORAGE_CONNECTION_STRING", azurite)
     clip = make_clip(tmp_path / "clip.mp4", seconds=0.4, audio=False)
-    assert main(["submit", str(clip), "--name", "temporal.mp4", "--temporal", "off", "--temporal-strength", "0.25"]) == 0
-    metadata = service.get_blob_client(settings.input_container, "temporal.mp4").get_blob_properties().metadata
+    assert main(["submit", str(clip), "--name", "tp/temporal.mp4", "--temporal", "off", "--temporal-strength", "0.25"]) == 0
+    metadata = service.get_blob_client(settings.input_container, "tp/temporal.mp4").get_blob_properties().metadata
     assert (metadata["temporal"], metadata["temporal_strength"]) == ("off", "0.25")
-    assert main(["submit", str(clip), "--name", "plain.mp4"]) == 0
-    metadata = service.get_blob_client(settings.input_container, "plain.mp4").get_blob_properties().metadata
+    assert main(["submit", str(clip), "--name", "tp/plain.mp4"]) == 0
+    metadata = service.get_blob_client(settings.input_container, "tp/plain.mp4").get_blob_properties().metadata
     assert "temporal" not in metadata and "temporal_strength" not in metadata, "unset: the app's settings decide"
     capsys.readouterr()
-    assert main(["submit", str(clip), "--name", "strong.mp4", "--temporal-strength", "2"]) == 2
+    assert main(["submit", str(clip), "--name", "tp/strong.mp4", "--temporal-strength", "2"]) == 2
     assert capsys.readouterr().err == "stylize: error: --temporal-strength must be from 0 to 1\n"
-    assert not service.get_blob_client(settings.input_container, "strong.mp4").exists(), "refused before uploading"
+    assert not service.get_blob_client(settings.input_container, "tp/strong.mp4").exists(), "refused before uploading"
 
 
 def test_upload_metadata_sets_the_jobs_temporal_plan_and_bad_values_are_refused_in_one_line():
@@ -375,11 +375,11 @@ def test_a_bad_temporal_metadata_refuses_the_upload(on_azurite, tmp_path):
     settings = Settings()
     service, _ = on_azurite(settings, (settings.input_container, settings.output_container), ())
     clip = make_clip(tmp_path / "clip.mp4", seconds=0.4, audio=False)
-    blob = service.get_blob_client(settings.input_container, "flicker.mp4")
+    blob = service.get_blob_client(settings.input_container, "tp/flicker.mp4")
     blob.upload_blob(clip.read_bytes(), overwrite=True, metadata={"style": "starry", "temporal": "sometimes"})
     client = ReplayClient()
     assert asyncio.run(start_job(blob, client, settings)) is None and not client.started
-    document = read_status(service, settings.output_container, video_job_id("flicker.mp4", blob.get_blob_properties().etag))
+    document = read_status(service, settings.output_container, video_job_id("tp/flicker.mp4", blob.get_blob_properties().etag))
     assert document["stage"] == "refused" and document["error"] == "metadata temporal 'sometimes' is not on or off"
     blob.upload_blob(clip.read_bytes(), overwrite=True, metadata={"style": "starry", "temporal_strength": "0.5"})
     instance = asyncio.run(start_job(blob, client, settings))
@@ -400,7 +400,7 @@ def test_the_apps_job_carries_its_temporal_plan_into_the_split_and_the_batch_mes
     clip = make_clip(tmp_path / "clip.mp4", seconds=1.2, audio=False)
     sent = {}
     for style, metadata in [("starry", {"temporal_strength": "0.7"}), ("identity", {}), ("ember", {"temporal": "off"})]:
-        blob = service.get_blob_client(settings.input_container, f"{style}.mp4")
+        blob = service.get_blob_client(settings.input_container, f"tp/{style}.mp4")
         blob.upload_blob(clip.read_bytes(), overwrite=True, metadata={"style": style, **metadata})
         client = ReplayClient()
         asyncio.run(start_job(blob, client, settings))
