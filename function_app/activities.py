@@ -24,7 +24,7 @@ from shared.messages import BatchMessage, styled_name
 from shared.plan import Batch, plan_batches
 from shared.preview import preview_offsets, rows_name, sampled_batches, write_preview
 from shared.probe import probe
-from shared.report import BatchRecord, RunReport, worker_stats
+from shared.report import BatchRecord, RunReport, temporal_report, worker_stats
 from shared.split import split_video
 from shared.stitch import descriptions, skipped_frames, skipped_note, stitch
 from shared.storage import JobLayout, blob_service, close_job, download_file, queue_client, upload_file
@@ -75,7 +75,7 @@ def split_job(job: dict, limits: Settings = settings) -> dict:
         local = download_file(service, limits.input_container, job["input_blob"], folder / f"input{Path(job['input_blob']).suffix}")
         info = probe(local, limits)  # refuses what is over the limits before reading what they bound
         container = output_container(info)
-        batches = plan_batches(info, limits.batch_frames)
+        batches = plan_batches(info, limits.batch_frames, job.get("context_frames", 0))
         parts = split_video(info, batches, folder / "segments", container)
         for batch, segment in zip(batches, parts.segments):
             upload_file(service, limits.work_container, layout.segment(batch), segment)
@@ -95,7 +95,7 @@ def enqueue_batches(request: dict, limits: Settings = settings) -> int:
             job_id=job["job_id"], batch=batch, attempt=item["attempt"], model=job["style"],
             segment=layout.segment(batch), styled=layout.styled(styled_name(batch.index, item["attempt"])),
             precision=limits.precision, style_image=job.get("style_image"), style_strength=job.get("style_strength", 1.0),
-            preview_frames=preview_offsets(batch, request["frames"]),
+            preview_frames=preview_offsets(batch, request["frames"]), temporal_strength=job.get("temporal_strength", 0.0),
         )
         queue.send_message(message.to_json())
     return len(request["batches"])
@@ -127,6 +127,7 @@ def stitch_job(request: dict, limits: Settings = settings) -> dict:
                                               folder / "rows"), folder / "preview.png")
         done_by = {int(index): facts for index, facts in request["done_by"].items()}
         styler = next((facts["styler"] for facts in done_by.values() if facts.get("styler")), {})
+        stabiliser = next((facts["temporal"] for facts in done_by.values() if facts.get("temporal")), None)
         report = RunReport(input=plan["video"], output=names["video"],
                            model={"requested": job["style"], "used": job["style"], "style_image": job.get("style_image"), "styler": styler},
                            device="azureml" if limits.compute_backend == "azureml" else limits.compute_backend,
@@ -137,6 +138,7 @@ def stitch_job(request: dict, limits: Settings = settings) -> dict:
         report.batches = [BatchRecord(b["index"], b["first_frame"], b["frame_count"], seconds=done_by[b["index"]]["seconds"],
                                       attempts=attempts[b["index"]], worker=done_by[b["index"]]["worker"]) for b in plan["batches"]]
         report.worker_stats = worker_stats(done_by.values())
+        report.temporal = temporal_report(job.get("temporal", {"used": "off", "reason": "not asked for"}), stabiliser)
         report.error = "; ".join(request["errors"][-5:]) or None
         report_path = report.write(folder / "report.json")
         metadata = {"job_id": job["job_id"], "source": job["input_blob"], "style": job["style"]}

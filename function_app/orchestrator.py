@@ -30,7 +30,8 @@ def _status(stage: str, plan: dict | None = None, done: int = 0, frames_done: in
 
 def about(job: dict) -> dict:
     """The video job's fixed facts in its status document."""
-    return {"job_id": job["job_id"], "kind": "video", "input": job.get("input_blob"), "style": job.get("style")}
+    return {"job_id": job["job_id"], "kind": "video", "input": job.get("input_blob"), "style": job.get("style"),
+            **({"temporal": job["temporal"]} if job.get("temporal") else {})}
 
 
 def batch_work(job: dict, plan: dict) -> Work:
@@ -67,8 +68,8 @@ def stylize_orchestrator(context: df.DurableOrchestrationContext):
     done, errors = progress.done, progress.errors
     frames_done = sum(batch["frame_count"] for batch in plan["batches"])
     yield from publish(context, about(job), _status("stitching", plan, len(done), frames_done))
-    done_by = {index: {"worker": result.worker, "model_loads": result.model_loads, "seconds": result.seconds, "styler": result.styler}
-               for index, result in done.items()}
+    done_by = {index: {"worker": result.worker, "model_loads": result.model_loads, "seconds": result.seconds, "styler": result.styler,
+                       "temporal": result.temporal} for index, result in done.items()}
     request = {"job": job, "plan": plan, "attempts": progress.attempts, "errors": errors, "done_by": done_by}
     try:
         outputs = yield context.call_activity("stitch_job", request)

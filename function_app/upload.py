@@ -15,6 +15,7 @@ from shared.errors import InvalidInputError, public
 from shared.job_status import video_job_id as instance_id_for
 from shared.job_status import write_status
 from shared.names import UPLOAD_NAME_MAX_CHARS, UnsafeNameError, check_blob_name, shown
+from shared.plan import TemporalPlan, plan_temporal
 from shared.storage import blob_service
 from shared.uploads import upload_problem
 
@@ -24,6 +25,8 @@ log = logging.getLogger(__name__)
 STYLE_METADATA_KEY = "style"
 STYLE_IMAGE_METADATA_KEY = "style_image"
 STRENGTH_METADATA_KEY = "strength"
+TEMPORAL_METADATA_KEY = "temporal"
+TEMPORAL_STRENGTH_METADATA_KEY = "temporal_strength"
 
 
 def _metadata(metadata: dict[str, str], key: str) -> str | None:
@@ -45,18 +48,30 @@ def style_for(blob_name: str, metadata: dict[str, str], default: str) -> str:
     return default
 
 
-def style_strength(metadata: dict[str, str]) -> float:
-    """Metadata ``strength`` (0..1: how much of the style to apply; default 1), or a one-line InvalidInputError."""
-    raw = _metadata(metadata, STRENGTH_METADATA_KEY)
+def style_strength(metadata: dict[str, str], key: str = STRENGTH_METADATA_KEY, default: float = 1.0) -> float:
+    """Metadata ``strength`` (0..1: how much of the style to apply; default 1), or another 0..1 ``key``, or a one-line
+    InvalidInputError."""
+    raw = _metadata(metadata, key)
     if raw is None:
-        return 1.0
+        return default
     try:
         strength = float(raw) if len(raw) <= 32 else float("nan")
     except ValueError:
         strength = float("nan")
     if not 0.0 <= strength <= 1.0:
-        raise InvalidInputError(f"metadata {STRENGTH_METADATA_KEY} {shown(raw, 32)} is not a number from 0 to 1")
+        raise InvalidInputError(f"metadata {key} {shown(raw, 32)} is not a number from 0 to 1")
     return strength
+
+
+def temporal_plan(style: str, metadata: dict[str, str], limits: Settings) -> TemporalPlan:
+    """The job's temporal stabilisation: metadata ``temporal`` (on or off) and ``temporal_strength`` (0..1), each
+    defaulting to the settings; a malformed one is a one-line InvalidInputError."""
+    raw = _metadata(metadata, TEMPORAL_METADATA_KEY)
+    if raw is not None and raw.strip().lower() not in ("on", "off"):
+        raise InvalidInputError(f"metadata {TEMPORAL_METADATA_KEY} {shown(raw, 32)} is not on or off")
+    on = limits.temporal if raw is None else raw.strip().lower() == "on"
+    strength = style_strength(metadata, TEMPORAL_STRENGTH_METADATA_KEY, limits.temporal_strength)
+    return plan_temporal(style, on, strength, limits.temporal_context_frames)
 
 
 def _shown_if_unsafe(name: str) -> str:
@@ -97,8 +112,9 @@ async def start_job(blob: BlobClient, client: df.DurableOrchestrationClient, lim
     problem = check_upload(name, properties.size, style, limits) or check_style_image_blob(style, style_image, limits)
     try:
         strength = style_strength(metadata)
+        temporal = temporal_plan(style, metadata, limits)
     except InvalidInputError as exc:
-        strength, problem = 1.0, problem or str(exc)
+        strength, temporal, problem = 1.0, TemporalPlan(), problem or str(exc)
     instance_id = instance_id_for(name, properties.etag)
     if problem:
         log.warning("upload refused: %s", problem)
@@ -112,7 +128,8 @@ async def start_job(blob: BlobClient, client: df.DurableOrchestrationClient, lim
         log.info("upload %s already has orchestration %s (%s); not starting another", name, instance_id, existing.runtime_status)
         return instance_id
     job = {"job_id": instance_id, "input_blob": name, "etag": properties.etag, "style": style, "size": properties.size,
-           "style_image": style_image, "style_strength": strength}
+           "style_image": style_image, "style_strength": strength, "temporal": temporal.describe(),
+           "temporal_strength": temporal.strength, "context_frames": temporal.context_frames}
     await client.start_new("stylize_orchestrator", instance_id, job)
     log.info("started %s for %s (style %s)", instance_id, name, style)
     return instance_id

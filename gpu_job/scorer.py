@@ -6,6 +6,10 @@ memory, a few at a time, whatever the segment's length. The inference engines an
 the GIL while they work, so the stages overlap. Consecutive segments flow through the model as one
 stream (:func:`score_segments`), so a batch's start and end cost the model no idle time.
 
+With a stabiliser (issue 23), a fourth stage runs between the model and the encoder: it stabilises the
+styled frames in order, off the model's thread, and drops the segment's context frames (decoded from
+before the batch's first frame and styled only to prime the stabiliser) before they reach the encoder.
+
 Colours follow the source (its matrix, range, primaries and transfer, see gpu_job/colour.py).
 A packet FFmpeg cannot decode is skipped, as the ffmpeg command line skips it: its frame is left
 out of the styled segment, and only such frames may be missing from it.
@@ -21,6 +25,7 @@ from collections.abc import Callable, Collection, Iterable, Iterator
 from dataclasses import dataclass, field
 from fractions import Fraction
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import av
 import numpy as np
@@ -37,6 +42,9 @@ from shared.errors import InvalidInputError
 from shared.preview import tile, tile_size
 from shared.probe import display_matrix, frame_times, stream_colour
 from shared.split import muxer_options
+
+if TYPE_CHECKING:
+    from gpu_job.temporal import Stabiliser
 
 _DONE = object()
 log = logging.getLogger(__name__)
@@ -63,6 +71,8 @@ class ScoreResult:
     """Frames of the batch left out because FFmpeg could not decode them."""
     input_tiles: dict[Fraction, np.ndarray] = field(default_factory=dict)
     """Preview tiles (:func:`shared.preview.tile`) of the input frames asked for, by the time they are shown."""
+    temporal: dict | None = None
+    """What stabilised the frames (the stabiliser's description); None when nothing did."""
 
 
 @dataclass
@@ -77,8 +87,10 @@ class _Decoded:
 
 
 def _decode(path: Path, start: Fraction, end: Fraction | None, plan: ColourPlan, out: queue.Queue, stop: threading.Event,
-            decoded: _Decoded) -> None:
-    """Put (pts, display matrix, rgb frame) for frames shown at start <= t < end (seconds), in display order; record them in ``decoded``."""
+            decoded: _Decoded, context_start: Fraction | None = None) -> None:
+    """Put (pts, display matrix, rgb frame) for frames shown at start <= t < end (seconds), in display order, preceded by the
+    context frames shown from ``context_start`` on; record the frames from ``start`` on in ``decoded``."""
+    begin = start if context_start is None else context_start
     try:
         with open_input(path, SEGMENT_DEMUXERS) as container:
             stream = container.streams.video[0]
@@ -89,9 +101,11 @@ def _decode(path: Path, start: Fraction, end: Fraction | None, plan: ColourPlan,
                 shown_at = frame.pts * stream.time_base
                 if stop.is_set() or (end is not None and shown_at >= end):
                     break
-                if shown_at < start:
+                if shown_at < begin:
                     continue
                 out.put((frame.pts, display_matrix(frame), to_rgb(frame, plan)))
+                if shown_at < start:  # a context frame
+                    continue
                 decoded.shown.add(shown_at)
                 if shown_at in decoded.tile_times:  # sized as the styled frame
                     decoded.tiles[shown_at] = tile(frame, tile_size(frame.width, frame.height))
@@ -176,17 +190,49 @@ class _Encoder(threading.Thread):
         return container, stream
 
 
+class _Stabilising(threading.Thread):
+    """Stabilises a segment's styled frames in order, with their input frames, and passes those shown from ``start``
+    (seconds) on to ``encoder``: the context frames before them only prime the stabiliser. Its own thread, so the
+    stabiliser overlaps the model and the encoder."""
+
+    def __init__(self, stabiliser: Stabiliser, start: Fraction, time_base: Fraction, encoder: queue.Queue) -> None:
+        super().__init__(daemon=True)
+        self.inbox: queue.Queue = queue.Queue(maxsize=4)
+        self.error: BaseException | None = None
+        self.stabiliser, self._start, self._time_base, self._encoder = stabiliser, start, time_base, encoder
+
+    def run(self) -> None:
+        try:
+            self.stabiliser.reset()  # the segment's output depends on its own frames only
+            for pts_list, display, styled, inputs in _items(self.inbox):
+                stabilised = self.stabiliser(inputs, styled)
+                context = sum(pts * self._time_base < self._start for pts in pts_list)
+                if context < len(pts_list):
+                    self._encoder.put((pts_list[context:], display, stabilised[context:]))
+        except BaseException as exc:
+            self.error = exc
+            while self.inbox.get() is not _DONE:
+                pass
+        finally:
+            self._encoder.put(_DONE)
+
+
 class Segment:
     """One segment being scored: opened (its decoder and encoder threads started), fed its styled frames in
     order, then finished (checked, its file committed) or failed (its file discarded).
 
     The model's thread calls :meth:`groups` and :meth:`deliver`; another thread may call :meth:`finish`,
     which waits until every group read has been delivered.
+
+    With a ``stabiliser`` (a fresh one, or one no other segment uses), the frames shown from ``context_start`` on are
+    decoded and styled, and stabilised in order; only those from ``start`` on are encoded. Without one, every frame is
+    styled on its own and nothing before ``start`` is decoded.
     """
 
     def __init__(self, src: Path, dst: Path, *, start: Fraction, end: Fraction | None, expected_frames: int, batch_size: int = 4,
                  encoder: EncoderSettings = EncoderSettings(), on_frames: Callable[[int], None] | None = None,
-                 preview_frames: Collection[int] = ()) -> None:
+                 preview_frames: Collection[int] = (), stabiliser: Stabiliser | None = None,
+                 context_start: Fraction | None = None) -> None:
         """``preview_frames``: offsets among the frames shown at ``start <= t < end`` (seconds) that start a GOP of
         the styled segment, and whose input tiles the result holds."""
         with open_input(src, SEGMENT_DEMUXERS) as source:
@@ -200,12 +246,19 @@ class Segment:
         self._file = AtomicFile(dst)
         sampled = frozenset(self._planned[offset] for offset in preview_frames)
         self._writer = _Encoder(self._file.tmp, timing, encoder, plan, on_frames, sampled)
+        self._stage = None if stabiliser is None else _Stabilising(stabiliser, start, Fraction(timing[0]), self._writer.inbox)
+        self._sink = self._writer.inbox if self._stage is None else self._stage.inbox
+        """Where styled frames go: the encoder, or the stabiliser before it."""
         self._seen = _Decoded(shown=set(), errors=[], tile_times=sampled)
         self._decoded: queue.Queue = queue.Queue(maxsize=2 * batch_size)
         self._stop = threading.Event()
-        self._reader = threading.Thread(target=_decode, args=(src, start, end, plan, self._decoded, self._stop, self._seen), daemon=True)
+        context_start = None if stabiliser is None else context_start
+        self._reader = threading.Thread(target=_decode, args=(src, start, end, plan, self._decoded, self._stop, self._seen, context_start),
+                                        daemon=True)
         self._reader.start()
         self._writer.start()
+        if self._stage is not None:
+            self._stage.start()
         self._read = self._delivered = 0
         self._input_done = False
         self.styled = threading.Event()
@@ -216,7 +269,8 @@ class Segment:
         """(timestamps, display matrix, stacked frames) of each group of decoded frames, in order; ends early once the segment failed."""
         frames = _items(self._decoded)
         try:
-            while self._error is None and not self._writer.error and (group := list(itertools.islice(frames, self._batch_size))):
+            while self._error is None and not self._writer.error and not (self._stage and self._stage.error) and (
+                    group := list(itertools.islice(frames, self._batch_size))):
                 self._read += 1
                 yield [pts for pts, _, _ in group], group[0][1], np.stack([rgb for _, _, rgb in group])
         except Exception as exc:  # this segment fails; the stream goes on with the next
@@ -231,8 +285,9 @@ class Segment:
         inbox meanwhile, for the few milliseconds of the flush)."""
         self._writer.after = previous._writer.closed
 
-    def deliver(self, pts_list: list, display: tuple[int, ...] | None, styled: np.ndarray) -> None:
-        self._writer.inbox.put((pts_list, display, styled))
+    def deliver(self, pts_list: list, display: tuple[int, ...] | None, styled: np.ndarray, inputs: np.ndarray) -> None:
+        """The styled frames of a group :meth:`groups` gave, with its input frames (which a stabiliser needs)."""
+        self._sink.put((pts_list, display, styled) if self._stage is None else (pts_list, display, styled, inputs))
         self._delivered += 1
         self._check_styled()
 
@@ -248,7 +303,7 @@ class Segment:
 
     def _end(self) -> None:
         """No more frames for the encoder: it flushes and closes now, whoever finishes the segment and whenever."""
-        self._writer.inbox.put(_DONE)
+        self._sink.put(_DONE)
         self.styled.set()
 
     def finish(self) -> ScoreResult:
@@ -256,12 +311,16 @@ class Segment:
         or discard it and raise the segment's error."""
         self.styled.wait()
         self._stop.set()
+        if self._stage is not None:
+            self._stage.join()
         self._writer.join()
         _drain(self._decoded)
         self._reader.join()
         try:
             if self._error:
                 raise self._error
+            if self._stage is not None and self._stage.error:
+                raise self._stage.error
             if self._writer.error:
                 raise self._writer.error
             skipped = _check_decoded(self._src, self._seen, self._planned, self._writer.written)
@@ -269,7 +328,8 @@ class Segment:
             self._file.discard()
             raise
         self._file.commit()
-        return ScoreResult(frames=self._writer.written, skipped=skipped, input_tiles=self._seen.tiles)
+        return ScoreResult(frames=self._writer.written, skipped=skipped, input_tiles=self._seen.tiles,
+                           temporal=None if self._stage is None else self._stage.stabiliser.describe())
 
 
 SegmentOutcome = ScoreResult | Exception
@@ -325,8 +385,8 @@ def score_segments(requests: Iterable[T], open_segment: Callable[[T], Segment], 
     finisher.start()
     styled = paired(groups(), lambda group: group[3], styler.stream)
     try:
-        for (segment, pts_list, display, _), frames in styled:
-            segment.deliver(pts_list, display, frames)
+        for (segment, pts_list, display, inputs), frames in styled:
+            segment.deliver(pts_list, display, frames, inputs)
     except BaseException as exc:  # the model failed (or we are interrupted): no segment still in it gets its frames
         for segment in unstyled:
             segment.abort(exc)

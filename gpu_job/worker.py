@@ -29,11 +29,13 @@ from gpu_job.command import WorkerOptions
 from gpu_job.engines import check_cuda_engines
 from shared.errors import InvalidInputError
 from shared.messages import BatchMessage, BatchResult, ModelSpec
+from shared.plan import PASS_THROUGH_MODEL
 from shared.work import WorkKind
 
 if TYPE_CHECKING:
     from gpu_job.scorer import Segment, SegmentOutcome
     from gpu_job.styler import FrameStyler
+    from gpu_job.temporal import Stabiliser
 
 T = TypeVar("T")
 AUTO_BATCH = {"cpu": 1, "cuda": 8}
@@ -174,7 +176,18 @@ class Worker:
         batch = job.message.batch
         return Segment(job.segment, job.styled, start=batch.start_time, end=batch.end_time, expected_frames=batch.frame_count,
                        batch_size=self.batch_size, encoder=replace(self.encoder, keep_10bit=job.message.keep_10bit),
-                       on_frames=job.on_frames, preview_frames=job.message.preview_frames)
+                       on_frames=job.on_frames, preview_frames=job.message.preview_frames, stabiliser=self._stabiliser(job),
+                       context_start=batch.context_time)
+
+    def _stabiliser(self, job: StyleJob) -> Stabiliser | None:
+        """A fresh stabiliser for the job's segment, on this worker's device; None when its message asks for none, and
+        for the identity model whatever it asks (its frames pass through, checked exactly; its context is not decoded)."""
+        strength = job.message.temporal_strength
+        if not strength or job.model_spec.model == PASS_THROUGH_MODEL:
+            return None
+        from gpu_job.temporal import Stabiliser
+
+        return Stabiliser(strength, device=self.device)
 
     def _result(self, job: StyleJob, outcome: SegmentOutcome | Exception, styler: FrameStyler | None) -> BatchResult:
         """The job's result from its segment's outcome (a ScoreResult or an exception), once its preview rows are drawn."""
@@ -192,7 +205,7 @@ class Worker:
             return BatchResult(**facts, succeeded=False, error=one_line(exc), retryable=not isinstance(exc, InvalidInputError),
                                seconds=round(time.perf_counter() - job.began, 4))
         return BatchResult(**facts, succeeded=True, styled=message.styled, frames=outcome.frames, styler=styler.describe(),
-                           seconds=round(time.perf_counter() - job.began, 4))
+                           temporal=outcome.temporal, seconds=round(time.perf_counter() - job.began, 4))
 
 
 @dataclass(frozen=True)

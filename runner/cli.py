@@ -31,6 +31,10 @@ def build_parser(settings: Settings) -> argparse.ArgumentParser:
     run.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto")
     run.add_argument("--report", type=Path, default=None, help="JSON report path (default: OUTPUT.report.json beside OUTPUT)")
     run.add_argument("--work-dir", type=Path, default=None, help="where batch segments are kept while running (default: system temp)")
+    run.add_argument("--temporal", choices=("on", "off"), default="on" if settings.temporal else "off",
+                     help="stabilise the styled frames over time, against flicker (never with model identity; default: %(default)s)")
+    run.add_argument("--temporal-strength", type=float, default=settings.temporal_strength,
+                     help="0..1: how strongly (default: %(default)s)")
     run.add_argument("--keep-10bit", action="store_true",
                      help="write 10-bit output for sources of more than 8 bits (default: 8-bit; HDR is tone-mapped to SDR either way)")
     styles = commands.add_parser("styles", help="list every name --model accepts (name first), or draw them all on one frame")
@@ -81,9 +85,15 @@ def main(argv: list[str] | None = None) -> int:
     styler = report.model.get("styler", {})
     print(f"styled {summary['frames']} frames in {summary['seconds']:.1f} s ({summary['fps']:.2f} frames/s) "
           f"with model {styler.get('model', report.model['used'])}, style {styler.get('style', '?')}, "
-          f"engine {styler.get('engine', '?')} ({styler.get('precision', '?')})", file=sys.stderr)
+          f"engine {styler.get('engine', '?')} ({styler.get('precision', '?')}); {_temporal_summary(report.temporal)}", file=sys.stderr)
     print(f"output:  {report.output}\npreview: {request.preview_path}\nreport:  {request.report_path}")
     return 0
+
+
+def _temporal_summary(temporal: dict) -> str:
+    if temporal.get("used") != "on":
+        return f"temporal stabilisation off ({temporal.get('reason', 'not asked for')})"
+    return f"temporal stabilisation at strength {temporal['strength']} with {temporal['context_frames']} context frames per batch"
 
 
 def _run(args: argparse.Namespace, settings: Settings):
@@ -95,6 +105,7 @@ def _run(args: argparse.Namespace, settings: Settings):
         input=args.input, output=args.output, model=model, batch_frames=args.batch_frames, workers=args.workers,
         device=args.device, report=args.report, fallback_model=args.fallback_model, work_dir=args.work_dir,
         precision=args.precision, style_image=args.style_image, style_strength=args.style_strength, keep_10bit=args.keep_10bit,
+        temporal=args.temporal == "on", temporal_strength=args.temporal_strength,
     )
     return run(request, settings), request
 

@@ -126,8 +126,10 @@ def upload_style_picture(cloud: Cloud, picture: Path) -> str:
     return name
 
 
-def submit(cloud: Cloud, video: Path, name: str | None, style: str | None, style_image: Path | None, strength: float | None) -> str:
-    """Upload the video with the metadata the upload trigger reads; returns the job id the trigger will give it."""
+def submit(cloud: Cloud, video: Path, name: str | None, style: str | None, style_image: Path | None, strength: float | None,
+           temporal: str | None = None, temporal_strength: float | None = None) -> str:
+    """Upload the video with the metadata the upload trigger reads; returns the job id the trigger will give it.
+    ``temporal`` (on or off) and ``temporal_strength`` unset leave the choice to the app's settings."""
     from gpu_job.styles import ARBITRARY, is_known_style
 
     if not video.is_file():
@@ -140,11 +142,17 @@ def submit(cloud: Cloud, video: Path, name: str | None, style: str | None, style
         raise InvalidInputError(f"unknown style {shown(style)} (`stylize styles` lists the names)")
     if strength is not None and not 0.0 <= strength <= 1.0:
         raise InvalidInputError("--strength must be from 0 to 1")
+    if temporal_strength is not None and not 0.0 <= temporal_strength <= 1.0:
+        raise InvalidInputError("--temporal-strength must be from 0 to 1")
     metadata = {"style": ARBITRARY if style_image else (style or cloud.settings.default_style)}
     if style_image:
         metadata["style_image"] = upload_style_picture(cloud, style_image)
     if strength is not None:
         metadata["strength"] = repr(strength)
+    if temporal is not None:
+        metadata["temporal"] = temporal
+    if temporal_strength is not None:
+        metadata["temporal_strength"] = repr(temporal_strength)
     with video.open("rb") as data:
         uploaded = cloud.service.get_blob_client(cloud.settings.input_container, blob).upload_blob(
             data, overwrite=True, metadata=metadata, max_concurrency=4)
@@ -335,6 +343,9 @@ def add_commands(commands, settings: Settings) -> None:
     style.add_argument("--style", default=None, help=f"a name `stylize styles` lists, or a blend (default: {settings.default_style})")
     style.add_argument("--style-image", type=Path, default=None, help="any picture as the style (uploaded to the styles container)")
     submit_parser.add_argument("--strength", type=float, default=None, help="0..1: how much of the style to apply (default 1)")
+    submit_parser.add_argument("--temporal", choices=("on", "off"), default=None,
+                               help="stabilise the styled frames over time (default: the app's STYLIZE_TEMPORAL, on)")
+    submit_parser.add_argument("--temporal-strength", type=float, default=None, help="0..1: how strongly (default: the app's setting)")
     submit_parser.add_argument("--name", default=None, help="blob name of the upload (default: the file's name)")
     _add_follow_arguments(submit_parser)
     status_parser = commands.add_parser("status", help="a cloud job's progress; with --wait, follow it to its end")
@@ -360,7 +371,8 @@ def run_command(args: argparse.Namespace, settings: Settings) -> int:
         if args.command == "jobs":
             return jobs(cloud, args.limit)
         if args.command == "submit":
-            job_id = submit(cloud, args.video, args.name, args.style, args.style_image, args.strength)
+            job_id = submit(cloud, args.video, args.name, args.style, args.style_image, args.strength, args.temporal,
+                            args.temporal_strength)
             print(job_id, flush=True)
             if not args.wait and args.download is None:
                 return 0

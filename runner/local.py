@@ -27,8 +27,8 @@ from runner.pool import Launcher, Outcome, WorkerPool, launch_worker
 from shared.config import Settings
 from shared.errors import BatchFailedError, InvalidInputError
 from shared.messages import BatchMessage, BatchResult, ModelSpec
-from shared.plan import plan_batches
-from shared.report import BatchRecord, RunReport, worker_stats
+from shared.plan import plan_batches, plan_temporal
+from shared.report import BatchRecord, RunReport, temporal_report, worker_stats
 
 if TYPE_CHECKING:
     from tqdm import tqdm
@@ -54,6 +54,9 @@ class RunRequest:
     style_image: Path | None = None
     style_strength: float = 1.0
     keep_10bit: bool = False
+    temporal: bool = True
+    """Stabilise the styled frames over time (never with identity)."""
+    temporal_strength: float = 1.0
 
     @property
     def report_path(self) -> Path:
@@ -82,6 +85,8 @@ def check_request(request: RunRequest, info: VideoInfo) -> tuple[RunRequest, Con
         raise InvalidInputError(f"{request.output}: is a directory")
     if not 0.0 <= request.style_strength <= 1.0:
         raise InvalidInputError(f"--style-strength must be between 0 and 1, got {request.style_strength}")
+    if not 0.0 <= request.temporal_strength <= 1.0:
+        raise InvalidInputError(f"--temporal-strength must be between 0 and 1, got {request.temporal_strength}")
     if (request.style_image is not None) != (request.model == ARBITRARY):
         raise InvalidInputError(f"--style-image goes with --model {ARBITRARY} (the default when a style image is given), and only with it")
     if request.style_image is not None:
@@ -135,7 +140,8 @@ def run(request: RunRequest, settings: Settings, launcher: Launcher = launch_wor
         notes = [*container.notes, *filter(None, [plan_colour(info.colour, info.height, request.keep_10bit).note()])]
         for note in notes:
             tqdm.write(f"note: {note}", file=sys.stderr)
-        batches = plan_batches(info, request.batch_frames)
+        temporal = plan_temporal(model["used"], request.temporal, request.temporal_strength, settings.temporal_context_frames)
+        batches = plan_batches(info, request.batch_frames, temporal.context_frames)
         workers = min(request.workers, len(batches))
         pool.start(command(workers), workers)
         report = RunReport(
@@ -149,10 +155,12 @@ def run(request: RunRequest, settings: Settings, launcher: Launcher = launch_wor
         styled = [work / "styled" / f"{b.name}.mp4" for b in batches]
         messages = [BatchMessage(job_id=LOCAL_JOB, batch=b, attempt=1, model=spec.model, segment=str(segment), styled=str(target),
                                  precision=spec.precision, style_image=spec.style_image, style_strength=spec.style_strength,
-                                 keep_10bit=request.keep_10bit, preview_frames=preview_offsets(b, info.frame_count))
+                                 keep_10bit=request.keep_10bit, preview_frames=preview_offsets(b, info.frame_count),
+                                 temporal_strength=temporal.strength)
                     for b, segment, target in zip(batches, parts.segments, styled)]
         with report.stage("score"), tqdm(total=info.frame_count, unit="frame", desc="styling", disable=None) as bar:
-            report.worker_stats, report.model["styler"] = style_batches(pool, messages, report.batches, bar)
+            report.worker_stats, report.model["styler"], stabiliser = style_batches(pool, messages, report.batches, bar)
+        report.temporal = temporal_report(temporal.describe(), stabiliser)
         with report.stage("stitch"):
             shown = stitch(styled, parts.tracks, request.output, **descriptions(info.summary()))
             skipped = skipped_frames(batches, shown, parts.segments.__getitem__)
@@ -170,9 +178,10 @@ def run(request: RunRequest, settings: Settings, launcher: Launcher = launch_wor
     return report
 
 
-def style_batches(pool: WorkerPool, messages: Sequence[BatchMessage], records: Sequence[BatchRecord], bar: tqdm) -> tuple[list[dict], dict]:
-    """Style every batch with the pool; returns each worker's name, batches styled and model loads, and what
-    styled the frames (model, style, engine, device, precision).
+def style_batches(pool: WorkerPool, messages: Sequence[BatchMessage], records: Sequence[BatchRecord],
+                  bar: tqdm) -> tuple[list[dict], dict, dict | None]:
+    """Style every batch with the pool; returns each worker's name, batches styled and model loads, what
+    styled the frames (model, style, engine, device, precision), and what stabilised them (None: nothing did).
 
     A batch that fails for good (an error that will repeat, or its last attempt) fails the run.
     """
@@ -181,6 +190,7 @@ def style_batches(pool: WorkerPool, messages: Sequence[BatchMessage], records: S
     frames = [0] * len(messages)
     done_by: list[dict] = []
     styler: dict = {}
+    stabiliser: dict = {}
 
     def progress(index: int, event: dict) -> None:
         if event.get("event") == "frames":
@@ -194,6 +204,7 @@ def style_batches(pool: WorkerPool, messages: Sequence[BatchMessage], records: S
             record.worker = result.worker
             done_by.append({"worker": result.worker, "model_loads": result.model_loads})
             styler.update(result.styler or {})
+            stabiliser.update(result.temporal or {})
             return
         bar.update(-frames[done.index])
         frames[done.index] = 0
@@ -207,4 +218,4 @@ def style_batches(pool: WorkerPool, messages: Sequence[BatchMessage], records: S
         raise BatchFailedError(f"{span} failed {done.attempt} times; last error: {result.error}")
 
     pool.run(messages, outcome, progress)
-    return worker_stats(done_by), styler
+    return worker_stats(done_by), styler, stabiliser or None

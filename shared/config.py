@@ -30,6 +30,15 @@ class Settings:
     larger (bench/encoder.py): the encoder then hides behind inference on a small CPU, and keeps up with a GPU."""
     model_cache_dir: Path = _default_cache()
     default_style: str = "starry"
+    # Temporal stabilisation of styled frames (issue 23)
+    temporal: bool = True
+    """Stabilise styled frames over time (flicker): on for every style, never for ``identity``."""
+    temporal_strength: float = 1.0
+    """0..1: how much of the previous stabilised frame, warped, a frame takes where the motion allows (0: off)."""
+    temporal_context_frames: int = 4
+    """Frames before a batch's first one that its worker decodes, styles and feeds to the stabiliser, not output: a
+    batch's first frame is then as stable as any other, and batches stay independent. Measured (bench/temporal.py):
+    the error across a batch boundary over that inside a batch is 1.77 with none, 0.79 with 2, 0.74 with 4, 8 or 16."""
     # Upload limits, checked before any work is queued
     allowed_extensions: tuple[str, ...] = (".mp4", ".mov", ".m4v", ".mkv", ".webm", ".avi", ".ts", ".mts", ".m2ts")
     max_upload_bytes: int = 256 * 1024**2
@@ -159,13 +168,17 @@ class Settings:
         return f"{self.shard_queue}-poison"
 
 
-_ZERO_ALLOWED = {"infer_batch", "models_max_failed_fraction"}
+_ZERO_ALLOWED = {"infer_batch", "models_max_failed_fraction", "temporal_strength", "temporal_context_frames"}
+_AT_MOST_ONE = {"temporal_strength"}
+_BOOLEANS = {"1": True, "true": True, "yes": True, "on": True, "0": False, "false": False, "no": False, "off": False}
 
 
 def _convert(name: str, default: object, raw: str) -> object:
     try:
         if isinstance(default, bool):
-            return raw.lower() in ("1", "true", "yes")
+            if raw.lower() not in _BOOLEANS:
+                raise ValueError(raw)
+            return _BOOLEANS[raw.lower()]
         if isinstance(default, int):
             value = int(raw)
         elif isinstance(default, float):
@@ -177,7 +190,10 @@ def _convert(name: str, default: object, raw: str) -> object:
         else:
             return raw
     except ValueError:
-        raise PipelineError(f"setting STYLIZE_{name.upper()}={raw!r} is not a valid {type(default).__name__}") from None
+        kind = "on or off" if isinstance(default, bool) else f"a valid {type(default).__name__}"
+        raise PipelineError(f"setting STYLIZE_{name.upper()}={raw!r} is not {kind}") from None
     if value < 0 or (value == 0 and name not in _ZERO_ALLOWED):
         raise PipelineError(f"setting STYLIZE_{name.upper()} must be positive, got {raw}")
+    if not value <= 1 and name in _AT_MOST_ONE:
+        raise PipelineError(f"setting STYLIZE_{name.upper()} must be from 0 to 1, got {raw}")
     return value

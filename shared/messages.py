@@ -13,7 +13,8 @@ from shared.errors import InvalidInputError
 from shared.names import check_plain_id
 from shared.plan import Batch, batch_name
 
-MESSAGE_VERSION = 2
+MESSAGE_VERSION = 3
+"""3: a batch's context frames (``context_pts``) and the stabiliser's strength (``temporal_strength``)."""
 TEXT_MAX_CHARS = 2048
 """A free-text field of a message or result (a path in a local run, an error): longer is malformed."""
 ERROR_MAX_CHARS = 500
@@ -92,6 +93,8 @@ class BatchMessage:
     preview_frames: tuple[int, ...] = ()
     """Offsets in the batch of the frames the preview samples: the styled segment starts a GOP at each, and
     the worker draws their rows of the preview beside it (:func:`shared.preview.rows_name`)."""
+    temporal_strength: float = 0.0
+    """0..1: the temporal stabiliser's strength; 0 (off) styles every frame on its own and styles no context frames."""
     version: int = MESSAGE_VERSION
 
     @property
@@ -114,15 +117,15 @@ class BatchMessage:
             raise MessageError("batch message version is not supported")
         _require(data, {"job_id": str, "batch": dict, "attempt": int, "model": str, "segment": str, "styled": str}, "batch message")
         optional = {"precision": (str,), "style_image": (str, type(None)), "style_strength": (int, float), "keep_10bit": (bool,),
-                    "preview_frames": (list,)}
+                    "preview_frames": (list,), "temporal_strength": (int, float)}
         _require({name: data[name] for name in optional if name in data}, {name: kinds for name, kinds in optional.items() if name in data},
                  "batch message")
         check_plain_id(data["job_id"], "job id")
         if data["attempt"] < 1:
             raise MessageError("batch message has an attempt below 1")
-        strength = data.get("style_strength", 1.0)
-        if not 0.0 <= strength <= 1.0:
-            raise MessageError("batch message has a style_strength outside 0..1")
+        for name, default in (("style_strength", 1.0), ("temporal_strength", 0.0)):
+            if not 0.0 <= data.get(name, default) <= 1.0:
+                raise MessageError(f"batch message has a {name} outside 0..1")
         batch = Batch.from_dict(data["batch"])
         options = {name: data[name] for name in optional if name in data}
         options["preview_frames"] = tuple(options.get("preview_frames", ()))
@@ -141,7 +144,7 @@ class BatchResult:
     message that keeps killing its workers): the orchestration then fails at once with the reason.
     ``worker``, ``model_loads`` and ``delivery`` say who did it, how often that worker has loaded a
     model so far, and which delivery of the queue message this was; ``styler`` what styled the
-    frames (model, style, engine, device, precision).
+    frames (model, style, engine, device, precision); ``temporal`` the stabiliser's description, when one ran.
     """
 
     job_id: str
@@ -157,6 +160,7 @@ class BatchResult:
     model_loads: int = 0
     delivery: int = 1
     styler: dict | None = None
+    temporal: dict | None = None
 
     def __post_init__(self) -> None:
         if self.error is not None and len(self.error) > ERROR_MAX_CHARS:
@@ -178,7 +182,8 @@ class BatchResult:
             raise MessageError("batch result is not a JSON object")
         _require(data, {"job_id": str, "batch": int, "attempt": int, "succeeded": bool}, "batch result")
         optional = {"styled": (str, type(None)), "error": (str, type(None)), "retryable": bool, "frames": int, "seconds": (int, float),
-                    "worker": str, "model_loads": int, "delivery": int, "styler": (dict, type(None))}
+                    "worker": str, "model_loads": int, "delivery": int, "styler": (dict, type(None)),
+                    "temporal": (dict, type(None))}
         present = {name: kinds for name, kinds in optional.items() if name in data}
         _require({name: data[name] for name in present}, present, "batch result")
         check_plain_id(data["job_id"], "job id")
@@ -186,8 +191,9 @@ class BatchResult:
             raise MessageError("batch result has a negative batch or an attempt below 1")
         if data["succeeded"] and not isinstance(data.get("styled"), str):
             raise MessageError("batch result says succeeded but names no styled segment")
-        if len(json.dumps(data.get("styler"))) > TEXT_MAX_CHARS:
-            raise MessageError("batch result has an oversized styler")
+        for name in ("styler", "temporal"):
+            if len(json.dumps(data.get(name))) > TEXT_MAX_CHARS:
+                raise MessageError(f"batch result has an oversized {name}")
         return cls(**{field.name: data[field.name] for field in fields(cls) if field.name in data})
 
     @classmethod

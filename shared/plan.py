@@ -4,6 +4,10 @@ A batch is defined by frame indices (display order) and the matching timestamp r
 cut for it are whole GOPs, so a batch may start mid-GOP: its segment then carries a few lead-in
 frames, which the scorer decodes and drops by timestamp. Batch sizes therefore need not follow
 the keyframe spacing, and no frame is ever dropped or scored twice.
+
+With temporal stabilisation, a batch but the first also starts with up to K *context* frames, the
+frames just before its own: its segment carries their GOPs too, and its worker styles them to prime
+the stabiliser, but outputs only the batch's own frames (which stay in exactly one batch).
 """
 
 from __future__ import annotations
@@ -38,6 +42,13 @@ class Batch:
     """Unit of the timestamps above ("1/30000"). Segments may use another unit: compare instants, not ticks."""
     first_gop: int
     last_gop: int
+    context_pts: int | None = None
+    """Timestamp of the first context frame (styled to prime the stabiliser, not output), before ``start_pts``; None
+    when the batch has none. ``first_gop`` covers the context frames."""
+
+    @property
+    def context_time(self) -> Fraction | None:
+        return None if self.context_pts is None else self.context_pts * Fraction(self.time_base)
 
     @property
     def start_time(self) -> Fraction:
@@ -60,6 +71,7 @@ class Batch:
         with a one-line reason."""
         if not isinstance(data, dict):
             raise ValueError("batch is not a JSON object")
+        data = {"context_pts": None, **data}  # a plan of a job started before context frames existed (still running) has none
         missing = [name for name in cls.__dataclass_fields__ if name not in data]
         if missing:
             raise ValueError(f"batch lacks {', '.join(missing)}")
@@ -70,10 +82,45 @@ class Batch:
             raise ValueError(f"batch has mistyped or out-of-range {', '.join(wrong)}")
         if data["last_gop"] < data["first_gop"] or (data["end_pts"] is not None and data["end_pts"] <= data["start_pts"]):
             raise ValueError("batch has an empty GOP or timestamp range")
+        context = data["context_pts"]
+        if context is not None and (type(context) is not int or context >= data["start_pts"]):
+            raise ValueError("batch has a context_pts that is not a timestamp before its start_pts")
         time_base = data["time_base"]
         if not isinstance(time_base, str) or not TIME_BASE.fullmatch(time_base) or int(time_base.partition("/")[0]) == 0:
             raise ValueError("batch time_base is not a positive fraction like 1/30000")
         return cls(**{name: data[name] for name in cls.__dataclass_fields__})
+
+
+PASS_THROUGH_MODEL = "identity"
+"""The model whose frames pass through unchanged: it checks the pipeline frame for frame, so it is never stabilised."""
+
+
+@dataclass(frozen=True)
+class TemporalPlan:
+    """What a job's frames get of temporal stabilisation: its strength (0: off), the context frames before each batch,
+    and, when off, why."""
+
+    strength: float = 0.0
+    context_frames: int = 0
+    off_because: str | None = None
+
+    def describe(self) -> dict:
+        """For the report and the status: off and why, or on with its strength and context frames."""
+        if not self.strength:
+            return {"used": "off", "reason": self.off_because}
+        return {"used": "on", "strength": self.strength, "context_frames": self.context_frames}
+
+
+def plan_temporal(model: str, on: bool, strength: float, context_frames: int) -> TemporalPlan:
+    """The one decision, for ``stylize run`` and the Function app alike: stabilise ``model``'s frames at ``strength``
+    (checked 0..1 by the caller) with ``context_frames`` before each batch, unless it is off or the model is identity."""
+    if model == PASS_THROUGH_MODEL:
+        return TemporalPlan(off_because="model identity passes frames through unchanged, so they are not stabilised")
+    if not on:
+        return TemporalPlan(off_because="turned off (--temporal off, upload metadata temporal=off, or STYLIZE_TEMPORAL)")
+    if not strength:
+        return TemporalPlan(off_because="strength 0")
+    return TemporalPlan(strength, context_frames)
 
 
 def batch_sizes(frame_count: int, batch_frames: int) -> list[int]:
@@ -87,13 +134,17 @@ def batch_sizes(frame_count: int, batch_frames: int) -> list[int]:
     return [base + 1 if i < extra else base for i in range(count)]
 
 
-def plan_batches(info: VideoInfo, batch_frames: int) -> list[Batch]:
+def plan_batches(info: VideoInfo, batch_frames: int, context_frames: int = 0) -> list[Batch]:
+    """Batches of at most ``batch_frames``; each but the first with up to ``context_frames`` context frames before it."""
+    if context_frames < 0:
+        raise ValueError("context_frames must not be negative")
     open_gops = set(info.open_gops)
     batches: list[Batch] = []
     first = 0
     for index, size in enumerate(batch_sizes(info.frame_count, batch_frames)):
         last = first + size - 1
-        frames_gops = info.frame_gop[first : last + 1]
+        context = max(0, first - context_frames)
+        frames_gops = info.frame_gop[context : last + 1]
         first_gop, last_gop = min(frames_gops), max(frames_gops)
         if first_gop in open_gops and first_gop > 0:
             first_gop -= 1
@@ -108,6 +159,7 @@ def plan_batches(info: VideoInfo, batch_frames: int) -> list[Batch]:
                 time_base=str(info.time_base),
                 first_gop=first_gop,
                 last_gop=last_gop,
+                context_pts=info.frame_pts[context] if context < first else None,
             )
         )
         first = last + 1

@@ -35,6 +35,12 @@ def worker_stats(done_by: Iterable[dict]) -> list[dict]:
     return list(stats.values())
 
 
+def temporal_report(plan: dict, stabiliser: dict | None) -> dict:
+    """The report's ``temporal``: the job's plan (:meth:`shared.plan.TemporalPlan.describe`) and, when on, what a worker
+    said stabilised its frames."""
+    return {**plan, "stabiliser": stabiliser} if plan.get("used") == "on" else dict(plan)
+
+
 @dataclass
 class RunReport:
     input: dict
@@ -55,6 +61,9 @@ class RunReport:
     batches: list[BatchRecord] = field(default_factory=list)
     worker_stats: list[dict] = field(default_factory=list)
     """Per worker: its name, the batches it styled and how many times it loaded a model."""
+    temporal: dict = field(default_factory=dict)
+    """Temporal stabilisation: ``used`` off and why, or on with its strength, context frames and the stabiliser's
+    description (:meth:`shared.plan.TemporalPlan.describe`, :func:`temporal_report`)."""
 
     @contextmanager
     def stage(self, name: str):

@@ -63,7 +63,7 @@ def test_all_batches_complete_then_stitch():
     assert stitch["functionName"] == "stitch_job"
     assert "styled" not in stitch["input"], "the stitch derives the styled segments' names; it takes none from a result"
     assert {int(index): attempt for index, attempt in stitch["input"]["attempts"].items()} == {0: 1, 1: 1, 2: 1}
-    assert stitch["input"]["done_by"]["1"] == {"worker": "host:1", "model_loads": 1, "seconds": 1.5, "styler": None}
+    assert stitch["input"]["done_by"]["1"] == {"worker": "host:1", "model_loads": 1, "seconds": 1.5, "styler": None, "temporal": None}
     assert replay.custom_status["stage"] == "stitching"
     outputs = {"video": "clip.identity.mp4", "preview": "p.png", "report": "r.json"}
     replay.complete(stitch, outputs)
