@@ -137,13 +137,14 @@ class _Encoder(threading.Thread):
         self.closed = threading.Event()
         self.after: threading.Event | None = None
         """Set by :meth:`Segment.follow`: opens its encoder only once this is set (the segment before has closed its own)."""
+        self._input_ended = False
 
     def run(self) -> None:
         try:
             self._encode()
         except BaseException as exc:
             self.error = exc
-            while self.inbox.get() is not _DONE:
+            while not self._input_ended and self.inbox.get() is not _DONE:  # unblock whoever still sends frames
                 pass
         finally:
             if self.after is not None:  # closed in order, even with no frame to encode
@@ -168,6 +169,7 @@ class _Encoder(threading.Thread):
                 self.written += len(pts_list)
                 if self._on_frames:
                     self._on_frames(len(pts_list))
+            self._input_ended = True
             if container is not None:
                 container.mux(stream.encode(None))
         finally:

@@ -190,6 +190,36 @@ def test_a_model_that_gives_back_fewer_batches_than_it_took_fails_the_batch_inst
     assert results[1].error == "short returned fewer batches than it was given" and not Path(messages[1].styled).exists()
 
 
+def test_an_encoder_failing_as_it_closes_fails_its_batch_instead_of_hanging(segments, tmp_path, monkeypatch):
+    """The encoder fails after it has read the end of its frames (flushing or closing the file): it must not wait for
+    another end that never comes."""
+    from gpu_job import scorer
+
+    class FailingClose:
+        def __init__(self, container) -> None:
+            self._container = container
+
+        def __getattr__(self, name):
+            return getattr(self._container, name)
+
+        def close(self) -> None:
+            self._container.close()
+            raise OSError(28, "No space left on device")
+
+    real_open = scorer._Encoder._open
+    monkeypatch.setattr(scorer._Encoder, "_open", lambda self, *args: (lambda c, s: (FailingClose(c), s))(*real_open(self, *args)))
+    batches, sources = segments
+    messages = _messages(batches[:2], sources, tmp_path, "inverse")
+    results: list = []
+    worker = _worker_with(lambda frames: (255.0 - batch for batch in frames))
+    thread = threading.Thread(target=lambda: results.extend(_style_all(worker, _jobs(messages))), daemon=True)
+    thread.start()
+    thread.join(timeout=60)
+    assert not thread.is_alive(), "the encoder waits for a second end of its frames"
+    assert [r.succeeded for r in results] == [False, False]
+    assert all("No space left on device" in r.error for r in results)
+
+
 def test_a_batch_for_another_model_starts_another_stream(segments, tmp_path):
     batches, sources = segments
     messages = _messages(batches, sources, tmp_path, "inverse")
