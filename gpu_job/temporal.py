@@ -81,7 +81,7 @@ class Stabiliser:
             raise ValueError(f"inputs {inputs.shape} and styled {styled.shape} do not match")
         if self.strength == 0.0:
             return styled
-        out = np.empty_like(styled)
+        out = np.empty(styled.shape, np.uint8)  # C-contiguous whatever the styled frames' layout: OpenCV writes into it
         for frame, styled_frame, out_frame in zip(inputs, styled, out):
             self._frame(frame, styled_frame, out_frame)
         return out
@@ -117,7 +117,7 @@ class Stabiliser:
         if self.engine == "torch":
             self._previous_output = self._tensor(styled)
         else:
-            self._previous_output = styled.astype(np.float32)
+            self._previous_output = np.ascontiguousarray(styled, dtype=np.float32)
         out[...] = styled
 
     def _buffer(self, name: str, shape: tuple[int, ...]) -> np.ndarray:
