@@ -117,7 +117,7 @@ class Stabiliser:
         if self.engine == "torch":
             self._previous_output = self._tensor(styled)
         else:
-            self._previous_output = np.ascontiguousarray(styled, dtype=np.float32)
+            self._previous_output = styled.astype(np.float32, order="C")  # a copy: it becomes a buffer written later
         out[...] = styled
 
     def _buffer(self, name: str, shape: tuple[int, ...]) -> np.ndarray:
