@@ -1,6 +1,7 @@
 """Temporal stabilisation (issue 23, gpu_job/temporal.py): flicker, fidelity, batch boundaries and cost, in one run.
 
     PYTHONPATH=$PWD .venv/bin/python bench/temporal.py [--styles starry,fauve,sketch] [--context 0,2,4,8,16] [--run]
+    PYTHONPATH=$PWD .venv/bin/python bench/temporal.py --cost-only [--baseline GIT_REVISION] [--cost-rounds 3]
 
 Prints Markdown; results go in bench/RESULTS.md.
 
@@ -18,7 +19,8 @@ Prints Markdown; results go in bench/RESULTS.md.
 4. Batch boundaries: batches of BATCH_FRAMES, each reset and given K context frames (styled and stabilised,
    not output); the E_warp of the pairs across a boundary over that of the pairs inside batches, for each K.
 5. The stabiliser's cost per 1080p frame on one core (cv2.setNumThreads(1)) and on every core; per 640x360
-   frame on one core.
+   frame on one core; with ``--baseline REV``, REV's gpu_job/temporal.py timed beside it in interleaved rounds
+   (the machine is shared: only figures from the same run compare). ``--cost-only``: this table alone.
 6. ``--run``: ``stylize run`` on Big Buck Bunny (640x360) with ``--temporal on`` against ``--temporal off``.
 """
 
@@ -26,6 +28,7 @@ from __future__ import annotations
 
 import argparse
 import importlib.metadata
+import importlib.util
 import os
 import platform
 import subprocess
@@ -164,20 +167,52 @@ def batched(inputs: np.ndarray, styled: np.ndarray, context: int, strength: floa
     return np.concatenate(out)
 
 
-def stabiliser_cost(frames: np.ndarray, threads: int) -> float:
-    """Median ms per frame of the stabiliser alone on these (1080p) frames, styled standing in as the frames + noise."""
+def baseline_stabiliser(revision: str) -> type:
+    """The Stabiliser class of gpu_job/temporal.py at a git revision, to time beside this tree's."""
+    source = subprocess.run(["git", "show", f"{revision}:gpu_job/temporal.py"], capture_output=True, text=True, check=True).stdout
+    with tempfile.TemporaryDirectory() as scratch:
+        path = Path(scratch) / "temporal_baseline.py"
+        path.write_text(source)
+        spec = importlib.util.spec_from_file_location("temporal_baseline", path)
+        module = importlib.util.module_from_spec(spec)
+        spec.loader.exec_module(module)
+    return module.Stabiliser
+
+
+def stabiliser_costs(frames: np.ndarray, threads: int, stabilisers: dict[str, type], rounds: int) -> dict[str, float]:
+    """Median ms per frame of each stabiliser alone on these frames, styled standing in as the frames + noise;
+    the stabilisers take turns, ``rounds`` times over the frames, so that a shared machine's load falls on all alike."""
     cv2.setNumThreads(threads)
     rng = np.random.default_rng(0)
     styled = np.clip(frames.astype(np.int16) + rng.integers(-20, 21, frames.shape, dtype=np.int16), 0, 255).astype(np.uint8)
-    stabiliser = Stabiliser()
-    stabiliser(frames[:1], styled[:1])
-    times = []
-    for t in range(1, len(frames)):
-        began = time.perf_counter()
-        stabiliser(frames[t: t + 1], styled[t: t + 1])
-        times.append(time.perf_counter() - began)
+    times: dict[str, list[float]] = {name: [] for name in stabilisers}
+    for _ in range(rounds):
+        for name, stabiliser_class in stabilisers.items():
+            stabiliser = stabiliser_class()
+            stabiliser(frames[:1], styled[:1])
+            for t in range(1, len(frames)):
+                began = time.perf_counter()
+                stabiliser(frames[t: t + 1], styled[t: t + 1])
+                times[name].append(time.perf_counter() - began)
     cv2.setNumThreads(os.cpu_count() or 1)
-    return median(times) * 1000
+    return {name: median(values) * 1000 for name, values in times.items()}
+
+
+def cost_table(film: np.ndarray, baseline: str | None, rounds: int) -> None:
+    """Prints the stabiliser's cost per 1080p frame (one core, every core) and per 640x360 frame (one core), with
+    the load average beside each figure, and the ``baseline`` revision's in the same interleaved runs."""
+    stabilisers = {"this tree": Stabiliser} | ({baseline: baseline_stabiliser(baseline)} if baseline else {})
+    hd = film_frames(1920, 1080)[:COST_FRAMES]
+    print(f"\nStabiliser cost alone (OpenCV path; median over {rounds} interleaved rounds of {COST_FRAMES - 1} frames; "
+          "load average = 1-minute load before / after each row)\n")
+    print("| frames | threads | " + " | ".join(f"{name} ms" for name in stabilisers) + " | load |")
+    print("|---|---:|" + "---:|" * len(stabilisers) + "---|")
+    for label, frames, threads in (("1920x1080", hd, 1), ("1920x1080", hd, os.cpu_count() or 1), ("640x360", film[:COST_FRAMES], 1)):
+        before = os.getloadavg()[0]
+        costs = stabiliser_costs(frames, threads, stabilisers, rounds)
+        cells = " | ".join(f"{'**' if threads == 1 else ''}{cost:.1f}{'**' if threads == 1 else ''}" for cost in costs.values())
+        print(f"| {label} | {threads} | {cells} | {before:.2f} / {os.getloadavg()[0]:.2f} |", flush=True)
+    print("\nTarget: <= 40 ms per 1920x1080 frame on one core (cv2.setNumThreads(1)).")
 
 
 def cpu_model() -> str:
@@ -221,7 +256,14 @@ def main() -> None:
     parser.add_argument("--strength", type=float, default=1.0)
     parser.add_argument("--run", action="store_true", help="also time stylize run --temporal on against off")
     parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--cost-only", action="store_true", help="only the stabiliser's cost table")
+    parser.add_argument("--baseline", help="a git revision whose gpu_job/temporal.py is timed beside this tree's")
+    parser.add_argument("--cost-rounds", type=int, default=3, help="interleaved rounds over the cost frames")
     args = parser.parse_args()
+    if args.cost_only:
+        print(f"machine: {platform.machine()}, {os.cpu_count()} cores, {cpu_model()}; OpenCV {cv2.__version__}")
+        cost_table(film_frames(*SIZE), args.baseline, args.cost_rounds)
+        return
     styles = args.styles.split(",")
     contexts = [int(k) for k in args.context.split(",")]
 
@@ -270,11 +312,7 @@ def main() -> None:
         b, i = float(np.mean(boundary[k])), float(np.mean(inside[k]))
         print(f"| {k} | {b * 1e3:.3f}e-3 | {i * 1e3:.3f}e-3 | **{b / i:.2f}** |")
 
-    hd = film_frames(1920, 1080)[:COST_FRAMES]
-    one, every, small = stabiliser_cost(hd, 1), stabiliser_cost(hd, os.cpu_count() or 1), stabiliser_cost(film[:COST_FRAMES], 1)
-    print(f"\nStabiliser cost per 1920x1080 frame (OpenCV path, median of {COST_FRAMES - 1}): **{one:.1f} ms on one core** "
-          f"(cv2.setNumThreads(1); target <= 40), {every:.1f} ms with {os.cpu_count()} threads; "
-          f"per 640x360 frame {small:.1f} ms on one core\n")
+    cost_table(film, args.baseline, args.cost_rounds)
     if args.run:
         print("| run | time | note |\n|---|---:|---|")
         for row in time_runs(args.rounds):

@@ -38,6 +38,8 @@ MARGIN = 2
 CUT_FRACTION = 0.35
 """A frame where less than this fraction of the pixels passes both checks starts a new scene: no blend."""
 ENGINES = ("auto", "opencv", "torch")
+STRIP_ROWS = 64
+"""Rows the OpenCV path warps, blends and rounds at a time (about 1.5 MB of float32 at 1920 wide: the L2 cache)."""
 
 
 class Stabiliser:
@@ -61,7 +63,8 @@ class Stabiliser:
         self.engine = ("torch" if kind == "cuda" else "opencv") if engine == "auto" else engine
         self._flow = cv2.DISOpticalFlow_create(cv2.DISOPTICAL_FLOW_PRESET_FAST)
         self._check_flow = cv2.DISOpticalFlow_create(cv2.DISOPTICAL_FLOW_PRESET_ULTRAFAST)
-        self._grids: dict[tuple[int, int], np.ndarray] = {}
+        self._grids: dict[tuple[int, int], tuple[np.ndarray, np.ndarray]] = {}
+        self._buffers: dict[str, np.ndarray] = {}
         self.cuts = 0
         self.reset()
 
@@ -78,7 +81,10 @@ class Stabiliser:
             raise ValueError(f"inputs {inputs.shape} and styled {styled.shape} do not match")
         if self.strength == 0.0:
             return styled
-        return np.stack([self._frame(frame, styled_frame) for frame, styled_frame in zip(inputs, styled)])
+        out = np.empty(styled.shape, np.uint8)  # C-contiguous whatever the styled frames' layout: OpenCV writes into it
+        for frame, styled_frame, out_frame in zip(inputs, styled, out):
+            self._frame(frame, styled_frame, out_frame)
+        return out
 
     def describe(self) -> dict:
         """What the report says was used (method, strength, flow resolution...)."""
@@ -86,28 +92,40 @@ class Stabiliser:
                 "strength": self.strength, "max_weight": self.max_weight, "flow_long_side": self.flow_long_side,
                 "warp": f"{self.engine} on {self.device}", "scene_cuts": self.cuts}
 
-    def _frame(self, frame: np.ndarray, styled: np.ndarray) -> np.ndarray:
+    def _frame(self, frame: np.ndarray, styled: np.ndarray, out: np.ndarray) -> None:
+        """Stabilises one frame into ``out`` (uint8, the styled frame's shape)."""
         grey = self._working_grey(frame)
         previous_grey, self._previous_grey = self._previous_grey, grey
         if previous_grey is None or previous_grey.shape != grey.shape or self._previous_size != styled.shape:
-            return self._keep(styled)
+            self._keep(styled, out)
+            return
         flow, weight = self._flow_and_weight(previous_grey, grey)
         if weight is None:
             self.cuts += 1
-            return self._keep(styled)
+            self._keep(styled, out)
+            return
         height, width = frame.shape[:2]
+        weight *= self.strength * self.max_weight
         if self.engine == "torch":
-            return self._blend_torch(flow, weight * (self.strength * self.max_weight), styled, height, width)
-        return self._blend_opencv(flow, weight * (self.strength * self.max_weight), styled, height, width)
+            out[...] = self._blend_torch(flow, weight, styled, height, width)
+        else:
+            self._blend_opencv(flow, weight, styled, height, width, out)
 
-    def _keep(self, styled: np.ndarray) -> np.ndarray:
+    def _keep(self, styled: np.ndarray, out: np.ndarray) -> None:
         """The styled frame as it is: the next frame's previous output."""
         self._previous_size = styled.shape
         if self.engine == "torch":
             self._previous_output = self._tensor(styled)
         else:
-            self._previous_output = styled.astype(np.float32)
-        return styled
+            self._previous_output = styled.astype(np.float32, order="C")  # a copy: it becomes a buffer written later
+        out[...] = styled
+
+    def _buffer(self, name: str, shape: tuple[int, ...]) -> np.ndarray:
+        """A float32 array kept across frames (fresh full-size arrays every frame cost page faults, not arithmetic)."""
+        buffer = self._buffers.get(name)
+        if buffer is None or buffer.shape != shape:
+            buffer = self._buffers[name] = np.empty(shape, np.float32)
+        return buffer
 
     def _working_grey(self, frame: np.ndarray) -> np.ndarray:
         height, width = frame.shape[:2]
@@ -118,12 +136,12 @@ class Stabiliser:
         size = (max(1, round(width * scale)), max(1, round(height * scale)))
         return cv2.resize(grey, size, interpolation=cv2.INTER_AREA)
 
-    def _grid(self, height: int, width: int) -> np.ndarray:
-        """(height, width, 2) float32 pixel coordinates (x, y), kept per size."""
+    def _grid(self, height: int, width: int) -> tuple[np.ndarray, np.ndarray]:
+        """(height, width) float32 pixel coordinates x and y, kept per size."""
         grid = self._grids.get((height, width))
         if grid is None:
             xs, ys = np.meshgrid(np.arange(width, dtype=np.float32), np.arange(height, dtype=np.float32))
-            grid = self._grids[(height, width)] = np.dstack([xs, ys])
+            grid = self._grids[(height, width)] = (xs, ys)
         return grid
 
     def _flow_and_weight(self, previous: np.ndarray, current: np.ndarray) -> tuple[np.ndarray, np.ndarray | None]:
@@ -131,16 +149,18 @@ class Stabiliser:
         backward = self._flow.calc(current, previous, None)
         forward = self._check_flow.calc(previous, current, None)
         height, width = current.shape
-        where = self._grid(height, width) + backward
-        forward_there = cv2.remap(forward, where, None, cv2.INTER_LINEAR, borderMode=cv2.BORDER_REPLICATE)
-        round_trip = backward + forward_there
-        backward_sq = _length_sq(backward)
-        consistent = _length_sq(round_trip) <= CONSISTENCY_RELATIVE * (backward_sq + _length_sq(forward_there)) + CONSISTENCY_ABSOLUTE
-        inside = (where[..., 0] >= 0) & (where[..., 0] <= width - 1) & (where[..., 1] >= 0) & (where[..., 1] <= height - 1)
-        warped_previous = cv2.remap(previous, where, None, cv2.INTER_LINEAR, borderMode=cv2.BORDER_REPLICATE)
+        xs, ys = self._grid(height, width)
+        backward_x, backward_y = cv2.split(backward)
+        where_x, where_y = xs + backward_x, ys + backward_y
+        forward_x, forward_y = cv2.split(cv2.remap(forward, where_x, where_y, cv2.INTER_LINEAR, borderMode=cv2.BORDER_REPLICATE))
+        backward_sq = _length_sq(backward_x, backward_y)
+        round_trip_sq = _length_sq(backward_x + forward_x, backward_y + forward_y)
+        consistent = round_trip_sq <= CONSISTENCY_RELATIVE * (backward_sq + _length_sq(forward_x, forward_y)) + CONSISTENCY_ABSOLUTE
+        inside = cv2.inRange(where_x, 0, width - 1) & cv2.inRange(where_y, 0, height - 1)
+        warped_previous = cv2.remap(previous, where_x, where_y, cv2.INTER_LINEAR, borderMode=cv2.BORDER_REPLICATE)
         mismatch = cv2.absdiff(current, warped_previous).astype(np.float32)
         photometric = np.clip(1.0 - mismatch / PHOTOMETRIC_TOLERANCE, 0.0, 1.0)
-        trusted = consistent & inside
+        trusted = consistent & (inside > 0)
         if np.count_nonzero(trusted & (photometric > 0.5)) < CUT_FRACTION * trusted.size:
             return backward, None
         weight = np.where(trusted, photometric, 0.0).astype(np.float32) / (1.0 + backward_sq / MOTION_SCALE**2)
@@ -148,27 +168,44 @@ class Stabiliser:
         weight = cv2.erode(weight, np.ones((side, side), np.uint8), borderType=cv2.BORDER_REPLICATE)
         return backward, cv2.blur(weight, (side, side), borderType=cv2.BORDER_REPLICATE)
 
-    def _styled_size_flow(self, flow: np.ndarray, height: int, width: int, styled_height: int, styled_width: int) -> tuple[np.ndarray, np.ndarray]:
-        """The working-size flow brought to the input's size (vectors scaled), edge-padded to the styled size: (x, y) planes."""
+    def _warp_maps(self, flow: np.ndarray, height: int, width: int, styled_height: int, styled_width: int) -> tuple[np.ndarray, np.ndarray]:
+        """Where each styled pixel comes from in the previous output (x and y maps): its coordinates plus the
+        working-size flow brought to the input's size (vectors scaled) and edge-padded to the styled size."""
         work_height, work_width = flow.shape[:2]
-        planes = []
-        for axis, scale in ((0, width / work_width), (1, height / work_height)):
-            plane = flow[..., axis] if scale == 1.0 and (height, width) == (work_height, work_width) else \
-                cv2.resize(np.ascontiguousarray(flow[..., axis]), (width, height), interpolation=cv2.INTER_LINEAR) * np.float32(scale)
-            planes.append(_pad_to(plane, styled_height, styled_width))
-        return planes[0], planes[1]
+        grids, maps = self._grid(styled_height, styled_width), []
+        for axis, grid, scale in ((0, grids[0], width / work_width), (1, grids[1], height / work_height)):
+            plane = np.ascontiguousarray(flow[..., axis])
+            if (height, width) != (work_height, work_width):
+                plane = cv2.resize(plane, (width, height), dst=self._buffer(f"flow{axis}", (height, width)),
+                                   interpolation=cv2.INTER_LINEAR)
+                plane *= np.float32(scale)
+            maps.append(np.add(_pad_to(plane, styled_height, styled_width), grid,
+                               out=self._buffer(f"map{axis}", (styled_height, styled_width))))
+        return maps[0], maps[1]
 
-    def _blend_opencv(self, flow: np.ndarray, weight: np.ndarray, styled: np.ndarray, height: int, width: int) -> np.ndarray:
+    def _blend_opencv(self, flow: np.ndarray, weight: np.ndarray, styled: np.ndarray, height: int, width: int,
+                      out: np.ndarray) -> None:
+        """Warps the previous output (bicubic) and blends it in, in buffers kept across frames and in strips of rows
+        that stay in the cache from the warp to the rounding; the blend is the next frame's previous output, ``out``
+        gets it rounded."""
         styled_height, styled_width = styled.shape[:2]
-        flow_x, flow_y = self._styled_size_flow(flow, height, width, styled_height, styled_width)
-        where = cv2.merge([flow_x, flow_y])
-        where += self._grid(styled_height, styled_width)
-        warped = cv2.remap(self._previous_output, where, None, cv2.INTER_CUBIC, borderMode=cv2.BORDER_REPLICATE)
-        weight = _pad_to(_resized(weight, height, width), styled_height, styled_width)
-        blended = cv2.blendLinear(warped, styled.astype(np.float32), weight, 1.0 - weight)
-        np.clip(blended, 0.0, 255.0, out=blended)
-        self._previous_output = blended
-        return cv2.convertScaleAbs(blended)  # rounds to uint8
+        map_x, map_y = self._warp_maps(flow, height, width, styled_height, styled_width)
+        if weight.shape != (height, width):
+            weight = cv2.resize(weight, (width, height), dst=self._buffer("weight", (height, width)), interpolation=cv2.INTER_LINEAR)
+        weight = _pad_to(weight, styled_height, styled_width)
+        inverse = np.subtract(1.0, weight, out=self._buffer("inverse", weight.shape))
+        warped = self._buffer("warped", styled.shape)
+        fresh = self._buffer("fresh", (STRIP_ROWS, *styled.shape[1:]))
+        for top in range(0, styled_height, STRIP_ROWS):
+            rows = slice(top, top + STRIP_ROWS)
+            blended = warped[rows]
+            cv2.remap(self._previous_output, map_x[rows], map_y[rows], cv2.INTER_CUBIC, dst=blended,
+                      borderMode=cv2.BORDER_REPLICATE)
+            cv2.blendLinear(blended, cv2.multiply(styled[rows], 1.0, dst=fresh[: len(blended)], dtype=cv2.CV_32F),
+                            weight[rows], inverse[rows], dst=blended)
+            np.clip(blended, 0.0, 255.0, out=blended)
+            cv2.convertScaleAbs(blended, dst=out[rows])  # rounds to uint8
+        self._buffers["warped"], self._previous_output = self._previous_output, warped  # the old one is the next frame's buffer
 
     def _tensor(self, styled: np.ndarray) -> torch.Tensor:
         import torch
@@ -197,12 +234,8 @@ class Stabiliser:
         return blended.round()[0].permute(1, 2, 0).to(torch.uint8).cpu().numpy()
 
 
-def _length_sq(vectors: np.ndarray) -> np.ndarray:
-    return vectors[..., 0] * vectors[..., 0] + vectors[..., 1] * vectors[..., 1]
-
-
-def _resized(plane: np.ndarray, height: int, width: int) -> np.ndarray:
-    return plane if plane.shape == (height, width) else cv2.resize(plane, (width, height), interpolation=cv2.INTER_LINEAR)
+def _length_sq(x: np.ndarray, y: np.ndarray) -> np.ndarray:
+    return x * x + y * y
 
 
 def _pad_to(plane: np.ndarray, height: int, width: int) -> np.ndarray:

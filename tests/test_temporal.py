@@ -211,3 +211,13 @@ def test_refuses_mismatched_frames() -> None:
     clip = panning(1, 2)
     with pytest.raises(ValueError):
         Stabiliser()(clip, clip[:, :-2])
+
+
+def test_styled_frames_in_any_memory_layout() -> None:
+    """The styler may hand over a view (e.g. channels-first memory seen channels-last): same output as contiguous frames."""
+    clip = panning(1, 6)
+    styled = flicker(clip)
+    channels_first = np.ascontiguousarray(styled.transpose(0, 3, 1, 2))
+    view = channels_first.transpose(0, 2, 3, 1)
+    assert not view.flags.c_contiguous
+    assert np.array_equal(Stabiliser()(clip, view), Stabiliser()(clip, styled))
