@@ -189,6 +189,7 @@ def stabiliser_costs(frames: np.ndarray, threads: int, stabilisers: dict[str, ty
     for _ in range(rounds):
         for name, stabiliser_class in stabilisers.items():
             stabiliser = stabiliser_class()
+            cv2.setNumThreads(threads)  # after construction: a CPU stabiliser sets one thread for itself (beside inference)
             stabiliser(frames[:1], styled[:1])
             for t in range(1, len(frames)):
                 began = time.perf_counter()

@@ -61,6 +61,8 @@ class Stabiliser:
             raise ValueError(f"engine must be one of {ENGINES} ('opencv' only on the CPU), got {engine!r}")
         self.strength, self.device, self.flow_long_side, self.max_weight = strength, device, flow_long_side, max_weight
         self.engine = ("torch" if kind == "cuda" else "opencv") if engine == "auto" else engine
+        if self.engine == "opencv":  # beside inference, which keeps every core busy: one thread, no contention (bench/RESULTS.md)
+            cv2.setNumThreads(1)
         self._flow = cv2.DISOpticalFlow_create(cv2.DISOPTICAL_FLOW_PRESET_FAST)
         self._check_flow = cv2.DISOpticalFlow_create(cv2.DISOPTICAL_FLOW_PRESET_ULTRAFAST)
         self._grids: dict[tuple[int, int], tuple[np.ndarray, np.ndarray]] = {}
