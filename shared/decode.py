@@ -9,7 +9,7 @@ the local file itself.
 from __future__ import annotations
 
 import os
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from pathlib import Path
 
 import av
@@ -49,13 +49,15 @@ def open_input(path: str | os.PathLike[str], demuxers: str, *, max_pixels: int =
     return av.open(os.fspath(path), container_options=container_options, options=options, **kwargs)
 
 
-def tolerant_frames(container, stream, errors: list[str] | None = None) -> Iterator[av.VideoFrame]:
+def tolerant_frames(container, stream, errors: list[str] | None = None, packets: Iterable[av.Packet] | None = None
+                    ) -> Iterator[av.VideoFrame]:
     """The frames of ``stream`` in display order; each packet that fails to decode adds its error to ``errors``.
+    ``packets``: those of ``stream`` to decode (default: all of them).
 
     Raises :class:`InvalidInputError` at a frame whose timestamp is not after the one before: its packets' timestamps
     are not when their frames are shown (B-frames in AVI, which has none), so no frame can be given its time."""
     last = None
-    for packet in container.demux(stream):
+    for packet in container.demux(stream) if packets is None else packets:
         try:
             frames = stream.decode(packet)
         except av.FFmpegError as exc:

@@ -17,7 +17,7 @@ import errno
 import math
 import os
 import struct
-from collections.abc import Collection
+from collections.abc import Collection, Iterator
 from dataclasses import asdict, dataclass, field, replace
 from fractions import Fraction
 from pathlib import Path
@@ -29,7 +29,7 @@ from shared import vp9
 from shared.attachments import attachment_bytes
 from shared.colour import CHROMA_420, CHROMA_422, CHROMA_444, RANGE_FULL, Colour
 from shared.config import Settings
-from shared.decode import SEGMENT_DEMUXERS, UPLOAD_DEMUXERS, open_input
+from shared.decode import SEGMENT_DEMUXERS, UPLOAD_DEMUXERS, open_input, tolerant_frames
 from shared.errors import InvalidInputError
 
 COPIED_KINDS = ("audio", "subtitle", "video")
@@ -471,24 +471,25 @@ def _shown_leading(path: Path, index: int, limits: Settings, key_pts: int) -> se
 
 def _check_display_order(path: Path, index: int, limits: Settings) -> None:
     """AVI holds no presentation times: FFmpeg gives each packet its decode-order time, and a stream with B-frames then
-    decodes into frames whose times go back. Decoding its first frames tells, before any work is done."""
-    keyframes, last = 0, None
-    with _open(path, limits) as container:
-        stream = container.streams[index]
-        stream.codec_context.options = {"max_pixels": str(max_decoded_pixels(limits))}
+    decodes into frames whose times go back. Decoding its first frames (the first GOP, at most :data:`ORDER_CHECK`
+    packets) tells, before any work is done."""
+    def first_packets(container, stream) -> Iterator[av.Packet]:
+        keyframes = 0
         for number, packet in enumerate(container.demux(stream)):
             keyframes += packet.is_keyframe
             if keyframes > 1 or number >= ORDER_CHECK:
                 return
-            try:
-                frames = stream.decode(packet)
-            except av.FFmpegError:
-                continue
-            for frame in frames:
-                if frame.pts is not None and last is not None and frame.pts <= last:
-                    raise InvalidInputError(f"{path.name}: B-frames in AVI, which holds no presentation times: FFmpeg decodes its "
-                                            "frames with times out of display order, so they cannot keep their timing")
-                last = frame.pts if frame.pts is not None else last
+            yield packet
+
+    with _open(path, limits) as container:
+        stream = container.streams[index]
+        stream.codec_context.options = {"max_pixels": str(max_decoded_pixels(limits))}
+        try:
+            for _ in tolerant_frames(container, stream, packets=first_packets(container, stream)):
+                pass
+        except InvalidInputError:
+            raise InvalidInputError(f"{path.name}: B-frames in AVI, which holds no presentation times: FFmpeg decodes its "
+                                    "frames with times out of display order, so they cannot keep their timing") from None
 
 
 def _without_unshown_start(path: Path, packets: list, limits: Settings, index: int) -> tuple[list, int]:
