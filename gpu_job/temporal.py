@@ -18,6 +18,8 @@ from typing import TYPE_CHECKING
 import cv2
 import numpy as np
 
+from shared.errors import InvalidInputError
+
 if TYPE_CHECKING:
     import torch
 
@@ -35,6 +37,9 @@ CONSISTENCY_RELATIVE, CONSISTENCY_ABSOLUTE = 0.01, 0.5
 |b + f(x + b)|^2 > CONSISTENCY_RELATIVE * (|b|^2 + |f(x + b)|^2) + CONSISTENCY_ABSOLUTE (working-size pixels)."""
 MARGIN = 2
 """Working-size pixels around a rejected region that are rejected too (and over which the weight ramps back up)."""
+MIN_FLOW_SIDE = 32
+"""DIS builds an image pyramid: under this many working-size pixels on a side, OpenCV crashes or refuses the frame, so
+such frames are styled frame by frame (a strip or a thumbnail has little texture to flicker anyway)."""
 CUT_FRACTION = 0.35
 """A frame where less than this fraction of the pixels passes both checks starts a new scene: no blend."""
 ENGINES = ("auto", "opencv", "torch")
@@ -67,7 +72,7 @@ class Stabiliser:
         self._check_flow = cv2.DISOpticalFlow_create(cv2.DISOPTICAL_FLOW_PRESET_ULTRAFAST)
         self._grids: dict[tuple[int, int], tuple[np.ndarray, np.ndarray]] = {}
         self._buffers: dict[str, np.ndarray] = {}
-        self.cuts = 0
+        self.cuts = self.too_small = 0
         self.reset()
 
     def reset(self) -> None:
@@ -84,19 +89,30 @@ class Stabiliser:
         if self.strength == 0.0:
             return styled
         out = np.empty(styled.shape, np.uint8)  # C-contiguous whatever the styled frames' layout: OpenCV writes into it
-        for frame, styled_frame, out_frame in zip(inputs, styled, out):
-            self._frame(frame, styled_frame, out_frame)
+        try:
+            for frame, styled_frame, out_frame in zip(inputs, styled, out):
+                self._frame(frame, styled_frame, out_frame)
+        except cv2.error as exc:  # OpenCV answers the same frames the same way: an error that will repeat
+            reason = next((line.strip() for line in str(exc).splitlines() if "error:" in line), "OpenCV error")
+            raise InvalidInputError(f"temporal stabilisation failed on {inputs.shape[2]}x{inputs.shape[1]} frames ({reason}); "
+                                    "--temporal off styles them frame by frame") from None
         return out
 
     def describe(self) -> dict:
         """What the report says was used (method, strength, flow resolution...)."""
         return {"method": "flow-warped blend of the previous output (OpenCV DIS flow on the inputs, bicubic warp)",
                 "strength": self.strength, "max_weight": self.max_weight, "flow_long_side": self.flow_long_side,
-                "warp": f"{self.engine} on {self.device}", "scene_cuts": self.cuts}
+                "warp": f"{self.engine} on {self.device}", "scene_cuts": self.cuts,
+                "too_small_frames": self.too_small}
 
     def _frame(self, frame: np.ndarray, styled: np.ndarray, out: np.ndarray) -> None:
         """Stabilises one frame into ``out`` (uint8, the styled frame's shape)."""
         grey = self._working_grey(frame)
+        if min(grey.shape) < MIN_FLOW_SIDE:
+            self.too_small += 1
+            self._previous_grey = None
+            out[...] = styled
+            return
         previous_grey, self._previous_grey = self._previous_grey, grey
         if previous_grey is None or previous_grey.shape != grey.shape or self._previous_size != styled.shape:
             self._keep(styled, out)

@@ -221,3 +221,31 @@ def test_styled_frames_in_any_memory_layout() -> None:
     view = channels_first.transpose(0, 2, 3, 1)
     assert not view.flags.c_contiguous
     assert np.array_equal(Stabiliser()(clip, view), Stabiliser()(clip, styled))
+
+
+@pytest.mark.parametrize("height, width", [(10, 200), (16, 1280), (8, 8), (7, 9), (13, 5000), (48, 1280)])
+def test_frames_too_small_for_the_flow_pass_through(height, width):
+    """DIS builds an image pyramid: a working size under about 32 px on a side crashed OpenCV (a segfault, or an assertion
+    every retry repeated). Such frames are styled frame by frame, and the description says so."""
+    rng = np.random.default_rng(3)
+    inputs = rng.integers(0, 256, size=(4, height, width, 3), dtype=np.uint8)
+    styled = rng.integers(0, 256, size=(4, height, width, 3), dtype=np.uint8)
+    stabiliser = Stabiliser()
+    assert np.array_equal(stabiliser(inputs, styled), styled)
+    assert stabiliser.describe()["too_small_frames"] == 4
+
+
+def test_an_opencv_error_is_one_line_that_will_repeat():
+    from shared.errors import InvalidInputError
+
+    class BrokenFlow:
+        def calc(self, *args):
+            raise cv2.error("OpenCV(5.1.0) dis_flow.cpp:1: error: (-215:Assertion failed) level > 0 in function 'calc'\n")
+
+    rng = np.random.default_rng(4)
+    frames = rng.integers(0, 256, size=(2, 64, 96, 3), dtype=np.uint8)
+    stabiliser = Stabiliser()
+    stabiliser._flow = BrokenFlow()
+    with pytest.raises(InvalidInputError, match=r"^temporal stabilisation failed on 96x64 frames \(.*Assertion failed.*\); "
+                                                r"--temporal off styles them frame by frame$"):
+        stabiliser(frames, frames)
