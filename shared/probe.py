@@ -363,6 +363,7 @@ def _read_packets(path: Path, container, stream, audio: list, limits: Settings) 
     earliest = latest = None
     try:
         for packet in container.demux([stream, *audio]):
+            _refuse_encrypted(path, packet)  # every packet: a file may start in the clear (a DRM packager's "clear lead")
             if packet.stream.index != stream.index:
                 if packet.size and packet.has_sidedata("skip_samples"):
                     trimmed.add(packet.stream.index)
@@ -403,6 +404,13 @@ def _ends_early(stream, packets: list[tuple[int, int, bool, bool]]) -> bool:
     return last + 2 * step < (stream.start_time or 0) + stream.duration
 
 
+def _refuse_encrypted(path: Path, packet: av.Packet) -> None:
+    """Refuse a packet that carries encryption (CENC) data: without the key it decodes to noise."""
+    if packet.has_sidedata("encryption_info"):
+        raise InvalidInputError(f"{path}: {packet.stream.type} stream {packet.stream.index} is encrypted (CENC/DRM); "
+                                "only unencrypted video can be styled")
+
+
 def _first_frame(path: Path, index: int, carried: list[int], limits: Settings) -> tuple[int, tuple[int, ...]]:
     """Decode the first frame of stream ``index``: proves it decodes, and gives its rotation and display matrix. A frame
     larger than the limits allow (the bitstream may say a size the headers do not) is not decoded. The packets read up
@@ -412,9 +420,7 @@ def _first_frame(path: Path, index: int, carried: list[int], limits: Settings) -
             stream = container.streams[index]
             stream.codec_context.options = {"max_pixels": str(max_decoded_pixels(limits))}
             for packet in container.demux([stream, *(container.streams[i] for i in carried)]):
-                if packet.has_sidedata("encryption_info"):
-                    raise InvalidInputError(f"{path}: {packet.stream.type} stream {packet.stream.index} is encrypted (CENC/DRM); "
-                                            "only unencrypted video can be styled")
+                _refuse_encrypted(path, packet)
                 if packet.stream.index != index:
                     continue
                 for frame in stream.decode(packet):

@@ -17,6 +17,7 @@ from durable_replay import ReplayClient
 from media import ffmpeg, frame_timestamps, packets_of, rgb_psnr, stream_md5, streams_of, video_stream
 from media_carry import chapters_and_tags, decoded_display_matrix, ffprobe_display, with_display
 from function_app.upload import start_job
+from shared.errors import InvalidInputError
 from shared.probe import _rotation_matrix, probe
 from test_functions import LIMITS, Host, _upload, run, storage  # noqa: F401 (storage: the fixture the cloud path's test uses)
 
@@ -163,6 +164,20 @@ def test_encrypted_tracks_are_refused_at_probe_time_in_one_line(tmp_path, styliz
     lines = [line for line in result.stderr.splitlines() if line.strip()]
     assert len(lines) == 1 and lines[0].startswith("stylize: error:") and "encrypted (CENC/DRM)" in lines[0], result.stderr
     assert not (tmp_path / "out").exists()
+
+
+def test_encrypted_packets_after_the_first_frame_are_refused_too(tmp_path, monkeypatch):
+    """A file may start in the clear (a packager's "clear lead") or interleave an encrypted track late: every packet the
+    probe reads is checked, not only those before the first frame decodes (stood in for by a first-frame check that
+    sees nothing)."""
+    import shared.probe
+
+    source = tmp_path / "drm.mp4"
+    ffmpeg(*SOURCE, *SINE, *H264, "-c:a", "aac", "-encryption_scheme", "cenc-aes-ctr",
+           "-encryption_key", "76a6c65c5ea762046bd749a2e632ccbb", "-encryption_kid", "a7e61c373e219033c21091fa607bf3b8", str(source))
+    monkeypatch.setattr(shared.probe, "_first_frame", lambda *args: (0, ()))
+    with pytest.raises(InvalidInputError, match=r"stream \d is encrypted \(CENC/DRM\)"):
+        probe(source)
 
 
 def test_audio_in_a_codec_ffmpeg_does_not_know_is_left_out_and_said(tmp_path, stylize_bin):
