@@ -14,6 +14,7 @@ either passes its limit.
 from __future__ import annotations
 
 import errno
+import json
 import math
 import os
 import struct
@@ -55,7 +56,9 @@ STREAM_TAGS = ("language", "title")
 """Tags of the styled video stream carried to its styled version."""
 MAX_CHAPTERS = 500
 MAX_TAG_CHARS = 1000
-"""Bounds on what is carried from a file's tags and chapters (they travel in the job's plan); more is left out and said."""
+MAX_DESCRIPTION_BYTES = 32 * 1024
+"""Bounds on what is carried from a file's tags and chapters: they travel in the job's plan, which the orchestration's
+history holds and reloads at every replay on Azure; more is left out and said."""
 NOT_ACCEPTED = "not in a container accepted here: MP4/MOV, Matroska/WebM, AVI or MPEG-TS"
 """What FFmpeg's "Invalid argument" on opening means under the demuxer allowlist: it found another format."""
 
@@ -277,8 +280,11 @@ def probe(path: str | os.PathLike[str], limits: Settings = Settings()) -> VideoI
 
 def _other_streams(path: Path, container, video) -> tuple[list[TrackInfo], list[str]]:
     tracks, ignored = [], []
+    has_chapters = None
     for s in container.streams:
-        if s.index == video.index or s.discard == av.stream.Discard.all and container.chapters():
+        if s.discard == av.stream.Discard.all and has_chapters is None:
+            has_chapters = bool(container.chapters())
+        if s.index == video.index or s.discard == av.stream.Discard.all and has_chapters:
             continue  # the styled stream, or QuickTime's chapter track, which the demuxer reads as the chapters
         cover = s.type == "video" and bool(s.disposition & av.stream.Disposition.attached_pic)
         if s.type not in COPIED_KINDS or cover:
@@ -306,15 +312,32 @@ def _other_streams(path: Path, container, video) -> tuple[list[TrackInfo], list[
 
 
 def _descriptions(container, video, ignored: list[str]) -> tuple[list[Chapter], dict[str, str], dict[str, str]]:
-    """The chapters (those with a usable time span), the file's descriptive tags and the styled stream's tags, within
-    :data:`MAX_CHAPTERS` and :data:`MAX_TAG_CHARS`; what is over them is added to ``ignored``."""
-    found = [c for c in container.chapters() if c["time_base"] > 0 and 0 <= c["start"] <= c["end"]]
-    chapters = [Chapter(c["start"], c["end"], str(c["time_base"]), _bounded(c["metadata"].get("title", "")))
-                for c in found[:MAX_CHAPTERS]]
-    if len(found) > MAX_CHAPTERS:
-        ignored.append(f"{len(found) - MAX_CHAPTERS} chapters past the first {MAX_CHAPTERS}")
+    """The file's descriptive tags, the styled stream's tags and the chapters (those with a usable time span), within
+    :data:`MAX_TAG_CHARS` each, :data:`MAX_CHAPTERS` and :data:`MAX_DESCRIPTION_BYTES` in all (tags first); what is
+    over them is added to ``ignored``."""
     metadata = _short_tags(container.metadata, CARRIED_TAGS, "the file's", ignored)
-    return chapters, metadata, _short_tags(video.metadata, STREAM_TAGS, "the video stream's", ignored)
+    video_tags = _short_tags(video.metadata, STREAM_TAGS, "the video stream's", ignored)
+    room = MAX_DESCRIPTION_BYTES - _json_bytes(metadata) - _json_bytes(video_tags)
+    if room < 0:
+        ignored.append(f"the file's tags (over {MAX_DESCRIPTION_BYTES // 1024} KB of them)")
+        metadata, room = {}, MAX_DESCRIPTION_BYTES - _json_bytes(video_tags)
+    found = [c for c in container.chapters() if c["time_base"] > 0 and 0 <= c["start"] <= c["end"]]
+    chapters: list[Chapter] = []
+    for c in found[:MAX_CHAPTERS]:
+        chapter = Chapter(c["start"], c["end"], str(c["time_base"]), _bounded(c["metadata"].get("title", "")))
+        room -= _json_bytes(asdict(chapter))
+        if room < 0:
+            break
+        chapters.append(chapter)
+    if len(chapters) < len(found):
+        ignored.append(f"{len(found) - len(chapters)} chapters past the first {len(chapters)} (at most {MAX_CHAPTERS}, and "
+                       f"{MAX_DESCRIPTION_BYTES // 1024} KB of chapters and tags)")
+    return chapters, metadata, video_tags
+
+
+def _json_bytes(value) -> int:
+    """Bytes ``value`` takes as JSON (ASCII-escaped, as the job's plan is stored)."""
+    return len(json.dumps(value))
 
 
 def _short_tags(tags: dict[str, str], carried: Collection[str], whose: str, ignored: list[str]) -> dict[str, str]:

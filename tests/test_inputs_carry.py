@@ -209,8 +209,25 @@ def test_chapters_and_tags_over_the_bounds_are_left_out_and_said(tmp_path, monke
     info = probe(source)
     assert [c.title for c in info.chapters] == ["Opening"]
     assert {key.lower(): value for key, value in info.metadata.items()} == {"copyright": "short", "artist": "Somebody"}
-    assert "1 chapters past the first 1" in info.ignored
+    assert any(note.startswith("1 chapters past the first 1 ") for note in info.ignored), info.ignored
     assert any(note.startswith("the file's tags over 12 characters") and "title" in note.lower() for note in info.ignored), info.ignored
+
+
+def test_chapters_and_tags_take_at_most_their_bytes_in_the_plan(tmp_path):
+    """600 chapters of 999 emoji each (within the count and each title's length) made a 6 MB plan; all the descriptions
+    together are bounded in bytes as the plan stores them (JSON, ASCII-escaped)."""
+    from shared.probe import MAX_DESCRIPTION_BYTES
+
+    title = "\N{GRINNING FACE}" * 999
+    chapters = "".join(f"[CHAPTER]\nTIMEBASE=1/1000\nSTART={n}\nEND={n + 1}\ntitle={title}\n" for n in range(600))
+    metadata = tmp_path / "metadata.txt"
+    metadata.write_text(f";FFMETADATA1\ntitle={'T' * 900}\n{chapters}", encoding="utf-8")
+    source = tmp_path / "chapters.mkv"
+    ffmpeg(*SOURCE, "-i", str(metadata), "-map_metadata", "1", "-map_chapters", "1", *H264, str(source))
+    info = probe(source)
+    assert 0 < len(info.chapters) < 600 and info.metadata["title"] == "T" * 900
+    assert len(json.dumps(info.summary())) < MAX_DESCRIPTION_BYTES + 4096
+    assert any(note.startswith(f"{600 - len(info.chapters)} chapters past the first {len(info.chapters)} ") for note in info.ignored)
 
 
 def test_a_chroma_format_h264_lacks_is_written_420_and_said(tmp_path, stylize_bin):
