@@ -49,12 +49,6 @@ if TYPE_CHECKING:
 _DONE = object()
 log = logging.getLogger(__name__)
 SEGMENT_MUXER = "mp4"
-ENCODER_RATE = 60
-"""The frame rate x264 is told (frames keep their own timestamps): it sets the H.264 level the headers declare, and
-every styled segment of a video needs the same headers to be joined; a segment's own rate differs where the video's
-does (a phone's slow-motion section), so each is told this one, a level every player of the size decodes."""
-
-
 @dataclass(frozen=True)
 class EncoderSettings:
     codec: str = "libx264"
@@ -234,12 +228,13 @@ class Segment:
     def __init__(self, src: Path, dst: Path, *, start: Fraction, end: Fraction | None, expected_frames: int, batch_size: int = 4,
                  encoder: EncoderSettings = EncoderSettings(), on_frames: Callable[[int], None] | None = None,
                  preview_frames: Collection[int] = (), stabiliser: Stabiliser | None = None,
-                 context_start: Fraction | None = None) -> None:
-        """``preview_frames``: offsets among the frames shown at ``start <= t < end`` (seconds) that start a GOP of
+                 context_start: Fraction | None = None, rate: Fraction | None = None) -> None:
+        """``rate``: the frame rate the encoder is told (the video's, :attr:`shared.plan.Batch.frame_rate`; default the
+        segment's own). ``preview_frames``: offsets among the frames shown at ``start <= t < end`` (seconds) that start a GOP of
         the styled segment, and whose input tiles the result holds."""
         with open_input(src, SEGMENT_DEMUXERS) as source:
             stream = source.streams.video[0]
-            timing = (stream.time_base, ENCODER_RATE)
+            timing = (stream.time_base, rate or stream.guessed_rate or stream.average_rate or 25)
             plan = plan_colour(stream_colour(stream.codec_context), stream.codec_context.height, encoder.keep_10bit)
         self._planned = frame_times(src, start, end)
         if len(self._planned) != expected_frames:

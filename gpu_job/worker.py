@@ -22,6 +22,7 @@ import time
 from collections import OrderedDict
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field, replace
+from fractions import Fraction
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Generic, Protocol, TextIO, TypeVar
 
@@ -177,7 +178,7 @@ class Worker:
         return Segment(job.segment, job.styled, start=batch.start_time, end=batch.end_time, expected_frames=batch.frame_count,
                        batch_size=self.batch_size, encoder=replace(self.encoder, keep_10bit=job.message.keep_10bit),
                        on_frames=job.on_frames, preview_frames=job.message.preview_frames, stabiliser=self._stabiliser(job),
-                       context_start=batch.context_time)
+                       context_start=batch.context_time, rate=None if batch.frame_rate is None else Fraction(batch.frame_rate))
 
     def _stabiliser(self, job: StyleJob) -> Stabiliser | None:
         """A fresh stabiliser for the job's segment, on this worker's device; None when its message asks for none, and

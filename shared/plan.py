@@ -21,6 +21,10 @@ from typing import TYPE_CHECKING
 if TYPE_CHECKING:  # probing needs PyAV, which a shard worker (that reads batch messages' types only) does not have
     from shared.probe import VideoInfo
 
+MAX_FRAME_RATE = 1000
+"""Fastest average frame rate a plan gives the encoder (a phone's super slow motion is 960 frames/s)."""
+
+
 def batch_name(index: int) -> str:
     return f"batch-{index:05d}"
 
@@ -45,6 +49,9 @@ class Batch:
     context_pts: int | None = None
     """Timestamp of the first context frame (styled to prime the stabiliser, not output), before ``start_pts``; None
     when the batch has none. ``first_gop`` covers the context frames."""
+    frame_rate: str | None = None
+    """The video's average frame rate ("30000/1001"), the same in every batch: each styled segment tells the encoder
+    this one, so all declare the same level and headers and join by stream copy. None: the segment's own."""
 
     @property
     def context_time(self) -> Fraction | None:
@@ -71,7 +78,7 @@ class Batch:
         with a one-line reason."""
         if not isinstance(data, dict):
             raise ValueError("batch is not a JSON object")
-        data = {"context_pts": None, **data}  # a plan of a job started before context frames existed (still running) has none
+        data = {"context_pts": None, "frame_rate": None, **data}  # a plan of a job started before these existed (still running)
         missing = [name for name in cls.__dataclass_fields__ if name not in data]
         if missing:
             raise ValueError(f"batch lacks {', '.join(missing)}")
@@ -83,11 +90,14 @@ class Batch:
         if data["last_gop"] < data["first_gop"] or (data["end_pts"] is not None and data["end_pts"] <= data["start_pts"]):
             raise ValueError("batch has an empty GOP or timestamp range")
         context = data["context_pts"]
-        if context is not None and (type(context) is not int or context >= data["start_pts"]):
+        if context is not None and (type(context) is not int or not -(1 << 63) <= context < data["start_pts"]):
             raise ValueError("batch has a context_pts that is not a timestamp before its start_pts")
         time_base = data["time_base"]
         if not isinstance(time_base, str) or not TIME_BASE.fullmatch(time_base) or int(time_base.partition("/")[0]) == 0:
             raise ValueError("batch time_base is not a positive fraction like 1/30000")
+        rate = data["frame_rate"]
+        if rate is not None and (not isinstance(rate, str) or not TIME_BASE.fullmatch(rate) or not 0 < Fraction(rate) <= MAX_FRAME_RATE):
+            raise ValueError(f"batch frame_rate is not a fraction like 30000/1001 from 0 to {MAX_FRAME_RATE}")
         return cls(**{name: data[name] for name in cls.__dataclass_fields__})
 
 
@@ -123,6 +133,12 @@ def plan_temporal(model: str, on: bool, strength: float, context_frames: int) ->
     return TemporalPlan(strength, context_frames)
 
 
+def encoder_rate(fps: float) -> Fraction:
+    """The rate every styled segment of a video tells its encoder: its average, as the fraction it most likely is
+    (30000/1001, not 29.97002997...), within what x264 takes."""
+    return min(max(Fraction(fps).limit_denominator(1001), Fraction(1, 1001)), Fraction(MAX_FRAME_RATE))
+
+
 def batch_sizes(frame_count: int, batch_frames: int) -> list[int]:
     """Split ``frame_count`` into the fewest batches of at most ``batch_frames``, sizes within one of each other."""
     if frame_count <= 0:
@@ -139,6 +155,7 @@ def plan_batches(info: VideoInfo, batch_frames: int, context_frames: int = 0) ->
     if context_frames < 0:
         raise ValueError("context_frames must not be negative")
     open_gops = set(info.open_gops)
+    rate = str(encoder_rate(info.fps))
     batches: list[Batch] = []
     first = 0
     for index, size in enumerate(batch_sizes(info.frame_count, batch_frames)):
@@ -160,6 +177,7 @@ def plan_batches(info: VideoInfo, batch_frames: int, context_frames: int = 0) ->
                 first_gop=first_gop,
                 last_gop=last_gop,
                 context_pts=info.frame_pts[context] if context < first else None,
+                frame_rate=rate,
             )
         )
         first = last + 1

@@ -193,3 +193,16 @@ def test_ffmpeg_refusing_an_argument_writing_a_segment_is_not_retried(tmp_path):
     assert not result.succeeded and not result.retryable
     assert "invalid argument" in result.error.lower() and "returned 22" not in result.error and "Errno" not in result.error, result.error
     assert not styled.exists()
+
+
+def test_styled_segments_tell_the_encoder_the_videos_own_rate(tmp_path, stylize_bin):
+    """Every segment is told one rate, so that they join, and it is the video's average: a 1080p 24 frames/s video keeps
+    H.264 level 4.0 (a fixed 60 frames/s declared level 4.2, which devices capped at 4.1 refuse)."""
+    source = tmp_path / "film.mp4"
+    ffmpeg("-f", "lavfi", "-i", "testsrc2=size=1920x1080:rate=24:duration=0.5", "-c:v", "libx264", "-preset", "ultrafast",
+           "-pix_fmt", "yuv420p", "-g", "6", str(source))
+    result = _stylize(stylize_bin, source, tmp_path / "out.mp4")
+    assert result.returncode == 0, result.stderr
+    level = subprocess.run(["ffprobe", "-v", "error", "-select_streams", "v:0", "-show_entries", "stream=level", "-of", "csv=p=0",
+                            str(tmp_path / "out.mp4")], capture_output=True, text=True, check=True).stdout.strip()
+    assert level == "40"

@@ -2,7 +2,7 @@ from fractions import Fraction
 
 import pytest
 
-from shared.plan import batch_sizes, plan_batches
+from shared.plan import Batch, batch_sizes, plan_batches
 from shared.probe import VideoInfo
 
 
@@ -48,3 +48,16 @@ def test_open_gop_pulls_in_the_gop_before():
 def test_rejects_non_positive_batch_size():
     with pytest.raises(ValueError):
         batch_sizes(10, 0)
+
+
+def test_a_batch_carries_the_videos_rate_and_refuses_a_bad_one_or_a_bad_context():
+    from shared.plan import encoder_rate
+
+    assert encoder_rate(30000 / 1001) == Fraction(30000, 1001) and encoder_rate(0.0) == Fraction(1, 1001)
+    batch = Batch(index=1, first_frame=10, frame_count=10, start_pts=10, end_pts=20, time_base="1/25", first_gop=1, last_gop=1,
+                  context_pts=6, frame_rate="30000/1001")
+    assert Batch.from_dict(batch.to_dict()) == batch
+    for field, value in [("frame_rate", "0"), ("frame_rate", "1001/0"), ("frame_rate", 25), ("frame_rate", "100000"),
+                         ("context_pts", -10**30), ("context_pts", 10)]:
+        with pytest.raises(ValueError):
+            Batch.from_dict({**batch.to_dict(), field: value})

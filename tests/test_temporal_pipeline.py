@@ -37,8 +37,8 @@ from shared.probe import VideoInfo, probe
 from shared.split import split_video
 
 ROOT = Path(__file__).resolve().parents[1]
-BASELINE = "c638784d8b2fece4f8cfecc07300f08cc89d98ed"
-"""The last commit before temporal stabilisation (issue 23) was merged, with issue 22's media changes: `--temporal off`
+BASELINE = "44d2270861496ff05dc1473f83c34d1d1e518df8"
+"""A commit before temporal stabilisation (issue 23) and the media changes of issue 22: on a plain clip, `--temporal off`
 must write exactly what it wrote. A later change that alters the output on purpose moves this to the commit before it."""
 
 
