@@ -127,7 +127,6 @@ def stitch_job(request: dict, limits: Settings = settings) -> dict:
                                               folder / "rows"), folder / "preview.png")
         done_by = {int(index): facts for index, facts in request["done_by"].items()}
         styler = next((facts["styler"] for facts in done_by.values() if facts.get("styler")), {})
-        stabiliser = next((facts["temporal"] for facts in done_by.values() if facts.get("temporal")), None)
         report = RunReport(input=plan["video"], output=names["video"],
                            model={"requested": job["style"], "used": job["style"], "style_image": job.get("style_image"), "styler": styler},
                            device="azureml" if limits.compute_backend == "azureml" else limits.compute_backend,
@@ -138,7 +137,8 @@ def stitch_job(request: dict, limits: Settings = settings) -> dict:
         report.batches = [BatchRecord(b["index"], b["first_frame"], b["frame_count"], seconds=done_by[b["index"]]["seconds"],
                                       attempts=attempts[b["index"]], worker=done_by[b["index"]]["worker"]) for b in plan["batches"]]
         report.worker_stats = worker_stats(done_by.values())
-        report.temporal = temporal_report(job.get("temporal", {"used": "off", "reason": "not asked for"}), stabiliser)
+        report.temporal = temporal_report(job.get("temporal", {"used": "off", "reason": "not asked for"}),
+                                          [facts.get("temporal") for facts in done_by.values()])
         report.error = "; ".join(request["errors"][-5:]) or None
         report_path = report.write(folder / "report.json")
         metadata = {"job_id": job["job_id"], "source": job["input_blob"], "style": job["style"]}

@@ -159,8 +159,8 @@ def run(request: RunRequest, settings: Settings, launcher: Launcher = launch_wor
                                  temporal_strength=temporal.strength)
                     for b, segment, target in zip(batches, parts.segments, styled)]
         with report.stage("score"), tqdm(total=info.frame_count, unit="frame", desc="styling", disable=None) as bar:
-            report.worker_stats, report.model["styler"], stabiliser = style_batches(pool, messages, report.batches, bar)
-        report.temporal = temporal_report(temporal.describe(), stabiliser)
+            report.worker_stats, report.model["styler"], stabilisers = style_batches(pool, messages, report.batches, bar)
+        report.temporal = temporal_report(temporal.describe(), stabilisers)
         with report.stage("stitch"):
             shown = stitch(styled, parts.tracks, request.output, **descriptions(info.summary()))
             skipped = skipped_frames(batches, shown, parts.segments.__getitem__)
@@ -179,9 +179,9 @@ def run(request: RunRequest, settings: Settings, launcher: Launcher = launch_wor
 
 
 def style_batches(pool: WorkerPool, messages: Sequence[BatchMessage], records: Sequence[BatchRecord],
-                  bar: tqdm) -> tuple[list[dict], dict, dict | None]:
+                  bar: tqdm) -> tuple[list[dict], dict, list[dict]]:
     """Style every batch with the pool; returns each worker's name, batches styled and model loads, what
-    styled the frames (model, style, engine, device, precision), and what stabilised them (None: nothing did).
+    styled the frames (model, style, engine, device, precision), and what stabilised each batch's ({}: nothing did).
 
     A batch that fails for good (an error that will repeat, or its last attempt) fails the run.
     """
@@ -190,7 +190,7 @@ def style_batches(pool: WorkerPool, messages: Sequence[BatchMessage], records: S
     frames = [0] * len(messages)
     done_by: list[dict] = []
     styler: dict = {}
-    stabiliser: dict = {}
+    stabilisers: list[dict] = []
 
     def progress(index: int, event: dict) -> None:
         if event.get("event") == "frames":
@@ -204,7 +204,7 @@ def style_batches(pool: WorkerPool, messages: Sequence[BatchMessage], records: S
             record.worker = result.worker
             done_by.append({"worker": result.worker, "model_loads": result.model_loads})
             styler.update(result.styler or {})
-            stabiliser.update(result.temporal or {})
+            stabilisers.append(result.temporal or {})
             return
         bar.update(-frames[done.index])
         frames[done.index] = 0
@@ -218,4 +218,4 @@ def style_batches(pool: WorkerPool, messages: Sequence[BatchMessage], records: S
         raise BatchFailedError(f"{span} failed {done.attempt} times; last error: {result.error}")
 
     pool.run(messages, outcome, progress)
-    return worker_stats(done_by), styler, stabiliser or None
+    return worker_stats(done_by), styler, stabilisers

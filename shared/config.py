@@ -170,6 +170,8 @@ class Settings:
 
 _ZERO_ALLOWED = {"infer_batch", "models_max_failed_fraction", "temporal_strength", "temporal_context_frames"}
 _AT_MOST_ONE = {"temporal_strength"}
+_AT_MOST = {"temporal_context_frames": 64}
+"""Upper bounds: each context frame is decoded and styled again by every batch after it."""
 _BOOLEANS = {"1": True, "true": True, "yes": True, "on": True, "0": False, "false": False, "no": False, "off": False}
 
 
@@ -196,4 +198,6 @@ def _convert(name: str, default: object, raw: str) -> object:
         raise PipelineError(f"setting STYLIZE_{name.upper()} must be positive, got {raw}")
     if not value <= 1 and name in _AT_MOST_ONE:
         raise PipelineError(f"setting STYLIZE_{name.upper()} must be from 0 to 1, got {raw}")
+    if name in _AT_MOST and value > _AT_MOST[name]:
+        raise PipelineError(f"setting STYLIZE_{name.upper()} must be at most {_AT_MOST[name]}, got {raw}")
     return value

@@ -35,10 +35,21 @@ def worker_stats(done_by: Iterable[dict]) -> list[dict]:
     return list(stats.values())
 
 
-def temporal_report(plan: dict, stabiliser: dict | None) -> dict:
-    """The report's ``temporal``: the job's plan (:meth:`shared.plan.TemporalPlan.describe`) and, when on, what a worker
-    said stabilised its frames."""
-    return {**plan, "stabiliser": stabiliser} if plan.get("used") == "on" else dict(plan)
+STABILISER_COUNTS = ("scene_cuts", "too_small_frames")
+"""Counts in a stabiliser's description that are each batch's own: the report adds them up."""
+
+
+def temporal_report(plan: dict, stabilisers: Iterable[dict | None]) -> dict:
+    """The report's ``temporal``: the job's plan (:meth:`shared.plan.TemporalPlan.describe`) and, when on, what the
+    workers said stabilised the batches' frames (the first batch's description, with its counts added up over all)."""
+    if plan.get("used") != "on":
+        return dict(plan)
+    described = [description for description in stabilisers if description]
+    combined = dict(described[0]) if described else None
+    for key in STABILISER_COUNTS if combined else ():
+        counts = [description.get(key) for description in described]
+        combined[key] = sum(count for count in counts if type(count) is int)
+    return {**plan, "stabiliser": combined}
 
 
 @dataclass

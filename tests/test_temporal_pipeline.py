@@ -143,7 +143,8 @@ def test_settings_read_temporal_options_and_refuse_bad_ones_in_one_line():
     for name, raw, reason in [("TEMPORAL", "maybe", "is not on or off"), ("TEMPORAL_STRENGTH", "1.5", "must be from 0 to 1"),
                               ("TEMPORAL_STRENGTH", "nan", "must be from 0 to 1"), ("TEMPORAL_STRENGTH", "x", "is not a valid float"),
                               ("TEMPORAL_STRENGTH", "-0.5", "must be positive"), ("TEMPORAL_CONTEXT_FRAMES", "-1", "must be positive"),
-                              ("TEMPORAL_CONTEXT_FRAMES", "2.5", "is not a valid int")]:
+                              ("TEMPORAL_CONTEXT_FRAMES", "2.5", "is not a valid int"),
+                              ("TEMPORAL_CONTEXT_FRAMES", "65", "must be at most 64")]:
         with pytest.raises(PipelineError, match=reason) as refused:
             Settings.from_env({f"STYLIZE_{name}": raw})
         assert "\n" not in str(refused.value)
@@ -460,3 +461,17 @@ def test_the_report_says_what_stabilised_the_frames_or_why_nothing_did(tmp_path)
     assert frame_timestamps(tmp_path / "on.mp4") == frame_timestamps(clip), "frame-exact with context frames"
     identity = _stylize_run(ROOT, clip, tmp_path / "identity.mp4", model="identity")
     assert identity["temporal"]["used"] == "off" and "identity" in identity["temporal"]["reason"]
+
+
+def test_the_report_adds_up_each_batchs_counts_in_both_runners():
+    """Each batch's stabiliser counts its own scene cuts: the report sums them (it gave one batch's, and not the same
+    batch in the local runner and the Function app); a forged count that is not a number is left out."""
+    from shared.report import temporal_report
+
+    plan = {"used": "on", "strength": 1.0, "context_frames": 4}
+    described = [{"method": "m", "scene_cuts": 2, "too_small_frames": 0}, {}, {"method": "m", "scene_cuts": 3, "too_small_frames": 5},
+                 {"method": "m", "scene_cuts": "many"}]
+    report = temporal_report(plan, described)
+    assert report["stabiliser"] == {"method": "m", "scene_cuts": 5, "too_small_frames": 5}
+    assert temporal_report(plan, [{}, None])["stabiliser"] is None
+    assert temporal_report({"used": "off", "reason": "r"}, described) == {"used": "off", "reason": "r"}
