@@ -41,6 +41,7 @@ from shared.decode import SEGMENT_DEMUXERS, open_input, tolerant_frames
 from shared.errors import InvalidInputError
 from shared.preview import tile, tile_size
 from shared.probe import display_matrix, frame_times, stream_colour
+from shared.report import STABILISER_COUNTS
 from shared.split import muxer_options
 
 if TYPE_CHECKING:
@@ -196,15 +197,29 @@ class _Stabilising(threading.Thread):
         self.inbox: queue.Queue = queue.Queue(maxsize=4)
         self.error: BaseException | None = None
         self.stabiliser, self._start, self._time_base, self._encoder = stabiliser, start, time_base, encoder
+        self._primed: dict = {}
+        """The stabiliser's description once the context frames were through: its counts then are the previous batch's."""
+
+    def description(self) -> dict:
+        """What stabilised the segment's own frames: the stabiliser's description, its counts without the context frames'
+        (they are the batch before's own frames, counted there)."""
+        described = self.stabiliser.describe()
+        for key in STABILISER_COUNTS:
+            if type(described.get(key)) is int and type(self._primed.get(key)) is int:
+                described[key] -= self._primed[key]
+        return described
 
     def run(self) -> None:
         try:
             self.stabiliser.reset()  # the segment's output depends on its own frames only
             for pts_list, display, styled, inputs in _items(self.inbox):
-                stabilised = self.stabiliser(inputs, styled)
                 context = sum(pts * self._time_base < self._start for pts in pts_list)
+                if context:
+                    self.stabiliser(inputs[:context], styled[:context])
+                    self._primed = self.stabiliser.describe()
                 if context < len(pts_list):
-                    self._encoder.put((pts_list[context:], display, stabilised[context:]))
+                    stabilised = self.stabiliser(inputs[context:], styled[context:])
+                    self._encoder.put((pts_list[context:], display, stabilised))
         except BaseException as exc:
             self.error = exc
             while self.inbox.get() is not _DONE:
@@ -326,7 +341,7 @@ class Segment:
             raise
         self._file.commit()
         return ScoreResult(frames=self._writer.written, skipped=skipped, input_tiles=self._seen.tiles,
-                           temporal=None if self._stage is None else self._stage.stabiliser.describe())
+                           temporal=None if self._stage is None else self._stage.description())
 
 
 SegmentOutcome = ScoreResult | Exception

@@ -92,7 +92,9 @@ class Stabiliser:
         try:
             for frame, styled_frame, out_frame in zip(inputs, styled, out):
                 self._frame(frame, styled_frame, out_frame)
-        except cv2.error as exc:  # OpenCV answers the same frames the same way: an error that will repeat
+        except cv2.error as exc:  # OpenCV answers the same frames the same way (but for memory): an error that will repeat
+            if exc.code == cv2.Error.StsNoMem:
+                raise
             reason = next((line.strip() for line in str(exc).splitlines() if "error:" in line), "OpenCV error")
             raise InvalidInputError(f"temporal stabilisation failed on {inputs.shape[2]}x{inputs.shape[1]} frames ({reason}); "
                                     "--temporal off styles them frame by frame") from None

@@ -315,12 +315,17 @@ def _descriptions(container, video, ignored: list[str]) -> tuple[list[Chapter], 
     """The file's descriptive tags, the styled stream's tags and the chapters (those with a usable time span), within
     :data:`MAX_TAG_CHARS` each, :data:`MAX_CHAPTERS` and :data:`MAX_DESCRIPTION_BYTES` in all (tags first); what is
     over them is added to ``ignored``."""
-    metadata = _short_tags(container.metadata, CARRIED_TAGS, "the file's", ignored)
     video_tags = _short_tags(video.metadata, STREAM_TAGS, "the video stream's", ignored)
-    room = MAX_DESCRIPTION_BYTES - _json_bytes(metadata) - _json_bytes(video_tags)
-    if room < 0:
-        ignored.append(f"the file's tags (over {MAX_DESCRIPTION_BYTES // 1024} KB of them)")
-        metadata, room = {}, MAX_DESCRIPTION_BYTES - _json_bytes(video_tags)
+    room = MAX_DESCRIPTION_BYTES - _json_bytes(video_tags)
+    metadata: dict[str, str] = {}
+    for key, value in sorted(_short_tags(container.metadata, CARRIED_TAGS, "the file's", ignored).items(),
+                             key=lambda item: _json_bytes(dict([item]))):  # the shortest first: most kept
+        room -= _json_bytes(dict([(key, value)]))
+        if room < 0:
+            room += _json_bytes(dict([(key, value)]))
+            ignored.append(f"the file's tag {key} (over {MAX_DESCRIPTION_BYTES // 1024} KB of tags)")
+            continue
+        metadata[key] = value
     found = [c for c in container.chapters() if c["time_base"] > 0 and 0 <= c["start"] <= c["end"]]
     chapters: list[Chapter] = []
     for c in found[:MAX_CHAPTERS]:

@@ -279,3 +279,20 @@ def test_rotation_matrix_is_ffmpegs(tmp_path: Path, degrees: int) -> None:
         frame = next(container.decode(video=0))
         written = struct.unpack("=9i", bytes(frame.side_data.get(av.sidedata.sidedata.Type.DISPLAYMATRIX)))
         assert _rotation_matrix(frame.rotation) == written
+
+
+def test_long_tags_over_the_byte_budget_leave_the_others(tmp_path):
+    """Six 1000-character CJK tags are over the budget as the plan stores them (escaped): they are left out one by one,
+    not with the title."""
+    from shared.probe import MAX_DESCRIPTION_BYTES
+
+    long = "\N{CJK UNIFIED IDEOGRAPH-4E2D}" * 1000
+    tags = ["-metadata", "title=Holiday"] + [arg for key in ("comment", "description", "synopsis", "lyrics", "artist", "album")
+                                             for arg in ("-metadata", f"{key}={long}")]
+    source = tmp_path / "tags.mkv"
+    ffmpeg(*SOURCE, *tags, *H264, str(source))
+    info = probe(source)
+    kept = {key.lower(): value for key, value in info.metadata.items()}
+    assert kept["title"] == "Holiday" and 1 <= len(kept) - 1 < 6
+    assert len(json.dumps(info.metadata)) <= MAX_DESCRIPTION_BYTES
+    assert sum(note.startswith("the file's tag ") for note in info.ignored) == 7 - len(kept)

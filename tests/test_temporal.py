@@ -249,3 +249,21 @@ def test_an_opencv_error_is_one_line_that_will_repeat():
     with pytest.raises(InvalidInputError, match=r"^temporal stabilisation failed on 96x64 frames \(.*Assertion failed.*\); "
                                                 r"--temporal off styles them frame by frame$"):
         stabiliser(frames, frames)
+
+
+def test_opencv_out_of_memory_stays_an_error_to_retry():
+    """Memory is the worker's, not the input's: another worker may have it."""
+    from shared.errors import InvalidInputError
+
+    class NoMemory:
+        def calc(self, *args):
+            error = cv2.error("OpenCV(5.1.0) alloc.cpp:1: error: (-4:Insufficient memory) Failed to allocate in function 'f'\n")
+            error.code = cv2.Error.StsNoMem
+            raise error
+
+    frames = np.random.default_rng(5).integers(0, 256, size=(2, 64, 96, 3), dtype=np.uint8)
+    stabiliser = Stabiliser()
+    stabiliser._flow = NoMemory()
+    with pytest.raises(cv2.error) as raised:
+        stabiliser(frames, frames)
+    assert not isinstance(raised.value, InvalidInputError)

@@ -475,3 +475,14 @@ def test_the_report_adds_up_each_batchs_counts_in_both_runners():
     assert report["stabiliser"] == {"method": "m", "scene_cuts": 5, "too_small_frames": 5}
     assert temporal_report(plan, [{}, None])["stabiliser"] is None
     assert temporal_report({"used": "off", "reason": "r"}, described) == {"used": "off", "reason": "r"}
+
+
+def test_the_reports_counts_are_of_each_batchs_own_frames(tmp_path):
+    """Context frames are the batch before's own frames: a strip too small for the flow (every frame passes through)
+    counts each of its frames once, not once more for each batch that takes it as context."""
+    clip = tmp_path / "strip.mp4"
+    subprocess.run(["ffmpeg", "-v", "error", "-f", "lavfi", "-i", "testsrc2=size=640x20:rate=25:duration=0.8", "-c:v", "libx264",
+                    "-pix_fmt", "yuv420p", str(clip)], check=True)
+    report = _stylize_run(ROOT, clip, tmp_path / "strip-out.mp4")
+    assert len(report["batches"]) == 2 and report["temporal"]["context_frames"] == Settings().temporal_context_frames > 0
+    assert report["temporal"]["stabiliser"]["too_small_frames"] == report["frames"] == 20
