@@ -14,6 +14,7 @@ either passes its limit.
 from __future__ import annotations
 
 import errno
+import itertools
 import json
 import math
 import os
@@ -37,9 +38,9 @@ COPIED_KINDS = ("audio", "subtitle", "video")
 """Streams besides the styled one that travel to the output by stream copy."""
 VOP_START = b"\x00\x00\x01\xb6"
 PACKED_CHECK = 64
+"""Packets searched for a packed B-frame (two MPEG-4 pictures in one packet); encoders pack from the first GOP."""
 ORDER_CHECK = 16
 """Packets of an AVI decoded to see whether its frames come out in time order: B-frames reorder within a few frames."""
-"""Packets searched for a packed B-frame (two MPEG-4 pictures in one packet); encoders pack from the first GOP."""
 CODED_MARGIN = 128
 """Decoders allocate a frame at its coded size: the shown size rounded up to whole macroblocks, coding tree units or
 superblocks (up to 128 pixels), and its rows to the stride alignment."""
@@ -318,13 +319,13 @@ def _descriptions(container, video, ignored: list[str]) -> tuple[list[Chapter], 
     video_tags = _short_tags(video.metadata, STREAM_TAGS, "the video stream's", ignored)
     room = MAX_DESCRIPTION_BYTES - _json_bytes(video_tags)
     metadata: dict[str, str] = {}
-    for key, value in sorted(_short_tags(container.metadata, CARRIED_TAGS, "the file's", ignored).items(),
-                             key=lambda item: _json_bytes(dict([item]))):  # the shortest first: most kept
-        room -= _json_bytes(dict([(key, value)]))
-        if room < 0:
-            room += _json_bytes(dict([(key, value)]))
+    sized = [(_json_bytes({key: value}), key, value)
+             for key, value in _short_tags(container.metadata, CARRIED_TAGS, "the file's", ignored).items()]
+    for size, key, value in sorted(sized):  # the shortest first: most kept
+        if size > room:
             ignored.append(f"the file's tag {key} (over {MAX_DESCRIPTION_BYTES // 1024} KB of tags)")
             continue
+        room -= size
         metadata[key] = value
     found = [c for c in container.chapters() if c["time_base"] > 0 and 0 <= c["start"] <= c["end"]]
     chapters: list[Chapter] = []
@@ -479,19 +480,25 @@ def _rotation_matrix(degrees: float) -> tuple[int, ...]:
     return (cos, -sin, 0, sin, cos, 0, 0, 0, 1 << 30)
 
 
+def _first_gop(container, stream) -> Iterator[av.Packet]:
+    """The packets of ``stream`` up to its second keyframe (its first GOP, with what comes before the first keyframe)."""
+    keyframes = 0
+    for packet in container.demux(stream):
+        keyframes += packet.is_keyframe
+        if keyframes > 1:
+            return
+        yield packet
+
+
 def _shown_leading(path: Path, index: int, limits: Settings, key_pts: int) -> set[int]:
     """Timestamps of the frames FFmpeg shows before the one at ``key_pts`` (the first keyframe's), decoding from the start
     to the end of the first GOP at most: leading pictures that reference frames before the stream's start (HEVC's RASL)
     are not shown, others may be."""
     shown: set[int] = set()
-    keyframes = 0
     with _open(path, limits) as container:
         stream = container.streams[index]
         stream.codec_context.options = {"max_pixels": str(max_decoded_pixels(limits))}
-        for packet in container.demux(stream):
-            keyframes += packet.is_keyframe
-            if keyframes > 1:
-                break
+        for packet in _first_gop(container, stream):
             try:
                 frames = stream.decode(packet)
             except av.FFmpegError:
@@ -507,19 +514,11 @@ def _check_display_order(path: Path, index: int, limits: Settings) -> None:
     """AVI holds no presentation times: FFmpeg gives each packet its decode-order time, and a stream with B-frames then
     decodes into frames whose times go back. Decoding its first frames (the first GOP, at most :data:`ORDER_CHECK`
     packets) tells, before any work is done."""
-    def first_packets(container, stream) -> Iterator[av.Packet]:
-        keyframes = 0
-        for number, packet in enumerate(container.demux(stream)):
-            keyframes += packet.is_keyframe
-            if keyframes > 1 or number >= ORDER_CHECK:
-                return
-            yield packet
-
     with _open(path, limits) as container:
         stream = container.streams[index]
         stream.codec_context.options = {"max_pixels": str(max_decoded_pixels(limits))}
         try:
-            for _ in tolerant_frames(container, stream, packets=first_packets(container, stream)):
+            for _ in tolerant_frames(container, stream, packets=itertools.islice(_first_gop(container, stream), ORDER_CHECK)):
                 pass
         except InvalidInputError:
             raise InvalidInputError(f"{path.name}: B-frames in AVI, which holds no presentation times: FFmpeg decodes its "
