@@ -24,7 +24,8 @@ if TYPE_CHECKING:
     import torch
 
 FLOW_LONG_SIDE = 640
-"""The flow's working size: the input's long side is brought down to this (never up), so its cost is bounded."""
+"""The flow's working size: the input's long side is brought down to this (never up), so its cost is bounded; a thin
+frame keeps MIN_FLOW_SIDE on its short side instead, where it has that many."""
 MAX_WEIGHT = 0.6
 """The previous output's weight where the flow is fully trusted, at strength 1: higher removes more flicker but
 loses more of the style's changing texture (detail, PSNR against per-frame styling; bench/RESULTS.md)."""
@@ -150,7 +151,7 @@ class Stabiliser:
     def _working_grey(self, frame: np.ndarray) -> np.ndarray:
         height, width = frame.shape[:2]
         grey = cv2.cvtColor(frame, cv2.COLOR_RGB2GRAY)
-        scale = self.flow_long_side / max(height, width)
+        scale = max(self.flow_long_side / max(height, width), MIN_FLOW_SIDE / min(height, width))
         if scale >= 1.0:
             return grey
         size = (max(1, round(width * scale)), max(1, round(height * scale)))

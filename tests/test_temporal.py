@@ -223,7 +223,21 @@ def test_styled_frames_in_any_memory_layout() -> None:
     assert np.array_equal(Stabiliser()(clip, view), Stabiliser()(clip, styled))
 
 
-@pytest.mark.parametrize("height, width", [(10, 200), (16, 1280), (8, 8), (7, 9), (13, 5000), (48, 1280)])
+def test_a_thin_frame_keeps_enough_rows_for_the_flow() -> None:
+    """A wide, thin frame (1920x60 brought to 640 wide would keep 20 rows, too few for DIS): its working size keeps
+    MIN_FLOW_SIDE rows instead, so it is stabilised like any other."""
+    clip = panning(1, 12, height=40, width=400)
+    styled = flicker(clip)
+    stabiliser = Stabiliser(flow_long_side=200)  # 200x20 would be too small; 320x32 is not
+    assert pan_error(stabiliser(clip, styled)) < 0.5 * pan_error(styled)
+    assert stabiliser.describe()["too_small_frames"] == 0
+    wide = panning(1, 2, height=40, width=1280)
+    production = Stabiliser()
+    production(wide, flicker(wide))
+    assert production.describe()["too_small_frames"] == 0  # 1280x40 at the default 640 would be 20 rows
+
+
+@pytest.mark.parametrize("height, width", [(10, 200), (16, 1280), (8, 8), (7, 9), (13, 5000)])
 def test_frames_too_small_for_the_flow_pass_through(height, width):
     """DIS builds an image pyramid: a working size under about 32 px on a side crashed OpenCV (a segfault, or an assertion
     every retry repeated). Such frames are styled frame by frame, and the description says so."""
