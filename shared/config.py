@@ -38,7 +38,7 @@ class Settings:
     temporal_context_frames: int = 4
     """Frames before a batch's first one that its worker decodes, styles and feeds to the stabiliser, not output: a
     batch's first frame is then as stable as any other, and batches stay independent. Measured (bench/temporal.py):
-    the error across a batch boundary over that inside a batch is 1.77 with none, 0.79 with 2, 0.74 with 4, 8 or 16."""
+    the error across a batch boundary over that inside a batch is 1.94 with none, 0.82 with 2, 0.76-0.77 with 4, 8 or 16."""
     # Upload limits, checked before any work is queued
     allowed_extensions: tuple[str, ...] = (".mp4", ".mov", ".m4v", ".mkv", ".webm", ".avi", ".ts", ".mts", ".m2ts")
     max_upload_bytes: int = 256 * 1024**2
