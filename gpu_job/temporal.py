@@ -71,6 +71,7 @@ class Stabiliser:
         self._flow = cv2.DISOpticalFlow_create(cv2.DISOPTICAL_FLOW_PRESET_FAST)
         self._check_flow = cv2.DISOpticalFlow_create(cv2.DISOPTICAL_FLOW_PRESET_ULTRAFAST)
         self._grids: dict[tuple[int, int], tuple[np.ndarray, np.ndarray]] = {}
+        self._terms: dict[tuple[int, int], tuple[np.ndarray, list[tuple[int, np.float32]]]] = {}
         self._buffers: dict[str, np.ndarray] = {}
         self.cuts = self.too_small = 0
         self.reset()
@@ -190,18 +191,44 @@ class Stabiliser:
 
     def _warp_maps(self, flow: np.ndarray, height: int, width: int, styled_height: int, styled_width: int) -> tuple[np.ndarray, np.ndarray]:
         """Where each styled pixel comes from in the previous output (x and y maps): its coordinates plus the
-        working-size flow brought to the input's size (vectors scaled) and edge-padded to the styled size."""
+        working-size flow brought to the input's size (vectors scaled) and edge-padded to the styled size.
+
+        A map is linear in the coordinates, so it is built at the working size (coordinates as the resize carries
+        them, plus the scaled flow) and resized once: no full-size grid and no full-size additions. The resize holds
+        its edge samples where it would read outside the working size; the few rows and columns where that differs
+        from the coordinates are corrected."""
         work_height, work_width = flow.shape[:2]
-        grids, maps = self._grid(styled_height, styled_width), []
-        for axis, grid, scale in ((0, grids[0], width / work_width), (1, grids[1], height / work_height)):
-            plane = np.ascontiguousarray(flow[..., axis])
+        maps = []
+        for axis, size, work_size in ((0, width, work_width), (1, height, work_height)):
+            coordinates, edge_fix = self._axis_terms(size, work_size)
+            plane = flow[..., axis] * np.float32(size / work_size) + (coordinates if axis == 0 else coordinates[:, None])
             if (height, width) != (work_height, work_width):
-                plane = cv2.resize(plane, (width, height), dst=self._buffer(f"flow{axis}", (height, width)),
+                plane = cv2.resize(plane, (width, height), dst=self._buffer(f"map{axis}", (height, width)),
                                    interpolation=cv2.INTER_LINEAR)
-                plane *= np.float32(scale)
-            maps.append(np.add(_pad_to(plane, styled_height, styled_width), grid,
-                               out=self._buffer(f"map{axis}", (styled_height, styled_width))))
+                for index, offset in edge_fix:
+                    plane[(slice(None), index) if axis == 0 else index] += offset
+            plane = _pad_to(plane, styled_height, styled_width)
+            padded = styled_width - width if axis == 0 else styled_height - height
+            if padded:  # the repeated edge's coordinate, moved on to the padding's own
+                ramp = np.arange(1, padded + 1, dtype=np.float32)
+                plane[(slice(None), slice(width, None)) if axis == 0 else slice(height, None)] += ramp if axis == 0 else ramp[:, None]
+            maps.append(plane)
         return maps[0], maps[1]
+
+    def _axis_terms(self, size: int, work_size: int) -> tuple[np.ndarray, list[tuple[int, np.float32]]]:
+        """For one axis of the maps, kept per size: the working-size coordinates that a linear resize to ``size``
+        turns into the full-size ones (OpenCV samples full-size pixel x at working-size (x + 0.5) / s - 0.5, s the
+        scale), and the full-size coordinates where the resize holds the edge sample instead, with what it leaves out."""
+        terms = self._terms.get((size, work_size))
+        if terms is None:
+            scale = size / work_size
+            coordinates = (np.arange(work_size) * scale + (scale - 1) / 2).astype(np.float32)
+            full = np.arange(size)
+            sampled = np.clip((full + 0.5) / scale - 0.5, 0, work_size - 1)
+            missing = full - (sampled * scale + (scale - 1) / 2)  # 0 (but for rounding) where the resize interpolates
+            terms = self._terms[(size, work_size)] = (
+                coordinates, [(int(index), np.float32(missing[index])) for index in np.flatnonzero(np.abs(missing) > 1e-6)])
+        return terms
 
     def _blend_opencv(self, flow: np.ndarray, weight: np.ndarray, styled: np.ndarray, height: int, width: int,
                       out: np.ndarray) -> None:
@@ -213,16 +240,17 @@ class Stabiliser:
         if weight.shape != (height, width):
             weight = cv2.resize(weight, (width, height), dst=self._buffer("weight", (height, width)), interpolation=cv2.INTER_LINEAR)
         weight = _pad_to(weight, styled_height, styled_width)
-        inverse = np.subtract(1.0, weight, out=self._buffer("inverse", weight.shape))
         warped = self._buffer("warped", styled.shape)
         fresh = self._buffer("fresh", (STRIP_ROWS, *styled.shape[1:]))
+        inverse = self._buffer("inverse", (STRIP_ROWS, styled_width))
         for top in range(0, styled_height, STRIP_ROWS):
             rows = slice(top, top + STRIP_ROWS)
             blended = warped[rows]
+            strip = len(blended)
             cv2.remap(self._previous_output, map_x[rows], map_y[rows], cv2.INTER_CUBIC, dst=blended,
                       borderMode=cv2.BORDER_REPLICATE)
-            cv2.blendLinear(blended, cv2.multiply(styled[rows], 1.0, dst=fresh[: len(blended)], dtype=cv2.CV_32F),
-                            weight[rows], inverse[rows], dst=blended)
+            cv2.blendLinear(blended, cv2.multiply(styled[rows], 1.0, dst=fresh[:strip], dtype=cv2.CV_32F),
+                            weight[rows], cv2.subtract(1.0, weight[rows], dst=inverse[:strip]), dst=blended)
             np.clip(blended, 0.0, 255.0, out=blended)
             cv2.convertScaleAbs(blended, dst=out[rows])  # rounds to uint8
         self._buffers["warped"], self._previous_output = self._previous_output, warped  # the old one is the next frame's buffer
