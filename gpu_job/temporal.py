@@ -42,6 +42,8 @@ MIN_FLOW_SIDE = 32
 such frames are styled frame by frame (a strip or a thumbnail has little texture to flicker anyway)."""
 CUT_FRACTION = 0.35
 """A frame where less than this fraction of the pixels passes both checks starts a new scene: no blend."""
+_PHOTOMETRIC = np.clip(1.0 - np.arange(256, dtype=np.float32) / PHOTOMETRIC_TOLERANCE, 0.0, 1.0)
+"""The photometric check's trust for each grey difference 0..255 (a table: the difference is uint8)."""
 ENGINES = ("auto", "opencv", "torch")
 STRIP_ROWS = 64
 """Rows the OpenCV path warps, blends and rounds at a time (about 1.5 MB of float32 at 1920 wide: the L2 cache)."""
@@ -70,7 +72,7 @@ class Stabiliser:
             cv2.setNumThreads(1)
         self._flow = cv2.DISOpticalFlow_create(cv2.DISOPTICAL_FLOW_PRESET_FAST)
         self._check_flow = cv2.DISOpticalFlow_create(cv2.DISOPTICAL_FLOW_PRESET_ULTRAFAST)
-        self._grids: dict[tuple[int, int], tuple[np.ndarray, np.ndarray]] = {}
+        self._grids: dict[tuple[int, int], np.ndarray] = {}
         self._terms: dict[tuple[int, int], tuple[np.ndarray, list[tuple[int, np.float32]]]] = {}
         self._buffers: dict[str, np.ndarray] = {}
         self.cuts = self.too_small = 0
@@ -157,12 +159,12 @@ class Stabiliser:
         size = (max(1, round(width * scale)), max(1, round(height * scale)))
         return cv2.resize(grey, size, interpolation=cv2.INTER_AREA)
 
-    def _grid(self, height: int, width: int) -> tuple[np.ndarray, np.ndarray]:
-        """(height, width) float32 pixel coordinates x and y, kept per size."""
+    def _grid(self, height: int, width: int) -> np.ndarray:
+        """(height, width, 2) float32 pixel coordinates (x, y), kept per size."""
         grid = self._grids.get((height, width))
         if grid is None:
-            xs, ys = np.meshgrid(np.arange(width, dtype=np.float32), np.arange(height, dtype=np.float32))
-            grid = self._grids[(height, width)] = (xs, ys)
+            grid = self._grids[(height, width)] = np.dstack(np.meshgrid(np.arange(width, dtype=np.float32),
+                                                                         np.arange(height, dtype=np.float32)))
         return grid
 
     def _flow_and_weight(self, previous: np.ndarray, current: np.ndarray) -> tuple[np.ndarray, np.ndarray | None]:
@@ -170,24 +172,24 @@ class Stabiliser:
         backward = self._flow.calc(current, previous, None)
         forward = self._check_flow.calc(previous, current, None)
         height, width = current.shape
-        xs, ys = self._grid(height, width)
+        where = backward + self._grid(height, width)  # each pixel's place in the previous frame (x, y)
+        forward_x, forward_y = (cv2.remap(plane, where, None, cv2.INTER_LINEAR, borderMode=cv2.BORDER_REPLICATE) for plane in cv2.split(forward))
         backward_x, backward_y = cv2.split(backward)
-        where_x, where_y = xs + backward_x, ys + backward_y
-        forward_x, forward_y = cv2.split(cv2.remap(forward, where_x, where_y, cv2.INTER_LINEAR, borderMode=cv2.BORDER_REPLICATE))
         backward_sq = _length_sq(backward_x, backward_y)
         round_trip_sq = _length_sq(backward_x + forward_x, backward_y + forward_y)
-        consistent = round_trip_sq <= CONSISTENCY_RELATIVE * (backward_sq + _length_sq(forward_x, forward_y)) + CONSISTENCY_ABSOLUTE
-        inside = cv2.inRange(where_x, 0, width - 1) & cv2.inRange(where_y, 0, height - 1)
-        warped_previous = cv2.remap(previous, where_x, where_y, cv2.INTER_LINEAR, borderMode=cv2.BORDER_REPLICATE)
-        mismatch = cv2.absdiff(current, warped_previous).astype(np.float32)
-        photometric = np.clip(1.0 - mismatch / PHOTOMETRIC_TOLERANCE, 0.0, 1.0)
-        trusted = consistent & (inside > 0)
+        trusted = round_trip_sq <= CONSISTENCY_RELATIVE * (backward_sq + _length_sq(forward_x, forward_y)) + CONSISTENCY_ABSOLUTE
+        trusted &= cv2.inRange(where, (0, 0), (width - 1, height - 1)) > 0
+        warped_previous = cv2.remap(previous, where, None, cv2.INTER_LINEAR, borderMode=cv2.BORDER_REPLICATE)
+        photometric = cv2.LUT(cv2.absdiff(current, warped_previous), _PHOTOMETRIC)
         if np.count_nonzero(trusted & (photometric > 0.5)) < CUT_FRACTION * trusted.size:
             return backward, None
-        weight = np.where(trusted, photometric, 0.0).astype(np.float32) / (1.0 + backward_sq / MOTION_SCALE**2)
+        weight = np.multiply(photometric, trusted, out=photometric)
+        backward_sq /= MOTION_SCALE**2
+        backward_sq += 1.0
+        weight /= backward_sq
         side = 2 * MARGIN + 1
         weight = cv2.erode(weight, np.ones((side, side), np.uint8), borderType=cv2.BORDER_REPLICATE)
-        return backward, cv2.blur(weight, (side, side), borderType=cv2.BORDER_REPLICATE)
+        return backward, cv2.blur(weight, (side, side), dst=weight, borderType=cv2.BORDER_REPLICATE)
 
     def _warp_maps(self, flow: np.ndarray, height: int, width: int, styled_height: int, styled_width: int) -> tuple[np.ndarray, np.ndarray]:
         """Where each styled pixel comes from in the previous output (x and y maps): its coordinates plus the
