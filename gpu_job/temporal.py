@@ -73,7 +73,7 @@ class Stabiliser:
         self._flow = cv2.DISOpticalFlow_create(cv2.DISOPTICAL_FLOW_PRESET_FAST)
         self._check_flow = cv2.DISOpticalFlow_create(cv2.DISOPTICAL_FLOW_PRESET_ULTRAFAST)
         self._grids: dict[tuple[int, int], np.ndarray] = {}
-        self._terms: dict[tuple[int, int], tuple[np.ndarray, list[tuple[int, np.float32]]]] = {}
+        self._terms: dict[tuple[int, int], tuple[np.ndarray, tuple[np.ndarray, np.ndarray]]] = {}
         self._buffers: dict[str, np.ndarray] = {}
         self.cuts = self.too_small = 0
         self.reset()
@@ -173,7 +173,8 @@ class Stabiliser:
         forward = self._check_flow.calc(previous, current, None)
         height, width = current.shape
         where = backward + self._grid(height, width)  # each pixel's place in the previous frame (x, y)
-        forward_x, forward_y = (cv2.remap(plane, where, None, cv2.INTER_LINEAR, borderMode=cv2.BORDER_REPLICATE) for plane in cv2.split(forward))
+        forward_x, forward_y = (cv2.remap(plane, where, None, cv2.INTER_LINEAR, borderMode=cv2.BORDER_REPLICATE)
+                                for plane in cv2.split(forward))  # plane by plane: OpenCV's vectorised path
         backward_x, backward_y = cv2.split(backward)
         backward_sq = _length_sq(backward_x, backward_y)
         round_trip_sq = _length_sq(backward_x + forward_x, backward_y + forward_y)
@@ -202,25 +203,22 @@ class Stabiliser:
         work_height, work_width = flow.shape[:2]
         maps = []
         for axis, size, work_size in ((0, width, work_width), (1, height, work_height)):
-            coordinates, edge_fix = self._axis_terms(size, work_size)
-            plane = flow[..., axis] * np.float32(size / work_size) + (coordinates if axis == 0 else coordinates[:, None])
+            coordinates, (edge_indices, edge_offsets) = self._axis_terms(size, work_size)
+            plane = flow[..., axis] * np.float32(size / work_size) + np.expand_dims(coordinates, axis)
             if (height, width) != (work_height, work_width):
                 plane = cv2.resize(plane, (width, height), dst=self._buffer(f"map{axis}", (height, width)),
                                    interpolation=cv2.INTER_LINEAR)
-                for index, offset in edge_fix:
-                    plane[(slice(None), index) if axis == 0 else index] += offset
+                (plane if axis == 0 else plane.T)[:, edge_indices] += edge_offsets
             plane = _pad_to(plane, styled_height, styled_width)
-            padded = styled_width - width if axis == 0 else styled_height - height
-            if padded:  # the repeated edge's coordinate, moved on to the padding's own
-                ramp = np.arange(1, padded + 1, dtype=np.float32)
-                plane[(slice(None), slice(width, None)) if axis == 0 else slice(height, None)] += ramp if axis == 0 else ramp[:, None]
+            padding = (plane if axis == 0 else plane.T)[:, size:]  # the edge coordinate repeated: moved on to the padding's own
+            padding += np.arange(1, padding.shape[1] + 1, dtype=np.float32)
             maps.append(plane)
         return maps[0], maps[1]
 
-    def _axis_terms(self, size: int, work_size: int) -> tuple[np.ndarray, list[tuple[int, np.float32]]]:
+    def _axis_terms(self, size: int, work_size: int) -> tuple[np.ndarray, tuple[np.ndarray, np.ndarray]]:
         """For one axis of the maps, kept per size: the working-size coordinates that a linear resize to ``size``
         turns into the full-size ones (OpenCV samples full-size pixel x at working-size (x + 0.5) / s - 0.5, s the
-        scale), and the full-size coordinates where the resize holds the edge sample instead, with what it leaves out."""
+        scale), and the full-size coordinates where the resize holds its edge sample instead, with what that leaves out."""
         terms = self._terms.get((size, work_size))
         if terms is None:
             scale = size / work_size
@@ -228,8 +226,8 @@ class Stabiliser:
             full = np.arange(size)
             sampled = np.clip((full + 0.5) / scale - 0.5, 0, work_size - 1)
             missing = full - (sampled * scale + (scale - 1) / 2)  # 0 (but for rounding) where the resize interpolates
-            terms = self._terms[(size, work_size)] = (
-                coordinates, [(int(index), np.float32(missing[index])) for index in np.flatnonzero(np.abs(missing) > 1e-6)])
+            held = np.flatnonzero(np.abs(missing) > 1e-6)
+            terms = self._terms[(size, work_size)] = (coordinates, (held, missing[held].astype(np.float32)))
         return terms
 
     def _blend_opencv(self, flow: np.ndarray, weight: np.ndarray, styled: np.ndarray, height: int, width: int,
