@@ -43,6 +43,8 @@ MIN_FLOW_SIDE = 32
 such frames are styled frame by frame (a strip or a thumbnail has little texture to flicker anyway)."""
 CUT_FRACTION = 0.35
 """A frame where less than this fraction of the pixels passes both checks starts a new scene: no blend."""
+_PHOTOMETRIC = np.clip(1.0 - np.arange(256, dtype=np.float32) / PHOTOMETRIC_TOLERANCE, 0.0, 1.0)
+"""The photometric check's trust for each grey difference 0..255 (a table: the difference is uint8)."""
 ENGINES = ("auto", "opencv", "torch")
 STRIP_ROWS = 64
 """Rows the OpenCV path warps, blends and rounds at a time (about 1.5 MB of float32 at 1920 wide: the L2 cache)."""
@@ -71,7 +73,8 @@ class Stabiliser:
             cv2.setNumThreads(1)
         self._flow = cv2.DISOpticalFlow_create(cv2.DISOPTICAL_FLOW_PRESET_FAST)
         self._check_flow = cv2.DISOpticalFlow_create(cv2.DISOPTICAL_FLOW_PRESET_ULTRAFAST)
-        self._grids: dict[tuple[int, int], tuple[np.ndarray, np.ndarray]] = {}
+        self._grids: dict[tuple[int, int], np.ndarray] = {}
+        self._terms: dict[tuple[int, int], tuple[np.ndarray, tuple[np.ndarray, np.ndarray]]] = {}
         self._buffers: dict[str, np.ndarray] = {}
         self.cuts = self.too_small = 0
         self.reset()
@@ -157,12 +160,12 @@ class Stabiliser:
         size = (max(1, round(width * scale)), max(1, round(height * scale)))
         return cv2.resize(grey, size, interpolation=cv2.INTER_AREA)
 
-    def _grid(self, height: int, width: int) -> tuple[np.ndarray, np.ndarray]:
-        """(height, width) float32 pixel coordinates x and y, kept per size."""
+    def _grid(self, height: int, width: int) -> np.ndarray:
+        """(height, width, 2) float32 pixel coordinates (x, y), kept per size."""
         grid = self._grids.get((height, width))
         if grid is None:
-            xs, ys = np.meshgrid(np.arange(width, dtype=np.float32), np.arange(height, dtype=np.float32))
-            grid = self._grids[(height, width)] = (xs, ys)
+            grid = self._grids[(height, width)] = np.dstack(np.meshgrid(np.arange(width, dtype=np.float32),
+                                                                         np.arange(height, dtype=np.float32)))
         return grid
 
     def _flow_and_weight(self, previous: np.ndarray, current: np.ndarray) -> tuple[np.ndarray, np.ndarray | None]:
@@ -170,39 +173,63 @@ class Stabiliser:
         backward = self._flow.calc(current, previous, None)
         forward = self._check_flow.calc(previous, current, None)
         height, width = current.shape
-        xs, ys = self._grid(height, width)
+        where = backward + self._grid(height, width)  # each pixel's place in the previous frame (x, y)
+        forward_x, forward_y = (cv2.remap(plane, where, None, cv2.INTER_LINEAR, borderMode=cv2.BORDER_REPLICATE)
+                                for plane in cv2.split(forward))  # plane by plane: OpenCV's vectorised path
         backward_x, backward_y = cv2.split(backward)
-        where_x, where_y = xs + backward_x, ys + backward_y
-        forward_x, forward_y = cv2.split(cv2.remap(forward, where_x, where_y, cv2.INTER_LINEAR, borderMode=cv2.BORDER_REPLICATE))
         backward_sq = _length_sq(backward_x, backward_y)
         round_trip_sq = _length_sq(backward_x + forward_x, backward_y + forward_y)
-        consistent = round_trip_sq <= CONSISTENCY_RELATIVE * (backward_sq + _length_sq(forward_x, forward_y)) + CONSISTENCY_ABSOLUTE
-        inside = cv2.inRange(where_x, 0, width - 1) & cv2.inRange(where_y, 0, height - 1)
-        warped_previous = cv2.remap(previous, where_x, where_y, cv2.INTER_LINEAR, borderMode=cv2.BORDER_REPLICATE)
-        mismatch = cv2.absdiff(current, warped_previous).astype(np.float32)
-        photometric = np.clip(1.0 - mismatch / PHOTOMETRIC_TOLERANCE, 0.0, 1.0)
-        trusted = consistent & (inside > 0)
+        trusted = round_trip_sq <= CONSISTENCY_RELATIVE * (backward_sq + _length_sq(forward_x, forward_y)) + CONSISTENCY_ABSOLUTE
+        trusted &= cv2.inRange(where, (0, 0), (width - 1, height - 1)) > 0
+        warped_previous = cv2.remap(previous, where, None, cv2.INTER_LINEAR, borderMode=cv2.BORDER_REPLICATE)
+        photometric = cv2.LUT(cv2.absdiff(current, warped_previous), _PHOTOMETRIC)
         if np.count_nonzero(trusted & (photometric > 0.5)) < CUT_FRACTION * trusted.size:
             return backward, None
-        weight = np.where(trusted, photometric, 0.0).astype(np.float32) / (1.0 + backward_sq / MOTION_SCALE**2)
+        weight = np.multiply(photometric, trusted, out=photometric)
+        backward_sq /= MOTION_SCALE**2
+        backward_sq += 1.0
+        weight /= backward_sq
         side = 2 * MARGIN + 1
         weight = cv2.erode(weight, np.ones((side, side), np.uint8), borderType=cv2.BORDER_REPLICATE)
-        return backward, cv2.blur(weight, (side, side), borderType=cv2.BORDER_REPLICATE)
+        return backward, cv2.blur(weight, (side, side), dst=weight, borderType=cv2.BORDER_REPLICATE)
 
     def _warp_maps(self, flow: np.ndarray, height: int, width: int, styled_height: int, styled_width: int) -> tuple[np.ndarray, np.ndarray]:
         """Where each styled pixel comes from in the previous output (x and y maps): its coordinates plus the
-        working-size flow brought to the input's size (vectors scaled) and edge-padded to the styled size."""
+        working-size flow brought to the input's size (vectors scaled) and edge-padded to the styled size.
+
+        A map is linear in the coordinates, so it is built at the working size (coordinates as the resize carries
+        them, plus the scaled flow) and resized once: no full-size grid and no full-size additions. The resize holds
+        its edge samples where it would read outside the working size; the few rows and columns where that differs
+        from the coordinates are corrected."""
         work_height, work_width = flow.shape[:2]
-        grids, maps = self._grid(styled_height, styled_width), []
-        for axis, grid, scale in ((0, grids[0], width / work_width), (1, grids[1], height / work_height)):
-            plane = np.ascontiguousarray(flow[..., axis])
+        maps = []
+        for axis, size, work_size in ((0, width, work_width), (1, height, work_height)):
+            coordinates, (edge_indices, edge_offsets) = self._axis_terms(size, work_size)
+            plane = flow[..., axis] * np.float32(size / work_size) + np.expand_dims(coordinates, axis)
             if (height, width) != (work_height, work_width):
-                plane = cv2.resize(plane, (width, height), dst=self._buffer(f"flow{axis}", (height, width)),
+                plane = cv2.resize(plane, (width, height), dst=self._buffer(f"map{axis}", (height, width)),
                                    interpolation=cv2.INTER_LINEAR)
-                plane *= np.float32(scale)
-            maps.append(np.add(_pad_to(plane, styled_height, styled_width), grid,
-                               out=self._buffer(f"map{axis}", (styled_height, styled_width))))
+                (plane if axis == 0 else plane.T)[:, edge_indices] += edge_offsets
+            plane = _pad_to(plane, styled_height, styled_width)
+            padding = (plane if axis == 0 else plane.T)[:, size:]  # the edge coordinate repeated: moved on to the padding's own
+            padding += np.arange(1, padding.shape[1] + 1, dtype=np.float32)
+            maps.append(plane)
         return maps[0], maps[1]
+
+    def _axis_terms(self, size: int, work_size: int) -> tuple[np.ndarray, tuple[np.ndarray, np.ndarray]]:
+        """For one axis of the maps, kept per size: the working-size coordinates that a linear resize to ``size``
+        turns into the full-size ones (OpenCV samples full-size pixel x at working-size (x + 0.5) / s - 0.5, s the
+        scale), and the full-size coordinates where the resize holds its edge sample instead, with what that leaves out."""
+        terms = self._terms.get((size, work_size))
+        if terms is None:
+            scale = size / work_size
+            coordinates = (np.arange(work_size) * scale + (scale - 1) / 2).astype(np.float32)
+            full = np.arange(size)
+            sampled = np.clip((full + 0.5) / scale - 0.5, 0, work_size - 1)
+            missing = full - (sampled * scale + (scale - 1) / 2)  # 0 (but for rounding) where the resize interpolates
+            held = np.flatnonzero(np.abs(missing) > 1e-6)
+            terms = self._terms[(size, work_size)] = (coordinates, (held, missing[held].astype(np.float32)))
+        return terms
 
     def _blend_opencv(self, flow: np.ndarray, weight: np.ndarray, styled: np.ndarray, height: int, width: int,
                       out: np.ndarray) -> None:
@@ -214,16 +241,17 @@ class Stabiliser:
         if weight.shape != (height, width):
             weight = cv2.resize(weight, (width, height), dst=self._buffer("weight", (height, width)), interpolation=cv2.INTER_LINEAR)
         weight = _pad_to(weight, styled_height, styled_width)
-        inverse = np.subtract(1.0, weight, out=self._buffer("inverse", weight.shape))
         warped = self._buffer("warped", styled.shape)
         fresh = self._buffer("fresh", (STRIP_ROWS, *styled.shape[1:]))
+        inverse = self._buffer("inverse", (STRIP_ROWS, styled_width))
         for top in range(0, styled_height, STRIP_ROWS):
             rows = slice(top, top + STRIP_ROWS)
             blended = warped[rows]
+            strip = len(blended)
             cv2.remap(self._previous_output, map_x[rows], map_y[rows], cv2.INTER_CUBIC, dst=blended,
                       borderMode=cv2.BORDER_REPLICATE)
-            cv2.blendLinear(blended, cv2.multiply(styled[rows], 1.0, dst=fresh[: len(blended)], dtype=cv2.CV_32F),
-                            weight[rows], inverse[rows], dst=blended)
+            cv2.blendLinear(blended, cv2.multiply(styled[rows], 1.0, dst=fresh[:strip], dtype=cv2.CV_32F),
+                            weight[rows], cv2.subtract(1.0, weight[rows], dst=inverse[:strip]), dst=blended)
             np.clip(blended, 0.0, 255.0, out=blended)
             cv2.convertScaleAbs(blended, dst=out[rows])  # rounds to uint8
         self._buffers["warped"], self._previous_output = self._previous_output, warped  # the old one is the next frame's buffer
