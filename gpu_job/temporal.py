@@ -86,9 +86,8 @@ class Stabiliser:
         self._previous_size: tuple[int, ...] = ()
 
     def __call__(self, inputs: np.ndarray, styled: np.ndarray) -> np.ndarray:
-        """``inputs`` (N, h, w, 3) uint8 RGB input frames; ``styled`` (N, H, W, 3) uint8 (H >= h, W >= w) -> (N, H, W, 3) uint8."""
-        if inputs.ndim != 4 or styled.ndim != 4 or len(inputs) != len(styled) or styled.shape[1] < inputs.shape[1] \
-                or styled.shape[2] < inputs.shape[2]:
+        """``inputs`` (N, H, W, 3) uint8 RGB input frames; ``styled`` (N, H, W, 3) uint8, their styled frames -> (N, H, W, 3) uint8."""
+        if inputs.ndim != 4 or inputs.shape[-1] != 3 or inputs.shape != styled.shape:
             raise ValueError(f"inputs {inputs.shape} and styled {styled.shape} do not match")
         if self.strength == 0.0:
             return styled
@@ -128,12 +127,11 @@ class Stabiliser:
             self.cuts += 1
             self._keep(styled, out)
             return
-        height, width = frame.shape[:2]
         weight *= self.strength * self.max_weight
         if self.engine == "torch":
-            out[...] = self._blend_torch(flow, weight, styled, height, width)
+            out[...] = self._blend_torch(flow, weight, styled)
         else:
-            self._blend_opencv(flow, weight, styled, height, width, out)
+            self._blend_opencv(flow, weight, styled, out)
 
     def _keep(self, styled: np.ndarray, out: np.ndarray) -> None:
         """The styled frame as it is: the next frame's previous output."""
@@ -193,9 +191,9 @@ class Stabiliser:
         weight = cv2.erode(weight, np.ones((side, side), np.uint8), borderType=cv2.BORDER_REPLICATE)
         return backward, cv2.blur(weight, (side, side), dst=weight, borderType=cv2.BORDER_REPLICATE)
 
-    def _warp_maps(self, flow: np.ndarray, height: int, width: int, styled_height: int, styled_width: int) -> tuple[np.ndarray, np.ndarray]:
-        """Where each styled pixel comes from in the previous output (x and y maps): its coordinates plus the
-        working-size flow brought to the input's size (vectors scaled) and edge-padded to the styled size.
+    def _warp_maps(self, flow: np.ndarray, height: int, width: int) -> tuple[np.ndarray, np.ndarray]:
+        """Where each pixel comes from in the previous output (x and y maps): its coordinates plus the working-size
+        flow brought to the frame's size (vectors scaled).
 
         A map is linear in the coordinates, so it is built at the working size (coordinates as the resize carries
         them, plus the scaled flow) and resized once: no full-size grid and no full-size additions. The resize holds
@@ -210,9 +208,6 @@ class Stabiliser:
                 plane = cv2.resize(plane, (width, height), dst=self._buffer(f"map{axis}", (height, width)),
                                    interpolation=cv2.INTER_LINEAR)
                 (plane if axis == 0 else plane.T)[:, edge_indices] += edge_offsets
-            plane = _pad_to(plane, styled_height, styled_width)
-            padding = (plane if axis == 0 else plane.T)[:, size:]  # the edge coordinate repeated: moved on to the padding's own
-            padding += np.arange(1, padding.shape[1] + 1, dtype=np.float32)
             maps.append(plane)
         return maps[0], maps[1]
 
@@ -231,20 +226,18 @@ class Stabiliser:
             terms = self._terms[(size, work_size)] = (coordinates, (held, missing[held].astype(np.float32)))
         return terms
 
-    def _blend_opencv(self, flow: np.ndarray, weight: np.ndarray, styled: np.ndarray, height: int, width: int,
-                      out: np.ndarray) -> None:
+    def _blend_opencv(self, flow: np.ndarray, weight: np.ndarray, styled: np.ndarray, out: np.ndarray) -> None:
         """Warps the previous output (bicubic) and blends it in, in buffers kept across frames and in strips of rows
         that stay in the cache from the warp to the rounding; the blend is the next frame's previous output, ``out``
         gets it rounded."""
-        styled_height, styled_width = styled.shape[:2]
-        map_x, map_y = self._warp_maps(flow, height, width, styled_height, styled_width)
+        height, width = styled.shape[:2]
+        map_x, map_y = self._warp_maps(flow, height, width)
         if weight.shape != (height, width):
             weight = cv2.resize(weight, (width, height), dst=self._buffer("weight", (height, width)), interpolation=cv2.INTER_LINEAR)
-        weight = _pad_to(weight, styled_height, styled_width)
         warped = self._buffer("warped", styled.shape)
         fresh = self._buffer("fresh", (STRIP_ROWS, *styled.shape[1:]))
-        inverse = self._buffer("inverse", (STRIP_ROWS, styled_width))
-        for top in range(0, styled_height, STRIP_ROWS):
+        inverse = self._buffer("inverse", (STRIP_ROWS, width))
+        for top in range(0, height, STRIP_ROWS):
             rows = slice(top, top + STRIP_ROWS)
             blended = warped[rows]
             strip = len(blended)
@@ -261,21 +254,20 @@ class Stabiliser:
 
         return torch.from_numpy(np.ascontiguousarray(styled)).to(self.device).permute(2, 0, 1)[None].float()
 
-    def _blend_torch(self, flow: np.ndarray, weight: np.ndarray, styled: np.ndarray, height: int, width: int) -> np.ndarray:
+    def _blend_torch(self, flow: np.ndarray, weight: np.ndarray, styled: np.ndarray) -> np.ndarray:
         import torch
         import torch.nn.functional as F
 
-        styled_height, styled_width = styled.shape[:2]
+        height, width = styled.shape[:2]
         work_height, work_width = flow.shape[:2]
         scale = torch.tensor([width / work_width, height / work_height], device=self.device).view(1, 2, 1, 1)
         small = torch.from_numpy(np.ascontiguousarray(np.dstack([flow, weight]).transpose(2, 0, 1)[None])).to(self.device)
         full = F.interpolate(small, size=(height, width), mode="bilinear", align_corners=False)
-        full = F.pad(full, (0, styled_width - width, 0, styled_height - height), mode="replicate")
         flow_full, weight_full = full[:, :2] * scale, full[:, 2:]
-        ys, xs = torch.meshgrid(torch.arange(styled_height, device=self.device, dtype=torch.float32),
-                                torch.arange(styled_width, device=self.device, dtype=torch.float32), indexing="ij")
-        grid = torch.stack([(xs + flow_full[0, 0]) * (2.0 / max(styled_width - 1, 1)) - 1.0,
-                            (ys + flow_full[0, 1]) * (2.0 / max(styled_height - 1, 1)) - 1.0], dim=-1)[None]
+        ys, xs = torch.meshgrid(torch.arange(height, device=self.device, dtype=torch.float32),
+                                torch.arange(width, device=self.device, dtype=torch.float32), indexing="ij")
+        grid = torch.stack([(xs + flow_full[0, 0]) * (2.0 / max(width - 1, 1)) - 1.0,
+                            (ys + flow_full[0, 1]) * (2.0 / max(height - 1, 1)) - 1.0], dim=-1)[None]
         warped = F.grid_sample(self._previous_output, grid, mode="bicubic", padding_mode="border", align_corners=True)
         current = self._tensor(styled)
         blended = (current + weight_full * (warped - current)).clamp_(0.0, 255.0)
@@ -286,9 +278,3 @@ class Stabiliser:
 def _length_sq(x: np.ndarray, y: np.ndarray) -> np.ndarray:
     return x * x + y * y
 
-
-def _pad_to(plane: np.ndarray, height: int, width: int) -> np.ndarray:
-    """``plane`` with its last row and column repeated up to ``height`` x ``width`` (the styled frame's even size)."""
-    if plane.shape[:2] == (height, width):
-        return plane
-    return cv2.copyMakeBorder(plane, 0, height - plane.shape[0], 0, width - plane.shape[1], cv2.BORDER_REPLICATE)

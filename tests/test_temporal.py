@@ -173,9 +173,9 @@ def test_deterministic() -> None:
     assert np.array_equal(Stabiliser()(clip, styled), Stabiliser()(clip, styled))
 
 
-def test_odd_inputs_with_even_styled_frames() -> None:
+def test_odd_sizes() -> None:
     clip = panning(1, 12, height=HEIGHT - 1, width=WIDTH - 1)
-    styled = flicker(np.pad(clip, ((0, 0), (0, 1), (0, 1), (0, 0)), mode="edge"))
+    styled = flicker(clip)
     stable = Stabiliser()(clip, styled)
     assert stable.shape == styled.shape and stable.dtype == np.uint8
     assert pan_error(stable) < 0.4 * pan_error(styled)
@@ -200,25 +200,24 @@ def test_torch_path_agrees_with_the_opencv_path() -> None:
     assert np.abs(opencv - torch_path).max() <= 4
 
 
-@pytest.mark.parametrize("size, styled_size, working_size", [
-    ((1080, 1920), (1080, 1920), (360, 640)),  # scale 3: one edge column and row each side held by the resize
-    ((2160, 3840), (2160, 3840), (360, 640)),  # scale 6: three
-    ((480, 854), (480, 854), (360, 640)),  # scales that are not whole numbers, different across and down
-    ((533, 799), (534, 800), (427, 640)),  # odd input, even styled frame: a padded row and column
-    ((119, 159), (120, 160), (119, 159)),  # flow at the input's own size
+@pytest.mark.parametrize("size, working_size", [
+    ((1080, 1920), (360, 640)),  # scale 3: one edge column and row each side held by the resize
+    ((2160, 3840), (360, 640)),  # scale 6: three
+    ((480, 854), (360, 640)),  # scales that are not whole numbers, different across and down
+    ((533, 799), (427, 640)),  # odd sizes
+    ((119, 159), (119, 159)),  # flow at the frame's own size
 ])
-def test_warp_maps_are_the_coordinates_plus_the_scaled_flow_up_to_the_edges(size, styled_size, working_size) -> None:
-    """The OpenCV path builds its warp maps at the working size and resizes them once: they must still be each styled
-    pixel's coordinates plus the working-size flow resized and scaled to the input's size, edge-padded to the styled
-    size -- in the edge rows and columns too, where a resize holds its edge samples."""
-    (height, width), (styled_height, styled_width), (work_height, work_width) = size, styled_size, working_size
+def test_warp_maps_are_the_coordinates_plus_the_scaled_flow_up_to_the_edges(size, working_size) -> None:
+    """The OpenCV path builds its warp maps at the working size and resizes them once: they must still be each
+    pixel's coordinates plus the working-size flow resized and scaled to the frame's size -- in the edge rows and
+    columns too, where a resize holds its edge samples."""
+    (height, width), (work_height, work_width) = size, working_size
     noise = np.random.default_rng(9).standard_normal((work_height, work_width, 2), dtype=np.float32)
     flow = cv2.GaussianBlur(noise, (0, 0), 4.0) * 40
-    map_x, map_y = Stabiliser()._warp_maps(flow, height, width, styled_height, styled_width)
+    map_x, map_y = Stabiliser()._warp_maps(flow, height, width)
     scaled = cv2.resize(flow, (width, height), interpolation=cv2.INTER_LINEAR) * np.float32([width / work_width, height / work_height])
-    scaled = np.pad(scaled, ((0, styled_height - height), (0, styled_width - width), (0, 0)), mode="edge")
-    ys, xs = np.mgrid[:styled_height, :styled_width].astype(np.float32)
-    assert map_x.shape == map_y.shape == (styled_height, styled_width)
+    ys, xs = np.mgrid[:height, :width].astype(np.float32)
+    assert map_x.shape == map_y.shape == (height, width)
     np.testing.assert_allclose(map_x, xs + scaled[..., 0], rtol=0, atol=1e-3)
     np.testing.assert_allclose(map_y, ys + scaled[..., 1], rtol=0, atol=1e-3)
 
@@ -230,10 +229,14 @@ def test_refuses_bad_settings(arguments: dict) -> None:
         Stabiliser(**arguments)
 
 
-def test_refuses_mismatched_frames() -> None:
+@pytest.mark.parametrize("cut", [np.s_[:, :-2], np.s_[:, :, :-1], np.s_[:1], np.s_[..., :1]])
+def test_refuses_mismatched_frames(cut) -> None:
+    """Styled frames have their inputs' size (the styler crops what it pads): anything else is a caller's error."""
     clip = panning(1, 2)
     with pytest.raises(ValueError):
-        Stabiliser()(clip, clip[:, :-2])
+        Stabiliser()(clip, clip[cut])
+    with pytest.raises(ValueError):
+        Stabiliser()(clip[cut], clip)
 
 
 def test_styled_frames_in_any_memory_layout() -> None:
