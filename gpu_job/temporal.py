@@ -25,7 +25,10 @@ if TYPE_CHECKING:
 
 FLOW_LONG_SIDE = 640
 """The flow's working size: the input's long side is brought down to this (never up), so its cost is bounded; a thin
-frame keeps MIN_FLOW_SIDE on its short side instead, where it has that many."""
+frame keeps MIN_FLOW_SIDE on its short side instead, where it has that many, up to MAX_WORKING_LONG_SIDE."""
+MAX_WORKING_LONG_SIDE = 4 * FLOW_LONG_SIDE
+"""The working size's long side when a thin frame keeps MIN_FLOW_SIDE across (1920x60 works at 1024x32): at most this,
+so a strip's flow costs no more than a 640x360 frame's (thinner strips are styled frame by frame)."""
 MAX_WEIGHT = 0.6
 """The previous output's weight where the flow is fully trusted, at strength 1: higher removes more flicker but
 loses more of the style's changing texture (detail, PSNR against per-frame styling; bench/RESULTS.md)."""
@@ -152,7 +155,8 @@ class Stabiliser:
     def _working_grey(self, frame: np.ndarray) -> np.ndarray:
         height, width = frame.shape[:2]
         grey = cv2.cvtColor(frame, cv2.COLOR_RGB2GRAY)
-        scale = max(self.flow_long_side / max(height, width), MIN_FLOW_SIDE / min(height, width))
+        scale = max(self.flow_long_side / max(height, width),
+                    min(MIN_FLOW_SIDE / min(height, width), MAX_WORKING_LONG_SIDE / max(height, width)))
         if scale >= 1.0:
             return grey
         size = (max(1, round(width * scale)), max(1, round(height * scale)))

@@ -263,10 +263,12 @@ def test_a_thin_frame_keeps_enough_rows_for_the_flow() -> None:
     assert production.describe()["too_small_frames"] == 0  # 1280x40 at the default 640 would be 20 rows
 
 
-@pytest.mark.parametrize("height, width", [(10, 200), (16, 1280), (8, 8), (7, 9), (13, 5000)])
+@pytest.mark.parametrize("height, width", [(10, 200), (16, 1280), (8, 8), (7, 9), (13, 5000), (33, 20000), (40, 100000)])
 def test_frames_too_small_for_the_flow_pass_through(height, width):
     """DIS builds an image pyramid: a working size under about 32 px on a side crashed OpenCV (a segfault, or an assertion
-    every retry repeated). Such frames are styled frame by frame, and the description says so."""
+    every retry repeated). Such frames are styled frame by frame, and the description says so. So are strips so thin
+    that keeping 32 px across would make the working size's long side more than MAX_WORKING_LONG_SIDE (the flow's
+    cost stays bounded, and OpenCV's remap refuses maps over 32767 px)."""
     rng = np.random.default_rng(3)
     inputs = rng.integers(0, 256, size=(4, height, width, 3), dtype=np.uint8)
     styled = rng.integers(0, 256, size=(4, height, width, 3), dtype=np.uint8)
