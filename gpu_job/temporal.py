@@ -177,7 +177,7 @@ class Stabiliser:
         height, width = current.shape
         where = backward + self._grid(height, width)  # each pixel's place in the previous frame (x, y)
         forward_x, forward_y = (cv2.remap(plane, where, None, cv2.INTER_LINEAR, borderMode=cv2.BORDER_REPLICATE)
-                                for plane in cv2.split(forward))  # plane by plane: OpenCV's vectorised path
+                                for plane in cv2.split(forward))  # plane by plane: OpenCV's vectorised, exact path
         backward_x, backward_y = cv2.split(backward)
         backward_sq = _length_sq(backward_x, backward_y)
         round_trip_sq = _length_sq(backward_x + forward_x, backward_y + forward_y)

@@ -36,3 +36,27 @@ def test_pan_truth_is_exact_and_the_variational_flow_finds_it_where_farneback_do
 
     assert endpoint_error(bench.variational(a, b)) < 0.1
     assert endpoint_error(bench.farneback(a, b)) > 0.5  # the bunny's smooth fur: why the film is not measured with it
+
+
+def test_labelled_truth_counts_what_stays_visible_away_from_motion_boundaries():
+    """A 6x6 square moving 2 px right over a still background, 20x20: the flow is each label's motion; a pixel counts
+    where it lands on the same label in the next frame and is more than BOUNDARY px from a label edge."""
+    now, then = np.zeros((20, 20), np.int32), np.zeros((20, 20), np.int32)
+    now[7:13, 4:10] = 1
+    then[7:13, 6:12] = 1
+    (flow, mask), = bench.labelled_truth([now, then], [(0, 0), (2, 0)])
+    assert (flow[now == 1] == (2, 0)).all() and (flow[now == 0] == (0, 0)).all()
+    band = bench.BOUNDARY
+    # the background the square covers next (columns 10-11) is occluded: never counted, however far from an edge
+    assert not mask[7:13, 10:12].any()
+    # the square's pixels within the band of its edge are left out; its middle counts (6 px wide, band 2: 2 px)
+    assert not mask[7:7 + band, 4:10].any() and not mask[7:13, 4:4 + band].any()
+    assert mask[7 + band + 1: 13 - band - 1, 4 + band + 1: 10 - band - 1].all()
+    # background far from the square counts; background next to it does not
+    assert mask[0:4, :].all() and mask[16:, :].all()
+    assert not mask[7:13, 4 - band: 4].any()
+
+
+def test_occluder_scene_truth_stays_exact_where_discs_wrap_around(still_film):
+    frames, truth = bench.occluder_scene(still_film, frames=40)  # discs leave one side and enter the other at 30, 34, 37
+    assert bench.pair_errors(frames, truth).max() == 0.0
