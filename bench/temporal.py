@@ -1,7 +1,7 @@
 """Temporal stabilisation (issue 23, gpu_job/temporal.py): flicker, fidelity, batch boundaries and cost, in one run.
 
     PYTHONPATH=$PWD .venv/bin/python bench/temporal.py [--styles starry,fauve,sketch] [--context 0,2,4,8,16]
-        [--weights 0.4,0.6,0.8] [--run]
+        [--weights 0.4,0.6,0.8,0.9] [--run]
     PYTHONPATH=$PWD .venv/bin/python bench/temporal.py --cost-only [--baseline GIT_REVISION] [--cost-rounds 3]
 
 Prints Markdown; results go in bench/RESULTS.md.
@@ -355,7 +355,7 @@ def main() -> None:
     parser.add_argument("--styles", default="starry,fauve,sketch")
     parser.add_argument("--context", default="0,2,4,8,16", help="context frames K to compare at batch boundaries")
     parser.add_argument("--strength", type=float, default=1.0)
-    parser.add_argument("--weights", default="0.4,0.6,0.8", help="weights for the trade-off table ('' for none)")
+    parser.add_argument("--weights", default="0.4,0.6,0.8,0.9", help="weights for the trade-off table ('' for none)")
     parser.add_argument("--run", action="store_true", help="also time stylize run --temporal on against off")
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--cost-only", action="store_true", help="only the stabiliser's cost table")
