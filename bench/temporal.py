@@ -73,7 +73,7 @@ PAN_STEP = 3
 per-frame styling flickers."""
 DISCS = ((100, 50, 0, 120, 24, 2), (70, 70, 600, 220, -16, -3), (125, 40, 300, 40, 12, 5))
 """The occluder scene's discs: (still they are cut from, radius, x, y at frame 0, vx, vy in px a frame)."""
-BOUNDARY = 2
+BOUNDARY = 3
 """Pixels on either side of a generated clip's motion boundary that its ground truth leaves out (as the forward-backward
 tests leave out motion boundaries)."""
 
@@ -110,7 +110,7 @@ def labelled_truth(labels: list[np.ndarray], velocities: list[tuple[int, int]]) 
     a pixel counts where it lands inside frame t+1 on the same object (not occluded) and is not near a motion boundary."""
     height, width = labels[0].shape
     ys, xs = np.mgrid[0:height, 0:width]
-    side = np.ones((2 * BOUNDARY + 1, 2 * BOUNDARY + 1), np.uint8)
+    side = np.ones((2 * BOUNDARY - 1, 2 * BOUNDARY - 1), np.uint8)  # around the gradient's own pixel on each side
     out = []
     for now, then in zip(labels[:-1], labels[1:]):
         flow = np.zeros((height, width, 2), np.float32)

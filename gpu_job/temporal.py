@@ -91,7 +91,7 @@ class Stabiliser:
     def __call__(self, inputs: np.ndarray, styled: np.ndarray) -> np.ndarray:
         """``inputs`` (N, H, W, 3) uint8 RGB input frames; ``styled`` (N, H, W, 3) uint8, their styled frames -> (N, H, W, 3) uint8."""
         if inputs.ndim != 4 or inputs.shape[-1] != 3 or inputs.shape != styled.shape:
-            raise ValueError(f"inputs {inputs.shape} and styled {styled.shape} do not match")
+            raise ValueError(f"inputs {inputs.shape} and styled {styled.shape} must both be (N, H, W, 3), the same shape")
         if self.strength == 0.0:
             return styled
         out = np.empty(styled.shape, np.uint8)  # C-contiguous whatever the styled frames' layout: OpenCV writes into it

@@ -39,22 +39,22 @@ def test_pan_truth_is_exact_and_the_variational_flow_finds_it_where_farneback_do
 
 
 def test_labelled_truth_counts_what_stays_visible_away_from_motion_boundaries():
-    """A 6x6 square moving 2 px right over a still background, 20x20: the flow is each label's motion; a pixel counts
-    where it lands on the same label in the next frame and is more than BOUNDARY px from a label edge."""
-    now, then = np.zeros((20, 20), np.int32), np.zeros((20, 20), np.int32)
-    now[7:13, 4:10] = 1
-    then[7:13, 6:12] = 1
-    (flow, mask), = bench.labelled_truth([now, then], [(0, 0), (2, 0)])
-    assert (flow[now == 1] == (2, 0)).all() and (flow[now == 0] == (0, 0)).all()
+    """A 12x12 square (rows and columns 9-20) moving 8 px right over a still background, 30x30: the flow is each
+    label's motion; a pixel counts where it lands on the same label in the next frame and is at least BOUNDARY px
+    from a label edge."""
+    now, then = np.zeros((30, 30), np.int32), np.zeros((30, 30), np.int32)
+    now[9:21, 9:21] = 1
+    then[9:21, 17:29] = 1
+    (flow, mask), = bench.labelled_truth([now, then], [(0, 0), (8, 0)])
+    assert (flow[now == 1] == (8, 0)).all() and (flow[now == 0] == (0, 0)).all()
     band = bench.BOUNDARY
-    # the background the square covers next (columns 10-11) is occluded: never counted, however far from an edge
-    assert not mask[7:13, 10:12].any()
-    # the square's pixels within the band of its edge are left out; its middle counts (6 px wide, band 2: 2 px)
-    assert not mask[7:7 + band, 4:10].any() and not mask[7:13, 4:4 + band].any()
-    assert mask[7 + band + 1: 13 - band - 1, 4 + band + 1: 10 - band - 1].all()
-    # background far from the square counts; background next to it does not
-    assert mask[0:4, :].all() and mask[16:, :].all()
-    assert not mask[7:13, 4 - band: 4].any()
+    assert mask[9 + band: 21 - band, 9 + band: 21 - band].all()  # the square's middle counts
+    assert not mask[9: 9 + band, 9:21].any() and not mask[9:21, 9: 9 + band].any()  # its edge band does not
+    assert not mask[9 - band: 9, 9:21].any() and not mask[9:21, 9 - band: 9].any()  # nor the background's beside it
+    assert mask[: 9 - band].all() and mask[21 + band:].all()  # the background further away does
+    assert mask[9 + band: 21 - band, : 9 - band].all()
+    assert not mask[9:21, 21:29].any()  # the background the square covers next is occluded, however far from its edge
+    assert mask[9:21, 29].all()  # the column it does not reach counts
 
 
 def test_occluder_scene_truth_stays_exact_where_discs_wrap_around(still_film):

@@ -239,6 +239,14 @@ def test_refuses_mismatched_frames(cut) -> None:
         Stabiliser()(clip[cut], clip)
 
 
+@pytest.mark.parametrize("cut", [np.s_[..., :1], np.s_[0], np.s_[..., 0]])
+def test_refuses_frames_that_are_not_rgb_batches(cut) -> None:
+    """Same shapes on both sides, but not (N, H, W, 3): one channel, a single frame, no channel axis."""
+    clip = panning(1, 2)
+    with pytest.raises(ValueError, match="must both be"):
+        Stabiliser()(clip[cut], clip[cut])
+
+
 def test_styled_frames_in_any_memory_layout() -> None:
     """The styler may hand over a view (e.g. channels-first memory seen channels-last): same output as contiguous frames."""
     clip = panning(1, 6)
@@ -268,7 +276,7 @@ def test_frames_too_small_for_the_flow_pass_through(height, width):
     """DIS builds an image pyramid: a working size under about 32 px on a side crashed OpenCV (a segfault, or an assertion
     every retry repeated). Such frames are styled frame by frame, and the description says so. So are strips so thin
     that keeping 32 px across would make the working size's long side more than MAX_WORKING_LONG_SIDE (the flow's
-    cost stays bounded, and OpenCV's remap refuses maps over 32767 px)."""
+    cost stays bounded, and its working-size remaps under OpenCV's limit of 32767 px: 100000x40 failed there)."""
     rng = np.random.default_rng(3)
     inputs = rng.integers(0, 256, size=(4, height, width, 3), dtype=np.uint8)
     styled = rng.integers(0, 256, size=(4, height, width, 3), dtype=np.uint8)
