@@ -58,6 +58,15 @@ def _run(stylize_bin: str, source: Path, folder: Path) -> tuple[Path, dict, str]
     return output, report, result.stderr
 
 
+def _assert_segment_styled_as_shown(stylize_bin: str, source: Path, folder: Path) -> None:
+    """A segment cut mid-GOP: every frame FFmpeg shows is styled, and the frames before its first keyframe are named."""
+    folder.mkdir()
+    output, report, stderr = _run(stylize_bin, source, folder)
+    assert report["frames"] == len(shown_frames(source))
+    assert "video frames before the first keyframe" in stderr
+    _assert_styled_as_shown(source, output)
+
+
 TRIMS = {  # name: (first shown frame, frames shown) of a 4 s, 25 fps clip; x264's edit starts at 1024 (two frames)
     "start-mid-gop": (7, 93),
     "end-trim": (0, 60),
@@ -108,12 +117,7 @@ def test_ts_segments_cut_mid_gop_with_captions(tmp_path, stylize_bin):
     for number, cut in enumerate(segments[1:3], start=1):
         source = with_captions(cut, tmp_path / f"captioned-{number}.ts")
         assert captioned_frames(source) == len(shown_frames(source)) > 0, "FFmpeg decodes captions with every frame it shows"
-        folder = tmp_path / f"run-{number}"
-        folder.mkdir()
-        output, report, stderr = _run(stylize_bin, source, folder)
-        assert report["frames"] == len(shown_frames(source))
-        assert "video frames before the first keyframe" in stderr
-        _assert_styled_as_shown(source, output)
+        _assert_segment_styled_as_shown(stylize_bin, source, tmp_path / f"run-{number}")
 
 
 def test_hevc_ts_segments_cut_mid_gop_leave_out_the_leading_pictures_ffmpeg_leaves_out(tmp_path, stylize_bin):
@@ -122,12 +126,8 @@ def test_hevc_ts_segments_cut_mid_gop_leave_out_the_leading_pictures_ffmpeg_leav
     segments = ts_segments(tmp_path, HEVC_OPEN_GOP)
     assert len(segments) >= 3
     for number, source in enumerate(segments[1:3], start=1):
-        folder = tmp_path / f"run-{number}"
-        folder.mkdir()
-        output, report, stderr = _run(stylize_bin, source, folder)
-        assert report["frames"] == len(shown_frames(source))
-        assert "video frames before the first keyframe" in stderr
-        _assert_styled_as_shown(source, output)
+        _assert_segment_styled_as_shown(stylize_bin, source, tmp_path / f"run-{number}")
+
 
 
 @pytest.mark.parametrize("frames", [0, 1, 100, 0xFFFFFFFF])
