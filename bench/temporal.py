@@ -213,10 +213,10 @@ def detail(frames: np.ndarray) -> float:
     return total / len(frames)
 
 
-def ratio_cells(frames: np.ndarray, styled: np.ndarray, masks: Truth) -> str:
-    """E_warp over per-frame styling's, PSNR and detail ratio against per-frame styling: three table cells."""
-    ratio = pair_errors(frames, masks).mean() / pair_errors(styled, masks).mean()
-    return f"{ratio:.3f} | {psnr(frames, styled):.1f} | {detail(frames) / detail(styled):.3f}"
+def ratio_cells(frames: np.ndarray, styled: np.ndarray, masks: Truth, styled_error: float, styled_detail: float) -> str:
+    """E_warp over per-frame styling's (``styled_error`` with these masks), PSNR and detail ratio (over
+    ``styled_detail``) against per-frame styling: three table cells."""
+    return f"{pair_errors(frames, masks).mean() / styled_error:.3f} | {psnr(frames, styled):.1f} | {detail(frames) / styled_detail:.3f}"
 
 
 def metric_floor(style: str, styler, pan: np.ndarray, strip: np.ndarray, truth: Truth, farneback_masks: Truth) -> str:
@@ -226,11 +226,10 @@ def metric_floor(style: str, styler, pan: np.ndarray, strip: np.ndarray, truth: 
     whole = styler(strip[None])[0]
     stable = np.stack([whole[: pan.shape[1], PAN_STEP * t: PAN_STEP * t + pan.shape[2]] for t in range(len(pan))])
     stabilised = Stabiliser()(pan, styled)
-    per = pair_errors(styled, farneback_masks).mean() / pair_errors(styled, truth).mean()
-    cells = [f"{pair_errors(v, truth).mean() / pair_errors(styled, truth).mean():.3f} | "
-             f"{pair_errors(v, farneback_masks).mean() / pair_errors(styled, farneback_masks).mean():.3f} | "
-             f"{psnr(v, styled):.1f} | {detail(v) / detail(styled):.3f}" for v in (stable, stabilised)]
-    return f"| {style} | {pair_errors(styled, truth).mean() * 1e3:.3f}e-3 ({per:.2f}x with Farneback) | {cells[0]} | {cells[1]} |"
+    per_truth, per_farneback, styled_detail = pair_errors(styled, truth).mean(), pair_errors(styled, farneback_masks).mean(), detail(styled)
+    cells = [f"{pair_errors(v, truth).mean() / per_truth:.3f} | {pair_errors(v, farneback_masks).mean() / per_farneback:.3f} | "
+             f"{psnr(v, styled):.1f} | {detail(v) / styled_detail:.3f}" for v in (stable, stabilised)]
+    return f"| {style} | {per_truth * 1e3:.3f}e-3 ({per_farneback / per_truth:.2f}x with Farneback) | {cells[0]} | {cells[1]} |"
 
 
 def two_sided(inputs: np.ndarray, styled: np.ndarray, weight: float) -> np.ndarray:
@@ -401,16 +400,17 @@ def main() -> None:
                 styled = np.concatenate([styler(inputs[i: i + 16]) for i in range(0, len(inputs), 16)])
                 stable = Stabiliser(args.strength)(inputs, styled)
                 e_in, e_per, e_stab = (pair_errors(v, masks).mean() for v in (inputs, styled, stable))
+                styled_detail = detail(styled)
                 others = " | ".join(f"{pair_errors(stable, other[name]).mean() / pair_errors(styled, other[name]).mean():.3f}"
                                     for other in (variational_masks, farneback_masks))
                 print(f"| {name} | {style} | {reference} | {e_in * 1e3:.3f}e-3 | {e_per * 1e3:.3f}e-3 | {e_stab * 1e3:.3f}e-3 | "
                       f"**{e_stab / e_per:.3f}** | {others} | {psnr(stable, styled):.1f} | "
-                      f"{detail(stable) / detail(styled):.3f} |", flush=True)
+                      f"{detail(stable) / styled_detail:.3f} |", flush=True)
                 if name != "BBB every 3rd frame (fast)":
                     for weight in weights:
                         front.append(f"| {style} | {name} | {weight:.2f} | "
-                                     f"{ratio_cells(Stabiliser(max_weight=weight)(inputs, styled), styled, masks)} | "
-                                     f"{ratio_cells(two_sided(inputs, styled, weight), styled, masks)} |")
+                                     f"{ratio_cells(Stabiliser(max_weight=weight)(inputs, styled), styled, masks, e_per, styled_detail)} | "
+                                     f"{ratio_cells(two_sided(inputs, styled, weight), styled, masks, e_per, styled_detail)} |")
                 if name == "BBB 640x360":
                     starts = set(range(BATCH_FRAMES, len(inputs), BATCH_FRAMES))
                     for k in contexts:
