@@ -20,8 +20,9 @@ Prints Markdown; results go in bench/RESULTS.md.
    still of the film panning, crossed by fast opaque discs cut from other stills). Styles: built-in styles
    through gpu_job.models.load_styler.
 3. The metric's floor: a still panned under the window, styled per frame, styled once as a whole strip and cut
-   (perfectly stable), and stabilised. Then the trade-off: the stabiliser at other weights, one-sided (as in the
-   pipeline) and two-sided (forward, then backward over its own output).
+   (perfectly stable), and stabilised. Then the trade-off at other weights: the stabiliser with that weight as its
+   MAX_WEIGHT (its fidelity budget and contrast restoring on, as in the pipeline), the plain blend at that weight
+   (both off: the design before them), and the plain blend two-sided (forward, then backward over its own output).
 4. Batch boundaries: batches of BATCH_FRAMES, each reset and given K context frames (styled and stabilised,
    not output); the E_warp of the pairs across a boundary over that of the pairs inside batches, for each K.
 5. The stabiliser's cost per 1080p frame on one core (cv2.setNumThreads(1)) and on every core; per 640x360
@@ -232,11 +233,16 @@ def metric_floor(style: str, styler, pan: np.ndarray, strip: np.ndarray, truth: 
     return f"| {style} | {per_truth * 1e3:.3f}e-3 ({per_farneback / per_truth:.2f}x with Farneback) | {cells[0]} | {cells[1]} |"
 
 
+def plain_blend(weight: float) -> Stabiliser:
+    """The stabiliser without its fidelity budget and contrast restoring: a blend at ``weight`` wherever the flow is trusted."""
+    return Stabiliser(max_weight=weight, fidelity_db=None, restore=0.0)
+
+
 def two_sided(inputs: np.ndarray, styled: np.ndarray, weight: float) -> np.ndarray:
-    """The stabiliser forward, then backward over its own output: a symmetric smoother. It needs the frames after each
+    """The plain blend forward, then backward over its own output: a symmetric smoother. It needs the frames after each
     frame and warps twice, so the pipeline does not do it; measured to show what it would buy."""
-    forward = Stabiliser(max_weight=weight)(inputs, styled)
-    return Stabiliser(max_weight=weight)(inputs[::-1].copy(), forward[::-1].copy())[::-1]
+    forward = plain_blend(weight)(inputs, styled)
+    return plain_blend(weight)(inputs[::-1].copy(), forward[::-1].copy())[::-1]
 
 
 def calibration_table(clips: dict[str, tuple[np.ndarray, Truth]]) -> None:
@@ -410,6 +416,7 @@ def main() -> None:
                     for weight in weights:
                         front.append(f"| {style} | {name} | {weight:.2f} | "
                                      f"{ratio_cells(Stabiliser(max_weight=weight)(inputs, styled), styled, masks, e_per, styled_detail)} | "
+                                     f"{ratio_cells(plain_blend(weight)(inputs, styled), styled, masks, e_per, styled_detail)} | "
                                      f"{ratio_cells(two_sided(inputs, styled, weight), styled, masks, e_per, styled_detail)} |")
                 if name == "BBB 640x360":
                     starts = set(range(BATCH_FRAMES, len(inputs), BATCH_FRAMES))
@@ -427,11 +434,13 @@ def main() -> None:
     print("|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
     print("\n".join(floors))
     if front:
-        print("\nThe trade-off: the stabiliser at other weights (MAX_WEIGHT), one-sided as in the pipeline, and two-sided "
-              "(forward, then backward over its own output); E_warp ratio with the reference flow, PSNR and detail ratio "
-              "against per-frame styling.\n")
-        print("| style | clip | weight | one-sided: ratio | PSNR dB | detail | two-sided: ratio | PSNR dB | detail |")
-        print("|---|---|---:|---:|---:|---:|---:|---:|---:|")
+        print("\nThe trade-off at other weights: the stabiliser with the weight as its MAX_WEIGHT (fidelity budget and "
+              "contrast restoring on, as in the pipeline), the plain blend at the weight (both off), and the plain blend "
+              "two-sided (forward, then backward over its own output); E_warp ratio with the reference flow, PSNR and "
+              "detail ratio against per-frame styling.\n")
+        print("| style | clip | weight | stabiliser: ratio | PSNR dB | detail | plain blend: ratio | PSNR dB | detail "
+              "| plain two-sided: ratio | PSNR dB | detail |")
+        print("|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
         print("\n".join(front))
     print(f"\nBatch boundaries (BBB 640x360, batches of {BATCH_FRAMES}, {', '.join(styles)} pooled, variational flow): E_warp "
           "across a boundary over E_warp inside a batch (target <= 1.25)\n")

@@ -2,10 +2,16 @@
 
 For each frame t the previous *output* is warped to frame t with optical flow computed on the *input* frames
 (OpenCV's DIS, at a bounded working size), bicubic so that repeated warps keep the texture sharp, and blended
-with the freshly styled frame. The blend weight is ``strength * MAX_WEIGHT`` where the flow is trusted and falls
-to 0 where it is not: where the forward-backward check fails (occlusions, disocclusions, flow errors), where the
+with the freshly styled frame. The blend weight is ``strength * MAX_WEIGHT`` (times the fidelity budget's scale,
+below) where the flow is trusted and falls to 0 where it is not: where the forward-backward check fails (occlusions, disocclusions, flow errors), where the
 warped previous input does not match the current one (photometric check), near those regions, where the motion
 is large, and out of the frame. When too little of a frame passes the checks (a scene cut), it is not blended at all.
+
+Two things keep the stabilised frames true to the style (bench/RESULTS.md). A fidelity budget scales the weight down
+for styles whose texture boils: it holds the blend's running mean squared difference from the freshly styled frames
+to FIDELITY_DB, so a calm style keeps MAX_WEIGHT and a boiling one gets what the budget allows. And a blend of two
+textures has less contrast than either, so the output gets an unsharp mask in proportion to each pixel's weight
+(RESTORE); the frame carried on to the next one is the plain blend.
 
 The weight is computed at the working size on the CPU; the warp and the blend run at the styled size, with
 OpenCV on the CPU or with torch (``grid_sample``, bicubic) on ``device`` "cuda" (or, for tests, torch on the CPU).
@@ -29,9 +35,26 @@ frame keeps MIN_FLOW_SIDE on its short side instead, where it has that many, up 
 MAX_WORKING_LONG_SIDE = 4 * FLOW_LONG_SIDE
 """The working size's long side when a thin frame keeps MIN_FLOW_SIDE across (1920x60 works at 1024x32): at most this,
 so a strip's flow costs no more than a 640x360 frame's (thinner strips are styled frame by frame)."""
-MAX_WEIGHT = 0.6
-"""The previous output's weight where the flow is fully trusted, at strength 1: higher removes more flicker but
-loses more of the style's changing texture (detail, PSNR against per-frame styling; bench/RESULTS.md)."""
+MAX_WEIGHT = 0.9
+"""The previous output's weight where the flow is fully trusted, at strength 1, before the fidelity budget scales it:
+higher removes more flicker but moves further from per-frame styling (PSNR) and lags more (bench/RESULTS.md)."""
+FIDELITY_DB = 26.0
+"""The fidelity budget, as a PSNR (1 dB over the issue's floor of 25): the weight is scaled so that the blend's running
+mean squared difference from the freshly styled frames (before the contrast is restored) stays within it. A style
+whose texture changes little from frame to frame keeps MAX_WEIGHT; holding a boiling texture still enough to stop it
+boiling would move every frame away from what the style paints, so such a style gets less. The first blend of a
+scene (after a reset, a cut or a change of frame size) is tried first to measure itself; later frames go by the frames before them, so the
+frame where a texture starts to boil is blended at the scale before it."""
+FIDELITY_SMOOTHING = 0.2
+"""How much of the running mean a frame's squared difference replaces when it is lower (about 5 frames; a higher one
+replaces it at once): the weight drops as soon as the texture boils more, and comes back over a few frames, since a
+weight that jumped from frame to frame would make flicker of its own."""
+RESTORE = 0.3
+"""Contrast given back to the output: a blend of two textures has less contrast (gradient energy) than either, so the
+output gets an unsharp mask of its luma (the luma's difference from its 3x3 mean) of RESTORE times each pixel's
+weight (none where nothing was blended)."""
+LUMA = (0.299, 0.587, 0.114)
+"""RGB to luma, as OpenCV's COLOR_RGB2GRAY: the contrast is restored in the luma, where the eye sees detail."""
 MOTION_SCALE = 8.0
 """Motion (working-size pixels per frame) at which the weight halves: fast motion leans on the fresh frame."""
 PHOTOMETRIC_TOLERANCE = 40.0
@@ -50,7 +73,8 @@ _PHOTOMETRIC = np.clip(1.0 - np.arange(256, dtype=np.float32) / PHOTOMETRIC_TOLE
 """The photometric check's trust for each grey difference 0..255 (a table: the difference is uint8)."""
 ENGINES = ("auto", "opencv", "torch")
 STRIP_ROWS = 64
-"""Rows the OpenCV path warps, blends and rounds at a time (about 1.5 MB of float32 at 1920 wide: the L2 cache)."""
+"""Rows the OpenCV path warps, blends and rounds at a time (about 1.5 MB of float32 at 1920 wide for the blend, as much
+again for the fresh frame and the contrast restoring's buffers: they stay in the caches from the warp to the rounding)."""
 
 
 class Stabiliser:
@@ -62,15 +86,23 @@ class Stabiliser:
     """
 
     def __init__(self, strength: float = 1.0, *, device: str = "cpu", flow_long_side: int = FLOW_LONG_SIDE,
-                 max_weight: float = MAX_WEIGHT, engine: str = "auto") -> None:
+                 max_weight: float = MAX_WEIGHT, fidelity_db: float | None = FIDELITY_DB, restore: float = RESTORE,
+                 engine: str = "auto") -> None:
+        """``fidelity_db`` None: no budget (the weight is ``strength * max_weight`` wherever the flow is trusted);
+        ``restore`` 0: the plain blend. The benchmark compares those with the defaults."""
         if not 0.0 <= strength <= 1.0:
             raise ValueError(f"temporal strength must be between 0 and 1, got {strength}")
+        if not 0.0 <= max_weight <= 1.0 or not 0.0 <= restore <= 1.0 or not (fidelity_db is None or 0.0 < fidelity_db < 100.0):
+            raise ValueError(f"max_weight and restore must be between 0 and 1 and fidelity_db between 0 and 100 dB or None, "
+                             f"got {max_weight}, {restore}, {fidelity_db}")
         kind = str(device).split(":")[0]
         if kind not in ("cpu", "cuda"):
             raise ValueError(f"device must be 'cpu' or 'cuda', got {device!r}")
         if engine not in ENGINES or (engine == "opencv" and kind == "cuda"):
             raise ValueError(f"engine must be one of {ENGINES} ('opencv' only on the CPU), got {engine!r}")
         self.strength, self.device, self.flow_long_side, self.max_weight = strength, device, flow_long_side, max_weight
+        self.fidelity_db, self.restore = fidelity_db, restore
+        self._budget = None if fidelity_db is None else 255.0**2 * 10.0 ** (-fidelity_db / 10.0)  # mean squared, 0..255
         self.engine = ("torch" if kind == "cuda" else "opencv") if engine == "auto" else engine
         if self.engine == "opencv":  # beside inference, which keeps every core busy: one thread, no contention (bench/RESULTS.md)
             cv2.setNumThreads(1)
@@ -79,6 +111,7 @@ class Stabiliser:
         self._grids: dict[tuple[int, int], np.ndarray] = {}
         self._terms: dict[tuple[int, int], tuple[np.ndarray, tuple[np.ndarray, np.ndarray]]] = {}
         self._buffers: dict[str, np.ndarray] = {}
+        self._luma = None  # LUMA as a torch tensor on the device, made once
         self.cuts = self.too_small = 0
         self.reset()
 
@@ -87,6 +120,8 @@ class Stabiliser:
         self._previous_grey: np.ndarray | None = None
         self._previous_output = None  # float32 (H, W, 3) array, or a torch tensor (1, 3, H, W) on the device
         self._previous_size: tuple[int, ...] = ()
+        self._scale = 1.0  # the fidelity budget's factor on the weight, for the next blended frame
+        self._mean_square: float | None = None  # running mean squared difference from the fresh frame, at scale 1
 
     def __call__(self, inputs: np.ndarray, styled: np.ndarray) -> np.ndarray:
         """``inputs`` (N, H, W, 3) uint8 RGB input frames; ``styled`` (N, H, W, 3) uint8, their styled frames -> (N, H, W, 3) uint8."""
@@ -109,7 +144,8 @@ class Stabiliser:
     def describe(self) -> dict:
         """What the report says was used (method, strength, flow resolution...)."""
         return {"method": "flow-warped blend of the previous output (OpenCV DIS flow on the inputs, bicubic warp)",
-                "strength": self.strength, "max_weight": self.max_weight, "flow_long_side": self.flow_long_side,
+                "strength": self.strength, "max_weight": self.max_weight, "fidelity_db": self.fidelity_db,
+                "restore": self.restore, "flow_long_side": self.flow_long_side,
                 "warp": f"{self.engine} on {self.device}", "scene_cuts": self.cuts,
                 "too_small_frames": self.too_small}
 
@@ -123,18 +159,43 @@ class Stabiliser:
             return
         previous_grey, self._previous_grey = self._previous_grey, grey
         if previous_grey is None or previous_grey.shape != grey.shape or self._previous_size != styled.shape:
+            self._mean_square = None  # a new stream (or new frame size): its first blend measures itself
             self._keep(styled, out)
             return
         flow, weight = self._flow_and_weight(previous_grey, grey)
         if weight is None:
             self.cuts += 1
+            self._mean_square = None  # the next scene's texture may boil more or less: its first blend measures itself
             self._keep(styled, out)
             return
         weight *= self.strength * self.max_weight
+        if self._budget is not None and self._mean_square is None:  # the first blend since a reset: no running mean yet,
+            self._spend_budget(self._blend(flow, weight, styled, out, commit=False) / styled.size)  # so it sets its own scale
+        scale = self._scale
+        self._spend_budget(self._blend(flow, weight * scale, styled, out) / styled.size / max(scale * scale, 1e-12))
+
+    def _blend(self, flow: np.ndarray, weight: np.ndarray, styled: np.ndarray, out: np.ndarray, commit: bool = True) -> float:
+        """Blends the warped previous output into ``styled`` with ``weight`` (working size), into ``out``; returns the
+        blend's sum of squared differences from ``styled``. ``commit`` False: a trial that only measures that sum (the
+        previous output is kept, ``out`` is not written)."""
         if self.engine == "torch":
-            out[...] = self._blend_torch(flow, weight, styled)
+            shown, square_sum = self._blend_torch(flow, weight, styled, commit)
+            if commit:
+                out[...] = shown
+            return square_sum
+        return self._blend_opencv(flow, weight, styled, out, commit)
+
+    def _spend_budget(self, mean_square: float) -> None:
+        """The next frame's scale from this frame's mean squared difference from the fresh frame (had its scale been 1:
+        the difference is the weight times the warped-minus-fresh difference) and the running mean before it."""
+        if self._budget is None:
+            return
+        previous = self._mean_square
+        if previous is None or mean_square > previous:
+            self._mean_square = mean_square
         else:
-            self._blend_opencv(flow, weight, styled, out)
+            self._mean_square = previous + FIDELITY_SMOOTHING * (mean_square - previous)
+        self._scale = min(1.0, (self._budget / max(self._mean_square, 1e-12)) ** 0.5)
 
     def _keep(self, styled: np.ndarray, out: np.ndarray) -> None:
         """The styled frame as it is: the next frame's previous output."""
@@ -230,10 +291,13 @@ class Stabiliser:
             terms = self._terms[(size, work_size)] = (coordinates, (held, missing[held].astype(np.float32)))
         return terms
 
-    def _blend_opencv(self, flow: np.ndarray, weight: np.ndarray, styled: np.ndarray, out: np.ndarray) -> None:
+    def _blend_opencv(self, flow: np.ndarray, weight: np.ndarray, styled: np.ndarray, out: np.ndarray, commit: bool) -> float:
         """Warps the previous output (bicubic) and blends it in, in buffers kept across frames and in strips of rows
         that stay in the cache from the warp to the rounding; the blend is the next frame's previous output, ``out``
-        gets it rounded."""
+        gets it rounded, with its contrast restored. Returns the blend's sum of squared differences from ``styled``.
+
+        The restoring unsharp mask reads each row's neighbours, so each strip rounds the rows up to the one before its
+        last (whose neighbour below is the next strip's first row): the output lags the blend by a row."""
         height, width = styled.shape[:2]
         map_x, map_y = self._warp_maps(flow, height, width)
         if weight.shape != (height, width):
@@ -241,6 +305,7 @@ class Stabiliser:
         warped = self._buffer("warped", styled.shape)
         fresh = self._buffer("fresh", (STRIP_ROWS, *styled.shape[1:]))
         inverse = self._buffer("inverse", (STRIP_ROWS, width))
+        square_sum, done = 0.0, 0
         for top in range(0, height, STRIP_ROWS):
             rows = slice(top, top + STRIP_ROWS)
             blended = warped[rows]
@@ -249,16 +314,40 @@ class Stabiliser:
                       borderMode=cv2.BORDER_REPLICATE)
             cv2.blendLinear(blended, cv2.multiply(styled[rows], 1.0, dst=fresh[:strip], dtype=cv2.CV_32F),
                             weight[rows], cv2.subtract(1.0, weight[rows], dst=inverse[:strip]), dst=blended)
+            square_sum += cv2.norm(blended, fresh[:strip], cv2.NORM_L2SQR)
             np.clip(blended, 0.0, 255.0, out=blended)
-            cv2.convertScaleAbs(blended, dst=out[rows])  # rounds to uint8
-        self._buffers["warped"], self._previous_output = self._previous_output, warped  # the old one is the next frame's buffer
+            if commit:
+                ready = top + strip if top + strip == height or not self.restore else top + strip - 1
+                self._finish_rows(warped, weight, done, ready, out)
+                done = ready
+        if commit:
+            self._buffers["warped"], self._previous_output = self._previous_output, warped  # the old one is the next frame's buffer
+        return square_sum
+
+    def _finish_rows(self, blended: np.ndarray, weight: np.ndarray, start: int, stop: int, out: np.ndarray) -> None:
+        """Rows ``start:stop`` of the blend (clipped to 0..255) rounded into ``out``, their contrast restored: plus
+        ``restore`` times the weight times the high band of their luma (itself minus its 3x3 mean), on every channel."""
+        rows = slice(start, stop)
+        if not self.restore:
+            cv2.convertScaleAbs(blended[rows], dst=out[rows])  # rounds to uint8
+            return
+        count, width = stop - start, blended.shape[1]
+        above, below = min(start, 1), min(len(blended) - stop, 1)  # the neighbour rows there are
+        luma = cv2.cvtColor(blended[start - above: stop + below], cv2.COLOR_RGB2GRAY,
+                            dst=self._buffer("luma", (STRIP_ROWS + 2, width))[: count + above + below])
+        mean = cv2.blur(luma, (3, 3), borderType=cv2.BORDER_REPLICATE)
+        detail = cv2.subtract(luma[above: above + count], mean[above: above + count],
+                              dst=self._buffer("detail", (STRIP_ROWS, width))[:count])
+        cv2.multiply(detail, weight[rows], dst=detail, scale=self.restore)
+        added = cv2.cvtColor(detail, cv2.COLOR_GRAY2RGB, dst=self._buffer("added", (STRIP_ROWS, width, 3))[:count])
+        cv2.add(blended[rows], added, dst=out[rows], dtype=cv2.CV_8U)  # rounds and saturates to uint8
 
     def _tensor(self, styled: np.ndarray) -> torch.Tensor:
         import torch
 
         return torch.from_numpy(np.ascontiguousarray(styled)).to(self.device).permute(2, 0, 1)[None].float()
 
-    def _blend_torch(self, flow: np.ndarray, weight: np.ndarray, styled: np.ndarray) -> np.ndarray:
+    def _blend_torch(self, flow: np.ndarray, weight: np.ndarray, styled: np.ndarray, commit: bool) -> tuple[np.ndarray, float]:
         import torch
         import torch.nn.functional as F
 
@@ -274,9 +363,20 @@ class Stabiliser:
                             (ys + flow_full[0, 1]) * (2.0 / max(height - 1, 1)) - 1.0], dim=-1)[None]
         warped = F.grid_sample(self._previous_output, grid, mode="bicubic", padding_mode="border", align_corners=True)
         current = self._tensor(styled)
-        blended = (current + weight_full * (warped - current)).clamp_(0.0, 255.0)
+        difference = weight_full * (warped - current)
+        square_sum = float(difference.square().sum())
+        blended = (current + difference).clamp_(0.0, 255.0)
+        if not commit:
+            return np.empty(0, np.uint8), square_sum
         self._previous_output = blended
-        return blended.round()[0].permute(1, 2, 0).to(torch.uint8).cpu().numpy()
+        if self.restore:  # as on the OpenCV path: the luma's difference from its 3x3 mean (edges replicated), on every channel
+            if self._luma is None:
+                self._luma = torch.tensor(LUMA, device=self.device).view(1, 3, 1, 1)
+            luma = (blended * self._luma).sum(dim=1, keepdim=True)
+            mean = F.avg_pool2d(F.pad(luma, (1, 1, 1, 1), mode="replicate"), 3, stride=1)
+            blended = blended + self.restore * weight_full * (luma - mean)
+        shown = blended.clamp(0.0, 255.0).round()
+        return shown[0].permute(1, 2, 0).to(torch.uint8).cpu().numpy(), square_sum
 
 
 def _length_sq(x: np.ndarray, y: np.ndarray) -> np.ndarray:
