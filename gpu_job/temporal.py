@@ -159,13 +159,11 @@ class Stabiliser:
             return
         previous_grey, self._previous_grey = self._previous_grey, grey
         if previous_grey is None or previous_grey.shape != grey.shape or self._previous_size != styled.shape:
-            self._mean_square = None  # a new stream (or new frame size): its first blend measures itself
             self._keep(styled, out)
             return
         flow, weight = self._flow_and_weight(previous_grey, grey)
         if weight is None:
             self.cuts += 1
-            self._mean_square = None  # the next scene's texture may boil more or less: its first blend measures itself
             self._keep(styled, out)
             return
         weight *= self.strength * self.max_weight
@@ -178,12 +176,8 @@ class Stabiliser:
         """Blends the warped previous output into ``styled`` with ``weight`` (working size), into ``out``; returns the
         blend's sum of squared differences from ``styled``. ``commit`` False: a trial that only measures that sum (the
         previous output is kept, ``out`` is not written)."""
-        if self.engine == "torch":
-            shown, square_sum = self._blend_torch(flow, weight, styled, commit)
-            if commit:
-                out[...] = shown
-            return square_sum
-        return self._blend_opencv(flow, weight, styled, out, commit)
+        blend = self._blend_torch if self.engine == "torch" else self._blend_opencv
+        return blend(flow, weight, styled, out, commit)
 
     def _spend_budget(self, mean_square: float) -> None:
         """The next frame's scale from this frame's mean squared difference from the fresh frame (had its scale been 1:
@@ -198,7 +192,9 @@ class Stabiliser:
         self._scale = min(1.0, (self._budget / max(self._mean_square, 1e-12)) ** 0.5)
 
     def _keep(self, styled: np.ndarray, out: np.ndarray) -> None:
-        """The styled frame as it is: the next frame's previous output."""
+        """The styled frame as it is: the next frame's previous output. A scene starts here (a stream's first frame, a
+        new size, a cut), and its texture may boil more or less than the last one's: its first blend measures itself."""
+        self._mean_square = None
         self._previous_size = styled.shape
         if self.engine == "torch":
             self._previous_output = self._tensor(styled)
@@ -315,8 +311,8 @@ class Stabiliser:
             cv2.blendLinear(blended, cv2.multiply(styled[rows], 1.0, dst=fresh[:strip], dtype=cv2.CV_32F),
                             weight[rows], cv2.subtract(1.0, weight[rows], dst=inverse[:strip]), dst=blended)
             square_sum += cv2.norm(blended, fresh[:strip], cv2.NORM_L2SQR)
-            np.clip(blended, 0.0, 255.0, out=blended)
             if commit:
+                np.clip(blended, 0.0, 255.0, out=blended)
                 ready = top + strip if top + strip == height or not self.restore else top + strip - 1
                 self._finish_rows(warped, weight, done, ready, out)
                 done = ready
@@ -347,7 +343,7 @@ class Stabiliser:
 
         return torch.from_numpy(np.ascontiguousarray(styled)).to(self.device).permute(2, 0, 1)[None].float()
 
-    def _blend_torch(self, flow: np.ndarray, weight: np.ndarray, styled: np.ndarray, commit: bool) -> tuple[np.ndarray, float]:
+    def _blend_torch(self, flow: np.ndarray, weight: np.ndarray, styled: np.ndarray, out: np.ndarray, commit: bool) -> float:
         import torch
         import torch.nn.functional as F
 
@@ -367,7 +363,7 @@ class Stabiliser:
         square_sum = float(difference.square().sum())
         blended = (current + difference).clamp_(0.0, 255.0)
         if not commit:
-            return np.empty(0, np.uint8), square_sum
+            return square_sum
         self._previous_output = blended
         if self.restore:  # as on the OpenCV path: the luma's difference from its 3x3 mean (edges replicated), on every channel
             if self._luma is None:
@@ -375,8 +371,8 @@ class Stabiliser:
             luma = (blended * self._luma).sum(dim=1, keepdim=True)
             mean = F.avg_pool2d(F.pad(luma, (1, 1, 1, 1), mode="replicate"), 3, stride=1)
             blended = blended + self.restore * weight_full * (luma - mean)
-        shown = blended.clamp(0.0, 255.0).round()
-        return shown[0].permute(1, 2, 0).to(torch.uint8).cpu().numpy(), square_sum
+        out[...] = blended.clamp(0.0, 255.0).round()[0].permute(1, 2, 0).to(torch.uint8).cpu().numpy()
+        return square_sum
 
 
 def _length_sq(x: np.ndarray, y: np.ndarray) -> np.ndarray:
