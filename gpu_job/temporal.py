@@ -3,13 +3,15 @@
 For each frame t the previous *output* is warped to frame t with optical flow computed on the *input* frames
 (OpenCV's DIS, at a bounded working size), bicubic so that repeated warps keep the texture sharp, and blended
 with the freshly styled frame. The blend weight is ``strength * MAX_WEIGHT`` (times the fidelity budget's scale,
-below) where the flow is trusted and falls to 0 where it is not: where the forward-backward check fails (occlusions, disocclusions, flow errors), where the
-warped previous input does not match the current one (photometric check), near those regions, where the motion
-is large, and out of the frame. When too little of a frame passes the checks (a scene cut), it is not blended at all.
+below) where the flow is trusted and falls to 0 where it is not: where the forward-backward check fails
+(occlusions, disocclusions, flow errors), where the warped previous input does not match the current one
+(photometric check), near those regions, where the motion is large, and out of the frame. When too little of a
+frame passes the checks (a scene cut), it is not blended at all.
 
 Two things keep the stabilised frames true to the style (bench/RESULTS.md). A fidelity budget scales the weight down
 for styles whose texture boils: it holds the blend's running mean squared difference from the freshly styled frames
-to FIDELITY_DB, so a calm style keeps MAX_WEIGHT and a boiling one gets what the budget allows. And a blend of two
+to FIDELITY_DB, so a calm style keeps MAX_WEIGHT and a boiling one gets what the budget allows; a frame that would
+fall more than FRAME_MARGIN_DB under it is blended again, nearer its styled frame. And a blend of two
 textures has less contrast than either, so the output gets an unsharp mask in proportion to each pixel's weight
 (RESTORE); the frame carried on to the next one is the plain blend.
 
@@ -42,9 +44,14 @@ FIDELITY_DB = 26.0
 """The fidelity budget, as a PSNR (1 dB over the issue's floor of 25): the weight is scaled so that the blend's running
 mean squared difference from the freshly styled frames (before the contrast is restored) stays within it. A style
 whose texture changes little from frame to frame keeps MAX_WEIGHT; holding a boiling texture still enough to stop it
-boiling would move every frame away from what the style paints, so such a style gets less. The first blend of a
-scene (after a reset, a cut or a change of frame size) is tried first to measure itself; later frames go by the frames before them, so the
-frame where a texture starts to boil is blended at the scale before it."""
+boiling would move every frame away from what the style paints, so such a style gets less. Each frame is blended at
+the scale the frames before it left (FRAME_MARGIN_DB keeps the one where that falls short)."""
+FRAME_MARGIN_DB = 1.0
+"""How far under the budget any one output frame may fall, its contrast restored (25 dB at the default budget: the
+issue's floor, for every frame). A frame that the scale of the frames before it would put further off (the first
+blend of a scene, after a reset, a cut or a change of frame size; the frame where a texture starts to boil within a
+shot) is blended again at the scale that holds it to FIDELITY_DB: a linear step between its blend and its styled
+frame, with no second warp."""
 FIDELITY_SMOOTHING = 0.2
 """How much of the running mean a frame's squared difference replaces when it is lower (about 5 frames; a higher one
 replaces it at once): the weight drops as soon as the texture boils more, and comes back over a few frames, since a
@@ -62,8 +69,12 @@ PHOTOMETRIC_TOLERANCE = 40.0
 CONSISTENCY_RELATIVE, CONSISTENCY_ABSOLUTE = 0.01, 0.5
 """Forward-backward check (Sundaram et al. 2010, as in Ruder et al. 2016): a pixel is occluded where
 |b + f(x + b)|^2 > CONSISTENCY_RELATIVE * (|b|^2 + |f(x + b)|^2) + CONSISTENCY_ABSOLUTE (working-size pixels)."""
-MARGIN = 2
-"""Working-size pixels around a rejected region that are rejected too (and over which the weight ramps back up)."""
+MARGIN = 1
+"""Working-size pixels around a rejected region that are rejected too (a flow that fails its checks at a pixel is
+often wrong beside it)."""
+RAMP = 2
+"""Working-size pixels over which the weight comes back up from a rejected region (a box blur 2 * RAMP + 1 wide): no
+seam where the blend starts."""
 MIN_FLOW_SIDE = 32
 """DIS builds an image pyramid: under this many working-size pixels on a side, OpenCV crashes or refuses the frame, so
 such frames are styled frame by frame (a strip or a thumbnail has little texture to flicker anyway)."""
@@ -103,16 +114,18 @@ class Stabiliser:
         self.strength, self.device, self.flow_long_side, self.max_weight = strength, device, flow_long_side, max_weight
         self.fidelity_db, self.restore = fidelity_db, restore
         self._budget = None if fidelity_db is None else 255.0**2 * 10.0 ** (-fidelity_db / 10.0)  # mean squared, 0..255
+        self._floor = None if fidelity_db is None else self._budget * 10.0 ** (FRAME_MARGIN_DB / 10.0)  # the most for one frame
         self.engine = ("torch" if kind == "cuda" else "opencv") if engine == "auto" else engine
         if self.engine == "opencv":  # beside inference, which keeps every core busy: one thread, no contention (bench/RESULTS.md)
             cv2.setNumThreads(1)
         self._flow = cv2.DISOpticalFlow_create(cv2.DISOPTICAL_FLOW_PRESET_FAST)
-        self._check_flow = cv2.DISOpticalFlow_create(cv2.DISOPTICAL_FLOW_PRESET_ULTRAFAST)
+        self._check_flow = cv2.DISOpticalFlow_create(cv2.DISOPTICAL_FLOW_PRESET_FAST)  # ULTRAFAST failed good flow (bench/RESULTS.md)
         self._grids: dict[tuple[int, int], np.ndarray] = {}
         self._terms: dict[tuple[int, int], tuple[np.ndarray, tuple[np.ndarray, np.ndarray]]] = {}
         self._buffers: dict[str, np.ndarray] = {}
         self._luma = None  # LUMA as a torch tensor on the device, made once
-        self.cuts = self.too_small = 0
+        self._full_weight: np.ndarray | torch.Tensor | None = None  # the last blend's weight at the styled size, for a reblend
+        self.cuts = self.too_small = self.reblended = 0
         self.reset()
 
     def reset(self) -> None:
@@ -121,7 +134,7 @@ class Stabiliser:
         self._previous_output = None  # float32 (H, W, 3) array, or a torch tensor (1, 3, H, W) on the device
         self._previous_size: tuple[int, ...] = ()
         self._scale = 1.0  # the fidelity budget's factor on the weight, for the next blended frame
-        self._mean_square: float | None = None  # running mean squared difference from the fresh frame, at scale 1
+        self._mean_square: float | None = None  # the scene's running mean squared difference from the fresh frame, at scale 1
 
     def __call__(self, inputs: np.ndarray, styled: np.ndarray) -> np.ndarray:
         """``inputs`` (N, H, W, 3) uint8 RGB input frames; ``styled`` (N, H, W, 3) uint8, their styled frames -> (N, H, W, 3) uint8."""
@@ -147,7 +160,7 @@ class Stabiliser:
                 "strength": self.strength, "max_weight": self.max_weight, "fidelity_db": self.fidelity_db,
                 "restore": self.restore, "flow_long_side": self.flow_long_side,
                 "warp": f"{self.engine} on {self.device}", "scene_cuts": self.cuts,
-                "too_small_frames": self.too_small}
+                "too_small_frames": self.too_small, "reblended_frames": self.reblended}
 
     def _frame(self, frame: np.ndarray, styled: np.ndarray, out: np.ndarray) -> None:
         """Stabilises one frame into ``out`` (uint8, the styled frame's shape)."""
@@ -167,17 +180,27 @@ class Stabiliser:
             self._keep(styled, out)
             return
         weight *= self.strength * self.max_weight
-        if self._budget is not None and self._mean_square is None:  # the first blend since a reset: no running mean yet,
-            self._spend_budget(self._blend(flow, weight, styled, out, commit=False) / styled.size)  # so it sets its own scale
         scale = self._scale
-        self._spend_budget(self._blend(flow, weight * scale, styled, out) / styled.size / max(scale * scale, 1e-12))
+        mean_square = self._blend(flow, weight * scale, styled, out) / styled.size / max(scale * scale, 1e-12)  # at scale 1
+        if self._budget is not None:
+            shown = cv2.norm(out, styled, cv2.NORM_L2SQR) / styled.size  # the frame as it is output, its contrast restored
+            if shown > self._floor:
+                self._reblend((self._budget / shown) ** 0.5, styled, out)
+                self.reblended += 1
+        self._spend_budget(mean_square)
 
-    def _blend(self, flow: np.ndarray, weight: np.ndarray, styled: np.ndarray, out: np.ndarray, commit: bool = True) -> float:
-        """Blends the warped previous output into ``styled`` with ``weight`` (working size), into ``out``; returns the
-        blend's sum of squared differences from ``styled``. ``commit`` False: a trial that only measures that sum (the
-        previous output is kept, ``out`` is not written)."""
+    def _blend(self, flow: np.ndarray, weight: np.ndarray, styled: np.ndarray, out: np.ndarray) -> float:
+        """Blends the warped previous output into ``styled`` with ``weight`` (working size): the next frame's previous
+        output, and ``out`` (its contrast restored); returns the blend's sum of squared differences from ``styled``."""
         blend = self._blend_torch if self.engine == "torch" else self._blend_opencv
-        return blend(flow, weight, styled, out, commit)
+        return blend(flow, weight, styled, out)
+
+    def _reblend(self, ratio: float, styled: np.ndarray, out: np.ndarray) -> None:
+        """The last blend again with its weight times ``ratio`` (under 1): the same warp, so the blend moves in a line to
+        ``styled`` (``styled + ratio * (blend - styled)``), and ``out`` again from it, whose difference from ``styled``
+        shrinks about as ``ratio`` (the restoring's term is the weight times the blend's high band)."""
+        reblend = self._reblend_torch if self.engine == "torch" else self._reblend_opencv
+        reblend(ratio, styled, out)
 
     def _spend_budget(self, mean_square: float) -> None:
         """The next frame's scale from this frame's mean squared difference from the fresh frame (had its scale been 1:
@@ -193,8 +216,9 @@ class Stabiliser:
 
     def _keep(self, styled: np.ndarray, out: np.ndarray) -> None:
         """The styled frame as it is: the next frame's previous output. A scene starts here (a stream's first frame, a
-        new size, a cut), and its texture may boil more or less than the last one's: its first blend measures itself."""
-        self._mean_square = None
+        new size, a cut), and its texture may boil more or less than the last one's: its first blend is at full weight
+        (held to the budget by the floor) and starts the scene's running mean."""
+        self._mean_square, self._scale = None, 1.0
         self._previous_size = styled.shape
         if self.engine == "torch":
             self._previous_output = self._tensor(styled)
@@ -248,9 +272,8 @@ class Stabiliser:
         backward_sq /= MOTION_SCALE**2
         backward_sq += 1.0
         weight /= backward_sq
-        side = 2 * MARGIN + 1
-        weight = cv2.erode(weight, np.ones((side, side), np.uint8), borderType=cv2.BORDER_REPLICATE)
-        return backward, cv2.blur(weight, (side, side), dst=weight, borderType=cv2.BORDER_REPLICATE)
+        weight = cv2.erode(weight, np.ones((2 * MARGIN + 1,) * 2, np.uint8), borderType=cv2.BORDER_REPLICATE)
+        return backward, cv2.blur(weight, (2 * RAMP + 1,) * 2, dst=weight, borderType=cv2.BORDER_REPLICATE)
 
     def _warp_maps(self, flow: np.ndarray, height: int, width: int) -> tuple[np.ndarray, np.ndarray]:
         """Where each pixel comes from in the previous output (x and y maps): its coordinates plus the working-size
@@ -287,42 +310,60 @@ class Stabiliser:
             terms = self._terms[(size, work_size)] = (coordinates, (held, missing[held].astype(np.float32)))
         return terms
 
-    def _blend_opencv(self, flow: np.ndarray, weight: np.ndarray, styled: np.ndarray, out: np.ndarray, commit: bool) -> float:
+    def _blend_opencv(self, flow: np.ndarray, weight: np.ndarray, styled: np.ndarray, out: np.ndarray) -> float:
         """Warps the previous output (bicubic) and blends it in, in buffers kept across frames and in strips of rows
-        that stay in the cache from the warp to the rounding; the blend is the next frame's previous output, ``out``
-        gets it rounded, with its contrast restored. Returns the blend's sum of squared differences from ``styled``.
-
-        The restoring unsharp mask reads each row's neighbours, so each strip rounds the rows up to the one before its
-        last (whose neighbour below is the next strip's first row): the output lags the blend by a row."""
+        that stay in the cache from the warp to the rounding; the blend, clipped to 0..255, is the next frame's previous
+        output, ``out`` gets it rounded, with its contrast restored. Returns the blend's sum of squared differences from
+        ``styled``."""
         height, width = styled.shape[:2]
         map_x, map_y = self._warp_maps(flow, height, width)
         if weight.shape != (height, width):
             weight = cv2.resize(weight, (width, height), dst=self._buffer("weight", (height, width)), interpolation=cv2.INTER_LINEAR)
+        self._full_weight = weight
         warped = self._buffer("warped", styled.shape)
-        fresh = self._buffer("fresh", (STRIP_ROWS, *styled.shape[1:]))
         inverse = self._buffer("inverse", (STRIP_ROWS, width))
-        square_sum, done = 0.0, 0
-        for top in range(0, height, STRIP_ROWS):
-            rows = slice(top, top + STRIP_ROWS)
+        square_sum = 0.0
+        for rows, fresh, finished in self._strips(styled, out, warped, 1.0):
             blended = warped[rows]
-            strip = len(blended)
             cv2.remap(self._previous_output, map_x[rows], map_y[rows], cv2.INTER_CUBIC, dst=blended,
                       borderMode=cv2.BORDER_REPLICATE)
-            cv2.blendLinear(blended, cv2.multiply(styled[rows], 1.0, dst=fresh[:strip], dtype=cv2.CV_32F),
-                            weight[rows], cv2.subtract(1.0, weight[rows], dst=inverse[:strip]), dst=blended)
-            square_sum += cv2.norm(blended, fresh[:strip], cv2.NORM_L2SQR)
-            if commit:
-                np.clip(blended, 0.0, 255.0, out=blended)
-                ready = top + strip if top + strip == height or not self.restore else top + strip - 1
-                self._finish_rows(warped, weight, done, ready, out)
-                done = ready
-        if commit:
-            self._buffers["warped"], self._previous_output = self._previous_output, warped  # the old one is the next frame's buffer
+            cv2.blendLinear(blended, fresh, weight[rows], cv2.subtract(1.0, weight[rows], dst=inverse[: len(fresh)]), dst=blended)
+            square_sum += cv2.norm(blended, fresh, cv2.NORM_L2SQR)
+            np.clip(blended, 0.0, 255.0, out=blended)
+            finished()
+        self._buffers["warped"], self._previous_output = self._previous_output, warped  # the old one is the next frame's buffer
         return square_sum
 
-    def _finish_rows(self, blended: np.ndarray, weight: np.ndarray, start: int, stop: int, out: np.ndarray) -> None:
+    def _reblend_opencv(self, ratio: float, styled: np.ndarray, out: np.ndarray) -> None:
+        blended = self._previous_output
+        for rows, fresh, finished in self._strips(styled, out, blended, ratio):
+            cv2.addWeighted(blended[rows], ratio, fresh, 1.0 - ratio, 0.0, dst=blended[rows])
+            finished()
+
+    def _strips(self, styled: np.ndarray, out: np.ndarray, blended: np.ndarray, weight_scale: float):
+        """The OpenCV path's strips of rows: for each, its rows, the styled strip in float32, and a call that rounds the
+        blend's rows ready so far into ``out`` (with the weight times ``weight_scale``), once the strip is blended.
+
+        The restoring unsharp mask reads each row's neighbours, so each strip rounds the rows up to the one before its
+        last (whose neighbour below is the next strip's first row): the output lags the blend by a row."""
+        height = styled.shape[0]
+        fresh = self._buffer("fresh", (STRIP_ROWS, *styled.shape[1:]))
+        done = 0
+        for top in range(0, height, STRIP_ROWS):
+            rows = slice(top, min(top + STRIP_ROWS, height))
+            bottom = rows.stop
+            ready = bottom if bottom == height or not self.restore else bottom - 1
+
+            def finished(start: int = done, stop: int = ready) -> None:
+                self._finish_rows(blended, start, stop, out, weight_scale)
+
+            yield rows, cv2.multiply(styled[rows], 1.0, dst=fresh[: bottom - top], dtype=cv2.CV_32F), finished
+            done = ready
+
+    def _finish_rows(self, blended: np.ndarray, start: int, stop: int, out: np.ndarray, weight_scale: float) -> None:
         """Rows ``start:stop`` of the blend (clipped to 0..255) rounded into ``out``, their contrast restored: plus
-        ``restore`` times the weight times the high band of their luma (itself minus its 3x3 mean), on every channel."""
+        ``restore`` times the weight (times ``weight_scale``) times the high band of their luma (itself minus its 3x3
+        mean), on every channel."""
         rows = slice(start, stop)
         if not self.restore:
             cv2.convertScaleAbs(blended[rows], dst=out[rows])  # rounds to uint8
@@ -334,7 +375,7 @@ class Stabiliser:
         mean = cv2.blur(luma, (3, 3), borderType=cv2.BORDER_REPLICATE)
         detail = cv2.subtract(luma[above: above + count], mean[above: above + count],
                               dst=self._buffer("detail", (STRIP_ROWS, width))[:count])
-        cv2.multiply(detail, weight[rows], dst=detail, scale=self.restore)
+        cv2.multiply(detail, self._full_weight[rows], dst=detail, scale=self.restore * weight_scale)
         added = cv2.cvtColor(detail, cv2.COLOR_GRAY2RGB, dst=self._buffer("added", (STRIP_ROWS, width, 3))[:count])
         cv2.add(blended[rows], added, dst=out[rows], dtype=cv2.CV_8U)  # rounds and saturates to uint8
 
@@ -343,7 +384,7 @@ class Stabiliser:
 
         return torch.from_numpy(np.ascontiguousarray(styled)).to(self.device).permute(2, 0, 1)[None].float()
 
-    def _blend_torch(self, flow: np.ndarray, weight: np.ndarray, styled: np.ndarray, out: np.ndarray, commit: bool) -> float:
+    def _blend_torch(self, flow: np.ndarray, weight: np.ndarray, styled: np.ndarray, out: np.ndarray) -> float:
         import torch
         import torch.nn.functional as F
 
@@ -352,27 +393,37 @@ class Stabiliser:
         scale = torch.tensor([width / work_width, height / work_height], device=self.device).view(1, 2, 1, 1)
         small = torch.from_numpy(np.ascontiguousarray(np.dstack([flow, weight]).transpose(2, 0, 1)[None])).to(self.device)
         full = F.interpolate(small, size=(height, width), mode="bilinear", align_corners=False)
-        flow_full, weight_full = full[:, :2] * scale, full[:, 2:]
+        flow_full, self._full_weight = full[:, :2] * scale, full[:, 2:]
         ys, xs = torch.meshgrid(torch.arange(height, device=self.device, dtype=torch.float32),
                                 torch.arange(width, device=self.device, dtype=torch.float32), indexing="ij")
         grid = torch.stack([(xs + flow_full[0, 0]) * (2.0 / max(width - 1, 1)) - 1.0,
                             (ys + flow_full[0, 1]) * (2.0 / max(height - 1, 1)) - 1.0], dim=-1)[None]
         warped = F.grid_sample(self._previous_output, grid, mode="bicubic", padding_mode="border", align_corners=True)
         current = self._tensor(styled)
-        difference = weight_full * (warped - current)
-        square_sum = float(difference.square().sum())
-        blended = (current + difference).clamp_(0.0, 255.0)
-        if not commit:
-            return square_sum
-        self._previous_output = blended
-        if self.restore:  # as on the OpenCV path: the luma's difference from its 3x3 mean (edges replicated), on every channel
+        difference = self._full_weight * (warped - current)
+        self._previous_output = (current + difference).clamp_(0.0, 255.0)
+        self._finish_torch(out, 1.0)
+        return float(difference.square().sum())
+
+    def _reblend_torch(self, ratio: float, styled: np.ndarray, out: np.ndarray) -> None:
+        current = self._tensor(styled)
+        self._previous_output = current + ratio * (self._previous_output - current)
+        self._finish_torch(out, ratio)
+
+    def _finish_torch(self, out: np.ndarray, weight_scale: float) -> None:
+        """The blend rounded into ``out``, its contrast restored as on the OpenCV path: the luma's difference from its
+        3x3 mean (edges replicated) times ``restore`` times the weight (times ``weight_scale``), on every channel."""
+        import torch
+        import torch.nn.functional as F
+
+        blended = self._previous_output
+        if self.restore:
             if self._luma is None:
                 self._luma = torch.tensor(LUMA, device=self.device).view(1, 3, 1, 1)
             luma = (blended * self._luma).sum(dim=1, keepdim=True)
             mean = F.avg_pool2d(F.pad(luma, (1, 1, 1, 1), mode="replicate"), 3, stride=1)
-            blended = blended + self.restore * weight_full * (luma - mean)
+            blended = blended + (self.restore * weight_scale) * self._full_weight * (luma - mean)
         out[...] = blended.clamp(0.0, 255.0).round()[0].permute(1, 2, 0).to(torch.uint8).cpu().numpy()
-        return square_sum
 
 
 def _length_sq(x: np.ndarray, y: np.ndarray) -> np.ndarray:

@@ -35,7 +35,7 @@ def worker_stats(done_by: Iterable[dict]) -> list[dict]:
     return list(stats.values())
 
 
-STABILISER_COUNTS = ("scene_cuts", "too_small_frames")
+STABILISER_COUNTS = ("scene_cuts", "too_small_frames", "reblended_frames")
 """Counts in a stabiliser's description that are each batch's own: the report adds them up."""
 
 

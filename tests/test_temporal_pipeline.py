@@ -469,10 +469,10 @@ def test_the_report_adds_up_each_batchs_counts_in_both_runners():
     from shared.report import temporal_report
 
     plan = {"used": "on", "strength": 1.0, "context_frames": 4}
-    described = [{"method": "m", "scene_cuts": 2, "too_small_frames": 0}, {}, {"method": "m", "scene_cuts": 3, "too_small_frames": 5},
-                 {"method": "m", "scene_cuts": "many"}]
+    described = [{"method": "m", "scene_cuts": 2, "too_small_frames": 0, "reblended_frames": 1}, {},
+                 {"method": "m", "scene_cuts": 3, "too_small_frames": 5, "reblended_frames": 4}, {"method": "m", "scene_cuts": "many"}]
     report = temporal_report(plan, described)
-    assert report["stabiliser"] == {"method": "m", "scene_cuts": 5, "too_small_frames": 5}
+    assert report["stabiliser"] == {"method": "m", "scene_cuts": 5, "too_small_frames": 5, "reblended_frames": 5}
     assert temporal_report(plan, [{}, None])["stabiliser"] is None
     assert temporal_report({"used": "off", "reason": "r"}, described) == {"used": "off", "reason": "r"}
 
