@@ -48,7 +48,7 @@ boiling would move every frame away from what the style paints, so such a style 
 the scale the frames before it left (FRAME_MARGIN_DB keeps the one where that falls short)."""
 FRAME_MARGIN_DB = 1.0
 """How far under the budget any one output frame may fall, its contrast restored (25 dB at the default budget: the
-issue's floor, for every frame). A frame that the scale of the frames before it would put further off (the first
+issue's floor, for every frame; a frame still under it when blended again is output as styled). A frame that the scale of the frames before it would put further off (the first
 blend of a scene, after a reset, a cut or a change of frame size; the frame where a texture starts to boil within a
 shot) is blended again at the scale that holds it to FIDELITY_DB: a linear step between its blend and its styled
 frame, with no second warp."""
@@ -70,11 +70,8 @@ CONSISTENCY_RELATIVE, CONSISTENCY_ABSOLUTE = 0.01, 0.5
 """Forward-backward check (Sundaram et al. 2010, as in Ruder et al. 2016): a pixel is occluded where
 |b + f(x + b)|^2 > CONSISTENCY_RELATIVE * (|b|^2 + |f(x + b)|^2) + CONSISTENCY_ABSOLUTE (working-size pixels)."""
 MARGIN = 1
-"""Working-size pixels around a rejected region that are rejected too (a flow that fails its checks at a pixel is
-often wrong beside it)."""
-RAMP = 2
-"""Working-size pixels over which the weight comes back up from a rejected region (a box blur 2 * RAMP + 1 wide): no
-seam where the blend starts."""
+"""Working-size pixels around a rejected region that are rejected too (a flow that fails its checks at a pixel is often
+wrong beside it), and over which the weight then ramps back up (no seam where the blend starts)."""
 MIN_FLOW_SIDE = 32
 """DIS builds an image pyramid: under this many working-size pixels on a side, OpenCV crashes or refuses the frame, so
 such frames are styled frame by frame (a strip or a thumbnail has little texture to flicker anyway)."""
@@ -125,6 +122,7 @@ class Stabiliser:
         self._buffers: dict[str, np.ndarray] = {}
         self._luma = None  # LUMA as a torch tensor on the device, made once
         self._full_weight: np.ndarray | torch.Tensor | None = None  # the last blend's weight at the styled size, for a reblend
+        self._current: torch.Tensor | None = None  # the torch path's last styled frame on the device, for a reblend
         self.cuts = self.too_small = self.reblended = 0
         self.reset()
 
@@ -182,12 +180,17 @@ class Stabiliser:
         weight *= self.strength * self.max_weight
         scale = self._scale
         mean_square = self._blend(flow, weight * scale, styled, out) / styled.size / max(scale * scale, 1e-12)  # at scale 1
-        if self._budget is not None:
-            shown = cv2.norm(out, styled, cv2.NORM_L2SQR) / styled.size  # the frame as it is output, its contrast restored
-            if shown > self._floor:
-                self._reblend((self._budget / shown) ** 0.5, styled, out)
-                self.reblended += 1
+        if self._budget is not None and self._shown(out, styled) > self._floor:
+            self._reblend((self._budget / self._shown(out, styled)) ** 0.5, styled, out)
+            if self._shown(out, styled) > self._floor:  # the restoring sharpened the styled frame's own detail past it
+                self._reblend(0.0, styled, out)  # (clipped where it overshoots): the styled frame as it is
+            self.reblended += 1
         self._spend_budget(mean_square)
+
+    @staticmethod
+    def _shown(out: np.ndarray, styled: np.ndarray) -> float:
+        """The output frame's mean squared difference from its styled frame, as it is output (its contrast restored)."""
+        return cv2.norm(out, styled, cv2.NORM_L2SQR) / styled.size
 
     def _blend(self, flow: np.ndarray, weight: np.ndarray, styled: np.ndarray, out: np.ndarray) -> float:
         """Blends the warped previous output into ``styled`` with ``weight`` (working size): the next frame's previous
@@ -196,9 +199,10 @@ class Stabiliser:
         return blend(flow, weight, styled, out)
 
     def _reblend(self, ratio: float, styled: np.ndarray, out: np.ndarray) -> None:
-        """The last blend again with its weight times ``ratio`` (under 1): the same warp, so the blend moves in a line to
+        """The last blend again with its weight times ``ratio`` (0 to 1): the same warp, so the blend moves in a line to
         ``styled`` (``styled + ratio * (blend - styled)``), and ``out`` again from it, whose difference from ``styled``
-        shrinks about as ``ratio`` (the restoring's term is the weight times the blend's high band)."""
+        shrinks about as ``ratio`` (the restoring's term is the weight times the blend's high band); at 0, ``out`` is
+        ``styled``."""
         reblend = self._reblend_torch if self.engine == "torch" else self._reblend_opencv
         reblend(ratio, styled, out)
 
@@ -217,7 +221,7 @@ class Stabiliser:
     def _keep(self, styled: np.ndarray, out: np.ndarray) -> None:
         """The styled frame as it is: the next frame's previous output. A scene starts here (a stream's first frame, a
         new size, a cut), and its texture may boil more or less than the last one's: its first blend is at full weight
-        (held to the budget by the floor) and starts the scene's running mean."""
+        (blended again at the budget's scale if that puts it under the floor) and starts the scene's running mean."""
         self._mean_square, self._scale = None, 1.0
         self._previous_size = styled.shape
         if self.engine == "torch":
@@ -272,8 +276,7 @@ class Stabiliser:
         backward_sq /= MOTION_SCALE**2
         backward_sq += 1.0
         weight /= backward_sq
-        weight = cv2.erode(weight, np.ones((2 * MARGIN + 1,) * 2, np.uint8), borderType=cv2.BORDER_REPLICATE)
-        return backward, cv2.blur(weight, (2 * RAMP + 1,) * 2, dst=weight, borderType=cv2.BORDER_REPLICATE)
+        return backward, _keep_off_rejections(weight)
 
     def _warp_maps(self, flow: np.ndarray, height: int, width: int) -> tuple[np.ndarray, np.ndarray]:
         """Where each pixel comes from in the previous output (x and y maps): its coordinates plus the working-size
@@ -323,26 +326,27 @@ class Stabiliser:
         warped = self._buffer("warped", styled.shape)
         inverse = self._buffer("inverse", (STRIP_ROWS, width))
         square_sum = 0.0
-        for rows, fresh, finished in self._strips(styled, out, warped, 1.0):
+        for rows, fresh, (start, stop) in self._strips(styled):
             blended = warped[rows]
             cv2.remap(self._previous_output, map_x[rows], map_y[rows], cv2.INTER_CUBIC, dst=blended,
                       borderMode=cv2.BORDER_REPLICATE)
             cv2.blendLinear(blended, fresh, weight[rows], cv2.subtract(1.0, weight[rows], dst=inverse[: len(fresh)]), dst=blended)
             square_sum += cv2.norm(blended, fresh, cv2.NORM_L2SQR)
             np.clip(blended, 0.0, 255.0, out=blended)
-            finished()
+            self._finish_rows(warped, start, stop, out, 1.0)
         self._buffers["warped"], self._previous_output = self._previous_output, warped  # the old one is the next frame's buffer
         return square_sum
 
     def _reblend_opencv(self, ratio: float, styled: np.ndarray, out: np.ndarray) -> None:
+        """The blend moved in place toward ``styled``, strip by strip, and rounded into ``out`` again."""
         blended = self._previous_output
-        for rows, fresh, finished in self._strips(styled, out, blended, ratio):
+        for rows, fresh, (start, stop) in self._strips(styled):
             cv2.addWeighted(blended[rows], ratio, fresh, 1.0 - ratio, 0.0, dst=blended[rows])
-            finished()
+            self._finish_rows(blended, start, stop, out, ratio)
 
-    def _strips(self, styled: np.ndarray, out: np.ndarray, blended: np.ndarray, weight_scale: float):
-        """The OpenCV path's strips of rows: for each, its rows, the styled strip in float32, and a call that rounds the
-        blend's rows ready so far into ``out`` (with the weight times ``weight_scale``), once the strip is blended.
+    def _strips(self, styled: np.ndarray):
+        """The OpenCV path's strips of rows: for each, its rows, the styled strip in float32, and the rows of the output
+        to round once the strip is blended (``start``, ``stop``).
 
         The restoring unsharp mask reads each row's neighbours, so each strip rounds the rows up to the one before its
         last (whose neighbour below is the next strip's first row): the output lags the blend by a row."""
@@ -350,14 +354,9 @@ class Stabiliser:
         fresh = self._buffer("fresh", (STRIP_ROWS, *styled.shape[1:]))
         done = 0
         for top in range(0, height, STRIP_ROWS):
-            rows = slice(top, min(top + STRIP_ROWS, height))
-            bottom = rows.stop
+            bottom = min(top + STRIP_ROWS, height)
             ready = bottom if bottom == height or not self.restore else bottom - 1
-
-            def finished(start: int = done, stop: int = ready) -> None:
-                self._finish_rows(blended, start, stop, out, weight_scale)
-
-            yield rows, cv2.multiply(styled[rows], 1.0, dst=fresh[: bottom - top], dtype=cv2.CV_32F), finished
+            yield slice(top, bottom), cv2.multiply(styled[top:bottom], 1.0, dst=fresh[: bottom - top], dtype=cv2.CV_32F), (done, ready)
             done = ready
 
     def _finish_rows(self, blended: np.ndarray, start: int, stop: int, out: np.ndarray, weight_scale: float) -> None:
@@ -393,20 +392,20 @@ class Stabiliser:
         scale = torch.tensor([width / work_width, height / work_height], device=self.device).view(1, 2, 1, 1)
         small = torch.from_numpy(np.ascontiguousarray(np.dstack([flow, weight]).transpose(2, 0, 1)[None])).to(self.device)
         full = F.interpolate(small, size=(height, width), mode="bilinear", align_corners=False)
-        flow_full, self._full_weight = full[:, :2] * scale, full[:, 2:]
+        flow_full, self._full_weight = full[:, :2] * scale, full[:, 2:].contiguous()
         ys, xs = torch.meshgrid(torch.arange(height, device=self.device, dtype=torch.float32),
                                 torch.arange(width, device=self.device, dtype=torch.float32), indexing="ij")
         grid = torch.stack([(xs + flow_full[0, 0]) * (2.0 / max(width - 1, 1)) - 1.0,
                             (ys + flow_full[0, 1]) * (2.0 / max(height - 1, 1)) - 1.0], dim=-1)[None]
         warped = F.grid_sample(self._previous_output, grid, mode="bicubic", padding_mode="border", align_corners=True)
-        current = self._tensor(styled)
+        self._current = current = self._tensor(styled)
         difference = self._full_weight * (warped - current)
         self._previous_output = (current + difference).clamp_(0.0, 255.0)
         self._finish_torch(out, 1.0)
         return float(difference.square().sum())
 
     def _reblend_torch(self, ratio: float, styled: np.ndarray, out: np.ndarray) -> None:
-        current = self._tensor(styled)
+        current = self._current  # ``styled`` on the device, from the blend
         self._previous_output = current + ratio * (self._previous_output - current)
         self._finish_torch(out, ratio)
 
@@ -424,6 +423,14 @@ class Stabiliser:
             mean = F.avg_pool2d(F.pad(luma, (1, 1, 1, 1), mode="replicate"), 3, stride=1)
             blended = blended + (self.restore * weight_scale) * self._full_weight * (luma - mean)
         out[...] = blended.clamp(0.0, 255.0).round()[0].permute(1, 2, 0).to(torch.uint8).cpu().numpy()
+
+
+def _keep_off_rejections(weight: np.ndarray) -> np.ndarray:
+    """The weight (float32, changed in place) rejected MARGIN pixels around each rejected pixel, then ramped back up over
+    MARGIN pixels: a rejected pixel stays at 0, one 2 * MARGIN + 1 pixels from any keeps its weight."""
+    side = 2 * MARGIN + 1
+    weight = cv2.erode(weight, np.ones((side, side), np.uint8), borderType=cv2.BORDER_REPLICATE)
+    return cv2.blur(weight, (side, side), dst=weight, borderType=cv2.BORDER_REPLICATE)
 
 
 def _length_sq(x: np.ndarray, y: np.ndarray) -> np.ndarray:

@@ -142,7 +142,8 @@ def test_nothing_is_blended_across_a_cut() -> None:
 def test_the_fidelity_budget_keeps_each_frame_near_its_styled_frame() -> None:
     """A style whose texture boils (a strong fresh texture every frame): holding it still would move every frame far from
     what the style paints, so the weight is scaled down until the frames are within FIDELITY_DB of their styled frames,
-    the first blend after a reset too (it has no running mean to go by, so it measures itself); the flicker still drops."""
+    the first blend after a reset too (it has no running mean to go by: at full weight it falls under the floor and is
+    blended again at the budget's scale); the flicker still drops."""
     clip = panning(1, 16)
     styled = flicker(clip, amplitude=60)
     stable = Stabiliser()(clip, styled)
@@ -154,7 +155,8 @@ def test_the_fidelity_budget_keeps_each_frame_near_its_styled_frame() -> None:
 
 def test_a_scene_that_boils_more_after_a_cut_is_held_to_the_budget_from_its_first_frame() -> None:
     """The running mean is the scene's: a calm scene's full weight would put a boiling scene after a cut far off its
-    styled frames (12 dB on its first blended frame, a reviewer measured), so the first blend after a cut measures itself."""
+    styled frames (12 dB on its first blended frame, a reviewer measured), so the first blend after a cut is at full
+    weight and blended again at the budget's scale when that puts it under the floor."""
     calm, boiling = panning(1, 8), panning(2, 10)
     clip = np.concatenate([calm, boiling])
     styled = np.concatenate([flicker(calm, amplitude=8), flicker(boiling, seed=9, amplitude=60)])
@@ -187,6 +189,74 @@ def test_no_frame_falls_under_the_floor_when_the_texture_boils_unevenly() -> Non
     assert min(psnr(a, b) for a, b in zip(stable, styled)) > FIDELITY_DB - FRAME_MARGIN_DB
     assert stabiliser.describe()["reblended_frames"] > 0
     assert pan_error(stable) < 0.8 * pan_error(styled)
+
+
+def test_a_frame_blended_again_lands_at_the_budget_and_is_carried_on() -> None:
+    """A frame blended again is at the budget (not further from the flicker than it needs: a ratio too small would give
+    up stabilisation), and the frame carried on to the next one is the frame blended again, not the first blend."""
+    clip = panning(1, 14)
+    styled = np.concatenate([flicker(clip[:7], amplitude=8), flicker(clip[7:], seed=9, amplitude=60)])
+    budget = 255.0**2 * 10.0 ** (-FIDELITY_DB / 10.0)
+    for engine in ("opencv", "torch"):
+        stabiliser, landed = Stabiliser(engine=engine), []
+        for t in range(len(clip)):
+            before = stabiliser.reblended
+            out = stabiliser(clip[t: t + 1], styled[t: t + 1])[0]
+            if stabiliser.reblended > before:
+                state = stabiliser._previous_output
+                state = state if engine == "opencv" else state[0].permute(1, 2, 0).cpu().numpy()
+                landed.append((psnr(out, styled[t]), float(np.mean((state - styled[t].astype(np.float32)) ** 2)) / budget))
+        assert landed, engine
+        assert all(FIDELITY_DB - 0.25 < shown < FIDELITY_DB + 0.75 for shown, _ in landed), (engine, landed)
+        assert all(carried < 1.1 for _, carried in landed), (engine, landed)
+
+
+def test_a_frame_still_under_the_floor_when_blended_again_is_output_as_styled() -> None:
+    """The restoring sharpens the styled frame's own fine detail too, and where that overshoots 0..255 it is clipped, so
+    blending a frame again does not always bring it over the floor (a reviewer's case: a dithered style on a still, 23.7
+    dB after the second blend); such a frame is output as styled."""
+    still = np.repeat(texture(1)[None], 5, 0)  # no motion: the full weight everywhere
+    hatch = np.where(np.random.default_rng(0).random((HEIGHT, WIDTH)) < 0.5, 235, 20).astype(np.uint8)
+    styled = np.repeat(np.repeat(hatch[None, ..., None], 3, -1), 5, 0)  # the same dithered frame every time
+    for engine in ("opencv", "torch"):
+        stabiliser = Stabiliser(engine=engine)
+        stable = stabiliser(still, styled)
+        assert min(psnr(a, b) for a, b in zip(stable, styled)) > FIDELITY_DB - FRAME_MARGIN_DB, engine
+        assert stabiliser.reblended > 0, engine
+
+
+def test_a_scene_after_a_cut_starts_afresh() -> None:
+    """After a cut nothing of the scene before it is left, its budget's scale neither: the frames from the cut on are
+    those a fresh stabiliser gives them."""
+    boiling, calm = panning(2, 8), panning(1, 8)
+    clip = np.concatenate([boiling, calm])
+    styled = np.concatenate([flicker(boiling, seed=9, amplitude=60), flicker(calm, amplitude=8)])
+    stabiliser = Stabiliser()
+    stable = stabiliser(clip, styled)
+    assert stabiliser.describe()["scene_cuts"] == 1
+    assert np.array_equal(stable[len(boiling):], Stabiliser()(calm, styled[len(boiling):]))
+
+
+def test_the_checks_trust_a_background_the_flow_follows() -> None:
+    """Away from a moving object, the flow of a still background is right, and the checks must trust most of it: a
+    coarser forward flow for the check (DIS ULTRAFAST) failed 10-13 % of it, and a wider margin more."""
+    clip, spans = moving_object()
+    stabiliser = Stabiliser()
+    greys = [stabiliser._working_grey(frame) for frame in clip]
+    for t in range(1, len(clip)):
+        _, weight = stabiliser._flow_and_weight(greys[t - 1], greys[t])
+        background = np.ones(weight.shape, bool)
+        background[30:90, max(0, spans[t - 1][0] - 10): spans[t][1] + 10] = False
+        assert (weight[background] > 0.5).mean() > 0.91, t
+
+
+def test_a_rejected_pixel_keeps_its_neighbours_off_and_the_weight_ramps_back() -> None:
+    weight = np.ones((21, 21), np.float32)
+    weight[10, 10] = 0.0
+    kept = temporal._keep_off_rejections(weight)
+    assert kept[10, 10] == 0.0, "a rejected pixel stays rejected"
+    assert 0.0 < kept[10, 10 + 2 * temporal.MARGIN] < 1.0 and kept[10, 10 + 2 * temporal.MARGIN + 1] == 1.0
+    assert temporal.MARGIN == 1, "the margin the benchmark chose (bench/RESULTS.md): 2 left flicker around every rejection"
 
 
 def test_the_weight_comes_back_over_a_few_frames_when_the_texture_calms() -> None:
