@@ -279,7 +279,7 @@ def batched(inputs: np.ndarray, styled: np.ndarray, context: int, strength: floa
 
 
 def baseline_stabiliser(revision: str) -> type:
-    """The Stabiliser class of gpu_job/temporal.py at a git revision, to time beside this tree's."""
+    """The Stabiliser class of gpu_job/temporal.py at a git revision, to run beside this tree's."""
     source = subprocess.run(["git", "show", f"{revision}:gpu_job/temporal.py"], capture_output=True, text=True, check=True).stdout
     with tempfile.TemporaryDirectory() as scratch:
         path = Path(scratch) / "temporal_baseline.py"
