@@ -48,10 +48,10 @@ boiling would move every frame away from what the style paints, so such a style 
 the scale the frames before it left (FRAME_MARGIN_DB keeps the one where that falls short)."""
 FRAME_MARGIN_DB = 1.0
 """How far under the budget any one output frame may fall, its contrast restored (25 dB at the default budget: the
-issue's floor, for every frame; a frame still under it when blended again is output as styled). A frame that the scale of the frames before it would put further off (the first
-blend of a scene, after a reset, a cut or a change of frame size; the frame where a texture starts to boil within a
-shot) is blended again at the scale that holds it to FIDELITY_DB: a linear step between its blend and its styled
-frame, with no second warp."""
+issue's floor, for every frame; a frame still under it when blended again is output as styled). A frame that the
+scale of the frames before it would put further off (the first blend of a scene, after a reset, a cut or a change of
+frame size; the frame where a texture starts to boil within a shot) is blended again at the scale that holds it to
+FIDELITY_DB: a linear step between its blend and its styled frame, with no second warp."""
 FIDELITY_SMOOTHING = 0.2
 """How much of the running mean a frame's squared difference replaces when it is lower (about 5 frames; a higher one
 replaces it at once): the weight drops as soon as the texture boils more, and comes back over a few frames, since a
@@ -180,8 +180,9 @@ class Stabiliser:
         weight *= self.strength * self.max_weight
         scale = self._scale
         mean_square = self._blend(flow, weight * scale, styled, out) / styled.size / max(scale * scale, 1e-12)  # at scale 1
-        if self._budget is not None and self._shown(out, styled) > self._floor:
-            self._reblend((self._budget / self._shown(out, styled)) ** 0.5, styled, out)
+        shown = None if self._budget is None else self._shown(out, styled)
+        if shown is not None and shown > self._floor:
+            self._reblend((self._budget / shown) ** 0.5, styled, out)
             if self._shown(out, styled) > self._floor:  # the restoring sharpened the styled frame's own detail past it
                 self._reblend(0.0, styled, out)  # (clipped where it overshoots): the styled frame as it is
             self.reblended += 1
@@ -426,8 +427,8 @@ class Stabiliser:
 
 
 def _keep_off_rejections(weight: np.ndarray) -> np.ndarray:
-    """The weight (float32, changed in place) rejected MARGIN pixels around each rejected pixel, then ramped back up over
-    MARGIN pixels: a rejected pixel stays at 0, one 2 * MARGIN + 1 pixels from any keeps its weight."""
+    """The weight (float32) rejected MARGIN pixels around each rejected pixel, then ramped back up over MARGIN pixels: a
+    rejected pixel stays at 0, one 2 * MARGIN + 1 pixels from any keeps its weight. A new array."""
     side = 2 * MARGIN + 1
     weight = cv2.erode(weight, np.ones((side, side), np.uint8), borderType=cv2.BORDER_REPLICATE)
     return cv2.blur(weight, (side, side), dst=weight, borderType=cv2.BORDER_REPLICATE)

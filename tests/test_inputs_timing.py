@@ -129,7 +129,6 @@ def test_hevc_ts_segments_cut_mid_gop_leave_out_the_leading_pictures_ffmpeg_leav
         _assert_segment_styled_as_shown(stylize_bin, source, tmp_path / f"run-{number}")
 
 
-
 @pytest.mark.parametrize("frames", [0, 1, 100, 0xFFFFFFFF])
 def test_avi_with_a_wrong_stream_length(frames, tmp_path, stylize_bin):
     avi = tmp_path / "real.avi"
