@@ -1,12 +1,12 @@
 """Temporal stabilisation of styled frames (issue 23): training-free, after the model, on any style.
 
 For each frame t the previous *output* is warped to frame t with optical flow computed on the *input* frames
-(OpenCV's DIS, at a bounded working size), bicubic so that repeated warps keep the texture sharp, and blended
-with the freshly styled frame. The blend weight is ``strength * MAX_WEIGHT`` (times the fidelity budget's scale,
-below) where the flow is trusted and falls to 0 where it is not: where the forward-backward check fails
-(occlusions, disocclusions, flow errors), where the warped previous input does not match the current one
-(photometric check), near those regions, where the motion is large, and out of the frame. When too little of a
-frame passes the checks (a scene cut), it is not blended at all.
+(OpenCV's DIS, at a bounded working size), with a sharp interpolation so that repeated warps keep the texture sharp
+(Catmull-Rom, below), and blended with the freshly styled frame. The blend weight is ``strength * MAX_WEIGHT``
+(times the fidelity budget's scale, below) where the flow is trusted and falls to 0 where it is not: where the
+forward-backward check fails (occlusions, disocclusions, flow errors), where the warped previous input does not match
+the current one (photometric check), near those regions, where the motion is large, and out of the frame. When too
+little of a frame passes the checks (a scene cut), it is not blended at all.
 
 Two things keep the stabilised frames true to the style (bench/RESULTS.md). A fidelity budget scales the weight down
 for styles whose texture boils: it holds the blend's running mean squared difference from the freshly styled frames
@@ -15,8 +15,18 @@ fall more than FRAME_MARGIN_DB under it is blended again, nearer its styled fram
 textures has less contrast than either, so the output gets an unsharp mask in proportion to each pixel's weight
 (RESTORE); the frame carried on to the next one is the plain blend.
 
+The warp is Catmull-Rom (the bicubic that reproduces a quadratic) on the luma, computed as a bilinear warp (OpenCV's
+vectorised remap, twice as fast as its scalar bicubic) plus a correction: in one dimension, Catmull-Rom at the fraction
+f between two pixels is the linear interpolation minus f(1 - f)/2 times the linear interpolation of the second
+difference, and the second difference of the bilinear warp stands for the warp of the second difference where the flow
+is smooth (exactly, for a constant shift; in two dimensions the small cross term is left out). The correction is taken
+on the luma and applied to every channel, as the contrast restoring is: the luma comes within 0.06 grey RMS of the
+exact kernel's on a test texture under a smooth flow, the chroma as the bilinear warp leaves it (bench/RESULTS.md). The
+eye sees detail in the luma, video carries the chroma at half the resolution, and correcting each channel measured the
+same.
+
 The weight is computed at the working size on the CPU; the warp and the blend run at the styled size, with
-OpenCV on the CPU or with torch (``grid_sample``, bicubic) on ``device`` "cuda" (or, for tests, torch on the CPU).
+OpenCV on the CPU or with torch (``grid_sample``) on ``device`` "cuda" (or, for tests, torch on the CPU).
 """
 
 from __future__ import annotations
@@ -56,7 +66,7 @@ FIDELITY_SMOOTHING = 0.2
 """How much of the running mean a frame's squared difference replaces when it is lower (about 5 frames; a higher one
 replaces it at once): the weight drops as soon as the texture boils more, and comes back over a few frames, since a
 weight that jumped from frame to frame would make flicker of its own."""
-RESTORE = 0.3
+RESTORE = 0.35
 """Contrast given back to the output: a blend of two textures has less contrast (gradient energy) than either, so the
 output gets an unsharp mask of its luma (the luma's difference from its 3x3 mean) of RESTORE times each pixel's
 weight (none where nothing was blended)."""
@@ -72,6 +82,9 @@ CONSISTENCY_RELATIVE, CONSISTENCY_ABSOLUTE = 0.01, 0.5
 MARGIN = 1
 """Working-size pixels around a rejected region that are rejected too (a flow that fails its checks at a pixel is often
 wrong beside it), and over which the weight then ramps back up (no seam where the blend starts)."""
+FLOW_REFINEMENT = 3
+"""Variational refinement iterations of both DIS flows (the FAST preset, which has 5): 1.2 ms less per frame for an
+E_warp 0.002-0.008 higher (bench/RESULTS.md); none at all fails good flow in the checks."""
 MIN_FLOW_SIDE = 32
 """DIS builds an image pyramid: under this many working-size pixels on a side, OpenCV crashes or refuses the frame, so
 such frames are styled frame by frame (a strip or a thumbnail has little texture to flicker anyway)."""
@@ -115,8 +128,7 @@ class Stabiliser:
         self.engine = ("torch" if kind == "cuda" else "opencv") if engine == "auto" else engine
         if self.engine == "opencv":  # beside inference, which keeps every core busy: one thread, no contention (bench/RESULTS.md)
             cv2.setNumThreads(1)
-        self._flow = cv2.DISOpticalFlow_create(cv2.DISOPTICAL_FLOW_PRESET_FAST)
-        self._check_flow = cv2.DISOpticalFlow_create(cv2.DISOPTICAL_FLOW_PRESET_FAST)  # ULTRAFAST failed good flow (bench/RESULTS.md)
+        self._flow, self._check_flow = (_dis_flow() for _ in range(2))  # ULTRAFAST failed good flow (bench/RESULTS.md)
         self._grids: dict[tuple[int, int], np.ndarray] = {}
         self._terms: dict[tuple[int, int], tuple[np.ndarray, tuple[np.ndarray, np.ndarray]]] = {}
         self._buffers: dict[str, np.ndarray] = {}
@@ -154,7 +166,7 @@ class Stabiliser:
 
     def describe(self) -> dict:
         """What the report says was used (method, strength, flow resolution...)."""
-        return {"method": "flow-warped blend of the previous output (OpenCV DIS flow on the inputs, bicubic warp)",
+        return {"method": "flow-warped blend of the previous output (OpenCV DIS flow on the inputs, Catmull-Rom warp)",
                 "strength": self.strength, "max_weight": self.max_weight, "fidelity_db": self.fidelity_db,
                 "restore": self.restore, "flow_long_side": self.flow_long_side,
                 "warp": f"{self.engine} on {self.device}", "scene_cuts": self.cuts,
@@ -315,10 +327,11 @@ class Stabiliser:
         return terms
 
     def _blend_opencv(self, flow: np.ndarray, weight: np.ndarray, styled: np.ndarray, out: np.ndarray) -> float:
-        """Warps the previous output (bicubic) and blends it in, in buffers kept across frames and in strips of rows
-        that stay in the cache from the warp to the rounding; the blend, clipped to 0..255, is the next frame's previous
-        output, ``out`` gets it rounded, with its contrast restored. Returns the blend's sum of squared differences from
-        ``styled``."""
+        """Warps the previous output (Catmull-Rom) and blends it in, in buffers kept across frames and in strips of rows
+        that stay in the cache from the warp to the rounding; the blend is the next frame's previous output (not
+        clipped: repeated warps overshoot an edge by 6-7 % of its step, and the output saturates when it is
+        rounded), ``out`` gets it rounded, with its contrast restored. Returns the blend's sum of squared differences
+        from ``styled``."""
         height, width = styled.shape[:2]
         map_x, map_y = self._warp_maps(flow, height, width)
         if weight.shape != (height, width):
@@ -326,17 +339,48 @@ class Stabiliser:
         self._full_weight = weight
         warped = self._buffer("warped", styled.shape)
         inverse = self._buffer("inverse", (STRIP_ROWS, width))
+        correction = self._buffer("correction", (STRIP_ROWS, width, 3))
         square_sum = 0.0
         for rows, fresh, (start, stop) in self._strips(styled):
+            count = len(fresh)
+            above, below = min(rows.start, 1), min(height - rows.stop, 1)  # the rows either side that there are
+            around = slice(rows.start - above, rows.stop + below)
+            bilinear = cv2.remap(self._previous_output, map_x[around], map_y[around], cv2.INTER_LINEAR,
+                                 dst=self._buffer("bilinear", (STRIP_ROWS + 2, width, 3))[: count + above + below],
+                                 borderMode=cv2.BORDER_REPLICATE)
+            term = self._catmull_rom_term(bilinear, above, count, map_x[rows], map_y[rows], weight[rows])
             blended = warped[rows]
-            cv2.remap(self._previous_output, map_x[rows], map_y[rows], cv2.INTER_CUBIC, dst=blended,
-                      borderMode=cv2.BORDER_REPLICATE)
-            cv2.blendLinear(blended, fresh, weight[rows], cv2.subtract(1.0, weight[rows], dst=inverse[: len(fresh)]), dst=blended)
+            cv2.blendLinear(bilinear[above: above + count], fresh, weight[rows],
+                            cv2.subtract(1.0, weight[rows], dst=inverse[:count]), dst=blended)
+            cv2.subtract(blended, cv2.cvtColor(term, cv2.COLOR_GRAY2RGB, dst=correction[:count]), dst=blended)
             square_sum += cv2.norm(blended, fresh, cv2.NORM_L2SQR)
-            np.clip(blended, 0.0, 255.0, out=blended)
             self._finish_rows(warped, start, stop, out, 1.0)
         self._buffers["warped"], self._previous_output = self._previous_output, warped  # the old one is the next frame's buffer
         return square_sum
+
+    def _catmull_rom_term(self, bilinear: np.ndarray, above: int, count: int, map_x: np.ndarray, map_y: np.ndarray,
+                          weight: np.ndarray) -> np.ndarray:
+        """What turns a strip's bilinear warp into Catmull-Rom on the luma, times the blend weight, to subtract from every
+        channel: the second differences of its luma across and down, each times f(1 - f)/2 of its axis' fractional
+        coordinate (``map_x``, ``map_y``: the strip's rows of the maps). ``bilinear`` holds the strip's ``count`` rows
+        after ``above`` rows before them, and any row after them."""
+        rows, width = len(bilinear), bilinear.shape[1]
+        luma = cv2.cvtColor(bilinear, cv2.COLOR_RGB2GRAY, dst=self._buffer("warped luma", (STRIP_ROWS + 2, width))[:rows])
+        term = cv2.filter2D(luma[above: above + count], -1, _SECOND_ACROSS, borderType=cv2.BORDER_REPLICATE,
+                            dst=self._buffer("second across", (STRIP_ROWS, width))[:count])
+        cv2.multiply(term, self._fraction_product(map_x, "fraction x"), dst=term)
+        second_down = cv2.filter2D(luma, -1, _SECOND_DOWN, borderType=cv2.BORDER_REPLICATE,
+                                   dst=self._buffer("second down", (STRIP_ROWS + 2, width))[:rows])[above: above + count]
+        cv2.add(term, cv2.multiply(second_down, self._fraction_product(map_y, "fraction y"), dst=second_down), dst=term)
+        return cv2.multiply(term, weight, dst=term, scale=0.5)
+
+    def _fraction_product(self, coordinates: np.ndarray, name: str) -> np.ndarray:
+        """f(1 - f), f the fractional part of each coordinate, in a buffer kept as ``name``."""
+        count, width = coordinates.shape
+        fraction = np.floor(coordinates, out=self._buffer(name, (STRIP_ROWS, width))[:count])
+        cv2.subtract(coordinates, fraction, dst=fraction)
+        square = cv2.multiply(fraction, fraction, dst=self._buffer("fraction squared", (STRIP_ROWS, width))[:count])
+        return cv2.subtract(fraction, square, dst=fraction)
 
     def _reblend_opencv(self, ratio: float, styled: np.ndarray, out: np.ndarray) -> None:
         """The blend moved in place toward ``styled``, strip by strip, and rounded into ``out`` again."""
@@ -361,20 +405,19 @@ class Stabiliser:
             done = ready
 
     def _finish_rows(self, blended: np.ndarray, start: int, stop: int, out: np.ndarray, weight_scale: float) -> None:
-        """Rows ``start:stop`` of the blend (clipped to 0..255) rounded into ``out``, their contrast restored: plus
+        """Rows ``start:stop`` of the blend rounded (and saturated) into ``out``, their contrast restored: plus
         ``restore`` times the weight (times ``weight_scale``) times the high band of their luma (itself minus its 3x3
         mean), on every channel."""
         rows = slice(start, stop)
         if not self.restore:
-            cv2.convertScaleAbs(blended[rows], dst=out[rows])  # rounds to uint8
+            cv2.multiply(blended[rows], 1.0, dst=out[rows], dtype=cv2.CV_8U)  # rounds and saturates to uint8
             return
         count, width = stop - start, blended.shape[1]
         above, below = min(start, 1), min(len(blended) - stop, 1)  # the neighbour rows there are
         luma = cv2.cvtColor(blended[start - above: stop + below], cv2.COLOR_RGB2GRAY,
                             dst=self._buffer("luma", (STRIP_ROWS + 2, width))[: count + above + below])
-        mean = cv2.blur(luma, (3, 3), borderType=cv2.BORDER_REPLICATE)
-        detail = cv2.subtract(luma[above: above + count], mean[above: above + count],
-                              dst=self._buffer("detail", (STRIP_ROWS, width))[:count])
+        detail = cv2.filter2D(luma, -1, _HIGH_BAND, borderType=cv2.BORDER_REPLICATE,
+                              dst=self._buffer("detail", (STRIP_ROWS + 2, width))[: count + above + below])[above: above + count]
         cv2.multiply(detail, self._full_weight[rows], dst=detail, scale=self.restore * weight_scale)
         added = cv2.cvtColor(detail, cv2.COLOR_GRAY2RGB, dst=self._buffer("added", (STRIP_ROWS, width, 3))[:count])
         cv2.add(blended[rows], added, dst=out[rows], dtype=cv2.CV_8U)  # rounds and saturates to uint8
@@ -394,14 +437,20 @@ class Stabiliser:
         small = torch.from_numpy(np.ascontiguousarray(np.dstack([flow, weight]).transpose(2, 0, 1)[None])).to(self.device)
         full = F.interpolate(small, size=(height, width), mode="bilinear", align_corners=False)
         flow_full, self._full_weight = full[:, :2] * scale, full[:, 2:].contiguous()
+        fraction = flow_full - flow_full.floor()  # of the coordinates too: theirs are whole
+        factors = (0.5 * fraction * (1.0 - fraction)) * self._full_weight
         ys, xs = torch.meshgrid(torch.arange(height, device=self.device, dtype=torch.float32),
                                 torch.arange(width, device=self.device, dtype=torch.float32), indexing="ij")
         grid = torch.stack([(xs + flow_full[0, 0]) * (2.0 / max(width - 1, 1)) - 1.0,
                             (ys + flow_full[0, 1]) * (2.0 / max(height - 1, 1)) - 1.0], dim=-1)[None]
-        warped = F.grid_sample(self._previous_output, grid, mode="bicubic", padding_mode="border", align_corners=True)
+        warped = F.grid_sample(self._previous_output, grid, mode="bilinear", padding_mode="border", align_corners=True)
+        luma = F.pad((warped * self._luma_weights()).sum(dim=1, keepdim=True), (1, 1, 1, 1), mode="replicate")
+        centre = luma[..., 1:-1, 1:-1]
+        correction = (factors[:, :1] * (luma[..., 1:-1, :-2] - 2.0 * centre + luma[..., 1:-1, 2:])
+                      + factors[:, 1:] * (luma[..., :-2, 1:-1] - 2.0 * centre + luma[..., 2:, 1:-1]))
         self._current = current = self._tensor(styled)
-        difference = self._full_weight * (warped - current)
-        self._previous_output = (current + difference).clamp_(0.0, 255.0)
+        difference = self._full_weight * (warped - current) - correction
+        self._previous_output = current + difference
         self._finish_torch(out, 1.0)
         return float(difference.square().sum())
 
@@ -409,6 +458,14 @@ class Stabiliser:
         current = self._current  # ``styled`` on the device, from the blend
         self._previous_output = current + ratio * (self._previous_output - current)
         self._finish_torch(out, ratio)
+
+    def _luma_weights(self) -> torch.Tensor:
+        """LUMA as a (1, 3, 1, 1) tensor on the device, made once."""
+        import torch
+
+        if self._luma is None:
+            self._luma = torch.tensor(LUMA, device=self.device).view(1, 3, 1, 1)
+        return self._luma
 
     def _finish_torch(self, out: np.ndarray, weight_scale: float) -> None:
         """The blend rounded into ``out``, its contrast restored as on the OpenCV path: the luma's difference from its
@@ -418,12 +475,24 @@ class Stabiliser:
 
         blended = self._previous_output
         if self.restore:
-            if self._luma is None:
-                self._luma = torch.tensor(LUMA, device=self.device).view(1, 3, 1, 1)
-            luma = (blended * self._luma).sum(dim=1, keepdim=True)
+            luma = (blended * self._luma_weights()).sum(dim=1, keepdim=True)
             mean = F.avg_pool2d(F.pad(luma, (1, 1, 1, 1), mode="replicate"), 3, stride=1)
             blended = blended + (self.restore * weight_scale) * self._full_weight * (luma - mean)
         out[...] = blended.clamp(0.0, 255.0).round()[0].permute(1, 2, 0).to(torch.uint8).cpu().numpy()
+
+
+def _dis_flow() -> cv2.DISOpticalFlow:
+    """A DIS flow as FLOW_REFINEMENT says."""
+    flow = cv2.DISOpticalFlow_create(cv2.DISOPTICAL_FLOW_PRESET_FAST)
+    flow.setVariationalRefinementIterations(FLOW_REFINEMENT)
+    return flow
+
+
+_SECOND_ACROSS = np.array([[1.0, -2.0, 1.0]], np.float32)
+_SECOND_DOWN = _SECOND_ACROSS.T.copy()
+"""Second differences across and down, the Catmull-Rom correction's filters."""
+_HIGH_BAND = np.full((3, 3), -1.0 / 9.0, np.float32) + np.pad(np.ones((1, 1), np.float32), 1)
+"""A pixel minus its 3x3 mean, the contrast restoring's high band, as one filter."""
 
 
 def _keep_off_rejections(weight: np.ndarray) -> np.ndarray:
