@@ -310,16 +310,30 @@ def test_contrast_lost_in_the_blend_is_restored() -> None:
     assert np.array_equal(stable[1:, :, :SHIFT], styled[1:, :, :SHIFT]), "what enters the frame is not blended, nor sharpened"
 
 
-def subpixel_pan(frames: int, step: float = 0.5, seed: int = 3) -> np.ndarray:
-    """A fine texture moving ``step`` pixels right per frame: drawn at 4x and brought down, so each frame is the same
-    band-limited texture at a fractional offset (a warp must interpolate between pixels to follow it)."""
-    fine, lead = 4, 20
-    noise = np.random.default_rng(seed).random((HEIGHT * fine, (WIDTH + lead) * fine, 3), dtype=np.float32)
-    smooth = cv2.GaussianBlur(noise, (0, 0), 1.2 * fine)
-    smooth = np.clip(128 + 45 * (smooth - smooth.mean()) / smooth.std(), 0, 255)
-    starts = (round((lead - step * t) * fine) for t in range(frames))
-    return np.stack([cv2.resize(smooth[:, x: x + WIDTH * fine], (WIDTH, HEIGHT), interpolation=cv2.INTER_AREA)
+FINE, LEAD = 4, 20
+"""A sub-pixel pan's scene is drawn FINE times the frame's size, LEAD frame pixels wider than the frame."""
+
+
+def fine_texture(seed: int = 3) -> np.ndarray:
+    """A fine random texture for a sub-pixel pan, at FINE times the frame's size (float32, 0..255)."""
+    noise = np.random.default_rng(seed).random((HEIGHT * FINE, (WIDTH + LEAD) * FINE, 3), dtype=np.float32)
+    smooth = cv2.GaussianBlur(noise, (0, 0), 1.2 * FINE)
+    return np.clip(128 + 45 * (smooth - smooth.mean()) / smooth.std(), 0, 255)
+
+
+def subpixel_pan(frames: int, step: float = 0.5, scene: np.ndarray | None = None) -> np.ndarray:
+    """``scene`` (fine_texture's by default) moving ``step`` pixels right per frame: brought down from FINE times the
+    size, so each frame is the same band-limited scene at a fractional offset (a warp must interpolate to follow it)."""
+    scene = fine_texture() if scene is None else scene
+    starts = (round((LEAD - step * t) * FINE) for t in range(frames))
+    return np.stack([cv2.resize(scene[:, x: x + WIDTH * FINE], (WIDTH, HEIGHT), interpolation=cv2.INTER_AREA)
                      for x in starts]).round().astype(np.uint8)
+
+
+def carried_frame(stabiliser: Stabiliser) -> np.ndarray:
+    """The frame the stabiliser carries on to the next one, (H, W, 3) float32 whatever its engine."""
+    carried = stabiliser._previous_output
+    return carried[0].permute(1, 2, 0).numpy() if stabiliser.engine == "torch" else carried
 
 
 @pytest.mark.parametrize("engine", ["opencv", "torch"])
@@ -342,17 +356,14 @@ def test_the_warp_overshoots_an_edge_and_the_output_saturates(engine: str) -> No
     """A sharp warp overshoots a hard edge (Catmull-Rom's negative lobes): the frame carried on keeps the overshoot
     (clipping it would cost a pass over every frame for nothing measured), and the output is its rounding, saturated
     to 0..255 (not its magnitude, not wrapped). No restoring, so that the output is the carried frame rounded."""
-    fine, lead = 4, 20
-    scene = np.zeros((HEIGHT * fine, (WIDTH + lead) * fine, 3), np.float32)
-    scene[:, (WIDTH // 2 + lead) * fine:] = 255
+    scene = np.zeros((HEIGHT * FINE, (WIDTH + LEAD) * FINE, 3), np.float32)
+    scene[:, (WIDTH // 2 + LEAD) * FINE:] = 255
     texture = cv2.GaussianBlur(np.random.default_rng(0).random(scene.shape[:2], dtype=np.float32), (0, 0), 6) * 400 - 200
     scene += (texture[..., None] * (scene < 128))  # on the dark side, for the flow to follow; white stays flat
-    clip = np.stack([cv2.resize(np.clip(scene[:, x: x + WIDTH * fine], 0, 255), (WIDTH, HEIGHT), interpolation=cv2.INTER_AREA)
-                     for x in (round((lead - 0.5 * t) * fine) for t in range(12))]).round().astype(np.uint8)
+    clip = subpixel_pan(12, scene=np.clip(scene, 0, 255))
     stabiliser = Stabiliser(fidelity_db=None, restore=0.0, engine=engine)
     stable = stabiliser(clip, clip)
-    carried = stabiliser._previous_output
-    carried = carried[0].permute(1, 2, 0).numpy() if engine == "torch" else carried
+    carried = carried_frame(stabiliser)
     assert carried.min() < -4 and carried.max() > 259, "no overshoot to check"
     assert np.array_equal(stable[-1], np.clip(np.rint(carried), 0, 255).astype(np.uint8))
 
@@ -480,8 +491,7 @@ def test_the_warp_is_catmull_rom_on_the_luma(engine: str) -> None:
     stabiliser._previous_size = image.shape
     stabiliser._previous_output = stabiliser._tensor(image) if engine == "torch" else image.copy()
     stabiliser._blend(flow, np.ones((HEIGHT, WIDTH), np.float32), np.zeros(image.shape, np.uint8), np.empty(image.shape, np.uint8))
-    warped = stabiliser._previous_output
-    warped = warped[0].permute(1, 2, 0).numpy() if engine == "torch" else warped
+    warped = carried_frame(stabiliser)
     exact = catmull_rom_warp(image, xs + flow[..., 0], ys + flow[..., 1]).astype(np.float32)
     bilinear = cv2.remap(image, xs + flow[..., 0], ys + flow[..., 1], cv2.INTER_LINEAR, borderMode=cv2.BORDER_REPLICATE)
     inner = (slice(5, -5), slice(5, -5))
