@@ -169,10 +169,11 @@ def variational(a: np.ndarray, b: np.ndarray, levels: int = 6) -> np.ndarray:
     return flow
 
 
-def warp(image: np.ndarray, flow: np.ndarray) -> np.ndarray:
+def warp(image: np.ndarray, flow: np.ndarray, interpolation: int = cv2.INTER_LINEAR) -> np.ndarray:
+    """``image`` sampled at each pixel plus ``flow`` (of the frame the result is in), edges replicated."""
     height, width = flow.shape[:2]
     xs, ys = np.meshgrid(np.arange(width, dtype=np.float32), np.arange(height, dtype=np.float32))
-    return cv2.remap(image, xs + flow[..., 0], ys + flow[..., 1], cv2.INTER_LINEAR, borderMode=cv2.BORDER_REPLICATE)
+    return cv2.remap(image, xs + flow[..., 0], ys + flow[..., 1], interpolation, borderMode=cv2.BORDER_REPLICATE)
 
 
 def pair_masks(inputs: np.ndarray, flow=variational) -> Truth:

@@ -128,7 +128,7 @@ class Stabiliser:
         self.engine = ("torch" if kind == "cuda" else "opencv") if engine == "auto" else engine
         if self.engine == "opencv":  # beside inference, which keeps every core busy: one thread, no contention (bench/RESULTS.md)
             cv2.setNumThreads(1)
-        self._flow, self._check_flow = (_dis_flow() for _ in range(2))  # ULTRAFAST failed good flow (bench/RESULTS.md)
+        self._flow, self._check_flow = (dis_flow() for _ in range(2))  # ULTRAFAST failed good flow (bench/RESULTS.md)
         self._grids: dict[tuple[int, int], np.ndarray] = {}
         self._terms: dict[tuple[int, int], tuple[np.ndarray, tuple[np.ndarray, np.ndarray]]] = {}
         self._buffers: dict[str, np.ndarray] = {}
@@ -416,7 +416,7 @@ class Stabiliser:
         above, below = min(start, 1), min(len(blended) - stop, 1)  # the neighbour rows there are
         luma = cv2.cvtColor(blended[start - above: stop + below], cv2.COLOR_RGB2GRAY,
                             dst=self._buffer("luma", (STRIP_ROWS + 2, width))[: count + above + below])
-        detail = cv2.filter2D(luma, -1, _HIGH_BAND, borderType=cv2.BORDER_REPLICATE,
+        detail = cv2.filter2D(luma, -1, HIGH_BAND, borderType=cv2.BORDER_REPLICATE,
                               dst=self._buffer("detail", (STRIP_ROWS + 2, width))[: count + above + below])[above: above + count]
         cv2.multiply(detail, self._full_weight[rows], dst=detail, scale=self.restore * weight_scale)
         added = cv2.cvtColor(detail, cv2.COLOR_GRAY2RGB, dst=self._buffer("added", (STRIP_ROWS, width, 3))[:count])
@@ -481,7 +481,7 @@ class Stabiliser:
         out[...] = blended.clamp(0.0, 255.0).round()[0].permute(1, 2, 0).to(torch.uint8).cpu().numpy()
 
 
-def _dis_flow() -> cv2.DISOpticalFlow:
+def dis_flow() -> cv2.DISOpticalFlow:
     """A DIS flow as FLOW_REFINEMENT says."""
     flow = cv2.DISOpticalFlow_create(cv2.DISOPTICAL_FLOW_PRESET_FAST)
     flow.setVariationalRefinementIterations(FLOW_REFINEMENT)
@@ -491,7 +491,7 @@ def _dis_flow() -> cv2.DISOpticalFlow:
 _SECOND_ACROSS = np.array([[1.0, -2.0, 1.0]], np.float32)
 _SECOND_DOWN = _SECOND_ACROSS.T.copy()
 """Second differences across and down, the Catmull-Rom correction's filters."""
-_HIGH_BAND = np.full((3, 3), -1.0 / 9.0, np.float32) + np.pad(np.ones((1, 1), np.float32), 1)
+HIGH_BAND = np.full((3, 3), -1.0 / 9.0, np.float32) + np.pad(np.ones((1, 1), np.float32), 1)
 """A pixel minus its 3x3 mean, the contrast restoring's high band, as one filter."""
 
 

@@ -1,6 +1,7 @@
 """The flicker benchmark's instrument (bench/temporal.py): the generated clips' ground truth is exact, and the flow
 used on real clips recovers a known motion, so its E_warp figures measure the output and not the metric's own errors."""
 
+import cv2
 import numpy as np
 import pytest
 
@@ -60,3 +61,35 @@ def test_labelled_truth_counts_what_stays_visible_away_from_motion_boundaries():
 def test_occluder_scene_truth_stays_exact_where_discs_wrap_around(still_film):
     frames, truth = bench.occluder_scene(still_film, frames=40)  # discs leave one side and enter the other at 30, 34, 37
     assert bench.pair_errors(frames, truth).max() == 0.0
+
+
+def test_held_blend_spends_the_floor_on_every_frame_and_a_lookahead_buys_less_flicker_for_it():
+    """bench/temporal_reach.py's measure of what blending can reach: a texture panning 2 px a frame, 'styled' as itself
+    plus fresh noise every frame (a boiling style). Every held frame sits at the floor (the bisection spends it all,
+    and never more), the blend of the warped previous output flickers far less than the styled frames, at the same
+    floor a one-frame lookahead flickers less than the causal blend, and the contrast restoring gives back detail
+    within the same floor."""
+    from bench import temporal_reach as reach
+
+    rng = np.random.default_rng(3)
+    texture = cv2.GaussianBlur(rng.uniform(0, 255, (120, 200)).astype(np.float32), (0, 0), 2.0)
+    texture = cv2.normalize(texture, None, 40, 215, cv2.NORM_MINMAX)
+    frames = np.stack([np.repeat(texture[:, 2 * t: 2 * t + 160, None], 3, axis=2) for t in range(16)]).round().astype(np.uint8)
+    styled = np.clip(frames + rng.normal(0, 18, frames.shape), 0, 255).round().astype(np.uint8)
+    flow = np.zeros((120, 160, 2), np.float32)
+    flow[..., 0] = -2.0  # what pixel x shows at t, pixel x - 2 shows at t + 1
+    mask = np.zeros((120, 160), bool)
+    mask[8:-8, 8:-8] = True
+    truth = [(flow, mask)] * (len(frames) - 1)
+    assert bench.pair_errors(frames, truth).max() < 1e-6  # the truth is exact on the clean texture
+
+    per_frame = bench.pair_errors(styled, truth).mean()
+    causal = reach.held_blend(frames, styled, 25.0, restore=0.0)
+    ahead = reach.held_blend(frames, styled, 25.0, restore=0.0, lookahead=0.25)
+    restored = reach.held_blend(frames, styled, 25.0, restore=0.5, lookahead=0.25)
+    for held in (causal, ahead, restored):
+        psnrs = [bench.psnr(a, b) for a, b in zip(held[1:], styled[1:])]
+        assert min(psnrs) >= 25.0 and max(psnrs) < 25.2  # at the floor, not over it
+    assert bench.pair_errors(causal, truth).mean() < 0.15 * per_frame  # the carried frame follows the motion
+    assert bench.pair_errors(ahead, truth).mean() < 0.9 * bench.pair_errors(causal, truth).mean()
+    assert bench.detail(restored) > 1.1 * bench.detail(ahead)
