@@ -18,7 +18,7 @@ This measures where that trade ends for a blend of warped frames at one weight a
 - **held two-frame**: the same with a one-frame lookahead: the blend mixed with the next styled frame warped back
   (``lookahead`` times the same per-frame factor), which the pipeline cannot do without a frame after each batch and a
   second full-size warp.
-- **the stabiliser** at its defaults, and with no margin under the floor (its budget at ``floor``, FRAME_MARGIN_DB 0:
+- **the stabiliser** at its defaults, and with no margin under the floor (its budget at ``floor``, ``frame_margin_db`` 0:
   each frame blended again when it falls under the floor) at two contrast restorings.
 """
 
@@ -29,12 +29,10 @@ import os
 import platform
 import tempfile
 from pathlib import Path
-from unittest import mock
 
 import cv2
 import numpy as np
 
-import gpu_job.temporal as temporal
 from bench.temporal import SIZE, cpu_model, detail, film_frames, grey, occluder_scene, pair_masks, ratio_cells, warp
 from bench.temporal import pair_errors, worst_frame_psnr
 from gpu_job.models import load_styler
@@ -48,11 +46,20 @@ STABILISER_RESTORES = (RESTORE, 0.15)
 """The stabiliser's contrast restorings with no margin: its default, and one that brings starry's detail nearer 0.85."""
 
 
-def held_blend(inputs: np.ndarray, styled: np.ndarray, floor_db: float, restore: float,
-               lookahead: float = 0.0) -> np.ndarray:
-    """Each frame blended as much as ``floor_db`` allows (module docstring); uint8 frames like ``styled``."""
+def dis_flows(inputs: np.ndarray) -> tuple[list[np.ndarray], list[np.ndarray]]:
+    """The stabiliser's DIS flows between consecutive frames: from each frame t >= 1 back to t - 1, and from each frame
+    before the last on to the next (computed once per clip, for every held blend of it)."""
     flow = dis_flow()
     greys = [grey(frame) for frame in inputs]
+    return ([flow.calc(greys[t], greys[t - 1], None) for t in range(1, len(greys))],
+            [flow.calc(greys[t], greys[t + 1], None) for t in range(len(greys) - 1)])
+
+
+def held_blend(styled: np.ndarray, flows: tuple[list[np.ndarray], list[np.ndarray]], floor_db: float, restore: float,
+               lookahead: float = 0.0) -> np.ndarray:
+    """Each frame blended as much as ``floor_db`` allows (module docstring), with the inputs' ``dis_flows``; uint8
+    frames like ``styled``."""
+    back, forward = flows
     limit = 255.0**2 * 10.0 ** (-floor_db / 10.0)  # the most mean squared difference a frame may have
     luma = np.array(LUMA, np.float32)
     fresh_frames = styled.astype(np.float32)
@@ -60,10 +67,8 @@ def held_blend(inputs: np.ndarray, styled: np.ndarray, floor_db: float, restore:
     out = [styled[0]]
     for t in range(1, len(styled)):
         fresh = fresh_frames[t]
-        warped = warp(carried, flow.calc(greys[t], greys[t - 1], None), cv2.INTER_CUBIC)
-        ahead = None
-        if lookahead and t + 1 < len(styled):
-            ahead = warp(fresh_frames[t + 1], flow.calc(greys[t], greys[t + 1], None), cv2.INTER_CUBIC)
+        warped = warp(carried, back[t - 1], cv2.INTER_CUBIC)
+        ahead = warp(fresh_frames[t + 1], forward[t], cv2.INTER_CUBIC) if lookahead and t + 1 < len(styled) else None
 
         def frame_at(factor: float) -> tuple[np.ndarray, np.ndarray]:
             """The blend at ``factor`` (carried on) and the frame shown, rounded."""
@@ -91,12 +96,6 @@ def held_blend(inputs: np.ndarray, styled: np.ndarray, floor_db: float, restore:
     return np.stack(out)
 
 
-def unmargined_stabiliser(floor_db: float, restore: float) -> Stabiliser:
-    """The stabiliser with its budget at the floor and no margin under it (each frame blended again under the floor)."""
-    with mock.patch.object(temporal, "FRAME_MARGIN_DB", 0.0):
-        return Stabiliser(fidelity_db=floor_db, restore=restore)
-
-
 def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--styles", default="starry")
@@ -117,13 +116,14 @@ def main() -> None:
         for style in args.styles.split(","):
             styler = load_styler(style, "cpu", Path(cache))
             for name, (inputs, masks) in clips.items():
+                flows = dis_flows(inputs)
                 styled = np.concatenate([styler(inputs[i: i + 16]) for i in range(0, len(inputs), 16)])
                 error, styled_detail = pair_errors(styled, masks).mean(), detail(styled)
                 rows = [("the stabiliser (defaults)", RESTORE, Stabiliser()(inputs, styled))]
                 rows += [(f"the stabiliser, no margin under {args.floor:g} dB", restore,
-                          unmargined_stabiliser(args.floor, restore)(inputs, styled))
+                          Stabiliser(fidelity_db=args.floor, restore=restore, frame_margin_db=0.0)(inputs, styled))
                          for restore in STABILISER_RESTORES]
-                rows += [(kind, restore, held_blend(inputs, styled, args.floor, restore, share))
+                rows += [(kind, restore, held_blend(styled, flows, args.floor, restore, share))
                          for kind, share in (("held", 0.0), ("held two-frame", args.lookahead)) for restore in restores]
                 for kind, restore, frames in rows:
                     cells = ratio_cells(frames, styled, masks, error, styled_detail)

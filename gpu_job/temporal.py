@@ -108,14 +108,17 @@ class Stabiliser:
 
     def __init__(self, strength: float = 1.0, *, device: str = "cpu", flow_long_side: int = FLOW_LONG_SIDE,
                  max_weight: float = MAX_WEIGHT, fidelity_db: float | None = FIDELITY_DB, restore: float = RESTORE,
-                 engine: str = "auto") -> None:
+                 engine: str = "auto", frame_margin_db: float = FRAME_MARGIN_DB) -> None:
         """``fidelity_db`` None: no budget (the weight is ``strength * max_weight`` wherever the flow is trusted);
-        ``restore`` 0: the plain blend. The benchmark compares those with the defaults."""
+        ``restore`` 0: the plain blend; ``frame_margin_db`` 0: each frame held to the budget itself. The benchmarks
+        compare those with the defaults."""
         if not 0.0 <= strength <= 1.0:
             raise ValueError(f"temporal strength must be between 0 and 1, got {strength}")
         if not 0.0 <= max_weight <= 1.0 or not 0.0 <= restore <= 1.0 or not (fidelity_db is None or 0.0 < fidelity_db < 100.0):
             raise ValueError(f"max_weight and restore must be between 0 and 1 and fidelity_db between 0 and 100 dB or None, "
                              f"got {max_weight}, {restore}, {fidelity_db}")
+        if not 0.0 <= frame_margin_db < 100.0:
+            raise ValueError(f"frame_margin_db must be between 0 and 100 dB, got {frame_margin_db}")
         kind = str(device).split(":")[0]
         if kind not in ("cpu", "cuda"):
             raise ValueError(f"device must be 'cpu' or 'cuda', got {device!r}")
@@ -124,7 +127,7 @@ class Stabiliser:
         self.strength, self.device, self.flow_long_side, self.max_weight = strength, device, flow_long_side, max_weight
         self.fidelity_db, self.restore = fidelity_db, restore
         self._budget = None if fidelity_db is None else 255.0**2 * 10.0 ** (-fidelity_db / 10.0)  # mean squared, 0..255
-        self._floor = None if fidelity_db is None else self._budget * 10.0 ** (FRAME_MARGIN_DB / 10.0)  # the most for one frame
+        self._floor = None if fidelity_db is None else self._budget * 10.0 ** (frame_margin_db / 10.0)  # the most for one frame
         self.engine = ("torch" if kind == "cuda" else "opencv") if engine == "auto" else engine
         if self.engine == "opencv":  # beside inference, which keeps every core busy: one thread, no contention (bench/RESULTS.md)
             cv2.setNumThreads(1)

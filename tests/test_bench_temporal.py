@@ -84,9 +84,10 @@ def test_held_blend_spends_the_floor_on_every_frame_and_a_lookahead_buys_less_fl
     assert bench.pair_errors(frames, truth).max() < 1e-6  # the truth is exact on the clean texture
 
     per_frame = bench.pair_errors(styled, truth).mean()
-    causal = reach.held_blend(frames, styled, 25.0, restore=0.0)
-    ahead = reach.held_blend(frames, styled, 25.0, restore=0.0, lookahead=0.25)
-    restored = reach.held_blend(frames, styled, 25.0, restore=0.5, lookahead=0.25)
+    flows = reach.dis_flows(frames)
+    causal = reach.held_blend(styled, flows, 25.0, restore=0.0)
+    ahead = reach.held_blend(styled, flows, 25.0, restore=0.0, lookahead=0.25)
+    restored = reach.held_blend(styled, flows, 25.0, restore=0.5, lookahead=0.25)
     for held in (causal, ahead, restored):
         psnrs = [bench.psnr(a, b) for a, b in zip(held[1:], styled[1:])]
         assert min(psnrs) >= 25.0 and max(psnrs) < 25.2  # at the floor, not over it

@@ -506,7 +506,8 @@ def test_the_warp_is_catmull_rom_on_the_luma(engine: str) -> None:
 @pytest.mark.parametrize("arguments", [{"strength": 1.5}, {"strength": -0.1}, {"device": "tpu"},
                                        {"device": "cuda", "engine": "opencv"}, {"engine": "fast"}, {"max_weight": 1.5},
                                        {"max_weight": float("nan")}, {"restore": -0.1}, {"fidelity_db": 0.0},
-                                       {"fidelity_db": float("nan")}])
+                                       {"fidelity_db": float("nan")}, {"frame_margin_db": -1.0},
+                                       {"frame_margin_db": float("nan")}])
 def test_refuses_bad_settings(arguments: dict) -> None:
     with pytest.raises(ValueError):
         Stabiliser(**arguments)
