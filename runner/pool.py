@@ -12,7 +12,9 @@ through its model back to back.
 from __future__ import annotations
 
 import json
+import os
 import queue
+import signal
 import subprocess
 import threading
 import time
@@ -32,7 +34,9 @@ Launcher = Callable[[list[str]], subprocess.Popen]
 
 
 def launch_worker(command: list[str]) -> subprocess.Popen:
-    return subprocess.Popen(command, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, bufsize=1)
+    """A worker in a process group of its own, so that killing it kills whatever it started too (:meth:`WorkerProcess.kill`)."""
+    return subprocess.Popen(command, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, bufsize=1,
+                            process_group=0)
 
 
 class WorkerProcess(Generic[M, R]):
@@ -43,6 +47,7 @@ class WorkerProcess(Generic[M, R]):
         self.kind = kind
         self.process = launcher(command)
         self.name = f"pid {self.process.pid}"
+        self._leads_group = _leads_group(self.process.pid)
         self.sent = 0
         self._stderr: deque[str] = deque(maxlen=20)
         self._drain = threading.Thread(target=lambda: self._stderr.extend(self.process.stderr), daemon=True)
@@ -98,11 +103,20 @@ class WorkerProcess(Generic[M, R]):
         try:
             self.process.wait(timeout=STOP_GRACE_S)
         except subprocess.TimeoutExpired:
-            self.process.kill()
-            self.process.wait()
+            self.kill()
 
     def kill(self) -> None:
-        self.process.kill()
+        """Kill it, with its process group where it leads one (what it started dies with it), and wait until it has
+        exited: the caller removes the folder it was writing in next."""
+        if self.process.returncode is None:  # not reaped yet: its pid, and so its group's id, is no one else's
+            try:
+                if self._leads_group:
+                    os.killpg(self.process.pid, signal.SIGKILL)
+                else:
+                    self.process.kill()
+            except ProcessLookupError:
+                pass
+        self.process.wait()
 
 
 @dataclass(frozen=True)
@@ -295,6 +309,14 @@ class WorkerPool(Generic[M, R]):
                     process.kill()
                 for _ in self.slots:
                     pending.put(None)
+
+
+def _leads_group(pid: int) -> bool:
+    """Whether the process leads its own process group (as :func:`launch_worker` starts it; a launcher may not)."""
+    try:
+        return os.getpgid(pid) == pid
+    except ProcessLookupError:
+        return False
 
 
 def _parse_event(line: str) -> dict:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import os
 import sys
+import time
 from dataclasses import dataclass, fields
 from pathlib import Path
 
@@ -140,6 +141,39 @@ def test_error_that_will_repeat_is_not_retried(clip, tmp_path):
         run(request, Settings(max_attempts=3), launcher=_flaky("fatal", 1, 99, state))
     assert _injected(state) == 1
     assert not request.output.exists()
+
+
+LINGERING = """
+import json, subprocess, sys
+late = sys.argv[1]
+for number, line in enumerate(sys.stdin):
+    message = json.loads(line)
+    # what it started for the item is still writing when the run fails
+    subprocess.Popen([sys.executable, "-c", "import pathlib, sys, time; time.sleep(1.5); pathlib.Path(sys.argv[1]).write_text('late')", late])
+    print(json.dumps({"event": "result", "item": number, "job_id": message["job_id"], "batch": message["batch"]["index"],
+                      "attempt": message["attempt"], "succeeded": False, "error": "bad", "retryable": False, "worker": "w"}), flush=True)
+"""
+
+
+def test_a_failed_run_leaves_no_worker_nor_anything_it_started_writing(tmp_path):
+    """When the run fails, its scratch folder is removed next: every worker, and every process a worker started, is
+    gone by then (a batch still being written there made the removal fail with "Directory not empty", in place of the
+    run's one-line error)."""
+    late, launched = tmp_path / "late", []
+
+    def launcher(command: list[str]):
+        launched.append(launch_worker([sys.executable, "-c", LINGERING, str(late)]))
+        return launched[-1]
+
+    def outcome(done) -> None:
+        raise InvalidInputError("the run fails")
+
+    with pytest.raises(InvalidInputError, match="the run fails"), WorkerPool(max_attempts=1, launcher=launcher) as pool:
+        pool.start(["unused"], 2)
+        pool.run(_batch_messages(4), outcome)
+    assert launched and all(process.returncode is not None for process in launched), "every worker waited for"
+    time.sleep(2.5)
+    assert not late.exists(), "a process a worker started outlived the run"
 
 
 def _recording(events: list, processes: list):
