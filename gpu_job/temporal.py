@@ -92,7 +92,8 @@ CUT_FRACTION = 0.35
 """A frame where less than this fraction of the pixels passes both checks starts a new scene: no blend."""
 INSIDE = 0.999
 """The checks' remap reads a plane of ones with 0 outside the frame: a place whose bilinear taps all lie in the frame
-reads 1 (up to rounding), and one with any tap outside less."""
+reads 1, one with a tap outside reads 1 minus that tap's weight. So a place within 0.001 px of the frame counts as
+inside (the tiny flows DIS leaves at a still edge), one further out does not."""
 ENGINES = ("auto", "opencv", "torch")
 STRIP_ROWS = 64
 """Rows the OpenCV path warps, blends and rounds at a time (about 1.5 MB of float32 at 1920 wide for the blend, as much

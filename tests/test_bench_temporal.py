@@ -97,7 +97,7 @@ def test_held_blend_spends_the_floor_on_every_frame_and_a_lookahead_buys_less_fl
 
 
 def test_the_worst_frame_detail_finds_a_smeared_frame_that_the_clip_ratio_hides():
-    """A clip whose last frame is blurred: the clip's ratio (of its sums) stays near 1, the worst frame's is that
+    """A clip with one frame of 16 blurred: the clip's ratio (of its sums) stays near 1, the worst frame's is that
     frame's own."""
     rng = np.random.default_rng(0)
     styled = np.clip(128 + 60 * rng.standard_normal((16, 48, 64, 3)), 0, 255).astype(np.uint8)
