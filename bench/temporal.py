@@ -37,6 +37,7 @@ from __future__ import annotations
 import argparse
 import importlib.metadata
 import importlib.util
+import math
 import os
 import platform
 import subprocess
@@ -218,8 +219,11 @@ def detail(frames: np.ndarray) -> float:
 
 def worst_frame_detail(frames: np.ndarray, styled: np.ndarray) -> float:
     """The lowest detail ratio of any one frame against its per-frame styled frame: the clip's ratio is of its sums, so
-    sharp frames at the start of each scene can hide a long shot whose frames lose more and more of their detail."""
-    return min(detail(frame[None]) / detail(styled_frame[None]) for frame, styled_frame in zip(frames, styled))
+    sharp frames at the start of each scene can hide a long shot whose frames lose more and more of their detail. A styled
+    frame with no gradient at all has no detail to lose and no ratio: it is passed over (nan when every one is flat)."""
+    ratios = [detail(frame[None]) / styled_detail for frame, styled_frame in zip(frames, styled)
+              if (styled_detail := detail(styled_frame[None])) > 0.0]
+    return min(ratios, default=math.nan)
 
 
 def worst_frame_psnr(frames: np.ndarray, styled: np.ndarray) -> float:

@@ -85,6 +85,10 @@ wrong beside it), and over which the weight then ramps back up (no seam where th
 FLOW_REFINEMENT = 3
 """Variational refinement iterations of both DIS flows (the FAST preset, which has 5): 1.2 ms less per frame for an
 E_warp 0.002-0.008 higher (bench/RESULTS.md); none at all fails good flow in the checks."""
+FLOW_PATCH_STRIDE = 5
+"""Working-size pixels between DIS's patches (the FAST preset's 4), the same on both flows (on one alone the checks trust
+less): 1.1 ms less per frame at any frame size, `stylize run` with the stabiliser x1.10-1.13 of without it against
+x1.14-1.15, for E_warp ratios 0.002 higher on average over 26 styles (bench/RESULTS.md)."""
 MIN_FLOW_SIDE = 32
 """DIS builds an image pyramid: under this many working-size pixels on a side, OpenCV crashes or refuses the frame, so
 such frames are styled frame by frame (a strip or a thumbnail has little texture to flicker anyway)."""
@@ -196,7 +200,8 @@ class Stabiliser:
             return
         weight *= self.strength * self.max_weight
         scale = self._scale
-        mean_square = self._blend(flow, weight * scale, styled, out) / styled.size / max(scale * scale, 1e-12)  # at scale 1
+        weight *= scale
+        mean_square = self._blend(flow, weight, styled, out) / styled.size / max(scale * scale, 1e-12)  # at scale 1
         shown = None if self._budget is None else self._shown(out, styled)
         if shown is not None and shown > self._floor:
             self._reblend((self._budget / shown) ** 0.5, styled, out)
@@ -248,11 +253,12 @@ class Stabiliser:
             self._previous_output = styled.astype(np.float32, order="C")  # a copy: it becomes a buffer written later
         out[...] = styled
 
-    def _buffer(self, name: str, shape: tuple[int, ...]) -> np.ndarray:
-        """A float32 array kept across frames (fresh full-size arrays every frame cost page faults, not arithmetic)."""
+    def _buffer(self, name: str, shape: tuple[int, ...], dtype: type = np.float32, fill: float | None = None) -> np.ndarray:
+        """An array kept across frames (fresh full-size arrays every frame cost page faults, not arithmetic); ``fill``:
+        the value it is made with, for one whose values are never written."""
         buffer = self._buffers.get(name)
-        if buffer is None or buffer.shape != shape:
-            buffer = self._buffers[name] = np.empty(shape, np.float32)
+        if buffer is None or buffer.shape != shape or buffer.dtype != dtype:
+            buffer = self._buffers[name] = np.empty(shape, dtype) if fill is None else np.full(shape, fill, dtype)
         return buffer
 
     def _working_grey(self, frame: np.ndarray) -> np.ndarray:
@@ -274,38 +280,47 @@ class Stabiliser:
         return grid
 
     def _flow_and_weight(self, previous: np.ndarray, current: np.ndarray) -> tuple[np.ndarray, np.ndarray | None]:
-        """The flow from ``current`` back to ``previous`` (working size) and the blend weight 0..1 there, or None at a cut."""
+        """The flow from ``current`` back to ``previous`` (working size) and the blend weight 0..1 there, or None at a cut.
+
+        Every plane is a buffer kept across frames (but the two flows: DIS would take a given one as its first guess),
+        so the checks cost the same whatever the allocator does: where it hands fresh planes' memory back to the system
+        every frame, their page faults took the checks from 2.6 to 7.7 ms at 640x360 (bench/RESULTS.md)."""
         backward = self._flow.calc(current, previous, None)
         forward = self._check_flow.calc(previous, current, None)
         height, width = current.shape
-        where = backward + self._grid(height, width)  # each pixel's place in the previous frame (x, y)
-        ones = self._ones(height, width)
+        plane, mask = ((lambda name, dtype=dtype: self._buffer(name, (height, width), dtype)) for dtype in (np.float32, bool))
+        where = cv2.add(backward, self._grid(height, width), dst=self._buffer("where", (height, width, 2)))  # (x, y) there
         # What the checks read there, in one remap (OpenCV's vectorised path for four channels): the forward flow, the
         # previous frame, and ones that fall under 1 where the place is out of the frame (its border reads as 0).
-        sampled = cv2.remap(cv2.merge([forward, previous.astype(np.float32), ones]), where, None,
-                            cv2.INTER_LINEAR, dst=self._buffer("sampled", (height, width, 4)), borderMode=cv2.BORDER_CONSTANT)
-        forward_x, forward_y, warped_previous, inside = cv2.split(sampled)
-        backward_x, backward_y = cv2.split(backward)
-        backward_sq = _length_sq(backward_x, backward_y)
-        round_trip_sq = _length_sq(backward_x + forward_x, backward_y + forward_y)
-        trusted = round_trip_sq <= CONSISTENCY_RELATIVE * (backward_sq + _length_sq(forward_x, forward_y)) + CONSISTENCY_ABSOLUTE
-        trusted &= inside > INSIDE
-        difference = cv2.absdiff(current.astype(np.float32), warped_previous)
+        stacked = self._buffer("stacked", (height, width, 4), fill=1.0)  # its last channel stays ones
+        previous_float, current_float = plane("previous float"), plane("current float")
+        np.copyto(previous_float, previous)
+        np.copyto(current_float, current)
+        cv2.mixChannels([forward, previous_float], [stacked], [0, 0, 1, 1, 2, 2])
+        sampled = cv2.remap(stacked, where, None, cv2.INTER_LINEAR, dst=self._buffer("sampled", (height, width, 4)),
+                            borderMode=cv2.BORDER_CONSTANT)
+        forward_x, forward_y, warped_previous, inside = cv2.split(
+            sampled, [plane("forward x"), plane("forward y"), plane("warped previous"), plane("inside")])
+        backward_x, backward_y = cv2.split(backward, [plane("backward x"), plane("backward y")])
+        backward_sq = _length_sq(backward_x, backward_y, plane("backward sq"), plane("square"))
+        round_trip_sq = _length_sq(np.add(backward_x, forward_x, out=plane("round trip x")),
+                                   np.add(backward_y, forward_y, out=plane("round trip y")), plane("round trip sq"), plane("square"))
+        bound = np.add(backward_sq, _length_sq(forward_x, forward_y, plane("forward sq"), plane("square")), out=plane("forward sq"))
+        bound *= CONSISTENCY_RELATIVE
+        bound += CONSISTENCY_ABSOLUTE
+        trusted = np.less_equal(round_trip_sq, bound, out=mask("trusted"))
+        trusted &= np.greater(inside, INSIDE, out=mask("test"))
+        difference = cv2.absdiff(current_float, warped_previous, dst=plane("photometric"))
+        ones = self._buffer("ones", (height, width), fill=1.0)
         photometric = cv2.max(cv2.scaleAdd(difference, -1.0 / PHOTOMETRIC_TOLERANCE, ones, dst=difference), 0.0, dst=difference)
-        if np.count_nonzero(trusted & (photometric > 0.5)) < CUT_FRACTION * trusted.size:
+        matching = np.greater(photometric, 0.5, out=mask("test"))
+        if np.count_nonzero(np.logical_and(trusted, matching, out=matching)) < CUT_FRACTION * trusted.size:
             return backward, None
         weight = np.multiply(photometric, trusted, out=photometric)
         backward_sq /= MOTION_SCALE**2
         backward_sq += 1.0
         weight /= backward_sq
-        return backward, _keep_off_rejections(weight)
-
-    def _ones(self, height: int, width: int) -> np.ndarray:
-        """A (height, width) float32 plane of ones, kept per size."""
-        ones = self._buffers.get("ones")
-        if ones is None or ones.shape != (height, width):
-            ones = self._buffers["ones"] = np.ones((height, width), np.float32)
-        return ones
+        return backward, _keep_off_rejections(weight, plane("eroded"))
 
     def _warp_maps(self, flow: np.ndarray, height: int, width: int) -> tuple[np.ndarray, np.ndarray]:
         """Where each pixel comes from in the previous output (x and y maps): its coordinates plus the working-size
@@ -319,7 +334,8 @@ class Stabiliser:
         maps = []
         for axis, size, work_size in ((0, width, work_width), (1, height, work_height)):
             coordinates, (edge_indices, edge_offsets) = self._axis_terms(size, work_size)
-            plane = flow[..., axis] * np.float32(size / work_size) + np.expand_dims(coordinates, axis)
+            plane = np.multiply(flow[..., axis], np.float32(size / work_size), out=self._buffer(f"working map{axis}", flow.shape[:2]))
+            plane += np.expand_dims(coordinates, axis)
             if (height, width) != (work_height, work_width):
                 plane = cv2.resize(plane, (width, height), dst=self._buffer(f"map{axis}", (height, width)),
                                    interpolation=cv2.INTER_LINEAR)
@@ -498,9 +514,10 @@ class Stabiliser:
 
 
 def dis_flow() -> cv2.DISOpticalFlow:
-    """A DIS flow as FLOW_REFINEMENT says."""
+    """A DIS flow as FLOW_REFINEMENT and FLOW_PATCH_STRIDE say."""
     flow = cv2.DISOpticalFlow_create(cv2.DISOPTICAL_FLOW_PRESET_FAST)
     flow.setVariationalRefinementIterations(FLOW_REFINEMENT)
+    flow.setPatchStride(FLOW_PATCH_STRIDE)
     return flow
 
 
@@ -511,14 +528,16 @@ HIGH_BAND = np.full((3, 3), -1.0 / 9.0, np.float32) + np.pad(np.ones((1, 1), np.
 """A pixel minus its 3x3 mean, the contrast restoring's high band, as one filter."""
 
 
-def _keep_off_rejections(weight: np.ndarray) -> np.ndarray:
+def _keep_off_rejections(weight: np.ndarray, out: np.ndarray) -> np.ndarray:
     """The weight (float32) rejected MARGIN pixels around each rejected pixel, then ramped back up over MARGIN pixels: a
-    rejected pixel stays at 0, one 2 * MARGIN + 1 pixels from any keeps its weight. A new array."""
+    rejected pixel stays at 0, one 2 * MARGIN + 1 pixels from any keeps its weight. Into ``out`` (not ``weight``)."""
     side = 2 * MARGIN + 1
-    weight = cv2.erode(weight, np.ones((side, side), np.uint8), borderType=cv2.BORDER_REPLICATE)
-    return cv2.blur(weight, (side, side), dst=weight, borderType=cv2.BORDER_REPLICATE)
+    eroded = cv2.erode(weight, np.ones((side, side), np.uint8), dst=out, borderType=cv2.BORDER_REPLICATE)
+    return cv2.blur(eroded, (side, side), dst=eroded, borderType=cv2.BORDER_REPLICATE)
 
 
-def _length_sq(x: np.ndarray, y: np.ndarray) -> np.ndarray:
-    return x * x + y * y
+def _length_sq(x: np.ndarray, y: np.ndarray, out: np.ndarray, scratch: np.ndarray) -> np.ndarray:
+    """x * x + y * y into ``out`` (``scratch``: a buffer of its shape for y * y)."""
+    np.multiply(x, x, out=out)
+    return np.add(out, np.multiply(y, y, out=scratch), out=out)
 

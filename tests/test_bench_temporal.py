@@ -108,3 +108,16 @@ def test_the_worst_frame_detail_finds_a_smeared_frame_that_the_clip_ratio_hides(
     assert bench.detail(frames) / bench.detail(styled) > 0.9
     assert bench.worst_frame_detail(frames, styled) == pytest.approx(smeared)
     assert bench.worst_frame_detail(styled, styled) == pytest.approx(1.0)
+
+
+def test_the_worst_frame_detail_passes_over_a_flat_frame_that_has_no_detail_to_lose():
+    """A styled frame with no gradient at all (a fade's black frame, say) has no detail ratio: the worst frame is taken
+    over the others, and a clip of flat frames only has none (nan), rather than a division by zero."""
+    rng = np.random.default_rng(1)
+    styled = np.clip(128 + 60 * rng.standard_normal((4, 48, 64, 3)), 0, 255).astype(np.uint8)
+    styled[2] = 0
+    frames = styled.copy()
+    frames[1] = cv2.GaussianBlur(styled[1], (0, 0), 1.5)
+    frames[2] = 9  # flat as well: the stabiliser lifted a black frame a little
+    assert bench.worst_frame_detail(frames, styled) == pytest.approx(bench.detail(frames[1:2]) / bench.detail(styled[1:2]))
+    assert np.isnan(bench.worst_frame_detail(frames[2:3], styled[2:3]))

@@ -6,6 +6,8 @@ it where the motion is known, never blend across a cut, and never drag an object
 
 from __future__ import annotations
 
+import tracemalloc
+
 import cv2
 import numpy as np
 import pytest
@@ -264,10 +266,32 @@ def test_what_enters_the_frame_is_not_trusted_even_where_the_checks_cannot_tell(
         assert (weight[:, 8:-8] > 0.5).mean() > 0.9, t
 
 
+def test_the_checks_keep_their_planes_across_frames() -> None:
+    """After the first frame, a frame's flow checks allocate the two flows DIS returns and less than a plane of scratch:
+    every other plane is a buffer kept across frames (fresh ones cost page faults wherever the allocator hands their
+    memory back to the system, bench/RESULTS.md). numpy reports its arrays' memory to tracemalloc, OpenCV's outputs
+    included."""
+    clip = panning(3, 3)
+    stabiliser = Stabiliser()
+    greys = [stabiliser._working_grey(frame) for frame in clip]
+    stabiliser._flow_and_weight(greys[0], greys[1])  # makes the buffers
+    tracemalloc.start()
+    try:
+        _, weight = stabiliser._flow_and_weight(greys[1], greys[2])
+        _, peak = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+    assert weight is not None and weight.shape == greys[0].shape
+    flow_bytes, plane_bytes = greys[0].size * 2 * 4, greys[0].size * 4  # (height, width, 2) and (height, width) float32
+    # and numpy's own scratch for a cast (the weight times the boolean trust: 8192 elements at a time), under a plane
+    assert peak < 2 * flow_bytes + plane_bytes, f"{peak} bytes at the peak, {flow_bytes} a flow, {plane_bytes} a plane"
+
+
 def test_a_rejected_pixel_keeps_its_neighbours_off_and_the_weight_ramps_back() -> None:
     weight = np.ones((21, 21), np.float32)
     weight[10, 10] = 0.0
-    kept = temporal._keep_off_rejections(weight)
+    kept = temporal._keep_off_rejections(weight, np.empty_like(weight))
+    assert weight[10, 9] == weight[10, 11] == 1.0, "into its own buffer, the weight as it was"
     assert kept[10, 10] == 0.0, "a rejected pixel stays rejected"
     assert 0.0 < kept[10, 10 + 2 * temporal.MARGIN] < 1.0 and kept[10, 10 + 2 * temporal.MARGIN + 1] == 1.0
     assert temporal.MARGIN == 1, "the margin the benchmark chose (bench/RESULTS.md): 2 left flicker around every rejection"
