@@ -86,9 +86,11 @@ class BlobCache:
             self._manifests[folder] = (etag, manifest)
         return folder, self._manifests[folder][1]
 
-    def models(self, container: str, prefix: str, spec: ShardSpec) -> Path:
-        """A local models folder with the current manifest and the shard's model files."""
+    def models(self, container: str, prefix: str, spec: ShardSpec) -> tuple[Path, dict[str, str]]:
+        """A local models folder with the current manifest and the shard's model files, and the models refused
+        unread (by key id, with the reason): a file over its bound fails its own model, not the shard."""
         folder, manifest = self.manifest(container, prefix)
+        refused: dict[str, str] = {}
         for key in spec.keys:
             entry = manifest.models.get(key_id(key))
             if entry is None:
@@ -100,8 +102,11 @@ class BlobCache:
                 self._download(container, posixpath.join(prefix, local.name), local, max_bytes=MODEL_FILE_MAX_BYTES)
             except ResourceNotFoundError:  # scoring reports the model's file missing
                 continue
+            except InvalidInputError as exc:
+                refused[key_id(key)] = f"model {key_id(key)}: {exc}"
+                continue
             self._model_sha256[local] = entry.sha256
-        return folder
+        return folder, refused
 
 
 def _local_name(entry: ModelEntry) -> str:

@@ -20,6 +20,7 @@ import posixpath
 import re
 import socket
 import tempfile
+from collections.abc import Mapping
 from dataclasses import replace
 from functools import cached_property
 from pathlib import Path
@@ -96,11 +97,11 @@ class ShardWork:
         while (item := feed.next()) is not None:
             item.answer(self.queued(item.message, item.delivery))
 
-    def _score(self, spec: ShardSpec, data_shown_as: str | None = None) -> ShardResult:
+    def _score(self, spec: ShardSpec, data_shown_as: str | None = None, refused: Mapping[str, str] | None = None) -> ShardResult:
         from shared.many_models.scoring import score_shard
 
         try:
-            return score_shard(spec, data_shown_as)
+            return score_shard(spec, data_shown_as, refused)
         except Exception as exc:  # reported to whoever sent the shard, which decides about retrying
             return ShardResult.all_failed(spec, one_line(exc), retryable=not isinstance(exc, InvalidInputError), worker=self.name)
 
@@ -163,13 +164,13 @@ class ShardWork:
                 gone = "a Capture file or the list of them" if s.sensor_capture_path else spec.data
                 return self.failure(spec, f"readings {s.sensor_data_container}/{gone} are gone", delivery)
             try:
-                models = self.cache.models(s.models_container, spec.models_dir, spec)
+                models, refused = self.cache.models(s.models_container, spec.models_dir, spec)
             except ResourceNotFoundError:
                 return self.failure(spec, f"no {posixpath.join(s.models_container, spec.models_dir, MANIFEST_NAME)}", delivery)
             with tempfile.TemporaryDirectory(prefix="shard-") as scratch:
                 readings = f"Capture files of {spec.window.run_id}" if s.sensor_capture_path else spec.data
                 result = self._score(replace(spec, data=str(data), models_dir=str(models), out_dir=scratch),
-                                     f"{s.sensor_data_container}/{readings}")
+                                     f"{s.sensor_data_container}/{readings}", refused)
                 if result.predictions:
                     upload_file(self.blobs, s.work_container, posixpath.join(spec.out_dir, result.predictions),
                                 Path(scratch) / result.predictions, {"run_id": spec.run_id})

@@ -272,6 +272,28 @@ def test_the_worker_keeps_what_it_downloaded_until_the_blob_changes(storage, gen
     assert (gone.succeeded, gone.retryable) == (False, False) and "readings sensor-data/sensor_data.csv are gone" in gone.error
 
 
+def test_a_model_file_over_its_bound_fails_that_model_alone_unread(storage, generated, monkeypatch):
+    """A model file larger than a model may be is refused from the size storage states, without reading it, and
+    only its own model fails with that reason; the shard's other models are scored."""
+    import gpu_job.blob_cache as blob_cache
+
+    service, _ = storage
+    shard = replace(_plan(generated, HOUR)[1], data=LIMITS.sensor_data_blob, out_dir=run_prefix(HOUR.run_id) + "shards")
+    manifest = Manifest.load(generated / "models")
+    victim = manifest.models["/".join(shard.keys[0])]
+    bound = max((generated / "models" / entry.file).stat().st_size for entry in manifest.models.values())
+    monkeypatch.setattr(blob_cache, "MODEL_FILE_MAX_BYTES", bound)
+    service.get_blob_client(LIMITS.models_container, victim.file).upload_blob(b"\0" * (bound + 1), overwrite=True)
+    work = ShardWork(LIMITS)
+    result = work.queued(shard, 1)
+    statuses = [(model.status, model.reason) for model in result.models]
+    assert statuses[0] == ("failed", f"model {'/'.join(shard.keys[0])}: {LIMITS.models_container}/{victim.file} is {bound + 1} bytes, "
+                                     f"more than the {bound} it may be")
+    assert [status for status, _ in statuses[1:]] == ["ok"] * (len(shard.keys) - 1)
+    assert work.cache.downloads == 1 + 1 + len(shard.keys) - 1, "the readings, the manifest and the other model files"
+    assert result.succeeded, "a model that fails alone does not fail its shard"
+
+
 CLIMBING_NAME = "a////////../../../../outside/evil.py"
 """Issue 20's file name, climbing from the cache's models folder (``<root>/models/<hash>/``) to the test's own folder."""
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 import os
 import socket
 import time
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -72,9 +73,10 @@ def cached_readings(data: str, key_columns: tuple[str, ...], window: Window, sho
     return _cached_value("readings", identity, load)
 
 
-def score_shard(spec: ShardSpec, data_shown_as: str | None = None) -> ShardResult:
+def score_shard(spec: ShardSpec, data_shown_as: str | None = None, refused: Mapping[str, str] | None = None) -> ShardResult:
     """Score every model of the shard; a model that fails is reported with its reason, the others go on. ``data_shown_as``
-    names the readings in errors (a queue worker's copy is in its scratch folder)."""
+    names the readings in errors (a queue worker's copy is in its scratch folder); ``refused`` holds the models whose
+    files were refused before they were read, by key id, with the reason."""
     worker = f"{socket.gethostname()}:{os.getpid()}"
     result = ShardResult(run_id=spec.run_id, shard_id=spec.shard_id, attempt=spec.attempt, models=[], worker=worker)
     timings = dict.fromkeys(("read", "load", "score", "write"), 0.0)
@@ -90,7 +92,7 @@ def score_shard(spec: ShardSpec, data_shown_as: str | None = None) -> ShardResul
     scored_rows, scores = [], []
     for key in spec.keys:
         model_began = time.perf_counter()
-        outcome = _score_model(spec, manifest, readings, values, key, timings)
+        outcome = _score_model(spec, manifest, readings, values, key, timings, refused or {})
         if outcome.status == "ok":
             scored_rows.append(readings.rows[key])
             scores.append(outcome.scores)
@@ -115,10 +117,12 @@ class _Outcome:
 
 
 def _score_model(spec: ShardSpec, manifest: Manifest, readings: GroupedReadings, values: np.ndarray, key: ModelKey,
-                 timings: dict[str, float]) -> _Outcome:
+                 timings: dict[str, float], refused: Mapping[str, str]) -> _Outcome:
     entry = manifest.models.get(key_id(key))
     if entry is None:
         return _Outcome("failed", reason=f"model {key_id(key)} is not in the manifest")
+    if key_id(key) in refused:
+        return _Outcome("failed", reason=refused[key_id(key)])
     rows = readings.rows.get(key)
     if rows is None:
         return _Outcome("no_data", reason="no readings in the window")
