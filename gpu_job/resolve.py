@@ -30,6 +30,13 @@ Should the archive differ, its styles are refused (never accepted unchecked); ch
 archive's files."""
 
 
+STYLE_ARCHIVE_MAX_BYTES = 64 * 1024**2
+"""The published archive holds four checkpoints of about 6.7 MB each; anything much larger is not it."""
+CHECKPOINT_MAX_BYTES = 16 * 1024**2
+"""A TransformerNet checkpoint is about 6.7 MB: a larger member is refused from the size the archive states, unread."""
+_CHUNK_BYTES = 1024**2
+
+
 class ModelUnavailableError(PipelineError):
     """A named style could not be fetched and is not cached."""
 
@@ -71,7 +78,6 @@ def _published_checkpoint(style: str, cache_dir: Path, url: str) -> Path:
 def _fetch_pretrained(cache_dir: Path, url: str, wanted: str) -> None:
     """Download the archive and cache each checkpoint in it that matches its pin (checked before it is moved into the
     cache); ``wanted`` must be one of them."""
-    import shutil
     import urllib.request  # with http.client and ssl, 25-30 ms of every start that fetches nothing
 
     cache_dir.mkdir(parents=True, exist_ok=True)
@@ -79,7 +85,7 @@ def _fetch_pretrained(cache_dir: Path, url: str, wanted: str) -> None:
         archive = Path(scratch) / "saved_models.zip"
         try:
             with urllib.request.urlopen(url, timeout=30) as response, archive.open("wb") as out:
-                shutil.copyfileobj(response, out)
+                _copy_within(response, out, url)
         except OSError as exc:
             reason = getattr(exc, "reason", None) or exc
             raise ModelUnavailableError(
@@ -96,17 +102,36 @@ def _fetch_pretrained(cache_dir: Path, url: str, wanted: str) -> None:
             write_bytes_atomic(cache_dir / f"{style}.pth", data)
 
 
+def _copy_within(response, out, url: str) -> None:
+    """Copy the download to ``out``, refusing one over :data:`STYLE_ARCHIVE_MAX_BYTES`: from the size it states before
+    anything is read, else once that many bytes have come."""
+    stated = response.headers.get("Content-Length", "")
+    if stated.isdigit() and int(stated) > STYLE_ARCHIVE_MAX_BYTES:
+        raise PipelineError(f"the style archive at {url} is {int(stated)} bytes, more than the {STYLE_ARCHIVE_MAX_BYTES} it may be")
+    copied = 0
+    while chunk := response.read(_CHUNK_BYTES):
+        copied += len(chunk)
+        if copied > STYLE_ARCHIVE_MAX_BYTES:
+            raise PipelineError(f"the style archive at {url} is more than the {STYLE_ARCHIVE_MAX_BYTES} bytes it may be")
+        out.write(chunk)
+
+
 def _extract_checkpoints(archive: Path, wanted: str) -> dict[str, bytes]:
-    """The archive's checkpoints of published styles, by style; ``wanted`` must be among them."""
+    """The archive's checkpoints of published styles, by style; ``wanted`` must be among them. A member over
+    :data:`CHECKPOINT_MAX_BYTES` refuses the archive before any is read (a member is never read past its stated size)."""
     import zipfile
 
     members: dict[str, bytes] = {}
     try:
         with zipfile.ZipFile(archive) as bundle:
-            for info in bundle.infolist():
-                style = Path(info.filename).stem
-                if style in PRETRAINED_STYLES and info.filename.endswith(".pth"):
-                    members[style] = bundle.read(info)
+            chosen = [info for info in bundle.infolist()
+                      if Path(info.filename).stem in PRETRAINED_STYLES and info.filename.endswith(".pth")]
+            for info in chosen:
+                if info.file_size > CHECKPOINT_MAX_BYTES:
+                    raise PipelineError(f"the style archive's {info.filename} is {info.file_size} bytes, more than the "
+                                        f"{CHECKPOINT_MAX_BYTES} a checkpoint may be")
+            for info in chosen:
+                members[Path(info.filename).stem] = bundle.read(info)
     except zipfile.BadZipFile:
         raise PipelineError("downloaded style archive is not a zip file") from None
     if wanted not in members:

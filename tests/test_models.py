@@ -101,7 +101,7 @@ def weights_server():
                 digests[style] = hashlib.sha256(data.getvalue()).hexdigest()
         return buffer.getvalue(), digests
 
-    served = {}
+    served = {"stated": True}
     served["payload"], digests = archive()
     hits = []
 
@@ -110,15 +110,20 @@ def weights_server():
             hits.append(self.path)
             payload = served["payload"]
             self.send_response(200)
-            self.send_header("Content-Length", str(len(payload)))
+            if served["stated"]:
+                self.send_header("Content-Length", str(len(payload)))
             self.end_headers()
-            self.wfile.write(payload)
+            try:
+                self.wfile.write(payload)
+            except ConnectionError:  # the client stopped reading
+                pass
 
         def log_message(self, *args):
             pass
 
-    def serve_other() -> None:
-        served["payload"] = archive(seed_offset=10)[0]
+    def serve_other(other: bool = True, stated: bool = True) -> None:
+        """Serve archives of other networks (or the same ones), with the Content-Length header or without it."""
+        served["payload"], served["stated"] = archive(seed_offset=10 if other else 0)[0], stated
 
     server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
     threading.Thread(target=server.serve_forever, daemon=True).start()
@@ -168,6 +173,37 @@ def test_a_cached_checkpoint_that_changed_is_fetched_again_and_a_changed_downloa
     with pytest.raises(PipelineError, match="refusing it"):
         resolve_model("candy", tmp_path, url=url)
     assert cached.read_bytes() == b"tampered" and len(hits) == 3, "refused, and the download did not replace it"
+
+
+def test_a_style_archive_over_its_bound_is_refused_from_its_stated_size_and_nothing_kept(weights_server, tmp_path, monkeypatch):
+    url, digests, hits, _ = weights_server
+    _pin(monkeypatch, digests)
+    monkeypatch.setattr(resolve, "STYLE_ARCHIVE_MAX_BYTES", 1000)
+    with pytest.raises(PipelineError, match=r"^the style archive at \S+ is \d+ bytes, more than the 1000 it may be$"):
+        resolve_model("candy", tmp_path, url=url)
+    assert len(hits) == 1 and list(tmp_path.iterdir()) == []
+
+
+def test_a_style_archive_of_unstated_size_is_read_only_up_to_its_bound(weights_server, tmp_path, monkeypatch):
+    url, digests, hits, serve_other = weights_server
+    _pin(monkeypatch, digests)
+    serve_other(other=False, stated=False)
+    assert Path(resolve_model("candy", tmp_path, url=url)).name == "candy.pth", "a body without Content-Length is read whole"
+    monkeypatch.setattr(resolve, "STYLE_ARCHIVE_MAX_BYTES", 1000)
+    with pytest.raises(PipelineError, match=r"^the style archive at \S+ is more than the 1000 bytes it may be$"):
+        resolve_model("mosaic", tmp_path / "other", url=url)
+    assert len(hits) == 2 and list((tmp_path / "other").iterdir()) == []
+
+
+def test_a_style_archive_member_over_its_bound_refuses_the_archive_unread(weights_server, tmp_path, monkeypatch):
+    url, digests, hits, _ = weights_server
+    _pin(monkeypatch, digests)
+    monkeypatch.setattr(resolve, "CHECKPOINT_MAX_BYTES", 1000)
+    reads = []
+    monkeypatch.setattr(zipfile.ZipFile, "read", lambda self, name, pwd=None: reads.append(name))
+    with pytest.raises(PipelineError, match=r"^the style archive's saved_models/\w+\.pth is \d+ bytes, more than the 1000 a checkpoint may be$"):
+        resolve_model("candy", tmp_path, url=url)
+    assert reads == [] and list(tmp_path.iterdir()) == []
 
 
 def test_an_unpinned_style_is_not_downloaded(weights_server, tmp_path, monkeypatch):
