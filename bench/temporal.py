@@ -217,13 +217,18 @@ def detail(frames: np.ndarray) -> float:
     return total / len(frames)
 
 
+def detail_ratio(frames: np.ndarray, styled_detail: float) -> float:
+    """The frames' detail over per-frame styling's (``styled_detail``); nan where styling left no gradient at all, so
+    there was no detail to lose."""
+    return detail(frames) / styled_detail if styled_detail > 0.0 else math.nan
+
+
 def worst_frame_detail(frames: np.ndarray, styled: np.ndarray) -> float:
     """The lowest detail ratio of any one frame against its per-frame styled frame: the clip's ratio is of its sums, so
-    sharp frames at the start of each scene can hide a long shot whose frames lose more and more of their detail. A styled
-    frame with no gradient at all has no detail to lose and no ratio: it is passed over (nan when every one is flat)."""
-    ratios = [detail(frame[None]) / styled_detail for frame, styled_frame in zip(frames, styled)
-              if (styled_detail := detail(styled_frame[None])) > 0.0]
-    return min(ratios, default=math.nan)
+    sharp frames at the start of each scene can hide a long shot whose frames lose more and more of their detail. A flat
+    styled frame has no ratio and is passed over (nan when every one is flat)."""
+    ratios = [detail_ratio(frame[None], detail(styled_frame[None])) for frame, styled_frame in zip(frames, styled)]
+    return min((ratio for ratio in ratios if not math.isnan(ratio)), default=math.nan)
 
 
 def worst_frame_psnr(frames: np.ndarray, styled: np.ndarray) -> float:
@@ -234,7 +239,7 @@ def worst_frame_psnr(frames: np.ndarray, styled: np.ndarray) -> float:
 def ratio_cells(frames: np.ndarray, styled: np.ndarray, masks: Truth, styled_error: float, styled_detail: float) -> str:
     """E_warp over per-frame styling's (``styled_error`` with these masks), PSNR and detail ratio (over
     ``styled_detail``) against per-frame styling: three table cells."""
-    return f"{pair_errors(frames, masks).mean() / styled_error:.3f} | {psnr(frames, styled):.1f} | {detail(frames) / styled_detail:.3f}"
+    return f"{pair_errors(frames, masks).mean() / styled_error:.3f} | {psnr(frames, styled):.1f} | {detail_ratio(frames, styled_detail):.3f}"
 
 
 def metric_floor(style: str, styler, pan: np.ndarray, strip: np.ndarray, truth: Truth, farneback_masks: Truth) -> str:
@@ -246,7 +251,7 @@ def metric_floor(style: str, styler, pan: np.ndarray, strip: np.ndarray, truth: 
     stabilised = Stabiliser()(pan, styled)
     per_truth, per_farneback, styled_detail = pair_errors(styled, truth).mean(), pair_errors(styled, farneback_masks).mean(), detail(styled)
     cells = [f"{pair_errors(v, truth).mean() / per_truth:.3f} | {pair_errors(v, farneback_masks).mean() / per_farneback:.3f} | "
-             f"{psnr(v, styled):.1f} | {detail(v) / styled_detail:.3f}" for v in (stable, stabilised)]
+             f"{psnr(v, styled):.1f} | {detail_ratio(v, styled_detail):.3f}" for v in (stable, stabilised)]
     return f"| {style} | {per_truth * 1e3:.3f}e-3 ({per_farneback / per_truth:.2f}x with Farneback) | {cells[0]} | {cells[1]} |"
 
 
@@ -425,11 +430,11 @@ def main() -> None:
                 if baseline:
                     old = baseline(args.strength)(inputs, styled)
                     before = (f" {pair_errors(old, masks).mean() / e_per:.3f} | {psnr(old, styled):.1f} | "
-                              f"{worst_frame_psnr(old, styled):.1f} | {detail(old) / styled_detail:.3f} | "
+                              f"{worst_frame_psnr(old, styled):.1f} | {detail_ratio(old, styled_detail):.3f} | "
                               f"{worst_frame_detail(old, styled):.3f} |")
                 print(f"| {name} | {style} | {reference} | {e_in * 1e3:.3f}e-3 | {e_per * 1e3:.3f}e-3 | {e_stab * 1e3:.3f}e-3 | "
                       f"**{e_stab / e_per:.3f}** | {others} | {psnr(stable, styled):.1f} | {worst_frame_psnr(stable, styled):.1f} | "
-                      f"{detail(stable) / styled_detail:.3f} | {worst_frame_detail(stable, styled):.3f} |{before}", flush=True)
+                      f"{detail_ratio(stable, styled_detail):.3f} | {worst_frame_detail(stable, styled):.3f} |{before}", flush=True)
                 if name != "BBB every 3rd frame (fast)":
                     for weight in weights:
                         front.append(f"| {style} | {name} | {weight:.2f} | "

@@ -121,3 +121,11 @@ def test_the_worst_frame_detail_passes_over_a_flat_frame_that_has_no_detail_to_l
     frames[2] = 9  # flat as well: the stabiliser lifted a black frame a little
     assert bench.worst_frame_detail(frames, styled) == pytest.approx(bench.detail(frames[1:2]) / bench.detail(styled[1:2]))
     assert np.isnan(bench.worst_frame_detail(frames[2:3], styled[2:3]))
+
+
+def test_a_flat_clip_has_no_detail_ratio_in_the_tables_rather_than_a_division_by_zero():
+    """The clip's detail ratio too: a clip whose styled frames are all flat gets nan in its cells."""
+    flat = np.full((3, 48, 64, 3), 40, np.uint8)
+    still = [(np.zeros((48, 64, 2), np.float32), np.ones((48, 64), bool))] * 2
+    cells = bench.ratio_cells(flat, flat, still, 1.0, bench.detail(flat)).split(" | ")
+    assert cells[0] == "0.000" and cells[2] == "nan"
