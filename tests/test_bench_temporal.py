@@ -108,6 +108,9 @@ def test_the_worst_frame_detail_finds_a_smeared_frame_that_the_clip_ratio_hides(
     assert bench.detail(frames) / bench.detail(styled) > 0.9
     assert bench.worst_frame_detail(frames, styled) == pytest.approx(smeared)
     assert bench.worst_frame_detail(styled, styled) == pytest.approx(1.0)
+    assert bench.median_frame_detail(frames, styled) == pytest.approx(1.0), "one frame of 16 does not move the median"
+    frames[:9] = [cv2.GaussianBlur(frame, (0, 0), 1.5) for frame in styled[:9]]
+    assert bench.median_frame_detail(frames, styled) < 0.5, "nine of 16 do"
 
 
 def test_the_worst_frame_detail_passes_over_a_flat_frame_that_has_no_detail_to_lose():
@@ -121,6 +124,7 @@ def test_the_worst_frame_detail_passes_over_a_flat_frame_that_has_no_detail_to_l
     frames[2] = 9  # flat as well: the stabiliser lifted a black frame a little
     assert bench.worst_frame_detail(frames, styled) == pytest.approx(bench.detail(frames[1:2]) / bench.detail(styled[1:2]))
     assert np.isnan(bench.worst_frame_detail(frames[2:3], styled[2:3]))
+    assert np.isnan(bench.median_frame_detail(frames[2:3], styled[2:3]))
 
 
 def test_a_flat_clip_has_no_detail_ratio_in_the_tables_rather_than_a_division_by_zero():
