@@ -133,3 +133,12 @@ def test_a_flat_clip_has_no_detail_ratio_in_the_tables_rather_than_a_division_by
     still = [(np.zeros((48, 64, 2), np.float32), np.ones((48, 64), bool))] * 2
     cells = bench.ratio_cells(flat, flat, still, 1.0, bench.detail(flat)).split(" | ")
     assert cells[0] == "0.000" and cells[2] == "nan"
+
+
+def test_the_boundary_errors_split_at_each_batch_and_keep_the_same_pairs_unbatched():
+    pairs = 2 * bench.BATCH_FRAMES + 5  # three batches: two boundaries
+    batched, unbatched = np.arange(pairs, dtype=float), -np.arange(pairs, dtype=float)
+    split = bench.boundary_errors("starry", 8, batched, unbatched)
+    crossing = [bench.BATCH_FRAMES - 1, 2 * bench.BATCH_FRAMES - 1]  # pair t joins frames t and t + 1
+    assert split.across.tolist() == crossing and split.unbatched_across.tolist() == [-t for t in crossing]
+    assert len(split.inside) == pairs - 2 and not set(split.inside) & set(crossing)

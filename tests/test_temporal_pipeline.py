@@ -135,7 +135,7 @@ def test_a_message_of_the_version_before_context_frames_is_refused():
 # Settings and the one decision
 
 def test_settings_read_temporal_options_and_refuse_bad_ones_in_one_line():
-    assert (Settings().temporal, Settings().temporal_strength, Settings().temporal_context_frames) == (True, 1.0, 4)
+    assert (Settings().temporal, Settings().temporal_strength, Settings().temporal_context_frames) == (True, 1.0, 12)
     settings = Settings.from_env({"STYLIZE_TEMPORAL": "off", "STYLIZE_TEMPORAL_STRENGTH": "0.5", "STYLIZE_TEMPORAL_CONTEXT_FRAMES": "0"})
     assert (settings.temporal, settings.temporal_strength, settings.temporal_context_frames) == (False, 0.5, 0)
     assert Settings.from_env({"STYLIZE_TEMPORAL": "ON"}).temporal is True
