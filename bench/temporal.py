@@ -404,7 +404,7 @@ def time_runs(rounds: int) -> list[tuple[str, str, str]]:
 def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--styles", default="starry,fauve,sketch")
-    parser.add_argument("--context", default="0,2,4,8,16", help="context frames K to compare at batch boundaries")
+    parser.add_argument("--context", default="0,4,8,12,16", help="context frames K to compare at batch boundaries")
     parser.add_argument("--strength", type=float, default=1.0)
     parser.add_argument("--weights", default="0.4,0.6,0.8,0.9", help="weights for the trade-off table ('' for none)")
     parser.add_argument("--run", action="store_true", help="also time stylize run --temporal on against off")
