@@ -1,6 +1,6 @@
 """Temporal stabilisation (issue 23, gpu_job/temporal.py): flicker, fidelity, batch boundaries and cost, in one run.
 
-    PYTHONPATH=$PWD .venv/bin/python bench/temporal.py [--styles starry,fauve,sketch] [--context 0,2,4,8,16]
+    PYTHONPATH=$PWD .venv/bin/python bench/temporal.py [--styles starry,fauve,sketch] [--context 0,4,8,12,16]
         [--weights 0.4,0.6,0.8,0.9] [--baseline GIT_REVISION] [--run]
     PYTHONPATH=$PWD .venv/bin/python bench/temporal.py --cost-only [--baseline GIT_REVISION] [--cost-rounds 3]
 

@@ -38,12 +38,15 @@ class BlobCache:
 
     def _download(self, container: str, blob: str, local: Path, etag: str | None = None, max_bytes: int | None = None) -> None:
         """Write the blob to ``local`` atomically; with ``etag``, only that version (a blob replaced meanwhile fails);
-        with ``max_bytes``, a larger blob is refused from the size its first response states, before the rest is read."""
+        with ``max_bytes``, a larger blob is refused from its properties, before any of it is read (a download's first
+        response would already hold up to 32 MiB), and the version whose size was checked is the one read."""
         client = self.service.get_blob_client(container, blob)
-        condition = {"etag": etag, "match_condition": MatchConditions.IfNotModified} if etag else {}
-        stream = client.download_blob(max_concurrency=4, **condition)
-        if max_bytes is not None and stream.size > max_bytes:
-            raise InvalidInputError(f"{container}/{blob} is {stream.size} bytes, more than the {max_bytes} it may be")
+        if max_bytes is not None:
+            properties = client.get_blob_properties(**_version(etag))
+            if properties.size > max_bytes:
+                raise InvalidInputError(f"{container}/{blob} is {properties.size} bytes, more than the {max_bytes} it may be")
+            etag = properties.etag
+        stream = client.download_blob(max_concurrency=4, **_version(etag))
         with atomic_path(local) as tmp, tmp.open("wb") as out:
             stream.readinto(out)
         self.downloads += 1
@@ -107,6 +110,11 @@ class BlobCache:
                 continue
             self._model_sha256[local] = entry.sha256
         return folder, refused
+
+
+def _version(etag: str | None) -> dict:
+    """The keywords that hold a request to one version of a blob (none without an etag)."""
+    return {"etag": etag, "match_condition": MatchConditions.IfNotModified} if etag else {}
 
 
 def _local_name(entry: ModelEntry) -> str:

@@ -106,7 +106,7 @@ def _copy_within(response, out, url: str) -> None:
     """Copy the download to ``out``, refusing one over :data:`STYLE_ARCHIVE_MAX_BYTES`: from the size it states before
     anything is read, else once that many bytes have come."""
     stated = response.headers.get("Content-Length", "")
-    if stated.isdigit() and int(stated) > STYLE_ARCHIVE_MAX_BYTES:
+    if stated.isascii() and stated.isdigit() and int(stated) > STYLE_ARCHIVE_MAX_BYTES:  # else no size is stated
         raise PipelineError(f"the style archive at {url} is {int(stated)} bytes, more than the {STYLE_ARCHIVE_MAX_BYTES} it may be")
     copied = 0
     while chunk := response.read(_CHUNK_BYTES):
@@ -117,8 +117,9 @@ def _copy_within(response, out, url: str) -> None:
 
 
 def _extract_checkpoints(archive: Path, wanted: str) -> dict[str, bytes]:
-    """The archive's checkpoints of published styles, by style; ``wanted`` must be among them. A member over
-    :data:`CHECKPOINT_MAX_BYTES` refuses the archive before any is read (a member is never read past its stated size)."""
+    """The archive's checkpoints of published styles, by style; ``wanted`` must be among them. A style held twice, or a
+    member over :data:`CHECKPOINT_MAX_BYTES`, refuses the archive before any is read (a member is never read past its
+    stated size), so what it inflates to is bounded too."""
     import zipfile
 
     members: dict[str, bytes] = {}
@@ -126,6 +127,9 @@ def _extract_checkpoints(archive: Path, wanted: str) -> dict[str, bytes]:
         with zipfile.ZipFile(archive) as bundle:
             chosen = [info for info in bundle.infolist()
                       if Path(info.filename).stem in PRETRAINED_STYLES and info.filename.endswith(".pth")]
+            styles = [Path(info.filename).stem for info in chosen]
+            if twice := next((style for style in styles if styles.count(style) > 1), None):
+                raise PipelineError(f"the style archive holds more than one checkpoint of {twice}")
             for info in chosen:
                 if info.file_size > CHECKPOINT_MAX_BYTES:
                     raise PipelineError(f"the style archive's {info.filename} is {info.file_size} bytes, more than the "

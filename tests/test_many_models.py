@@ -277,6 +277,22 @@ def test_models_without_readings_in_the_window_are_no_data(generated, tmp_path):
     assert {model["reason"] for model in report["models"]} == {"no readings in the window"}
 
 
+def test_a_model_refused_unread_is_failed_with_its_reason_unless_it_had_no_readings(generated, tmp_path):
+    """A queue worker's refusals (a file over its bound, left unread) fail those models alone; a model with no readings
+    in the window is no_data whether or not its file was refused, as a local run reports it."""
+    manifest = Manifest.load(generated / "models")
+    keys = [entry.key for entry in manifest.models.values()][:2]
+    refused = {"/".join(key): f"model {'/'.join(key)}: over its bound" for key in keys}
+
+    def statuses(start: str) -> list[tuple[str, str | None]]:
+        [shard] = plan_shards("r", keys, 100, models_dir=str(generated / "models"), data=str(generated / "sensor_data.csv"),
+                              window=Window.parse(start, None), out_dir=str(tmp_path))
+        return [(model.status, model.reason) for model in score_shard(shard, refused=refused).models]
+
+    assert statuses(SCORED_HOURS_START) == [("failed", reason) for reason in refused.values()]
+    assert statuses("2030-01-01T00:00:00") == [("no_data", "no readings in the window")] * 2
+
+
 def test_run_status_by_failure_threshold():
     assert run_status(failed=0, ok=10, total=10, max_failed_fraction=0.0) == "succeeded"
     assert run_status(failed=1, ok=9, total=10, max_failed_fraction=0.1) == "partial"

@@ -111,7 +111,8 @@ def weights_server():
             payload = served["payload"]
             self.send_response(200)
             if served["stated"]:
-                self.send_header("Content-Length", str(len(payload)))
+                stated = served["stated"] if isinstance(served["stated"], str) else str(len(payload))
+                self.send_header("Content-Length", stated)
             self.end_headers()
             try:
                 self.wfile.write(payload)
@@ -121,9 +122,11 @@ def weights_server():
         def log_message(self, *args):
             pass
 
-    def serve_other(other: bool = True, stated: bool = True) -> None:
-        """Serve archives of other networks (or the same ones), with the Content-Length header or without it."""
-        served["payload"], served["stated"] = archive(seed_offset=10 if other else 0)[0], stated
+    def serve_other(other: bool = True, stated: bool | str = True, payload: bytes | None = None) -> None:
+        """Serve archives of other networks (or the same ones, or ``payload``), with the Content-Length header (or that
+        text in it) or without it."""
+        served["payload"] = payload if payload is not None else archive(seed_offset=10 if other else 0)[0]
+        served["stated"] = stated
 
     server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
     threading.Thread(target=server.serve_forever, daemon=True).start()
@@ -193,6 +196,28 @@ def test_a_style_archive_of_unstated_size_is_read_only_up_to_its_bound(weights_s
     with pytest.raises(PipelineError, match=r"^the style archive at \S+ is more than the 1000 bytes it may be$"):
         resolve_model("mosaic", tmp_path / "other", url=url)
     assert len(hits) == 2 and list((tmp_path / "other").iterdir()) == []
+
+
+def test_a_style_archive_stating_a_size_that_is_no_number_is_read_within_the_bound(weights_server, tmp_path, monkeypatch):
+    """A Content-Length of '\u00b2' (a digit to str.isdigit, not to int) is no stated size: the download is bounded as it comes."""
+    url, digests, hits, serve_other = weights_server
+    _pin(monkeypatch, digests)
+    serve_other(other=False, stated="\u00b2")
+    assert Path(resolve_model("candy", tmp_path, url=url)).name == "candy.pth"
+
+
+def test_a_style_archive_holding_a_style_twice_is_refused(weights_server, tmp_path, monkeypatch):
+    """Each member is bounded, and so is the archive's whole inflated size: one checkpoint a style."""
+    url, digests, hits, serve_other = weights_server
+    _pin(monkeypatch, digests)
+    buffer = io.BytesIO()
+    with zipfile.ZipFile(buffer, "w", zipfile.ZIP_DEFLATED) as bundle:
+        for copy in range(2):
+            bundle.writestr(f"saved_models/{copy}/candy.pth", bytes(1000))
+    serve_other(payload=buffer.getvalue())
+    with pytest.raises(PipelineError, match=r"^the style archive holds more than one checkpoint of candy$"):
+        resolve_model("candy", tmp_path, url=url)
+    assert list(tmp_path.iterdir()) == []
 
 
 def test_a_style_archive_member_over_its_bound_refuses_the_archive_unread(weights_server, tmp_path, monkeypatch):

@@ -284,8 +284,13 @@ def test_a_model_file_over_its_bound_fails_that_model_alone_unread(storage, gene
     bound = max((generated / "models" / entry.file).stat().st_size for entry in manifest.models.values())
     monkeypatch.setattr(blob_cache, "MODEL_FILE_MAX_BYTES", bound)
     service.get_blob_client(LIMITS.models_container, victim.file).upload_blob(b"\0" * (bound + 1), overwrite=True)
-    work = ShardWork(LIMITS)
+    from azure.storage.blob import BlobClient
+
+    work, read = ShardWork(LIMITS), []
+    download = BlobClient.download_blob
+    monkeypatch.setattr(BlobClient, "download_blob", lambda self, *args, **kwargs: read.append(self.blob_name) or download(self, *args, **kwargs))
     result = work.queued(shard, 1)
+    assert victim.file not in read, "refused from its properties: its content never requested"
     statuses = [(model.status, model.reason) for model in result.models]
     assert statuses[0] == ("failed", f"model {'/'.join(shard.keys[0])}: {LIMITS.models_container}/{victim.file} is {bound + 1} bytes, "
                                      f"more than the {bound} it may be")

@@ -121,11 +121,11 @@ def _score_model(spec: ShardSpec, manifest: Manifest, readings: GroupedReadings,
     entry = manifest.models.get(key_id(key))
     if entry is None:
         return _Outcome("failed", reason=f"model {key_id(key)} is not in the manifest")
+    rows = readings.rows.get(key)
+    if rows is None:  # before its file is looked at, as where no file was refused
+        return _Outcome("no_data", reason="no readings in the window")
     if key_id(key) in refused:
         return _Outcome("failed", reason=refused[key_id(key)])
-    rows = readings.rows.get(key)
-    if rows is None:
-        return _Outcome("no_data", reason="no readings in the window")
     try:
         began = time.perf_counter()
         pipeline = load_model(spec.models_dir, entry)
