@@ -6,10 +6,12 @@ from __future__ import annotations
 
 import asyncio
 import base64
-import json
 import itertools
+import json
+import os
 import re
 import shutil
+import signal
 import subprocess
 import tempfile
 import time
@@ -34,6 +36,28 @@ class Rendered:
     errors: list[str] = field(default_factory=list)
 
 
+def _signal_group(group: int, number: int) -> None:
+    try:
+        os.killpg(group, number)
+    except ProcessLookupError:  # every member has exited
+        pass
+
+
+def live_group_members(group: int) -> list[int]:
+    """The processes of a process group that are running (exited ones waiting to be reaped are not), from /proc."""
+    members = []
+    for entry in os.listdir("/proc"):
+        if entry.isdigit():
+            try:
+                with open(f"/proc/{entry}/stat") as stat:
+                    fields = stat.read().rsplit(")", 1)[1].split()  # after the command's name, which may hold spaces
+            except OSError:  # it exited meanwhile
+                continue
+            if int(fields[2]) == group and fields[0] not in "ZX":
+                members.append(int(entry))
+    return members
+
+
 class Chromium:
     """One headless Chromium for a test session; :meth:`render` opens a page in a phone-sized viewport."""
 
@@ -46,7 +70,7 @@ class Chromium:
             [binary, "--headless=new", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage", "--no-first-run",
              "--no-default-browser-check", "--remote-debugging-address=127.0.0.1", "--remote-debugging-port=0",
              f"--user-data-dir={self.profile.name}", "about:blank"],
-            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True, start_new_session=True)
         deadline = time.monotonic() + 60
         self.port = None
         while self.port is None:
@@ -58,12 +82,18 @@ class Chromium:
                 raise RuntimeError("chromium did not start")
 
     def close(self) -> None:
-        self.process.terminate()
+        """Stop Chromium and every process it started (its renderers and helpers, in its process group, write to the
+        profile until they exit; removing it under them failed with 'Directory not empty'), then remove the profile."""
+        _signal_group(self.process.pid, signal.SIGTERM)
         try:
             self.process.wait(timeout=10)
         except subprocess.TimeoutExpired:
-            self.process.kill()
-            self.process.wait()
+            pass
+        _signal_group(self.process.pid, signal.SIGKILL)  # whatever outlived it
+        self.process.wait()
+        deadline = time.monotonic() + 10
+        while live_group_members(self.process.pid) and time.monotonic() < deadline:
+            time.sleep(0.05)
         self.process.stderr.close()
         self.profile.cleanup()
 

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import io
 import json
+import os
 import re
 import threading
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -15,7 +16,7 @@ import azure.functions as func
 import pytest
 from PIL import Image
 
-from browser import Chromium
+from browser import Chromium, live_group_members
 from durable_replay import Replay, orchestrator_function
 from function_app import status_page
 from function_app.orchestrator import RESULT_EVENT
@@ -37,6 +38,17 @@ def chromium():
     browser = Chromium()
     yield browser
     browser.close()
+
+
+def test_closing_the_browser_stops_every_process_it_started_and_removes_its_profile():
+    """A CI run failed at teardown: the profile was removed while a Chromium helper still wrote into it."""
+    browser = Chromium()
+    try:
+        assert browser.render("data:text/html,<p>hello</p>").text.strip() == "hello"
+        assert len(live_group_members(browser.process.pid)) > 1, "Chromium and the helpers it started, in a group of their own"
+    finally:
+        browser.close()
+    assert live_group_members(browser.process.pid) == [] and not os.path.exists(browser.profile.name)
 
 
 @pytest.fixture()
