@@ -14,6 +14,7 @@ from pathlib import Path
 
 from azure.core import MatchConditions
 from azure.core.exceptions import ResourceNotFoundError
+from azure.storage.blob import BlobProperties
 
 from shared.atomic import atomic_path
 from shared.errors import InvalidInputError
@@ -33,19 +34,22 @@ class BlobCache:
         self._manifests: dict[Path, tuple[str, Manifest]] = {}
         self._model_sha256: dict[Path, str] = {}
 
-    def _etag(self, container: str, blob: str) -> str:
-        return self.service.get_blob_client(container, blob).get_blob_properties().etag
+    def _properties(self, container: str, blob: str) -> BlobProperties:
+        return self.service.get_blob_client(container, blob).get_blob_properties()
 
-    def _download(self, container: str, blob: str, local: Path, etag: str | None = None, max_bytes: int | None = None) -> None:
+    def _download(self, container: str, blob: str, local: Path, etag: str | None = None, max_bytes: int | None = None,
+                  size: int | None = None) -> None:
         """Write the blob to ``local`` atomically; with ``etag``, only that version (a blob replaced meanwhile fails);
-        with ``max_bytes``, a larger blob is refused from its properties, before any of it is read (a download's first
-        response would already hold up to 32 MiB), and the version whose size was checked is the one read."""
+        with ``max_bytes``, a larger blob is refused from its size (``size`` where the caller read its properties, else
+        read here), before any of it is read (a download's first response would already hold up to 32 MiB), and the
+        version whose size was checked is the one read."""
         client = self.service.get_blob_client(container, blob)
         if max_bytes is not None:
-            properties = client.get_blob_properties(**_version(etag))
-            if properties.size > max_bytes:
-                raise InvalidInputError(f"{container}/{blob} is {properties.size} bytes, more than the {max_bytes} it may be")
-            etag = properties.etag
+            if size is None:
+                properties = client.get_blob_properties(**_version(etag))
+                size, etag = properties.size, properties.etag
+            if size > max_bytes:
+                raise InvalidInputError(f"{container}/{blob} is {size} bytes, more than the {max_bytes} it may be")
         stream = client.download_blob(max_concurrency=4, **_version(etag))
         with atomic_path(local) as tmp, tmp.open("wb") as out:
             stream.readinto(out)
@@ -53,7 +57,7 @@ class BlobCache:
 
     def readings(self, container: str, blob: str) -> Path:
         """The readings blob as a local file named after its version, so a changed blob is read anew."""
-        etag = self._etag(container, blob)
+        etag = self._properties(container, blob).etag
         name = hashlib.sha256(f"{container}/{blob}\n{etag}".encode()).hexdigest()[:24]
         local = self.root / "readings" / f"{name}{posixpath.splitext(blob)[1]}"
         if not local.exists():
@@ -82,9 +86,10 @@ class BlobCache:
         """The local models folder of ``prefix`` and its current manifest (checked as it is parsed)."""
         folder = self.root / "models" / hashlib.sha256(f"{container}/{prefix}".encode()).hexdigest()[:24]
         blob = posixpath.join(prefix, MANIFEST_NAME)
-        etag = self._etag(container, blob)
+        properties = self._properties(container, blob)
+        etag = properties.etag
         if self._manifests.get(folder, ("", None))[0] != etag:
-            self._download(container, blob, folder / MANIFEST_NAME, etag, MANIFEST_MAX_BYTES)
+            self._download(container, blob, folder / MANIFEST_NAME, etag, MANIFEST_MAX_BYTES, properties.size)
             manifest = Manifest.parse((folder / MANIFEST_NAME).read_bytes(), f"{container}/{blob}")
             self._manifests[folder] = (etag, manifest)
         return folder, self._manifests[folder][1]

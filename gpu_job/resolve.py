@@ -122,20 +122,20 @@ def _extract_checkpoints(archive: Path, wanted: str) -> dict[str, bytes]:
     stated size), so what it inflates to is bounded too."""
     import zipfile
 
-    members: dict[str, bytes] = {}
     try:
         with zipfile.ZipFile(archive) as bundle:
-            chosen = [info for info in bundle.infolist()
-                      if Path(info.filename).stem in PRETRAINED_STYLES and info.filename.endswith(".pth")]
-            styles = [Path(info.filename).stem for info in chosen]
-            if twice := next((style for style in styles if styles.count(style) > 1), None):
-                raise PipelineError(f"the style archive holds more than one checkpoint of {twice}")
-            for info in chosen:
+            chosen: dict[str, zipfile.ZipInfo] = {}
+            for info in bundle.infolist():
+                style = Path(info.filename).stem
+                if style not in PRETRAINED_STYLES or not info.filename.endswith(".pth"):
+                    continue
+                if style in chosen:
+                    raise PipelineError(f"the style archive holds more than one checkpoint of {style}")
                 if info.file_size > CHECKPOINT_MAX_BYTES:
                     raise PipelineError(f"the style archive's {info.filename} is {info.file_size} bytes, more than the "
                                         f"{CHECKPOINT_MAX_BYTES} a checkpoint may be")
-            for info in chosen:
-                members[Path(info.filename).stem] = bundle.read(info)
+                chosen[style] = info
+            members = {style: bundle.read(info) for style, info in chosen.items()}
     except zipfile.BadZipFile:
         raise PipelineError("downloaded style archive is not a zip file") from None
     if wanted not in members:
