@@ -11,10 +11,10 @@ import hashlib
 import os
 import posixpath
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from azure.core import MatchConditions
 from azure.core.exceptions import ResourceNotFoundError
-from azure.storage.blob import BlobProperties
 
 from shared.atomic import atomic_path
 from shared.errors import InvalidInputError
@@ -23,6 +23,9 @@ from shared.many_models.manifest import MANIFEST_MAX_BYTES, MANIFEST_NAME, MODEL
 from shared.many_models.schema import key_id
 from shared.many_models.shards import ShardSpec
 from shared.names import check_blob_name, check_file_name
+
+if TYPE_CHECKING:
+    from azure.storage.blob import BlobProperties
 
 
 class BlobCache:
